@@ -1,0 +1,225 @@
+"""Extent allocation and reference counts for one failure group.
+
+Persisted state (see meta.py): ``rc`` (uint32 reference count per physical extent), ``free``
+(one bit per extent, 1 = free) and ``resv`` (extents a pool session holds but no map references).
+Invariant after every commit: ``free[e] == (rc[e] == 0 and e is in no reservation)``.
+
+Crash safety comes from the order of things:
+- a session takes free extents in batches, recording them as its reservation in one commit, so
+  a write never needs a metadata commit of its own; a crash leaves the reservation of a dead
+  session, which the next pool open (or ``pool check --repair``) returns to the free bitmap;
+- reference-count changes are kept in memory and applied, as deltas against the stored counts,
+  in the same transaction that stores the maps that caused them;
+- an extent whose count drops to zero goes into the session's reservation, not straight to the
+  free bitmap: it is punched (its data dropped) only after the commit that unreferenced it is
+  durable, and only then may it be handed out again. So an extent that a committed map still
+  references is never overwritten or punched.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import lmdb
+import numpy as np
+
+from .datafile import DataFile
+from .errors import PoolCorrupt, PoolFull
+from .extents import CHUNK
+from .meta import Meta, fg_key
+from .sizes import format_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("blockstore")
+
+#: Bytes taken from the free bitmap per reservation commit.
+BATCH_BYTES = 64 << 20
+#: Clean extents a session keeps in hand after freeing; the rest go back to the free bitmap.
+KEEP_BATCHES = 2
+
+
+def resv_key(session: str, fg: int) -> bytes:
+    return f"{session}/{fg}".encode()
+
+
+def _by_chunk(extents: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Group sorted-or-not extent numbers by stored chunk: (chunk, positions in input, offsets)."""
+    chunks = extents // CHUNK
+    out = []
+    for c in np.unique(chunks):
+        pos = np.flatnonzero(chunks == c)
+        out.append((int(c), pos, (extents[pos] % CHUNK).astype(np.int64)))
+    return out
+
+
+def set_free(meta: Meta, txn: lmdb.Transaction, fg: int, extents: np.ndarray, value: bool) -> None:
+    """Set the free bits of ``extents`` to ``value`` inside ``txn``."""
+    db = meta.db["free"]
+    for c, _, off in _by_chunk(np.asarray(extents, np.int64)):
+        raw = txn.get(fg_key(fg, c), db=db)
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little") if raw else np.zeros(CHUNK, np.uint8)
+        bits[off] = value
+        txn.put(fg_key(fg, c), np.packbits(bits, bitorder="little").tobytes(), db=db)
+
+
+def init_free(meta: Meta, txn: lmdb.Transaction, fg: int, first: int, last: int) -> None:
+    """Mark extents ``[first, last)`` free (a new pool, or the new tail of a grown one)."""
+    set_free(meta, txn, fg, np.arange(first, last, dtype=np.int64), True)
+
+
+def read_resv(txn: lmdb.Transaction, meta: Meta, key: bytes) -> np.ndarray:
+    raw = txn.get(key, db=meta.db["resv"])
+    return np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(0, np.int64)
+
+
+class Allocator:
+    """Hands out extents of failure group ``fg`` to one pool session and keeps their counts."""
+
+    def __init__(self, meta: Meta, fg: int, session: str, datafile: DataFile, extent_size: int,
+                 on_usage: "Callable[[float], None] | None" = None) -> None:
+        self.meta, self.fg, self.session, self.df, self.E = meta, fg, session, datafile, extent_size
+        self.batch = max(16, min(4096, BATCH_BYTES // extent_size))
+        self._key = resv_key(session, fg)
+        self._local: list[int] = []   # clean reserved extents, popped from the end
+        self._used: list[int] = []    # taken from the reservation since the last commit
+        self._inc: list[int] = []
+        self._dec: list[int] = []
+        self._on_usage = on_usage
+
+    # -- the write path --------------------------------------------------------------------
+
+    def ensure(self, n: int) -> None:
+        """Have ``n`` extents in hand, so a write that needs them cannot fail half-way."""
+        if len(self._local) < n:
+            self._reserve(n - len(self._local))
+
+    def take(self) -> int:
+        """A clean extent no map references; the caller maps it (ref) or it returns at commit."""
+        if not self._local:
+            self._reserve(1)
+        e = self._local.pop()
+        self._used.append(e)
+        return e
+
+    def ref(self, e: int) -> None:
+        self._inc.append(e)
+
+    def unref(self, e: int) -> None:
+        self._dec.append(e)
+
+    def unref_many(self, extents: np.ndarray) -> None:
+        self._dec.extend(np.asarray(extents, np.int64).tolist())
+
+    def ref_many(self, extents: np.ndarray) -> None:
+        self._inc.extend(np.asarray(extents, np.int64).tolist())
+
+    def truncate_pending(self, n_inc: int, n_dec: int) -> None:
+        """Forget count changes recorded after the first ``n_inc``/``n_dec`` (a failed commit)."""
+        del self._inc[n_inc:], self._dec[n_dec:]
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._inc or self._dec or self._used)
+
+    # -- persisted state ---------------------------------------------------------------------
+
+    def n_extents(self, txn: lmdb.Transaction) -> int:
+        return int(self.meta.config(txn)["groups"][self.fg]["extents"])
+
+    def refcounts(self, txn: lmdb.Transaction) -> np.ndarray:
+        return self.meta.fg_array(txn, "rc", self.fg, self.n_extents(txn), np.uint32, 0)
+
+    def _reserve(self, need: int) -> None:
+        with self.meta.write() as txn:
+            n = self.n_extents(txn)
+            free = self.meta.fg_array(txn, "free", self.fg, n, bool, 0)
+            cand = np.flatnonzero(free)
+            if len(cand) < need:
+                raise PoolFull(
+                    f"pool is full: {need} more extent(s) of {format_size(self.E)} needed, "
+                    f"{len(cand)} free"
+                )
+            got = cand[: max(need, min(self.batch, len(cand)))]
+            set_free(self.meta, txn, self.fg, got, False)
+            held = np.concatenate([read_resv(txn, self.meta, self._key), got])
+            txn.put(self._key, held.astype(np.uint32).tobytes(), db=self.meta.db["resv"])
+        self._local.extend(got[::-1].tolist())
+        if self._on_usage:
+            self._on_usage(1.0 - (len(cand) - len(got)) / max(n, 1))
+
+    def apply(self, txn: lmdb.Transaction, inc: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """Add ``+1`` per entry of ``inc`` and ``-1`` per entry of ``dec`` to the stored counts.
+
+        Returns the extents whose count fell to zero; the caller must hold them in a reservation
+        (``commit`` does) until they are punched.
+        """
+        allx = np.concatenate([np.asarray(inc, np.int64), np.asarray(dec, np.int64)])
+        if len(allx) == 0:
+            return np.zeros(0, np.int64)
+        sign = np.concatenate([np.ones(len(inc), np.int64), -np.ones(len(dec), np.int64)])
+        ext, inv = np.unique(allx, return_inverse=True)
+        delta = np.zeros(len(ext), np.int64)
+        np.add.at(delta, inv, sign)
+        keep = delta != 0
+        ext, delta = ext[keep], delta[keep]
+        db = self.meta.db["rc"]
+        freed = []
+        for c, pos, off in _by_chunk(ext):
+            raw = txn.get(fg_key(self.fg, c), db=db)
+            rc = np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(CHUNK, np.int64)
+            before = rc[off].copy()
+            rc[off] += delta[pos]
+            if (rc[off] < 0).any():
+                raise PoolCorrupt(f"reference count underflow in failure group {self.fg}")
+            txn.put(fg_key(self.fg, c), rc.astype(np.uint32).tobytes(), db=db)
+            freed.append(ext[pos][(before > 0) & (rc[off] == 0)])
+        return np.concatenate(freed)
+
+    def commit(self, txn: lmdb.Transaction, extra_freed: np.ndarray | None = None) -> np.ndarray:
+        """Store the pending count changes in ``txn``; return the extents to punch after commit."""
+        freed = self.apply(txn, np.array(self._inc, np.int64), np.array(self._dec, np.int64))
+        used = np.array(self._used, np.int64)
+        if len(used):
+            rc = self.refcounts(txn)
+            used_unreferenced = used[rc[used] == 0]
+        else:
+            used_unreferenced = used
+        parts = [freed, used_unreferenced] + ([extra_freed] if extra_freed is not None else [])
+        to_punch = np.unique(np.concatenate(parts))
+        held = np.concatenate([np.array(self._local, np.int64), to_punch])
+        txn.put(self._key, held.astype(np.uint32).tobytes(), db=self.meta.db["resv"])
+        self._inc, self._dec, self._used = [], [], []
+        return to_punch
+
+    def after_commit(self, to_punch: np.ndarray) -> None:
+        """Drop the data of extents nothing references any more, then reuse or release them."""
+        if len(to_punch) == 0:
+            return
+        for start, count in _runs(to_punch):
+            self.df.punch(start * self.E, count * self.E)
+        self._local.extend(sorted(to_punch.tolist(), reverse=True))
+        keep = KEEP_BATCHES * self.batch
+        if len(self._local) > keep:
+            extra = np.array(self._local[: len(self._local) - keep], np.int64)
+            self._local = self._local[len(self._local) - keep:]
+            with self.meta.write() as txn:
+                set_free(self.meta, txn, self.fg, extra, True)
+                txn.put(self._key, np.array(self._local, np.uint32).tobytes(), db=self.meta.db["resv"])
+
+    def release_all(self) -> None:
+        """Give every held extent back to the free bitmap (the session is closing, flushed)."""
+        with self.meta.write() as txn:
+            held = read_resv(txn, self.meta, self._key)
+            if len(held):
+                set_free(self.meta, txn, self.fg, held, True)
+            txn.delete(self._key, db=self.meta.db["resv"])
+        self._local = []
+
+
+def _runs(extents: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique extents -> (first, count) runs of consecutive numbers."""
+    e = np.sort(np.asarray(extents, np.int64))
+    breaks = np.flatnonzero(np.diff(e) != 1) + 1
+    return [(int(r[0]), len(r)) for r in np.split(e, breaks) if len(r)]

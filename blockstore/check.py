@@ -1,0 +1,150 @@
+"""``pool check``: verify every metadata invariant against one committed state, and repair.
+
+Result codes (a contract scripts may rely on, in the manner of ``qemu-img check``):
+  0  clean
+  3  leaks only: extents or records nothing uses; ``--repair`` reclaims them safely
+  4  corruption: the metadata contradicts itself (an extent in use but marked free, a count
+     lower than its references, a map entry out of range or used twice in one map)
+(1 and 2 stay the CLI's codes for a refused request and a usage error.)
+
+Repair recomputes reference counts from the maps, rebuilds the free bitmap from them and the
+live sessions' reservations, and drops dead reservations and orphaned map chunks. It never
+changes a map, so no LU's data changes.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+import numpy as np
+
+from .allocator import read_resv, set_free
+from .extents import CHUNK, UNMAPPED, extents_for
+from .locks import is_held
+from .meta import fg_key
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+CLEAN, LEAKS, CORRUPT = 0, 3, 4
+
+
+def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
+    meta, E = pool._meta, pool.extent_size
+    cfg = meta.config(txn)
+    errors: list[str] = []
+    leaks: list[str] = []
+    n = cfg["groups"][0]["extents"]
+    refs = np.zeros(n, np.int64)
+    records = pool._records(txn)
+    ids = {r["id"] for r in records}
+    names = {r["name"] for r in records}
+    for r in records:
+        chunks = list(meta.map_chunks(txn, r["id"]))
+        want = extents_for(r["size"], E)
+        phys = [np.frombuffer(raw, np.uint32)[: max(0, min(CHUNK, want - no * CHUNK))] for no, raw in chunks]
+        beyond = [no for no, raw in chunks if no * CHUNK >= want]
+        tail_junk = any((np.frombuffer(raw, np.uint32)[max(0, want - no * CHUNK):] != UNMAPPED).any()
+                        for no, raw in chunks if no * CHUNK < want < (no + 1) * CHUNK)
+        if beyond or tail_junk:
+            errors.append(f"LU {r['name']!r}: map entries past its size")
+        mapped = np.concatenate(phys)[np.concatenate(phys) != UNMAPPED] if phys else np.zeros(0, np.uint32)
+        if (mapped >= n).any():
+            errors.append(f"LU {r['name']!r}: {int((mapped >= n).sum())} map entries outside the pool")
+            mapped = mapped[mapped < n]
+        if len(np.unique(mapped)) != len(mapped):
+            errors.append(f"LU {r['name']!r}: a physical extent is mapped twice in one map")
+        if len(mapped) != r.get("allocated", -1):
+            leaks.append(f"LU {r['name']!r}: record says {r.get('allocated')} extents, map has {len(mapped)}")
+        np.add.at(refs, mapped.astype(np.int64), 1)
+        if r["kind"] in ("snapshot", "clone") and r["parent"] is not None:
+            parent = r["parent"]
+            if parent not in names:
+                errors.append(f"LU {r['name']!r}: parent {parent!r} does not exist")
+    orphan_keys = []
+    for key, _ in meta.iter_prefix(txn, "maps", b""):
+        if struct.unpack(">QI", key)[0] not in ids:
+            orphan_keys.append(key)
+    if orphan_keys:
+        leaks.append(f"{len(orphan_keys)} map chunk(s) belong to no LU")
+    rc = meta.fg_array(txn, "rc", 0, n, np.uint32, 0).astype(np.int64)
+    free = meta.fg_array(txn, "free", 0, n, bool, 0)
+    low = np.flatnonzero(rc < refs)
+    high = np.flatnonzero(rc > refs)
+    if len(low):
+        errors.append(f"{len(low)} extent(s) have a reference count lower than their references")
+    if len(high):
+        leaks.append(f"{len(high)} extent(s) have a reference count higher than their references")
+    live = np.zeros(n, bool)
+    dead_keys = []
+    owner = np.zeros(n, np.int64)
+    for key, _ in list(meta.iter_prefix(txn, "resv", b"")):
+        session, fg = key.decode().split("/")
+        held = read_resv(txn, meta, key)
+        held = held[held < n]
+        alive = session == pool.session or is_held(os.path.join(pool.path, "locks", f"session-{session}"))
+        if alive:
+            live[held] = True
+            np.add.at(owner, held, 1)
+        else:
+            dead_keys.append(key)
+            leaks.append(f"session {session} died holding {len(held)} extent(s)")
+    if (owner > 1).any():
+        errors.append(f"{int((owner > 1).sum())} extent(s) are reserved by two sessions")
+    in_use_free = np.flatnonzero(free & (refs > 0))
+    if len(in_use_free):
+        errors.append(f"{len(in_use_free)} extent(s) in use are marked free")
+    if (free & live).any():
+        errors.append(f"{int((free & live).sum())} reserved extent(s) are marked free")
+    if (live & (refs > 0)).any():
+        errors.append(f"{int((live & (refs > 0)).sum())} reserved extent(s) are also in use")
+    lost = np.flatnonzero(~free & (refs == 0) & ~live)
+    if len(lost):
+        leaks.append(f"{len(lost)} extent(s) are neither free, used nor reserved (leaked)")
+    return {"errors": errors, "leaks": leaks, "refs": refs, "live": live, "n": n,
+            "dead_keys": dead_keys, "orphan_keys": orphan_keys, "lus": len(records),
+            "allocated_extents": int(np.count_nonzero(refs))}
+
+
+def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
+    """Check (and with ``repair``, fix what is safe to fix); returns the report with ``code``."""
+    with pool._lock:
+        pool.flush()
+        with pool._meta.read() as txn:
+            found = _scan(pool, txn)
+        repaired = []
+        if repair and (found["leaks"] or found["errors"]):
+            with pool._meta.write() as txn:
+                found = _scan(pool, txn)
+                _repair(pool, txn, found)
+            repaired = found["leaks"] + found["errors"]
+            with pool._meta.read() as txn:
+                found = _scan(pool, txn)
+    code = CORRUPT if found["errors"] else LEAKS if found["leaks"] else CLEAN
+    return {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
+            "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"]}
+
+
+def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
+    meta, n, refs, live = pool._meta, found["n"], found["refs"], found["live"]
+    for c in range(extents_for(n, CHUNK)):
+        part = refs[c * CHUNK:(c + 1) * CHUNK]
+        arr = np.zeros(CHUNK, np.uint32)
+        arr[: len(part)] = part
+        txn.put(fg_key(0, c), arr.tobytes(), db=meta.db["rc"])
+    should_free = np.flatnonzero((refs == 0) & ~live)
+    in_use = np.flatnonzero((refs > 0) | live)
+    set_free(meta, txn, 0, should_free, True)
+    set_free(meta, txn, 0, in_use, False)
+    for key in found["dead_keys"]:
+        txn.delete(key, db=meta.db["resv"])
+    for key in found["orphan_keys"]:
+        txn.delete(key, db=meta.db["maps"])
+    for r in pool._records(txn):
+        mapped = sum(int(np.count_nonzero(np.frombuffer(raw, np.uint32) != UNMAPPED))
+                     for _, raw in meta.map_chunks(txn, r["id"]))
+        if r.get("allocated") != mapped:
+            r["allocated"] = mapped
+            meta.put_json(txn, "lus", r["name"].encode(), r)

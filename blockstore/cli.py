@@ -1,0 +1,281 @@
+"""The ``blockstore`` command: a thin adapter over the Python API.
+
+Exit codes: 0 success; 1 a refused request (one line on stderr, the pool unchanged); 2 a usage
+error; ``pool check`` adds 3 (leaks only) and 4 (corruption), see check.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from . import __version__
+from .check import check
+from .errors import BlockstoreError, InvalidArgument
+from .pool import Pool
+from .progress import Progress
+from .sizes import format_size, parse_size
+from .transfer import export_file, import_file
+
+STDIN_STEP = 1 << 20
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _offset(text: str) -> int:
+    try:
+        return parse_size(text, what="offset", allow_zero=True)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text.rstrip("%")) / (100 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r}") from None
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="blockstore", description="Thin-provisioned virtual block storage.")
+    p.add_argument("--pool", default=os.environ.get("BLOCKSTORE_POOL"),
+                   help="pool directory (default: $BLOCKSTORE_POOL)")
+    p.add_argument("--version", action="version", version=f"blockstore {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    top = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+
+    pool = top.add_parser("pool", help="create and inspect the pool").add_subparsers(dest="cmd", required=True)
+    c = pool.add_parser("create", help="make a new pool")
+    c.add_argument("--size", type=_size, required=True)
+    c.add_argument("--extent-size", type=_size, default=1 << 20)
+    c.add_argument("--threshold", type=_fraction, default=0.8, help="warn when this much is allocated (0.8 or 80%%)")
+    c.add_argument("--json", action="store_true")
+    pool.add_parser("status", help="capacity, use, overcommit").add_argument("--json", action="store_true")
+    g = pool.add_parser("grow", help="grow the pool")
+    g.add_argument("--size", type=_size, required=True)
+    t = pool.add_parser("set", help="change a pool setting")
+    t.add_argument("--threshold", type=_fraction, required=True)
+    k = pool.add_parser("check", help="verify every metadata invariant (exit 0 clean, 3 leaks, 4 corrupt)")
+    k.add_argument("--repair", action="store_true")
+    k.add_argument("--json", action="store_true")
+
+    lu = top.add_parser("lu", help="logical units").add_subparsers(dest="cmd", required=True)
+    c = lu.add_parser("create", help="a new thin LU")
+    c.add_argument("name")
+    c.add_argument("--size", type=_size, required=True)
+    c.add_argument("--thick", action="store_true", help="reserve every extent now")
+    c.add_argument("--json", action="store_true")
+    lu.add_parser("list", help="every LU and snapshot").add_argument("--json", action="store_true")
+    s = lu.add_parser("show", help="one LU")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    r = lu.add_parser("resize", help="grow (or with --force shrink) an LU")
+    r.add_argument("name")
+    r.add_argument("--size", type=_size, required=True)
+    r.add_argument("--force", action="store_true")
+    r = lu.add_parser("rm", help="remove an LU or a snapshot (LU@SNAP)")
+    r.add_argument("name")
+    r.add_argument("--recursive", "-r", action="store_true", help="remove the LU's snapshots too")
+    s = lu.add_parser("snapshot", help="a read-only snapshot NAME@SNAP")
+    s.add_argument("name")
+    s.add_argument("snap")
+    s = lu.add_parser("clone", help="a writable copy-on-write clone of NAME or NAME@SNAP")
+    s.add_argument("source")
+    s.add_argument("new")
+    s = lu.add_parser("rollback", help="return NAME to its snapshot SNAP")
+    s.add_argument("name")
+    s.add_argument("snap")
+    lu.add_parser("flatten", help="a clone stops sharing with its parent").add_argument("name")
+    s = lu.add_parser("import", help="a raw image file into a new LU (sparse-aware)")
+    s.add_argument("name")
+    s.add_argument("file")
+    s = lu.add_parser("export", help="an LU out to a sparse raw file")
+    s.add_argument("name")
+    s.add_argument("file")
+    s = lu.add_parser("write", help="write stdin into an LU at --offset")
+    s.add_argument("name")
+    s.add_argument("--offset", type=_offset, default=0)
+    s = lu.add_parser("read", help="read --length bytes from --offset to stdout")
+    s.add_argument("name")
+    s.add_argument("--offset", type=_offset, default=0)
+    s.add_argument("--length", type=_offset, default=None, help="default: to the end of the LU")
+
+    b = top.add_parser("bench", help="measure the engine against a plain file")
+    b.add_argument("--quick", action="store_true", help="small sizes, done within a minute")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --json)")
+    b.add_argument("--dir", help="where to run (default: a temporary directory under the current one)")
+    return p
+
+
+def _print(args: argparse.Namespace, obj: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ["NAME", "SIZE", "ALLOCATED", "KIND", "PARENT"]
+    body = [[r["name"], format_size(r["size"]), format_size(r["allocated"]),
+             r["kind"] + (" thick" if r["thick"] else ""), r["parent"] or "-"] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body])
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    return "\n".join([
+        f"pool        {s['path']}",
+        f"capacity    {format_size(s['capacity'])}  (extents of {format_size(s['extent_size'])})",
+        f"allocated   {format_size(s['allocated'])}  ({s['used_fraction'] * 100:.1f}% used incl. reserved"
+        f"{', OVER THRESHOLD' if s['threshold_exceeded'] else ''}; threshold {s['threshold'] * 100:.0f}%)",
+        f"reserved    {format_size(s['reserved'])}",
+        f"free        {format_size(s['free'])}",
+        f"provisioned {format_size(s['provisioned'])}  (overcommit {s['overcommit']:.2f}x)",
+        f"LUs         {s['lus']}  snapshots {s['snapshots']}",
+        f"metadata    {format_size(s['metadata_bytes'])}",
+    ])
+
+
+def _progress(label: str, total: int) -> Progress:
+    return Progress(label, total)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.group == "bench":
+        from blockstore_bench.run import main as bench_main
+        return bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir)
+    if not args.pool:
+        raise UsageError("blockstore: no pool given: use --pool DIR or set BLOCKSTORE_POOL")
+    if args.group == "pool" and args.cmd == "create":
+        with Pool.create(args.pool, args.size, extent_size=args.extent_size, threshold=args.threshold) as pool:
+            st = pool.status()
+        _print(args, st, f"created pool {st['path']}: {format_size(st['capacity'])} in extents of "
+                         f"{format_size(st['extent_size'])}")
+        return 0
+    with Pool.open(args.pool) as pool:
+        return _run_in_pool(args, pool)
+
+
+def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
+    cmd = (args.group, args.cmd)
+    if cmd == ("pool", "status"):
+        st = pool.status()
+        _print(args, st, _status_text(st))
+    elif cmd == ("pool", "grow"):
+        pool.grow(args.size)
+        print(f"pool is now {format_size(pool.status()['capacity'])}")
+    elif cmd == ("pool", "set"):
+        pool.set_threshold(args.threshold)
+    elif cmd == ("pool", "check"):
+        rep = check(pool, repair=args.repair)
+        lines = [f"error: {e}" for e in rep["errors"]] + [f"leak: {e}" for e in rep["leaks"]]
+        lines += [f"repaired: {e}" for e in rep["repaired"]]
+        lines.append("clean" if rep["clean"] else f"not clean (code {rep['code']})")
+        _print(args, rep, "\n".join(lines))
+        return int(rep["code"])
+    elif cmd == ("lu", "create"):
+        with pool.create_lu(args.name, args.size, thick=args.thick):
+            pass
+        info = pool.lu_info(args.name)
+        _print(args, info, f"created LU {args.name} of {format_size(info['size'])}")
+    elif cmd == ("lu", "list"):
+        rows = sorted(pool.list_lus(), key=lambda r: r["name"])
+        _print(args, rows, _table(rows))
+    elif cmd == ("lu", "show"):
+        info = pool.lu_info(args.name)
+        _print(args, info, "\n".join(f"{k:<17} {v}" for k, v in info.items()))
+    elif cmd == ("lu", "resize"):
+        pool.resize(args.name, args.size, force=args.force)
+    elif cmd == ("lu", "rm"):
+        removed = pool.remove(args.name, recursive=args.recursive)
+        print("removed " + ", ".join(removed))
+    elif cmd == ("lu", "snapshot"):
+        pool.snapshot(args.name, args.snap)
+    elif cmd == ("lu", "clone"):
+        pool.clone(args.source, args.new)
+    elif cmd == ("lu", "rollback"):
+        pool.rollback(args.name, args.snap)
+    elif cmd == ("lu", "flatten"):
+        n = pool.flatten(args.name)
+        print(f"copied {n} shared extent(s)")
+    elif cmd == ("lu", "import"):
+        bar = _progress(f"import {args.name}", os.path.getsize(args.file) if os.path.exists(args.file) else 0)
+        t = time.monotonic()
+        with import_file(pool, args.name, args.file, progress=lambda d, n: (setattr(bar, "total", n), bar.update(d))) as lu:
+            size, alloc = lu.size, lu.allocated_bytes
+        bar.close()
+        print(f"imported {args.file} as {args.name}: {format_size(size)}, {format_size(alloc)} allocated, "
+              f"{time.monotonic() - t:.2f}s")
+    elif cmd == ("lu", "export"):
+        with pool.lu(args.name, writable=False) as lu:
+            bar = _progress(f"export {args.name}", 1)
+            export_file(lu, args.file, progress=lambda d, n: (setattr(bar, "total", n), bar.update(d)))
+            bar.close()
+    elif cmd == ("lu", "write"):
+        with pool.lu(args.name) as lu:
+            pos = args.offset
+            while True:
+                chunk = sys.stdin.buffer.read(STDIN_STEP)
+                if not chunk:
+                    break
+                lu.write(pos, chunk)
+                pos += len(chunk)
+            lu.flush()
+    elif cmd == ("lu", "read"):
+        with pool.lu(args.name, writable=False) as lu:
+            end = lu.size if args.length is None else args.offset + args.length
+            if end > lu.size:
+                raise InvalidArgument(f"read of {end - args.offset} bytes at {args.offset} is past the end of "
+                                      f"{args.name} ({lu.size} bytes)")
+            out = sys.stdout.buffer
+            for pos in range(args.offset, end, STDIN_STEP):
+                out.write(lu.read(pos, min(STDIN_STEP, end - pos)))
+            out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="blockstore: %(message)s")
+        return run(args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except BlockstoreError as e:
+        print(f"blockstore: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        print("blockstore: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"blockstore: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""One failure group's data file: a sparse file where physical extent ``i`` occupies bytes
+``[i * extent_size, (i + 1) * extent_size)``. The bottom of the stack: it moves bytes and knows
+nothing of LUs."""
+from __future__ import annotations
+
+import os
+
+from .errors import BlockstoreError
+
+try:
+    from fcntl import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate  # type: ignore[attr-defined]
+except ImportError:  # Python < 3.12 has no fcntl.fallocate; reach it through libc
+    import ctypes
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+    def fallocate(fd: int, mode: int, offset: int, length: int) -> None:  # type: ignore[misc]
+        if _libc.fallocate(fd, mode, offset, length) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+
+class DataFile:
+    """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync."""
+
+    def __init__(self, path: str, *, create_size: int | None = None) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create_size is not None else 0)
+        try:
+            self.fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise BlockstoreError(f"cannot open data file {path}: {e.strerror}") from None
+        if create_size is not None:
+            os.ftruncate(self.fd, create_size)
+        self.dirty = False
+        self._can_punch = True
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:  # past the file's end is a hole
+            data += bytes(length - len(data))
+        return data
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        got = os.preadv(self.fd, [buf], offset)
+        if got < len(buf):
+            buf[got:] = bytes(len(buf) - got)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        self.dirty = True
+        n = os.pwrite(self.fd, data, offset)
+        while n < len(data):  # short writes are legal; finish them
+            n += os.pwrite(self.fd, memoryview(data)[n:], offset + n)
+
+    def punch(self, offset: int, length: int) -> None:
+        """Make the range read as zeros and give its blocks back to the filesystem."""
+        self.dirty = True
+        if self._can_punch:
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError:
+                self._can_punch = False  # a filesystem without hole punching: write zeros
+        zeros = bytes(min(length, 1 << 20))
+        for pos in range(0, length, len(zeros)):
+            self.pwrite(zeros[: min(len(zeros), length - pos)], offset + pos)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def grow(self, size: int) -> None:
+        if size > self.size():
+            os.ftruncate(self.fd, size)
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

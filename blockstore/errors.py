@@ -1,0 +1,51 @@
+"""The engine's exceptions. Each carries an errno so front ends (CLI exit codes, FUSE replies)
+translate them without knowing the cause."""
+from __future__ import annotations
+
+import errno as _errno
+
+
+class BlockstoreError(Exception):
+    """A request the engine refused or could not carry out. The message is one line for a user."""
+
+    errno: int = _errno.EIO
+
+
+class InvalidArgument(BlockstoreError):
+    errno = _errno.EINVAL
+
+
+class OutOfRange(InvalidArgument):
+    """I/O that reaches past the end of an LU."""
+
+
+class NotFound(BlockstoreError):
+    errno = _errno.ENOENT
+
+
+class NotAPool(NotFound):
+    """The directory is missing or holds no pool."""
+
+
+class AlreadyExists(BlockstoreError):
+    errno = _errno.EEXIST
+
+
+class ReadOnly(BlockstoreError):
+    errno = _errno.EROFS
+
+
+class Busy(BlockstoreError):
+    """The object is in use: held open for writing elsewhere, or depended on by clones."""
+
+    errno = _errno.EBUSY
+
+
+class PoolFull(BlockstoreError):
+    errno = _errno.ENOSPC
+
+
+class PoolCorrupt(BlockstoreError):
+    """The pool's metadata cannot be read or breaks an invariant."""
+
+    errno = _errno.EUCLEAN

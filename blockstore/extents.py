@@ -1,0 +1,115 @@
+"""Extent arithmetic and the per-LU extent map.
+
+An LU's bytes are cut into extents of the pool's ``extent_size``; its map says, for each logical
+extent, which physical extent of the data file holds it (or UNMAPPED: a thin hole that reads as
+zeros). Maps live in numpy arrays in memory and in LMDB as chunks of CHUNK entries, so a save
+writes only the chunks that changed and a sparse LU stores only the chunks it uses.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+UNMAPPED = 0xFFFFFFFF
+#: Map entries per stored chunk (4 KiB of uint32).
+CHUNK = 1024
+
+Piece = tuple[int, int, int, int]
+
+
+def split(offset: int, length: int, extent_size: int) -> list[Piece]:
+    """Cut the byte range ``[offset, offset + length)`` at extent boundaries.
+
+    Returns ``(extent, start_in_extent, nbytes, pos_in_buffer)`` for the unaligned head, each
+    whole extent of the body, and the unaligned tail: the one shape every layer splits I/O by.
+    """
+    pieces: list[Piece] = []
+    pos = 0
+    while pos < length:
+        ext, start = divmod(offset + pos, extent_size)
+        n = min(extent_size - start, length - pos)
+        pieces.append((ext, start, n, pos))
+        pos += n
+    return pieces
+
+
+def extents_for(size: int, extent_size: int) -> int:
+    """How many extents cover ``size`` bytes."""
+    return -(-size // extent_size)
+
+
+class ExtentMap:
+    """Logical extent -> physical extent of one LU (uint32, UNMAPPED for holes).
+
+    ``exclusive[i]`` is True when this LU alone references ``phys[i]``, so a write may go in
+    place; anything else (shared with a snapshot or clone, or not known) is copied on write.
+    ``dirty`` holds the chunk numbers changed since the last save.
+    """
+
+    __slots__ = ("phys", "exclusive", "dirty")
+
+    def __init__(self, n_extents: int) -> None:
+        self.phys = np.full(n_extents, UNMAPPED, dtype=np.uint32)
+        self.exclusive = np.zeros(n_extents, dtype=bool)
+        self.dirty: set[int] = set()
+
+    @classmethod
+    def from_chunks(cls, n_extents: int, chunks: Iterable[tuple[int, bytes]]) -> "ExtentMap":
+        m = cls(n_extents)
+        for no, raw in chunks:
+            arr = np.frombuffer(raw, dtype=np.uint32)
+            lo = no * CHUNK
+            hi = min(lo + len(arr), n_extents)
+            if hi > lo:
+                m.phys[lo:hi] = arr[: hi - lo]
+        return m
+
+    def __len__(self) -> int:
+        return len(self.phys)
+
+    def set(self, ext: int, phys: int, exclusive: bool) -> None:
+        self.phys[ext] = phys
+        self.exclusive[ext] = exclusive
+        self.dirty.add(ext // CHUNK)
+
+    def mapped(self) -> np.ndarray:
+        """The physical extents this map references (uint32 array)."""
+        return self.phys[self.phys != UNMAPPED]
+
+    def allocated(self) -> int:
+        return int(np.count_nonzero(self.phys != UNMAPPED))
+
+    def chunk(self, no: int) -> bytes | None:
+        """Chunk ``no`` as stored, or None when every entry in it is a hole."""
+        part = self.phys[no * CHUNK : (no + 1) * CHUNK]
+        if not (part != UNMAPPED).any():
+            return None
+        if len(part) < CHUNK:
+            part = np.concatenate([part, np.full(CHUNK - len(part), UNMAPPED, np.uint32)])
+        return part.tobytes()
+
+    def take_dirty(self) -> Iterator[tuple[int, bytes | None]]:
+        """Yield and forget the changed chunks."""
+        dirty, self.dirty = sorted(self.dirty), set()
+        for no in dirty:
+            yield no, self.chunk(no)
+
+    def all_chunks(self) -> Iterator[tuple[int, bytes]]:
+        for no in range(extents_for(len(self.phys), CHUNK)):
+            raw = self.chunk(no)
+            if raw is not None:
+                yield no, raw
+
+    def resize(self, n_extents: int) -> None:
+        """Grow with holes or cut the tail (the caller has released what the tail referenced)."""
+        old = len(self.phys)
+        if n_extents > old:
+            self.phys = np.concatenate([self.phys, np.full(n_extents - old, UNMAPPED, np.uint32)])
+            self.exclusive = np.concatenate([self.exclusive, np.zeros(n_extents - old, bool)])
+        else:
+            self.phys = self.phys[:n_extents].copy()
+            self.exclusive = self.exclusive[:n_extents].copy()
+        # Every chunk from the old end's chunk onwards may have changed or vanished.
+        first = min(old, n_extents) // CHUNK
+        self.dirty.update(range(first, extents_for(max(old, n_extents), CHUNK) + 1))

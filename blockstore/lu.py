@@ -1,0 +1,249 @@
+"""A logical unit: a thin, extent-mapped block device over a failure group's data file.
+
+Write path (all under the pool lock, so the engine is thread-safe):
+- an extent this LU alone references is written in place;
+- a hole is filled by taking a clean extent from the allocator (punched first when the write
+  covers only part of it, so the rest reads as zeros); an all-zero write to a hole is dropped;
+- an extent shared with a snapshot or clone is copied on write: the old extent is read, the new
+  bytes are overlaid, the whole is written to a new extent, and the old one is unreferenced.
+  The shared extent itself is never written.
+Map and reference-count changes stay in memory until ``flush``, which syncs the data file and
+then commits them in one LMDB transaction (pool.py).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import OutOfRange, ReadOnly
+from .extents import UNMAPPED, ExtentMap, extents_for, split
+from .zero import is_zero
+
+if TYPE_CHECKING:
+    from .locks import HolderLock
+    from .pool import Pool
+
+Buffer = bytes | bytearray | memoryview
+
+
+class LU:
+    """An open LU. Get one from ``Pool.open_lu``; close it (or use ``with``) when done.
+
+    A writable handle holds the LU's holder lock: one process at a time. Read-only handles of an
+    LU another process writes see each committed state of it (they re-read the map when the
+    LU's generation changes).
+    """
+
+    def __init__(self, pool: "Pool", record: dict[str, Any], emap: ExtentMap, *, writable: bool,
+                 holder: "HolderLock | None" = None) -> None:
+        self._pool = pool
+        self._lock = pool._lock
+        self.name: str = record["name"]
+        self.id: int = record["id"]
+        self.kind: str = record["kind"]
+        self.thick: bool = record.get("thick", False)
+        self._size: int = record["size"]
+        self._gen: int = record["gen"]
+        self._map = emap
+        self._E = pool.extent_size
+        self._df = pool._datafiles[0]
+        self._alloc = pool._allocators[0]
+        self._writable = writable
+        self._holder = holder
+        self._opens = 1
+        self._closed = False
+
+    # -- BlockDevice -------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return self._size
+
+    @property
+    def readonly(self) -> bool:
+        return not self._writable
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of extents this LU maps (shared ones included)."""
+        return self._map.allocated() * self._E
+
+    @property
+    def extent_size(self) -> int:
+        return self._E
+
+    def mapped_extents(self) -> np.ndarray:
+        """Logical extent numbers that hold data (everything else reads as zeros)."""
+        with self._lock:
+            if not self._writable:
+                self._pool._refresh(self)
+            return np.flatnonzero(self._map.phys != UNMAPPED)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        E = self._E
+        with self._lock:
+            if not self._writable:
+                self._pool._refresh(self)
+            ext, start = divmod(offset, E)
+            if start + length <= E:
+                p = self._map.phys.item(ext)
+                return bytes(length) if p == UNMAPPED else self._df.pread(p * E + start, length)
+            buf = bytearray(length)
+            self._readinto(memoryview(buf), offset)
+            return bytes(buf)
+
+    def readinto(self, offset: int, buf: memoryview | bytearray) -> None:
+        """Fill ``buf`` from ``offset`` without an extra copy."""
+        mv = memoryview(buf).cast("B")
+        self._check(offset, len(mv))
+        with self._lock:
+            if not self._writable:
+                self._pool._refresh(self)
+            self._readinto(mv, offset)
+
+    def _readinto(self, mv: memoryview, offset: int) -> None:
+        E, phys = self._E, self._map.phys
+        for ext, start, n, pos in split(offset, len(mv), E):
+            p = phys.item(ext)
+            if p == UNMAPPED:
+                mv[pos:pos + n] = bytes(n)
+            else:
+                self._df.readinto(mv[pos:pos + n], p * E + start)
+
+    def write(self, offset: int, data: Buffer) -> None:
+        n = len(data)
+        self._check(offset, n)
+        self._check_writable()
+        E = self._E
+        with self._lock:
+            ext, start = divmod(offset, E)
+            if start + n <= E:
+                # One extent: the common case, kept short.
+                m = self._map
+                p = m.phys.item(ext)
+                if p != UNMAPPED and m.exclusive.item(ext):
+                    self._df.pwrite(data, p * E + start)
+                else:
+                    self._write_extent(ext, start, data)
+                return
+            pieces = split(offset, n, E)
+            self._reserve_for(pieces)
+            mv = memoryview(data).cast("B")
+            for ext, start, cnt, pos in pieces:
+                self._write_extent(ext, start, mv[pos:pos + cnt])
+
+    def discard(self, offset: int, length: int) -> None:
+        """Zero ``[offset, offset+length)``: whole extents are unmapped (thin LUs) and freed once
+        nothing references them; partial ones are zeroed."""
+        self._check(offset, length)
+        self._check_writable()
+        E = self._E
+        with self._lock:
+            for ext, start, n, _ in split(offset, length, E):
+                p = self._map.phys.item(ext)
+                if p == UNMAPPED:
+                    continue
+                if n == E and not self.thick:
+                    self._unmap(ext)
+                elif self._map.exclusive.item(ext):
+                    self._df.punch(p * E + start, n)
+                else:
+                    self._write_extent(ext, start, bytes(n), zero_ok=True)
+
+    def flush(self) -> None:
+        """Make every write acknowledged so far durable (pool-wide commit)."""
+        self._pool.flush()
+
+    def close(self) -> None:
+        self._pool._close_lu(self)
+
+    def __enter__(self) -> "LU":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LU {self.name} {self._size} bytes {'rw' if self._writable else 'ro'}>"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise ValueError(f"LU {self.name} is closed")
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise OutOfRange(
+                f"I/O at offset {offset} length {length} is outside LU {self.name!r} of {self._size} bytes"
+            )
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            what = "a snapshot" if self.kind == "snapshot" else "open read-only"
+            raise ReadOnly(f"LU {self.name!r} is {what}")
+
+    def _reserve_for(self, pieces: list[tuple[int, int, int, int]]) -> None:
+        """Take every extent a multi-extent write may need up front, so ENOSPC leaves it unapplied."""
+        exts = np.array([p[0] for p in pieces], np.int64)
+        need = int(np.count_nonzero(~self._map.exclusive[exts] | (self._map.phys[exts] == UNMAPPED)))
+        if need:
+            self._alloc.ensure(need)
+
+    def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False) -> None:
+        """Write within one extent that is a hole or shared (or exclusive, via discard)."""
+        E, m, df, alloc = self._E, self._map, self._df, self._alloc
+        p = m.phys.item(ext)
+        n = len(data)
+        whole = n == E
+        if p != UNMAPPED and m.exclusive.item(ext):
+            df.pwrite(data, p * E + start)
+            return
+        if (zero_ok or is_zero(data)) and not self.thick:
+            if p == UNMAPPED:
+                return  # zeros on a hole: already zeros, allocate nothing
+            if whole:
+                self._unmap(ext)
+                return
+        q = alloc.take()
+        if p == UNMAPPED:
+            if not whole:
+                df.punch(q * E, E)
+            df.pwrite(data, q * E + start)
+        else:
+            if whole:
+                df.pwrite(data, q * E)
+            else:
+                buf = bytearray(df.pread(p * E, E))
+                buf[start:start + n] = data
+                df.pwrite(buf, q * E)
+            alloc.unref(p)
+        alloc.ref(q)
+        m.set(ext, q, True)
+
+    def _unmap(self, ext: int) -> None:
+        self._alloc.unref(self._map.phys.item(ext))
+        self._map.set(ext, UNMAPPED, False)
+
+    def _copy_shared(self) -> int:
+        """Give this LU its own copy of every extent it shares (flatten). Returns extents copied."""
+        E, m = self._E, self._map
+        shared = np.flatnonzero((m.phys != UNMAPPED) & ~m.exclusive)
+        for ext in shared.tolist():
+            p = m.phys.item(ext)
+            q = self._alloc.take()
+            self._df.pwrite(self._df.pread(p * E, E), q * E)
+            self._alloc.unref(p)
+            self._alloc.ref(q)
+            m.set(ext, q, True)
+        return len(shared)
+
+    def _resize_map(self, size: int) -> None:
+        """Set the size in bytes; the caller has already discarded what a shrink cuts off."""
+        n = extents_for(size, self._E)
+        if n < len(self._map):
+            tail = self._map.phys[n:]
+            self._alloc.unref_many(tail[tail != UNMAPPED])
+        self._map.resize(n)
+        self._size = size

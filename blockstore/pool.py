@@ -1,0 +1,637 @@
+"""The storage pool: failure groups' data files, the metadata, and the lifecycle of LUs.
+
+Durability contract (DESIGN.md, enforced here): ``flush`` syncs every data file first and then
+commits, in one LMDB transaction, every map and reference-count change made since the last
+flush. Each metadata operation (create, snapshot, clone, rollback, flatten, resize, remove) is
+itself such a flush plus its own change, in the same transaction. After a crash at any instant:
+every write acknowledged before the last completed flush reads back exactly; the metadata is the
+last committed transaction (consistent; a dead session's reserved extents are reclaimed on the
+next open); an extent shared with a snapshot is never overwritten in place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from .allocator import Allocator, init_free, read_resv, set_free
+from .datafile import DataFile
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
+from .extents import UNMAPPED, ExtentMap, extents_for
+from .locks import HolderLock, is_held
+from .lu import LU
+from .meta import FORMAT, Meta, map_key
+from .names import check_name, snapshot_name, split_snapshot
+from .sizes import format_size, parse_size
+
+log = logging.getLogger("blockstore")
+
+DEFAULT_EXTENT = 1 << 20
+MIN_EXTENT, MAX_EXTENT = 64 << 10, 16 << 20
+SECTOR = 512
+DEFAULT_THRESHOLD = 0.8
+#: Physical extent numbers are uint32 and 0xFFFFFFFF marks a hole.
+MAX_EXTENTS = 0xFFFFFFFE
+
+
+def _check_extent_size(extent_size: int) -> int:
+    if extent_size & (extent_size - 1) or not MIN_EXTENT <= extent_size <= MAX_EXTENT:
+        raise InvalidArgument(
+            f"extent size must be a power of two from 64K to 16M, not {extent_size}"
+        )
+    return extent_size
+
+
+def _check_lu_size(size: int | str) -> int:
+    n = parse_size(size, what="LU size")
+    if n % SECTOR:
+        raise InvalidArgument(f"LU size must be a multiple of {SECTOR} bytes, not {n}")
+    return n
+
+
+class Pool:
+    """An open storage pool. Use ``Pool.create`` or ``Pool.open``, ideally as a context manager.
+
+    Thread-safe: one re-entrant lock guards the in-memory state. Several processes may open one
+    pool; each LU is writable by one process at a time (its holder lock).
+    """
+
+    def __init__(self, path: str) -> None:
+        path = os.path.abspath(path)
+        if not os.path.isdir(path):
+            raise NotAPool(f"no pool at {path}: directory does not exist")
+        if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
+            raise NotAPool(f"{path} is not a blockstore pool (no meta/data.mdb)")
+        self.path = path
+        self._lock = threading.RLock()
+        self._meta = Meta(os.path.join(path, "meta"))
+        with self._meta.read() as txn:
+            cfg = self._meta.config(txn)
+        self.extent_size: int = cfg["extent_size"]
+        self.session = uuid.uuid4().hex[:16]
+        os.makedirs(self._locks_dir, exist_ok=True)
+        self._session_lock = HolderLock(os.path.join(self._locks_dir, f"session-{self.session}"))
+        self._session_lock.acquire("session")
+        self._datafiles: dict[int, DataFile] = {}
+        self._allocators: dict[int, Allocator] = {}
+        self._writers: dict[str, LU] = {}
+        self._over_threshold = False
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        try:
+            for fg, group in enumerate(cfg["groups"]):
+                df_path = group["path"] if os.path.isabs(group["path"]) else os.path.join(path, group["path"])
+                df = DataFile(df_path)
+                if df.size() < group["extents"] * self.extent_size:
+                    raise BlockstoreError(f"data file {df_path} is shorter than the pool says: damaged pool")
+                self._datafiles[fg] = df
+                self._allocators[fg] = Allocator(self._meta, fg, self.session, df, self.extent_size,
+                                                 on_usage=self._usage)
+            self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
+            self.reclaim_dead_sessions()
+        except BaseException:
+            self._teardown()
+            raise
+
+    # -- creation and lifetime -----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str, size: int | str, *, extent_size: int | str = DEFAULT_EXTENT,
+               threshold: float = DEFAULT_THRESHOLD) -> "Pool":
+        """Make a new pool of ``size`` bytes (rounded down to whole extents) at ``path``."""
+        E = _check_extent_size(parse_size(extent_size, what="extent size"))
+        n = parse_size(size, what="pool size") // E
+        if n < 1:
+            raise InvalidArgument(f"pool size must be at least one extent ({format_size(E)})")
+        if n > MAX_EXTENTS:
+            raise InvalidArgument(f"pool size is too large for {format_size(E)} extents; use larger extents")
+        if not 0.0 < threshold <= 1.0:
+            raise InvalidArgument("threshold must be a fraction in (0, 1]")
+        path = os.path.abspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise AlreadyExists(f"{path} already exists and is not an empty directory")
+        made_dir = not os.path.exists(path)
+        try:
+            os.makedirs(os.path.join(path, "fg0"), exist_ok=True)
+            os.makedirs(os.path.join(path, "locks"), exist_ok=True)
+            DataFile(os.path.join(path, "fg0", "data"), create_size=n * E).close()
+            meta = Meta(os.path.join(path, "meta"), create=True)
+            with meta.write() as txn:
+                meta.put_json(txn, "config", b"pool", {
+                    "format": FORMAT, "extent_size": E, "threshold": threshold, "next_lu_id": 1,
+                    "groups": [{"path": "fg0/data", "extents": n}], "created": time.time(),
+                })
+                init_free(meta, txn, 0, 0, n)
+            meta.close()
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True) if made_dir else _empty_dir(path)
+            raise
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str) -> "Pool":
+        return cls(path)
+
+    def close(self) -> None:
+        """Flush, release this session's reserved extents and every open LU."""
+        with self._lock:
+            if self._meta is None:
+                return
+            try:
+                self.flush()
+                for lu in list(self._writers.values()):
+                    self._release(lu)
+                for a in self._allocators.values():
+                    a.release_all()
+            finally:
+                self._teardown()
+
+    def _teardown(self) -> None:
+        for df in self._datafiles.values():
+            df.close()
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None  # type: ignore[assignment]
+        self._session_lock.release()
+        try:
+            os.unlink(self._session_lock.path)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _locks_dir(self) -> str:
+        return os.path.join(self.path, "locks")
+
+    def reclaim_dead_sessions(self) -> int:
+        """Return to the free bitmap what sessions that died without closing had reserved."""
+        reclaimed = 0
+        with self._lock, self._meta.write() as txn:
+            rc = {fg: a.refcounts(txn) for fg, a in self._allocators.items()}
+            for key, _ in list(self._meta.iter_prefix(txn, "resv", b"")):
+                session, fg = key.decode().split("/")
+                lock = os.path.join(self._locks_dir, f"session-{session}")
+                if session == self.session or is_held(lock):
+                    continue
+                held = read_resv(txn, self._meta, key)
+                held = held[rc[int(fg)][held] == 0]
+                set_free(self._meta, txn, int(fg), held, True)
+                txn.delete(key, db=self._meta.db["resv"])
+                reclaimed += len(held)
+                try:
+                    os.unlink(lock)
+                except OSError:
+                    pass
+        return reclaimed
+
+    # -- flush and the commit of every metadata change ----------------------------------------
+
+    def flush(self) -> None:
+        """Make every acknowledged write of every LU open in this pool durable."""
+        with self._lock:
+            if any(df.dirty for df in self._datafiles.values()) or self._pending():
+                self._transaction(None)
+
+    def _pending(self) -> bool:
+        return any(a.pending for a in self._allocators.values()) or any(
+            lu._map.dirty for lu in self._writers.values())
+
+    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
+        """Sync data, then commit ``change`` with every pending map and count change, atomically.
+
+        ``change`` must validate before it mutates in-memory state; if it or the commit fails,
+        the pending changes it added are rolled back so memory matches the last commit.
+        """
+        with self._lock:
+            for df in self._datafiles.values():
+                df.sync()
+            marks = {fg: (len(a._inc), len(a._dec)) for fg, a in self._allocators.items()}
+            saved = {name: set(lu._map.dirty) for name, lu in self._writers.items()}
+            try:
+                with self._meta.write() as txn:
+                    result = change(txn) if change else None
+                    for lu in self._writers.values():
+                        self._save_map(txn, lu)
+                    punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
+            except BaseException:
+                for fg, a in self._allocators.items():
+                    a.truncate_pending(*marks[fg])
+                for name, dirty in saved.items():
+                    if name in self._writers:
+                        self._writers[name]._map.dirty |= dirty
+                raise
+            for fg, a in self._allocators.items():
+                a.after_commit(punch[fg])
+            return result
+
+    def _save_map(self, txn: lmdb.Transaction, lu: LU) -> None:
+        if not lu._map.dirty:
+            return
+        db = self._meta.db["maps"]
+        for no, raw in lu._map.take_dirty():
+            if raw is None:
+                txn.delete(map_key(lu.id, no), db=db)
+            else:
+                txn.put(map_key(lu.id, no), raw, db=db)
+        rec = self._record(txn, lu.name)
+        rec.update(size=lu.size, allocated=lu._map.allocated(), gen=rec["gen"] + 1)
+        self._meta.put_json(txn, "lus", lu.name.encode(), rec)
+        lu._gen = rec["gen"]
+
+    # -- records ------------------------------------------------------------------------------
+
+    def _record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
+        rec = self._meta.get_json(txn, "lus", name.encode())
+        if rec is None and not missing_ok:
+            raise NotFound(f"no LU named {name!r}")
+        return rec
+
+    def _records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
+        return [self._meta.get_json(txn, "lus", key) for key, _ in self._meta.iter_prefix(txn, "lus", b"")]
+
+    def _new_record(self, txn: lmdb.Transaction, name: str, size: int, kind: str,
+                    parent: str | None, **extra: Any) -> dict[str, Any]:
+        if self._record(txn, name, missing_ok=True) is not None:
+            raise AlreadyExists(f"an LU named {name!r} already exists")
+        cfg = self._meta.config(txn)
+        lu_id = cfg["next_lu_id"]
+        cfg["next_lu_id"] = lu_id + 1
+        self._meta.put_json(txn, "config", b"pool", cfg)
+        rec = {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,
+               "allocated": 0, "gen": 1, "created": time.time(), **extra}
+        self._meta.put_json(txn, "lus", name.encode(), rec)
+        return rec
+
+    # -- opening LUs ----------------------------------------------------------------------------
+
+    def open_lu(self, name: str, *, writable: bool = True) -> LU:
+        """Open an LU (or a snapshot, ``LU@SNAP``, always read-only).
+
+        A writable open takes the LU's holder lock: a second process gets Busy naming the holder.
+        Opening the same LU again in this process returns the same handle.
+        """
+        base, snap = split_snapshot(name)
+        with self._lock:
+            if name in self._writers:
+                lu = self._writers[name]
+                lu._opens += 1
+                return lu
+            if snap is not None and writable:
+                writable = False
+            holder = None
+            if writable:
+                holder = HolderLock(self._holder_path(name)).acquire(f"LU {name!r}")
+            try:
+                with self._meta.read() as txn:
+                    rec = self._record(txn, name)
+                    emap = self._load_map(txn, rec)
+                    if writable:
+                        # Fresh counts: only this holder can add sharers of its extents from now on,
+                        # so "referenced once" stays true until this handle shares them itself.
+                        rc = self._allocators[0].refcounts(txn)
+                        mapped = emap.phys != UNMAPPED
+                        emap.exclusive[mapped] = rc[emap.phys[mapped]] == 1
+            except BaseException:
+                if holder:
+                    holder.release()
+                raise
+            lu = LU(self, rec, emap, writable=writable, holder=holder)
+            if writable:
+                self._writers[name] = lu
+            return lu
+
+    @contextmanager
+    def lu(self, name: str, *, writable: bool = True) -> Iterator[LU]:
+        h = self.open_lu(name, writable=writable)
+        try:
+            yield h
+        finally:
+            h.close()
+
+    def _holder_path(self, name: str) -> str:
+        return os.path.join(self._locks_dir, f"lu-{name}")
+
+    def _load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
+        return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
+                                     self._meta.map_chunks(txn, rec["id"]))
+
+    def _refresh(self, lu: LU) -> None:
+        """Re-read a read-only handle's map if its writer (maybe another process) committed."""
+        if lu.kind == "snapshot":
+            return
+        with self._meta.read() as txn:
+            rec = self._record(txn, lu.name)
+            if rec["gen"] != lu._gen:
+                lu._map = self._load_map(txn, rec)
+                lu._size, lu._gen = rec["size"], rec["gen"]
+
+    def _close_lu(self, lu: LU) -> None:
+        with self._lock:
+            if lu._closed:
+                return
+            lu._opens -= 1
+            if lu._opens > 0:
+                return
+            if lu._writable:
+                self.flush()
+                self._release(lu)
+            lu._closed = True
+
+    def _release(self, lu: LU) -> None:
+        self._writers.pop(lu.name, None)
+        if lu._holder:
+            lu._holder.release()
+        lu._closed = True
+
+    @contextmanager
+    def _writer(self, name: str) -> Iterator[LU]:
+        """This process's writable handle of ``name``, opened for the operation if need be."""
+        lu = self.open_lu(name, writable=True)
+        try:
+            yield lu
+        finally:
+            self._close_lu(lu)
+
+    # -- LU lifecycle ---------------------------------------------------------------------------
+
+    def create_lu(self, name: str, size: int | str, *, thick: bool = False) -> LU:
+        """Create a thin (or thick: every extent reserved now) LU and return it open for writing."""
+        check_name(name)
+        n = _check_lu_size(size)
+        with self._lock:
+            def change(txn: lmdb.Transaction) -> None:
+                self._new_record(txn, name, n, "lu", None, thick=thick)
+            if thick:
+                self._allocators[0].ensure(extents_for(n, self.extent_size))
+            self._transaction(change)
+            lu = self.open_lu(name)
+            if thick:
+                self._fill_thick(lu, 0)
+                self.flush()
+            return lu
+
+    def _fill_thick(self, lu: LU, first: int) -> None:
+        """Map every hole from logical extent ``first`` on to a zeroed extent (thick LUs)."""
+        a, E = self._allocators[0], self.extent_size
+        holes = np.flatnonzero(lu._map.phys[first:] == UNMAPPED) + first
+        a.ensure(len(holes))
+        for ext in holes.tolist():
+            q = a.take()
+            lu._df.punch(q * E, E)
+            a.ref(q)
+            lu._map.set(ext, q, True)
+
+    def snapshot(self, name: str, snap: str) -> dict[str, Any]:
+        """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks))."""
+        full = snapshot_name(name, snap)
+        with self._lock, self._writer(name) as lu:
+            def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                return self._share(txn, lu, full, "snapshot", name)
+            rec = self._transaction(change)
+            lu._map.exclusive[:] = False
+            return self._describe(rec)
+
+    def clone(self, source: str, new: str) -> dict[str, Any]:
+        """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""
+        check_name(new)
+        base, snap = split_snapshot(source)
+        with self._lock:
+            if snap is not None:
+                def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                    src = self._record(txn, source)
+                    return self._share(txn, None, new, "clone", source, src=src)
+                return self._describe(self._transaction(change))
+            with self._writer(source) as lu:
+                rec = self._transaction(lambda txn: self._share(txn, lu, new, "clone", source))
+                lu._map.exclusive[:] = False
+                return self._describe(rec)
+
+    def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
+               src: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create ``new`` with the same map as ``lu`` (or the stored ``src``), counting the shares."""
+        if lu is not None:
+            src = self._record(txn, lu.name)
+            src["size"] = lu.size
+            self._save_map(txn, lu)  # the handle's pending map is part of what is shared
+        assert src is not None
+        rec = self._new_record(txn, new, src["size"], kind, parent,
+                               allocated=src.get("allocated", 0) if lu is None else lu._map.allocated(),
+                               thick=False)
+        db = self._meta.db["maps"]
+        phys = []
+        for no, raw in list(self._meta.map_chunks(txn, src["id"])):
+            txn.put(map_key(rec["id"], no), raw, db=db)
+            arr = np.frombuffer(raw, np.uint32)
+            phys.append(arr[arr != UNMAPPED])
+        if phys:
+            self._allocators[0].ref_many(np.concatenate(phys))
+        return rec
+
+    def rollback(self, name: str, snap: str) -> None:
+        """Make ``name`` again what it was when ``name@snap`` was taken (size included)."""
+        full = snapshot_name(name, snap)
+        with self._lock, self._writer(name) as lu:
+            with self._meta.read() as txn:
+                srec = self._record(txn, full)
+                smap = self._load_map(txn, srec)
+            a = self._allocators[0]
+
+            def change(txn: lmdb.Transaction) -> None:
+                a.unref_many(lu._map.mapped())
+                a.ref_many(smap.mapped())
+                old_chunks = extents_for(len(lu._map), 1024)
+                lu._map = smap
+                lu._size = srec["size"]
+                lu._map.dirty = set(range(max(old_chunks, extents_for(len(smap), 1024))))
+            old_map, old_size = lu._map, lu._size
+            try:
+                self._transaction(change)
+            except BaseException:
+                lu._map, lu._size = old_map, old_size
+                raise
+
+    def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
+        """Copy every extent ``name`` shares into its own, and drop its parent link.
+
+        Returns the number of extents copied.
+        """
+        with self._lock, self._writer(name) as lu:
+            copied = lu._copy_shared()
+
+            def change(txn: lmdb.Transaction) -> None:
+                rec = self._record(txn, name)
+                rec["parent"] = None
+                if rec["kind"] == "clone":
+                    rec["kind"] = "lu"
+                self._meta.put_json(txn, "lus", name.encode(), rec)
+            self._transaction(change)
+            return copied
+
+    def resize(self, name: str, size: int | str, *, force: bool = False) -> None:
+        """Grow ``name`` to ``size`` bytes; shrinking needs ``force`` and frees the cut-off tail."""
+        n = _check_lu_size(size)
+        if "@" in name:
+            raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
+        with self._lock, self._writer(name) as lu:
+            if n < lu.size:
+                if not force:
+                    raise InvalidArgument(
+                        f"shrinking {name!r} from {lu.size} to {n} bytes loses data; add --force")
+                lu.discard(n, lu.size - n)
+            lu._resize_map(n)
+            if lu.thick:
+                self._fill_thick(lu, 0)
+            self._transaction(None)
+
+    def remove(self, name: str, *, recursive: bool = False) -> list[str]:
+        """Remove an LU (with its snapshots if ``recursive``) or a snapshot ``LU@SNAP``.
+
+        Refused while anything has clones of it. Returns the names removed.
+        """
+        base, snap = split_snapshot(name)
+        with self._lock:
+            with self._meta.read() as txn:
+                self._record(txn, name)
+                records = self._records(txn)
+            snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+            if snaps and not recursive:
+                raise Busy(f"LU {name!r} has snapshots ({', '.join(snaps)}); remove them first or use --recursive")
+            doomed = [name] + snaps
+            clones = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] in doomed]
+            if clones:
+                raise Busy(f"{name!r} has clones ({', '.join(clones)}); remove or flatten them first")
+            if name in self._writers:
+                raise Busy(f"LU {name!r} is open in this process; close it first")
+            # A snapshot never changes, so only a live LU needs its holder lock for removal.
+            holder = HolderLock(self._holder_path(name)).acquire(f"LU {name!r}") if snap is None else None
+            a = self._allocators[0]
+
+            def change(txn: lmdb.Transaction) -> None:
+                for victim in doomed:
+                    rec = self._record(txn, victim)
+                    a.unref_many(self._load_map(txn, rec).mapped())
+                    self._meta.delete_map(txn, rec["id"])
+                    txn.delete(victim.encode(), db=self._meta.db["lus"])
+            try:
+                self._transaction(change)
+            finally:
+                if holder:
+                    holder.release()
+            return doomed
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def list_lus(self) -> list[dict[str, Any]]:
+        """Every LU and snapshot: name, size, allocated bytes, kind, parent (sorted by name)."""
+        with self._lock, self._meta.read() as txn:
+            records = self._records(txn)
+        return [self._describe(r) for r in records]
+
+    def lu_info(self, name: str) -> dict[str, Any]:
+        with self._lock, self._meta.read() as txn:
+            rec = self._record(txn, name)
+            records = self._records(txn)
+        info = self._describe(rec)
+        info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+        info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
+        holder = self._holder_path(name)
+        info["open_for_writing"] = name in self._writers or is_held(holder)
+        return info
+
+    def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:
+        lu = self._writers.get(rec["name"])
+        allocated = lu._map.allocated() if lu else rec["allocated"]
+        size = lu.size if lu else rec["size"]
+        return {"name": rec["name"], "size": size, "allocated": allocated * self.extent_size,
+                "kind": rec["kind"], "parent": rec["parent"], "thick": rec.get("thick", False),
+                "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"]}
+
+    def status(self) -> dict[str, Any]:
+        """Capacity and use of the pool, in bytes, with the overcommit ratio and threshold."""
+        with self._lock, self._meta.read() as txn:
+            cfg = self._meta.config(txn)
+            groups = []
+            for fg, group in enumerate(cfg["groups"]):
+                n = group["extents"]
+                rc = self._meta.fg_array(txn, "rc", fg, n, np.uint32, 0)
+                free = self._meta.fg_array(txn, "free", fg, n, bool, 0)
+                groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
+            records = self._records(txn)
+            info = self._meta.env.info()
+            stat = self._meta.env.stat()
+        E = self.extent_size
+        n, used, free = groups[0]
+        provisioned = sum(r["size"] for r in records if r["kind"] != "snapshot")
+        capacity = n * E
+        used_fraction = (n - free) / n if n else 0.0
+        return {
+            "path": self.path, "extent_size": E, "capacity": capacity,
+            "allocated": used * E, "reserved": (n - free - used) * E, "free": free * E,
+            "provisioned": provisioned, "overcommit": provisioned / capacity if capacity else 0.0,
+            "threshold": cfg.get("threshold", DEFAULT_THRESHOLD), "used_fraction": used_fraction,
+            "threshold_exceeded": used_fraction >= cfg.get("threshold", DEFAULT_THRESHOLD),
+            "lus": sum(1 for r in records if r["kind"] != "snapshot"),
+            "snapshots": sum(1 for r in records if r["kind"] == "snapshot"),
+            "metadata_bytes": (info["last_pgno"] + 1) * stat["psize"],
+        }
+
+    def grow(self, size: int | str) -> None:
+        """Grow the pool to ``size`` bytes (whole extents); shrinking a pool is not supported."""
+        n_new = parse_size(size, what="pool size") // self.extent_size
+        with self._lock:
+            def change(txn: lmdb.Transaction) -> None:
+                cfg = self._meta.config(txn)
+                n_old = cfg["groups"][0]["extents"]
+                if n_new < n_old:
+                    raise InvalidArgument(
+                        f"pool cannot shrink: {format_size(n_new * self.extent_size)} is less than the "
+                        f"current {format_size(n_old * self.extent_size)}")
+                if n_new > MAX_EXTENTS:
+                    raise InvalidArgument("pool size is too large for its extent size")
+                for fg, df in self._datafiles.items():
+                    df.grow(n_new * self.extent_size)
+                    cfg["groups"][fg]["extents"] = n_new
+                    init_free(self._meta, txn, fg, n_old, n_new)
+                self._meta.put_json(txn, "config", b"pool", cfg)
+            self._transaction(change)
+
+    def set_threshold(self, threshold: float) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise InvalidArgument("threshold must be a fraction in (0, 1]")
+
+        def change(txn: lmdb.Transaction) -> None:
+            cfg = self._meta.config(txn)
+            cfg["threshold"] = threshold
+            self._meta.put_json(txn, "config", b"pool", cfg)
+        self._transaction(change)
+        self._threshold = threshold
+
+    def _usage(self, fraction: float) -> None:
+        """Called by the allocator after each reservation with the pool's used fraction."""
+        over = fraction >= self._threshold
+        if over and not self._over_threshold:
+            log.warning("pool %s is %.0f%% allocated, over its %.0f%% threshold",
+                        self.path, fraction * 100, self._threshold * 100)
+            for listener in self.listeners:
+                listener("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
+        self._over_threshold = over
+
+
+def _empty_dir(path: str) -> None:
+    for entry in os.listdir(path):
+        p = os.path.join(path, entry)
+        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+

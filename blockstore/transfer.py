@@ -1,0 +1,76 @@
+"""Raw image files in and out of LUs, sparse-aware: holes and zero runs stay unallocated."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from .errors import BlockstoreError, InvalidArgument
+from .lu import LU
+from .pool import SECTOR, Pool
+from .zero import is_zero
+
+STEP = 1 << 20
+
+
+def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) byte ranges of a file that hold data, by SEEK_DATA / SEEK_HOLE."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data past pos
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end
+
+
+def import_file(pool: Pool, name: str, path: str, progress: Callable[[int, int], None] | None = None) -> LU:
+    """Create LU ``name`` sized to the file (rounded up to 512 bytes) holding its bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BlockstoreError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise InvalidArgument(f"{path} is empty")
+        lu = pool.create_lu(name, -(-size // SECTOR) * SECTOR)
+        try:
+            ranges = list(data_ranges(fd, size))
+            total = sum(e - s for s, e in ranges)
+            done = 0
+            for start, end in ranges:
+                for pos in range(start, end, STEP):
+                    n = min(STEP, end - pos)
+                    lu.write(pos, os.pread(fd, n, pos))
+                    done += n
+                    if progress:
+                        progress(done, total)
+            lu.flush()
+        except BaseException:
+            lu.close()
+            pool.remove(name)
+            raise
+        return lu
+    finally:
+        os.close(fd)
+
+
+def export_file(lu: LU, path: str, progress: Callable[[int, int], None] | None = None) -> None:
+    """Write the LU's bytes to ``path`` as a sparse raw file (holes where the LU has none)."""
+    E = lu.extent_size
+    mapped = lu.mapped_extents()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, lu.size)
+        for i, ext in enumerate(mapped.tolist()):
+            start = ext * E
+            data = lu.read(start, min(E, lu.size - start))
+            if not is_zero(data):  # a zero extent stays a hole
+                os.pwrite(fd, data, start)
+            if progress:
+                progress(i + 1, len(mapped))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
