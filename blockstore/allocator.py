@@ -165,7 +165,7 @@ class Allocator:
         keep = delta != 0
         ext, delta = ext[keep], delta[keep]
         db = self.meta.db["rc"]
-        freed = []
+        freed = [np.zeros(0, np.int64)]
         for c, pos, off in _by_chunk(ext):
             raw = txn.get(fg_key(self.fg, c), db=db)
             rc = np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(CHUNK, np.int64)

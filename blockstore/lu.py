@@ -124,7 +124,8 @@ class LU:
                 # One extent: the common case, kept short.
                 m = self._map
                 p = m.phys.item(ext)
-                if p != UNMAPPED and m.exclusive.item(ext):
+                # A whole extent of zeros is worth unmapping, so it goes the long way.
+                if p != UNMAPPED and m.exclusive.item(ext) and (n < E or self.thick or not is_zero(data)):
                     self._df.pwrite(data, p * E + start)
                 else:
                     self._write_extent(ext, start, data)
@@ -192,20 +193,20 @@ class LU:
             self._alloc.ensure(need)
 
     def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False) -> None:
-        """Write within one extent that is a hole or shared (or exclusive, via discard)."""
+        """Write within one extent: drop or unmap zeros, write in place, fill a hole, or copy on write."""
         E, m, df, alloc = self._E, self._map, self._df, self._alloc
         p = m.phys.item(ext)
         n = len(data)
         whole = n == E
-        if p != UNMAPPED and m.exclusive.item(ext):
-            df.pwrite(data, p * E + start)
-            return
         if (zero_ok or is_zero(data)) and not self.thick:
             if p == UNMAPPED:
                 return  # zeros on a hole: already zeros, allocate nothing
             if whole:
                 self._unmap(ext)
                 return
+        if p != UNMAPPED and m.exclusive.item(ext):
+            df.pwrite(data, p * E + start)
+            return
         q = alloc.take()
         if p == UNMAPPED:
             if not whole:

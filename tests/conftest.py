@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from blockstore import Pool
+from blockstore.check import check
+
+SLOW = os.environ.get("BLOCKSTORE_SLOW") == "1"
+
+
+@pytest.fixture
+def pool_dir(tmp_path):
+    return str(tmp_path / "pool")
+
+
+@pytest.fixture
+def pool(pool_dir):
+    with Pool.create(pool_dir, "256M", extent_size="64K") as p:
+        yield p
+        assert check(p)["clean"], check(p)
+
+
+def run_cli(*args: str, pool: str | None = None, stdin: bytes | None = None, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "blockstore"] + (["--pool", pool] if pool else []) + list(args)
+    r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=120)
+    if check_rc is not None:
+        assert r.returncode == check_rc, (cmd, r.returncode, r.stderr.decode())
+    return r
+
+
+def cli_json(*args: str, pool: str) -> Any:
+    return json.loads(run_cli(*args, "--json", pool=pool).stdout)
+
+
+def fingerprint(pool_dir: str) -> Any:
+    """Everything a refused command must leave unchanged: status, every LU record and its data."""
+    import hashlib
+
+    with Pool.open(pool_dir) as p:
+        st = p.status()
+        for k in ("reserved", "free", "metadata_bytes", "used_fraction", "threshold_exceeded"):
+            st.pop(k)
+        lus = sorted(p.list_lus(), key=lambda r: r["name"])
+        digests = {}
+        for r in lus:
+            with p.lu(r["name"], writable=False) as lu:
+                h = hashlib.sha256()
+                for pos in range(0, lu.size, 1 << 20):
+                    h.update(lu.read(pos, min(1 << 20, lu.size - pos)))
+                digests[r["name"]] = h.hexdigest()
+        rep = check(p)
+    return st, lus, digests, rep["clean"]
