@@ -9,9 +9,11 @@ import argparse
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__
 from .check import check
@@ -160,6 +162,35 @@ def _progress(label: str, total: int) -> Progress:
     return Progress(label, total)
 
 
+def _bounded_stdin(room: int, name: str) -> BinaryIO:
+    """Stdin as a file that holds at most ``room`` bytes, or a refusal before anything is written.
+
+    A pipe's length is unknown until its end, so it is spooled to a temporary file first: a
+    write that would run past the LU's end is refused whole instead of half-applied.
+    """
+    stdin = sys.stdin.buffer
+    try:
+        st = os.fstat(stdin.fileno())
+        regular = stat.S_ISREG(st.st_mode)
+    except (OSError, ValueError):
+        regular = False
+    if regular:
+        length = st.st_size - stdin.tell()
+        src: BinaryIO = stdin
+    else:
+        src = tempfile.TemporaryFile()
+        length = 0
+        while chunk := stdin.read(STDIN_STEP):
+            length += len(chunk)
+            if length > room:
+                break
+            src.write(chunk)
+        src.seek(0)
+    if length > room:
+        raise InvalidArgument(f"the data runs past the end of {name} ({room} bytes fit after the offset)")
+    return src
+
+
 def run(args: argparse.Namespace) -> int:
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
@@ -233,11 +264,9 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
             bar.close()
     elif cmd == ("lu", "write"):
         with pool.lu(args.name) as lu:
+            src = _bounded_stdin(max(0, lu.size - args.offset), args.name)
             pos = args.offset
-            while True:
-                chunk = sys.stdin.buffer.read(STDIN_STEP)
-                if not chunk:
-                    break
+            while chunk := src.read(STDIN_STEP):
                 lu.write(pos, chunk)
                 pos += len(chunk)
             lu.flush()

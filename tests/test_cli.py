@@ -1,0 +1,157 @@
+"""The command line: output shapes, exit codes, and bad input that must change nothing."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import cli_json, fingerprint, run_cli
+
+
+@pytest.fixture
+def cli_pool(tmp_path):
+    d = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "64M", "--extent-size", "64K", pool=d)
+    run_cli("lu", "create", "a", "--size", "4M", pool=d)
+    run_cli("lu", "write", "a", "--offset", "4K", pool=d, stdin=b"hello world" * 1000)
+    run_cli("lu", "snapshot", "a", "s1", pool=d)
+    run_cli("lu", "clone", "a@s1", "c", pool=d)
+    return d
+
+
+def test_status_list_show_json_shapes(cli_pool):
+    st = cli_json("pool", "status", pool=cli_pool)
+    for key in ("capacity", "allocated", "free", "extent_size", "overcommit", "threshold", "lus", "snapshots"):
+        assert key in st
+    assert st["capacity"] == 64 << 20 and st["extent_size"] == 64 << 10
+    assert st["allocated"] == 64 << 10
+    rows = cli_json("lu", "list", pool=cli_pool)
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"a", "a@s1", "c"}
+    assert by["a@s1"]["kind"] == "snapshot" and by["a@s1"]["parent"] == "a"
+    assert by["c"]["kind"] == "clone" and by["c"]["parent"] == "a@s1"
+    assert by["a"]["allocated"] == 64 << 10
+    info = cli_json("lu", "show", "a", pool=cli_pool)
+    assert info["snapshots"] == ["a@s1"] and info["size"] == 4 << 20
+    text = run_cli("lu", "list", pool=cli_pool).stdout.decode()
+    assert "NAME" in text and "a@s1" in text
+
+
+def test_read_write_roundtrip_and_env_pool(cli_pool):
+    out = run_cli("lu", "read", "c", "--offset", "4K", "--length", "11000", pool=cli_pool).stdout
+    assert out == (b"hello world" * 1000)[:11000]
+    os.environ["BLOCKSTORE_POOL"] = cli_pool
+    try:
+        assert run_cli("lu", "read", "a", "--offset", "4096", "--length", "5").stdout == b"hello"
+    finally:
+        del os.environ["BLOCKSTORE_POOL"]
+
+
+def test_lifecycle_commands(cli_pool):
+    run_cli("lu", "resize", "a", "--size", "8M", pool=cli_pool)
+    assert cli_json("lu", "show", "a", pool=cli_pool)["size"] == 8 << 20
+    run_cli("lu", "write", "a", "--offset", "0", pool=cli_pool, stdin=b"XXXX")
+    run_cli("lu", "rollback", "a", "s1", pool=cli_pool)
+    assert run_cli("lu", "read", "a", "--length", "4", pool=cli_pool).stdout == bytes(4)
+    run_cli("lu", "flatten", "c", pool=cli_pool)
+    assert cli_json("lu", "show", "c", pool=cli_pool)["parent"] is None
+    run_cli("lu", "rm", "a", "--recursive", pool=cli_pool)
+    run_cli("pool", "grow", "--size", "128M", pool=cli_pool)
+    assert cli_json("pool", "status", pool=cli_pool)["capacity"] == 128 << 20
+    rep = cli_json("pool", "check", pool=cli_pool)
+    assert rep["clean"] and rep["code"] == 0
+
+
+BAD = [
+    (["pool", "create", "--size", "-1G"], 2),
+    (["lu", "create", "x", "--size", "0"], 2),
+    (["lu", "create", "x", "--size", "banana"], 2),
+    (["lu", "create", "x", "--size", "99999999T"], 2),
+    (["lu", "create", "x", "--size", "1000"], 1),          # not a multiple of 512
+    (["lu", "create", "", "--size", "1M"], 1),
+    (["lu", "create", "x" * 65, "--size", "1M"], 1),
+    (["lu", "create", "a/b", "--size", "1M"], 1),
+    (["lu", "create", "..", "--size", "1M"], 1),
+    (["lu", "create", "a b", "--size", "1M"], 1),
+    (["lu", "create", "a", "--size", "1M"], 1),             # exists
+    (["lu", "snapshot", "a", "s1"], 1),                     # exists
+    (["lu", "snapshot", "nosuch", "s"], 1),
+    (["lu", "rm", "a"], 1),                                 # has snapshots (and a clone)
+    (["lu", "rm", "a", "--recursive"], 1),                  # its snapshot has a clone
+    (["lu", "rm", "a@s1"], 1),                              # has a clone
+    (["lu", "read", "a", "--offset", "4M", "--length", "1"], 1),
+    (["lu", "write", "a", "--offset", "4095K"], 1),         # 11000 bytes of stdin run past the end
+    (["lu", "write", "a", "--offset", "2M"], 1),            # 2 MiB + 11000 bytes: the first MiBs fit
+    (["lu", "write", "a@s1", "--offset", "0"], 1),          # snapshots are read-only
+    (["lu", "resize", "a", "--size", "1M"], 1),             # shrinking needs --force
+    (["lu", "resize", "a@s1", "--size", "8M"], 1),
+    (["lu", "rollback", "a", "nosuch"], 1),
+    (["lu", "clone", "a@nosuch", "z"], 1),
+    (["lu", "import", "z", "/nonexistent/file"], 1),
+    (["pool", "grow", "--size", "1M"], 1),
+    (["pool", "create", "--size", "1G"], 1),                 # already a pool
+    (["lu", "nosuchcmd"], 2),
+]
+
+
+@pytest.mark.parametrize("args,code", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_refused_and_changes_nothing(cli_pool, args, code):
+    before = fingerprint(cli_pool)
+    data = b"y" * ((2 << 20) + 11000 if args[-1] == "2M" else 11000)
+    r = run_cli(*args, pool=cli_pool, stdin=data, check_rc=None)
+    err = r.stderr.decode()
+    assert r.returncode == code, err
+    assert "Traceback" not in err and err.strip(), err
+    assert len(err.strip().splitlines()) == 1 or code == 2, err
+    assert fingerprint(cli_pool) == before
+
+
+def test_missing_and_damaged_pools(tmp_path):
+    for pool in (str(tmp_path / "missing"), str(tmp_path)):
+        r = run_cli("pool", "status", pool=pool, check_rc=1)
+        assert "Traceback" not in r.stderr.decode()
+    d = str(tmp_path / "p")
+    run_cli("pool", "create", "--size", "16M", pool=d)
+    with open(os.path.join(d, "meta", "data.mdb"), "r+b") as f:
+        f.write(b"\xff" * 8192)
+    r = run_cli("lu", "list", pool=d, check_rc=1)
+    assert "damaged" in r.stderr.decode() or "cannot be opened" in r.stderr.decode()
+    r = run_cli("lu", "list", check_rc=2)  # no pool named at all
+    assert "--pool" in r.stderr.decode()
+
+
+def test_writer_lock_names_holder(cli_pool):
+    import subprocess
+    import sys
+    code = (f"import sys; from blockstore import Pool; p = Pool.open({cli_pool!r}); lu = p.open_lu('a'); "
+            "print('ready', flush=True); sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        r = run_cli("lu", "write", "a", pool=cli_pool, stdin=b"x", check_rc=1)
+        assert f"pid {child.pid}" in r.stderr.decode()
+        run_cli("lu", "read", "a", "--length", "1", pool=cli_pool)  # readers are allowed
+    finally:
+        child.communicate("\n", timeout=30)
+
+
+def test_check_reports_and_repairs(cli_pool):
+    from blockstore import Pool
+    from blockstore.allocator import set_free
+    with Pool.open(cli_pool) as p, p._meta.write() as txn:
+        set_free(p._meta, txn, 0, __import__("numpy").array([500, 501]), False)  # leak two extents
+    r = run_cli("pool", "check", "--json", pool=cli_pool, check_rc=3)
+    assert json.loads(r.stdout)["leaks"]
+    run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)
+    run_cli("pool", "check", pool=cli_pool, check_rc=0)
+    with Pool.open(cli_pool) as p, p._meta.write() as txn:
+        rec = p._records(txn)
+        first = next(r for r in rec if r["name"] == "a")
+        raw = next(iter(p._meta.map_chunks(txn, first["id"])))[1]
+        import numpy as np
+        phys = np.frombuffer(raw, np.uint32)
+        set_free(p._meta, txn, 0, phys[phys != 0xFFFFFFFF][:1].astype(np.int64), True)  # in use yet free
+    r = run_cli("pool", "check", pool=cli_pool, check_rc=4)
+    assert "marked free" in r.stdout.decode()
+    run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)
