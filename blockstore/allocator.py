@@ -87,6 +87,8 @@ class Allocator:
         self._inc: list[int] = []
         self._dec: list[int] = []
         self._on_usage = on_usage
+        #: Bumped whenever unreferenced extents are punched for reuse (lock-free readers check it).
+        self.recycled = 0
 
     # -- the write path --------------------------------------------------------------------
 
@@ -141,7 +143,9 @@ class Allocator:
                     f"pool is full: {need} more extent(s) of {format_size(self.E)} needed, "
                     f"{len(cand)} free"
                 )
-            got = cand[: max(need, min(self.batch, len(cand)))]
+            # Never hold more than a sixteenth of what is free beyond the need: other sessions
+            # (processes) allocate from the same bitmap.
+            got = cand[: max(need, min(self.batch, len(cand) // 16))]
             set_free(self.meta, txn, self.fg, got, False)
             held = np.concatenate([read_resv(txn, self.meta, self._key), got])
             txn.put(self._key, held.astype(np.uint32).tobytes(), db=self.meta.db["resv"])
@@ -197,6 +201,7 @@ class Allocator:
         """Drop the data of extents nothing references any more, then reuse or release them."""
         if len(to_punch) == 0:
             return
+        self.recycled += 1
         for start, count in _runs(to_punch):
             self.df.punch(start * self.E, count * self.E)
         self._local.extend(sorted(to_punch.tolist(), reverse=True))

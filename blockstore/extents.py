@@ -7,13 +7,16 @@ writes only the chunks that changed and a sparse LU stores only the chunks it us
 """
 from __future__ import annotations
 
+from array import array
 from typing import Iterable, Iterator
 
 import numpy as np
 
 UNMAPPED = 0xFFFFFFFF
-#: Map entries per stored chunk (4 KiB of uint32).
-CHUNK = 1024
+assert array("I").itemsize == 4
+#: Entries per stored chunk: 1020 uint32 fill one 4 KiB LMDB overflow page exactly (4 KiB less
+#: its 16-byte page header), so a chunk costs one page, not two.
+CHUNK = 1020
 
 Piece = tuple[int, int, int, int]
 
@@ -45,14 +48,24 @@ class ExtentMap:
     ``exclusive[i]`` is True when this LU alone references ``phys[i]``, so a write may go in
     place; anything else (shared with a snapshot or clone, or not known) is copied on write.
     ``dirty`` holds the chunk numbers changed since the last save.
+
+    Each array has two views of the same memory: ``table``/``owned`` (array.array, bytearray)
+    for the per-request path, where indexing them costs a third of a numpy scalar lookup, and
+    ``phys``/``exclusive`` (numpy) for whole-map work.
     """
 
-    __slots__ = ("phys", "exclusive", "dirty")
+    __slots__ = ("table", "owned", "phys", "exclusive", "dirty")
 
     def __init__(self, n_extents: int) -> None:
-        self.phys = np.full(n_extents, UNMAPPED, dtype=np.uint32)
-        self.exclusive = np.zeros(n_extents, dtype=bool)
+        table = array("I", bytes(4 * n_extents))
+        self._bind(table, bytearray(n_extents))
+        self.phys[:] = UNMAPPED
         self.dirty: set[int] = set()
+
+    def _bind(self, table: array, owned: bytearray) -> None:
+        self.table, self.owned = table, owned
+        self.phys = np.frombuffer(table, dtype=np.uint32) if len(table) else np.zeros(0, np.uint32)
+        self.exclusive = np.frombuffer(owned, dtype=np.bool_) if len(owned) else np.zeros(0, np.bool_)
 
     @classmethod
     def from_chunks(cls, n_extents: int, chunks: Iterable[tuple[int, bytes]]) -> "ExtentMap":
@@ -69,8 +82,8 @@ class ExtentMap:
         return len(self.phys)
 
     def set(self, ext: int, phys: int, exclusive: bool) -> None:
-        self.phys[ext] = phys
-        self.exclusive[ext] = exclusive
+        self.table[ext] = phys
+        self.owned[ext] = exclusive
         self.dirty.add(ext // CHUNK)
 
     def mapped(self) -> np.ndarray:
@@ -104,12 +117,9 @@ class ExtentMap:
     def resize(self, n_extents: int) -> None:
         """Grow with holes or cut the tail (the caller has released what the tail referenced)."""
         old = len(self.phys)
-        if n_extents > old:
-            self.phys = np.concatenate([self.phys, np.full(n_extents - old, UNMAPPED, np.uint32)])
-            self.exclusive = np.concatenate([self.exclusive, np.zeros(n_extents - old, bool)])
-        else:
-            self.phys = self.phys[:n_extents].copy()
-            self.exclusive = self.exclusive[:n_extents].copy()
+        keep = min(old, n_extents)
+        table = array("I", self.phys[:keep].tobytes() + np.full(n_extents - keep, UNMAPPED, np.uint32).tobytes())
+        self._bind(table, bytearray(self.exclusive[:keep].tobytes()) + bytearray(n_extents - keep))
         # Every chunk from the old end's chunk onwards may have changed or vanished.
         first = min(old, n_extents) // CHUNK
         self.dirty.update(range(first, extents_for(max(old, n_extents), CHUNK) + 1))

@@ -26,7 +26,7 @@ import numpy as np
 from .allocator import Allocator, init_free, read_resv, set_free
 from .datafile import DataFile
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
-from .extents import UNMAPPED, ExtentMap, extents_for
+from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
 from .meta import FORMAT, Meta, map_key
@@ -349,8 +349,10 @@ class Pool:
                 self.flush()
                 self._release(lu)
             lu._closed = True
+            lu._fast = False
 
     def _release(self, lu: LU) -> None:
+        lu._fast = False
         self._writers.pop(lu.name, None)
         if lu._holder:
             lu._holder.release()
@@ -452,10 +454,10 @@ class Pool:
             def change(txn: lmdb.Transaction) -> None:
                 a.unref_many(lu._map.mapped())
                 a.ref_many(smap.mapped())
-                old_chunks = extents_for(len(lu._map), 1024)
+                old_chunks = extents_for(len(lu._map), CHUNK)
                 lu._map = smap
                 lu._size = srec["size"]
-                lu._map.dirty = set(range(max(old_chunks, extents_for(len(smap), 1024))))
+                lu._map.dirty = set(range(max(old_chunks, extents_for(len(smap), CHUNK))))
             old_map, old_size = lu._map, lu._size
             try:
                 self._transaction(change)

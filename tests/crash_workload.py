@@ -47,10 +47,8 @@ def round_ops(it: int, r: int) -> list[tuple[str, ...]]:
         ops.append(("snapshot", "a", f"i{it}r{r}"))
     if r == 2:
         ops.append(("clone", f"a@i{it}r1", f"c{it}"))
-    if r % 5 == 4 and r >= 4:
-        victim = r - 3 - (r - 3) % 3 + 1  # an earlier snapshot round
-        if victim != 1:
-            ops.append(("remove", f"a@i{it}r{victim}"))
+    if r % 3 == 1 and r - 6 > 1:  # keep a few snapshots; round 1's has the clone
+        ops.append(("remove", f"a@i{it}r{r - 6}"))
     return ops
 
 

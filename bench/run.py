@@ -1,0 +1,330 @@
+"""``blockstore bench``: the engine against a plain file on the same filesystem, in one run.
+
+Every figure is a median over repetitions, and every speed is also given as a ratio to its
+baseline measured in the same run (the machines are shared and noisy; only same-run ratios
+mean anything). Page caches are warm for both sides: this measures the engine's own cost.
+Results: a table on stdout, JSON (``--json``; shape below) and a PNG chart of the ratios.
+
+JSON shape (version 1):
+  {"version": 1, "quick": bool, "when": ISO time, "machine": {...}, "params": {...},
+   "results": [{"name", "group", "unit", "ours", "baseline", "ratio", "target", "ok", "note"}]}
+``ratio`` is baseline-time / our-time for speeds (higher is better) and is null where there is
+no baseline; ``target`` is the ratio (or bound) the issue sets, ``ok`` whether it was met.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from blockstore import Pool
+from blockstore.sizes import format_size
+
+MiB = 1 << 20
+
+
+class Bench:
+    def __init__(self, workdir: str, quick: bool) -> None:
+        self.dir, self.quick = workdir, quick
+        self.reps = 5 if quick else 9
+        self.seq_total = (256 if quick else 1024) * MiB
+        self.rand_ops = 20_000 if quick else 100_000
+        self.rand_span = (128 if quick else 512) * MiB
+        self.results: list[dict[str, Any]] = []
+        self.pool = Pool.create(os.path.join(workdir, "pool"), 4 * self.seq_total)
+        self.buf = os.urandom(MiB)
+        rng = random.Random(7)
+        self.offsets = [rng.randrange(self.rand_span // 4096) * 4096 for _ in range(self.rand_ops)]
+
+    def add(self, name: str, group: str, unit: str, ours: float, baseline: float | None = None,
+            target: float | None = None, higher_is_better: bool = True, note: str = "") -> None:
+        ratio = None
+        if baseline is not None and ours > 0:
+            ratio = ours / baseline if higher_is_better else baseline / ours
+        ok = None if target is None else (ratio if ratio is not None else ours) >= target \
+            if higher_is_better or ratio is not None else ours <= target
+        self.results.append({"name": name, "group": group, "unit": unit, "ours": ours, "baseline": baseline,
+                             "ratio": ratio, "target": target, "ok": ok, "note": note})
+        print(_row(self.results[-1]), flush=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def plain(self) -> int:
+        path = os.path.join(self.dir, "plain.img")
+        if os.path.exists(path):
+            os.unlink(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, max(self.seq_total, self.rand_span))
+        return fd
+
+    def fresh_lu(self, size: int):
+        if any(r["name"] == "bench" for r in self.pool.list_lus()):
+            self.pool.remove("bench")
+        return self.pool.create_lu("bench", size)
+
+    def median(self, fn: Callable[[], float]) -> float:
+        return statistics.median(fn() for _ in range(self.reps))
+
+    # -- the measurements ------------------------------------------------------------------
+
+    def _pair(self, plain: Callable[[int], tuple[float, float]], ours: Callable[[Any], tuple[float, float]],
+              lu_size: int) -> tuple[list[float], ...]:
+        """Run a (write, read) pattern on a fresh plain file and a fresh thin LU, alternating
+        which goes first so writeback of one does not always land on the other."""
+        w_plain, r_plain, w_lu, r_lu = [], [], [], []
+        for rep in range(-1, self.reps):  # rep -1 warms up both sides and is not counted
+            for side in ((0, 1) if rep % 2 == 0 else (1, 0)):
+                if side == 0:
+                    fd = self.plain()
+                    w, r = plain(fd)
+                    os.close(fd)
+                    if rep >= 0:
+                        w_plain.append(w)
+                        r_plain.append(r)
+                else:
+                    lu = self.fresh_lu(lu_size)
+                    w, r = ours(lu)
+                    lu.close()
+                    if rep >= 0:
+                        w_lu.append(w)
+                        r_lu.append(r)
+        return w_plain, r_plain, w_lu, r_lu
+
+    def sequential(self) -> None:
+        total, buf = self.seq_total, self.buf
+
+        def plain(fd: int) -> tuple[float, float]:
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                os.pwrite(fd, buf, pos)
+            os.fsync(fd)
+            w = total / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                os.pread(fd, MiB, pos)
+            return w, total / (time.perf_counter() - t)
+
+        def ours(lu: Any) -> tuple[float, float]:
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                lu.write(pos, buf)
+            lu.flush()
+            w = total / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                lu.read(pos, MiB)
+            return w, total / (time.perf_counter() - t)
+
+        w_plain, r_plain, w_lu, r_lu = self._pair(plain, ours, total)
+        med = statistics.median
+        self.add("seq write 1M", "core", "MiB/s", med(w_lu) / MiB, med(w_plain) / MiB, 0.9,
+                 note=f"{format_size(total)} into a fresh thin LU, then flush")
+        self.add("seq read 1M", "core", "MiB/s", med(r_lu) / MiB, med(r_plain) / MiB, 0.9)
+
+    def metadata(self) -> None:
+        """Metadata bytes per allocated extent on a pool of 64 KiB extents, half of them used."""
+        path = os.path.join(self.dir, "meta-pool")
+        n = 16384 if self.quick else 65536
+        E = 64 << 10
+        with Pool.create(path, 2 * n * E, extent_size=E) as p:
+            with p.create_lu("m", n * E) as lu:
+                for i in range(n):
+                    lu.write(i * E, b"x")  # one byte allocates a whole (sparse) extent
+            with p._meta.read() as txn:
+                pages = sum(sum(txn.stat(db)[k] for k in ("branch_pages", "leaf_pages", "overflow_pages"))
+                            for db in p._meta.db.values())
+                psize = txn.stat(p._meta.db["maps"])["psize"]
+        shutil.rmtree(path)
+        self.add("metadata per allocated extent", "core", "bytes", pages * psize / n, None, 64,
+                 higher_is_better=False,
+                 note=f"LMDB pages in use / {n} allocated extents; pool twice that size, 64K extents")
+
+    def random4k(self) -> None:
+        block = self.buf[:4096]
+        offs = self.offsets
+
+        def plain(fd: int) -> tuple[float, float]:
+            t = time.perf_counter()
+            for off in offs:
+                os.pwrite(fd, block, off)
+            os.fsync(fd)
+            w = len(offs) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for off in offs:
+                os.pread(fd, 4096, off)
+            return w, len(offs) / (time.perf_counter() - t)
+
+        def ours(lu: Any) -> tuple[float, float]:
+            t = time.perf_counter()
+            for off in offs:
+                lu.write(off, block)
+            lu.flush()
+            w = len(offs) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for off in offs:
+                lu.read(off, 4096)
+            return w, len(offs) / (time.perf_counter() - t)
+
+        w_plain, r_plain, w_lu, r_lu = self._pair(plain, ours, self.rand_span)
+        med = statistics.median
+        self.add("rand write 4K", "core", "IOPS", med(w_lu), med(w_plain), 0.7,
+                 note=f"{len(offs)} first writes over {format_size(self.rand_span)} of a fresh thin LU")
+        self.add("rand read 4K", "core", "IOPS", med(r_lu), med(r_plain), 0.7)
+
+    def cow(self) -> None:
+        n = 64 if self.quick else 256
+        E = self.pool.extent_size
+        lu = self.fresh_lu(n * E)
+        for i in range(n):
+            lu.write(i * E, self.buf[:E] if E <= MiB else self.buf * (E // MiB))
+        lu.close()
+        block = os.urandom(4096)
+        cows, inplace = [], []
+        for rep in range(self.reps):
+            name = f"bench-clone{rep}"
+            self.pool.clone("bench", name)
+            with self.pool.lu(name) as c:
+                t = time.perf_counter()
+                for i in range(n):
+                    c.write(i * E + 4096, block)
+                cows.append((time.perf_counter() - t) / n)
+                t = time.perf_counter()
+                for i in range(n):
+                    c.write(i * E + 8192, block)
+                inplace.append((time.perf_counter() - t) / n)
+            self.pool.remove(name)
+        med = statistics.median
+        self.add("first write into cloned extent", "core", "us", med(cows) * 1e6, med(inplace) * 1e6, None,
+                 higher_is_better=False,
+                 note=f"4K write that copies a {format_size(E)} extent; baseline: the next 4K write in place")
+
+    def snapshots(self) -> None:
+        times: dict[str, dict[str, float]] = {}
+        for label, size in (("1G", 1 << 30), ("1T", 1 << 40)):
+            lu = self.fresh_lu(size)
+            for pos in range(0, 64 * MiB, MiB):
+                lu.write(pos, self.buf)
+            lu.flush()
+            snap, clone = [], []
+            for rep in range(self.reps):
+                t = time.perf_counter()
+                self.pool.snapshot("bench", f"s{rep}")
+                snap.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                self.pool.clone(f"bench@s{rep}", f"bc{rep}")
+                clone.append(time.perf_counter() - t)
+            lu.close()
+            for rep in range(self.reps):
+                self.pool.remove(f"bc{rep}")
+            self.pool.remove("bench", recursive=True)
+            times[label] = {"snapshot": statistics.median(snap), "clone": statistics.median(clone)}
+        for op in ("snapshot", "clone"):
+            self.add(f"{op} 1T LU vs 1G LU", "core", "ms", times["1T"][op] * 1e3, times["1G"][op] * 1e3,
+                     0.5, note="64 MiB written in each; O(1) in the LU's size means a ratio near 1")
+
+    def many_lus(self) -> None:
+        count = 10_000
+        path = os.path.join(self.dir, "many")
+        with Pool.create(path, "1T") as p:
+            t = time.perf_counter()
+            for i in range(count):
+                p.create_lu(f"lu{i:05d}", "10G").close()
+            created = time.perf_counter() - t
+
+        def open_close() -> float:
+            t = time.perf_counter()
+            Pool.open(path).close()
+            return time.perf_counter() - t
+        opened = self.median(open_close)
+        with Pool.open(path) as p:
+            def listing() -> float:
+                t = time.perf_counter()
+                assert len(p.list_lus()) == count
+                return time.perf_counter() - t
+            listed = self.median(listing)
+        shutil.rmtree(path)
+        self.add(f"pool open, {count} LUs", "core", "ms", opened * 1e3, note=f"created in {created:.1f}s")
+        self.add(f"lu list, {count} LUs", "core", "ms", listed * 1e3)
+
+    def run(self) -> None:
+        for step in (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus):
+            step()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _row(r: dict[str, Any]) -> str:
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.1f}" if abs(x) < 1e5 else f"{x:,.0f}"
+    ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+    target = "-" if r["target"] is None else (f">={r['target']}" if r["ratio"] is not None or r["unit"] != "bytes"
+                                              else f"<={r['target']}")
+    mark = {True: "ok", False: "MISS", None: ""}[r["ok"]]
+    return f"{r['name']:<34} {num(r['ours']):>12} {num(r['baseline']):>12} {r['unit']:<6} {ratio:>7} {target:>7} {mark}"
+
+
+def chart(results: list[dict[str, Any]], path: str) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install 'blockstore[bench]')"
+    rows = [r for r in results if r["ratio"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    names = [r["name"] for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    colors = ["tab:green" if r["ok"] else "tab:red" if r["ok"] is False else "tab:gray" for r in rows]
+    ax.barh(names, ratios, color=colors)
+    for i, r in enumerate(rows):
+        if r["target"] is not None:
+            ax.plot([r["target"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
+        ax.text(r["ratio"], i, f" {r['ratio']:.2f}x", va="center")
+    ax.axvline(1.0, color="gray", linestyle=":")
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio to the baseline in the same run (bars: green met, red missed; black tick: target)")
+    ax.set_title("blockstore bench (medians)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(quick: bool = False, json_path: str | None = None, png_path: str | None = None,
+         workdir: str | None = None) -> int:
+    base = workdir or os.getcwd()
+    os.makedirs(base, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".blockstore-bench-", dir=base)
+    print(f"blockstore bench ({'quick' if quick else 'full'}) in {tmp}; medians, warm page cache")
+    print(f"{'measure':<34} {'ours':>12} {'baseline':>12} {'unit':<6} {'ratio':>7} {'target':>7}")
+    b = Bench(tmp, quick)
+    started = time.time()
+    try:
+        b.run()
+    finally:
+        b.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    doc = {"version": 1, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+           "seconds": round(time.time() - started, 1),
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+           "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,
+                      "extent_size": b.pool.extent_size},
+           "results": b.results}
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"wrote {json_path}")
+        png_path = png_path or os.path.splitext(json_path)[0] + ".png"
+    if png_path:
+        why = chart(b.results, png_path)
+        print(why or f"wrote {png_path}")
+    return 0
