@@ -46,33 +46,39 @@ def replay(seed: int, it: int, model: dict[str, bytearray], upto: int) -> tuple[
 
 
 def verify(pool: Pool, seed: int, it: int, model: dict[str, bytearray], acked: int) -> dict[str, bytearray]:
-    """Check the pool against the states the child may have reached; return what it holds."""
-    done, _ = replay(seed, it, model, acked)         # every round up to `acked` was flushed
-    ahead, inflight = replay(seed, it, model, acked + 1)  # the round it was in when killed
+    """Check the pool against the states the child may have reached; return what it holds.
+
+    ``done`` is the state after the last acknowledged round, ``ahead`` after the round the child
+    was in when killed. That round's writes may each have landed or not (per 4 KiB block); its
+    snapshot, clone and remove come after its flush, so once any of them is visible, every LU
+    holds exactly ``ahead``.
+    """
+    done, _ = replay(seed, it, model, acked)
+    ahead, inflight = replay(seed, it, model, acked + 1)
     present = {r["name"] for r in pool.list_lus()}
-    new_objects = (set(ahead) - set(done)) & present
-    if new_objects:  # an object of the in-flight round exists, so that round's flush completed
-        done, inflight = ahead, {}
     actual = {}
     for name in present:
         with pool.lu(name, writable=False) as lu:
             actual[name] = bytearray(lu.read(0, lu.size))
-    for name, want in done.items():
-        if name not in present:
-            assert name not in W.BASE and "@" in name or name not in ahead, f"{name} lost"
-            continue
-        got = actual[name]
-        assert len(got) == len(want), name
-        if got == want:
-            continue
-        # Only blocks the in-flight round wrote may differ, and only to that round's data.
-        for block in range(len(want) // W.BLOCK):
-            sl = slice(block * W.BLOCK, (block + 1) * W.BLOCK)
-            if got[sl] != want[sl]:
-                assert got[sl] == inflight.get(name, {}).get(block), f"{name} block {block} corrupt"
-    for name in present - set(done):
-        assert name in ahead, f"unexpected LU {name}"
-        assert actual[name] == ahead[name], f"{name} is not the state it was made from"
+    created = (set(ahead) - set(done)) & present
+    removed = (set(done) - set(ahead)) - present
+    flushed = bool(created or removed)
+    for name in present:
+        assert name in done or name in ahead, f"unexpected LU {name}"
+        if name not in ahead:  # removed by the in-flight round, not yet gone
+            assert actual[name] == done[name], f"{name} changed before its removal"
+        elif name not in done or flushed:
+            assert actual[name] == ahead[name], f"{name} is not the state of the in-flight round's flush"
+        elif actual[name] != done[name]:
+            # Only blocks the in-flight round wrote may differ, and only to that round's data.
+            want, got = done[name], actual[name]
+            assert len(got) == len(want), name
+            for block in range(len(want) // W.BLOCK):
+                sl = slice(block * W.BLOCK, (block + 1) * W.BLOCK)
+                if got[sl] != want[sl]:
+                    assert got[sl] == inflight.get(name, {}).get(block), f"{name} block {block} corrupt"
+    for name in set(done) - present:
+        assert name not in ahead, f"{name} lost"
     return actual
 
 
