@@ -51,8 +51,8 @@ def _check_extent_size(extent_size: int) -> int:
     return extent_size
 
 
-def _check_lu_size(size: int | str) -> int:
-    n = parse_size(size, what="LU size")
+def _check_lu_size(size: int | str, allow_empty: bool = False) -> int:
+    n = parse_size(size, what="LU size", allow_zero=allow_empty)
     if n % SECTOR:
         raise InvalidArgument(f"LU size must be a multiple of {SECTOR} bytes, not {n}")
     return n
@@ -293,10 +293,14 @@ class Pool:
                 writable = False
             holder = None
             if writable:
-                holder = HolderLock(self._holder_path(name)).acquire(f"LU {name!r}")
+                with self._meta.read() as txn:
+                    lu_id = self._record(txn, name)["id"]
+                holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}")
             try:
                 with self._meta.read() as txn:
                     rec = self._record(txn, name)
+                    if holder and rec["id"] != lu_id:
+                        raise Busy(f"LU {name!r} was replaced while opening; try again")
                     emap = self._load_map(txn, rec)
                     if writable:
                         # Fresh counts: only this holder can add sharers of its extents from now on,
@@ -321,8 +325,9 @@ class Pool:
         finally:
             h.close()
 
-    def _holder_path(self, name: str) -> str:
-        return os.path.join(self._locks_dir, f"lu-{name}")
+    def _holder_path(self, lu_id: int) -> str:
+        """The holder lock of an LU, by id so that a rename keeps it."""
+        return os.path.join(self._locks_dir, f"lu-{lu_id}")
 
     def _load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
         return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
@@ -369,10 +374,13 @@ class Pool:
 
     # -- LU lifecycle ---------------------------------------------------------------------------
 
-    def create_lu(self, name: str, size: int | str, *, thick: bool = False) -> LU:
-        """Create a thin (or thick: every extent reserved now) LU and return it open for writing."""
+    def create_lu(self, name: str, size: int | str, *, thick: bool = False, allow_empty: bool = False) -> LU:
+        """Create a thin (or thick: every extent reserved now) LU and return it open for writing.
+
+        ``allow_empty`` permits size 0 (a file created through a mount, sized by truncate next).
+        """
         check_name(name)
-        n = _check_lu_size(size)
+        n = _check_lu_size(size, allow_empty)
         with self._lock:
             def change(txn: lmdb.Transaction) -> None:
                 self._new_record(txn, name, n, "lu", None, thick=thick)
@@ -482,9 +490,9 @@ class Pool:
             self._transaction(change)
             return copied
 
-    def resize(self, name: str, size: int | str, *, force: bool = False) -> None:
+    def resize(self, name: str, size: int | str, *, force: bool = False, allow_empty: bool = False) -> None:
         """Grow ``name`` to ``size`` bytes; shrinking needs ``force`` and frees the cut-off tail."""
-        n = _check_lu_size(size)
+        n = _check_lu_size(size, allow_empty)
         if "@" in name:
             raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
         with self._lock, self._writer(name) as lu:
@@ -506,7 +514,7 @@ class Pool:
         base, snap = split_snapshot(name)
         with self._lock:
             with self._meta.read() as txn:
-                self._record(txn, name)
+                lu_id = self._record(txn, name)["id"]
                 records = self._records(txn)
             snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
             if snaps and not recursive:
@@ -518,7 +526,7 @@ class Pool:
             if name in self._writers:
                 raise Busy(f"LU {name!r} is open in this process; close it first")
             # A snapshot never changes, so only a live LU needs its holder lock for removal.
-            holder = HolderLock(self._holder_path(name)).acquire(f"LU {name!r}") if snap is None else None
+            holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
             a = self._allocators[0]
 
             def change(txn: lmdb.Transaction) -> None:
@@ -529,10 +537,52 @@ class Pool:
                     txn.delete(victim.encode(), db=self._meta.db["lus"])
             try:
                 self._transaction(change)
+                if holder:
+                    os.unlink(holder.path)
             finally:
                 if holder:
                     holder.release()
             return doomed
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename an LU; its snapshots follow (``old@s`` becomes ``new@s``) and clones keep their
+        parent. Works while this process has it open; refused while another process writes it."""
+        check_name(old)
+        check_name(new)
+        with self._lock:
+            with self._meta.read() as txn:
+                rec = self._record(txn, old)
+            if rec["kind"] == "snapshot":
+                raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
+            mine = self._writers.get(old)
+            holder = None if mine else HolderLock(self._holder_path(rec["id"])).acquire(f"LU {old!r}")
+
+            def change(txn: lmdb.Transaction) -> None:
+                if self._record(txn, new, missing_ok=True) is not None:
+                    raise AlreadyExists(f"an LU named {new!r} already exists")
+                renames = {old: new}
+                for r in self._records(txn):
+                    if r["kind"] == "snapshot" and r["parent"] == old:
+                        renames[r["name"]] = f"{new}@{r['name'].split('@', 1)[1]}"
+                for r in self._records(txn):
+                    changed = False
+                    if r["parent"] in renames:
+                        r["parent"] = renames[r["parent"]] if r["kind"] != "snapshot" else new
+                        changed = True
+                    if r["name"] in renames:
+                        txn.delete(r["name"].encode(), db=self._meta.db["lus"])
+                        r["name"] = renames[r["name"]]
+                        changed = True
+                    if changed:
+                        self._meta.put_json(txn, "lus", r["name"].encode(), r)
+            try:
+                self._transaction(change)
+            finally:
+                if holder:
+                    holder.release()
+            if mine:
+                self._writers[new] = self._writers.pop(old)
+                mine.name = new
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -549,8 +599,7 @@ class Pool:
         info = self._describe(rec)
         info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
         info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
-        holder = self._holder_path(name)
-        info["open_for_writing"] = name in self._writers or is_held(holder)
+        info["open_for_writing"] = name in self._writers or is_held(self._holder_path(rec["id"]))
         return info
 
     def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:

@@ -318,3 +318,25 @@ def test_threads_write_disjoint_ranges(pool):
     for i, b in blobs.items():
         assert lu.read(i * (1 << 20), len(b)) == b
     lu.close()
+
+
+def test_rename_moves_snapshots_and_keeps_clones(pool):
+    with pool.create_lu("a", "1M") as lu:
+        lu.write(0, b"data")
+    pool.snapshot("a", "s")
+    pool.clone("a@s", "c")
+    pool.rename("a", "b")
+    names = {r["name"]: r for r in pool.list_lus()}
+    assert set(names) == {"b", "b@s", "c"}
+    assert names["b@s"]["parent"] == "b" and names["c"]["parent"] == "b@s"
+    with pool.lu("b@s") as s:
+        assert s.read(0, 4) == b"data"
+    with pytest.raises(AlreadyExists):
+        pool.rename("b", "c")
+    with pool.lu("b") as lu:  # renaming an LU this process has open
+        pool.rename("b", "d")
+        lu.write(0, b"DATA")
+    with pool.lu("d", writable=False) as lu:
+        assert lu.read(0, 4) == b"DATA"
+    with pytest.raises(Busy):
+        pool.remove("d", recursive=True)  # d@s has the clone c
