@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offset", type=_offset, default=0)
     s.add_argument("--length", type=_offset, default=None, help="default: to the end of the LU")
 
+    m = top.add_parser("mount", help="mount the pool's LUs as files (FUSE)")
+    m.add_argument("mountpoint")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: a daemon)")
+    m.add_argument("--read-only", action="store_true")
+    m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
+    u.add_argument("mountpoint")
+
     b = top.add_parser("bench", help="measure the engine against a plain file")
     b.add_argument("--quick", action="store_true", help="small sizes, done within a minute")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -195,8 +203,19 @@ def run(args: argparse.Namespace) -> int:
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
         return bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir)
+    if args.group == "umount":
+        from blockstore_fuse.mount import umount
+        umount(args.mountpoint)
+        return 0
     if not args.pool:
         raise UsageError("blockstore: no pool given: use --pool DIR or set BLOCKSTORE_POOL")
+    if args.group == "mount":
+        from blockstore_fuse.mount import mount
+        mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
+                   allow_other=args.allow_other)
+        if not args.foreground:
+            print(f"mounted {os.path.abspath(args.pool)} at {mp}")
+        return 0
     if args.group == "pool" and args.cmd == "create":
         with Pool.create(args.pool, args.size, extent_size=args.extent_size, threshold=args.threshold) as pool:
             st = pool.status()

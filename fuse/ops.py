@@ -1,0 +1,264 @@
+"""The FUSE adapter: every LU is a regular file ``/NAME``, every snapshot a read-only file
+``/.snapshots/NAME/SNAP``. It translates file operations into Pool and LU calls and holds no
+storage policy of its own (as s3backer's fuse_ops.c over its block store)."""
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from blockstore import LU, BlockstoreError, Busy, Pool
+from blockstore.names import check_name
+
+from .binding import FuseOSError, Operations
+
+log = logging.getLogger("blockstore.fuse")
+SNAPDIR = ".snapshots"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def errors(fn: F) -> F:
+    """Engine errors become their errno; anything unexpected is logged and becomes EIO."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FuseOSError:
+            raise
+        except BlockstoreError as e:
+            raise FuseOSError(e.errno) from None
+        except OSError as e:
+            raise FuseOSError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise FuseOSError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+class LUFilesystem(Operations):  # type: ignore[misc]
+    use_ns = True
+
+    def __init__(self, pool: Pool, *, read_only: bool = False) -> None:
+        self.pool = pool
+        self.read_only = read_only
+        self.handles: dict[int, LU] = {}
+        self._fh = itertools.count(1)
+        self._lock = threading.Lock()
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.started = time.time_ns()
+        self.on_ready: Callable[[], None] | None = None
+
+    # -- paths -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(path: str) -> tuple[str, str | None]:
+        """('root'|'snapdir'|'lusnaps'|'lu'|'snap', name) for a path, or ENOENT."""
+        parts = [p for p in path.split("/") if p]
+        try:
+            if not parts:
+                return "root", None
+            if parts[0] == SNAPDIR:
+                if len(parts) == 1:
+                    return "snapdir", None
+                if len(parts) == 2:
+                    return "lusnaps", check_name(parts[1])
+                if len(parts) == 3:
+                    return "snap", f"{check_name(parts[1])}@{check_name(parts[2])}"
+            elif len(parts) == 1:
+                return "lu", check_name(parts[0])
+        except BlockstoreError:
+            pass
+        raise FuseOSError(errno.ENOENT)
+
+    def _lu_name(self, path: str, *, creating: bool = False) -> str:
+        """The LU a path names; EINVAL for a name that is no valid LU name, EROFS in snapshots."""
+        parts = [p for p in path.split("/") if p]
+        if len(parts) != 1 or parts[0] == SNAPDIR:
+            raise FuseOSError(errno.EROFS if parts and parts[0] == SNAPDIR else errno.EINVAL)
+        if creating:
+            try:
+                check_name(parts[0])
+            except BlockstoreError:
+                raise FuseOSError(errno.EINVAL) from None
+        return parts[0]
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FuseOSError(errno.EROFS)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def init(self, path: str) -> None:
+        if self.on_ready:
+            self.on_ready()
+
+    def destroy(self, path: str) -> None:
+        for fh in list(self.handles):
+            self.handles.pop(fh).close()
+        self.pool.close()
+
+    @errors
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        kind, name = self._parse(path)
+        t = self.started
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
+        if kind in ("root", "snapdir", "lusnaps"):
+            if kind == "lusnaps":
+                self.pool.lu_info(name)  # ENOENT for no such LU
+            return {**base, "st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        info = self._info(name)
+        ro = kind == "snap" or self.read_only
+        mtime = int(info["created"] * 1e9)
+        return {**base, "st_mode": stat.S_IFREG | (0o444 if ro else 0o644), "st_nlink": 1,
+                "st_size": info["size"], "st_blocks": info["allocated"] // 512, "st_blksize": 1 << 20,
+                "st_mtime": mtime, "st_ctime": mtime}
+
+    def _info(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            for lu in self.handles.values():
+                if lu.name == name:
+                    return {"size": lu.size, "allocated": lu.allocated_bytes, "created": self.started / 1e9}
+        return self.pool.lu_info(name)
+
+    @errors
+    def readdir(self, path: str, fh: int) -> list[str]:
+        kind, name = self._parse(path)
+        rows = self.pool.list_lus()
+        if kind == "root":
+            names = [SNAPDIR] + [r["name"] for r in rows if r["kind"] != "snapshot"]
+        elif kind == "snapdir":
+            names = sorted({r["parent"] for r in rows if r["kind"] == "snapshot"})
+        elif kind == "lusnaps":
+            names = [r["name"].split("@", 1)[1] for r in rows if r["kind"] == "snapshot" and r["parent"] == name]
+        else:
+            raise FuseOSError(errno.ENOTDIR)
+        return [".", ".."] + names
+
+    @errors
+    def statfs(self, path: str) -> dict[str, int]:
+        st = self.pool.status()
+        bs = 4096
+        return {"f_bsize": bs, "f_frsize": bs, "f_blocks": st["capacity"] // bs,
+                "f_bfree": st["free"] // bs, "f_bavail": st["free"] // bs,
+                "f_files": st["lus"] + st["snapshots"], "f_ffree": 1 << 20, "f_namemax": 64}
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _add(self, lu: LU) -> int:
+        with self._lock:
+            fh = next(self._fh)
+            self.handles[fh] = lu
+        return fh
+
+    @errors
+    def open(self, path: str, flags: int) -> int:
+        kind, name = self._parse(path)
+        if kind not in ("lu", "snap"):
+            raise FuseOSError(errno.EISDIR)
+        wants_write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if wants_write and (kind == "snap" or self.read_only):
+            raise FuseOSError(errno.EROFS)
+        if kind == "snap" or self.read_only:
+            return self._add(self.pool.open_lu(name, writable=False))
+        try:
+            # A writer handle even for O_RDONLY: its reads take the fast path, and every open of
+            # the LU in this mount then shares one handle, so reads see the mount's own writes.
+            lu = self.pool.open_lu(name, writable=True)
+        except Busy:
+            if wants_write:
+                raise
+            lu = self.pool.open_lu(name, writable=False)
+        return self._add(lu)
+
+    @errors
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self._writable()
+        name = self._lu_name(path, creating=True)
+        return self._add(self.pool.create_lu(name, 0, allow_empty=True))
+
+    @errors
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        lu = self.handles[fh]
+        end = min(offset + size, lu.size)
+        return lu.read(offset, end - offset) if end > offset else b""
+
+    @errors
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        lu = self.handles[fh]
+        room = lu.size - offset
+        if room <= 0:
+            raise FuseOSError(errno.ENOSPC)  # an LU does not grow by writing past its end
+        if len(data) > room:
+            data = data[:room]
+        lu.write(offset, data)
+        return len(data)
+
+    @errors
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._writable()
+        name = self._lu_name(path)
+        if length % 512:
+            raise FuseOSError(errno.EINVAL)  # LUs are whole sectors
+        self.pool.resize(name, length, force=True, allow_empty=True)
+
+    @errors
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        self.handles[fh].flush()
+
+    def flush(self, path: str, fh: int) -> None:
+        return None  # close(2) does not promise durability; fsync does, and release flushes
+
+    @errors
+    def release(self, path: str, fh: int) -> None:
+        with self._lock:
+            lu = self.handles.pop(fh)
+        lu.close()
+
+    @errors
+    def unlink(self, path: str) -> None:
+        self._writable()
+        self.pool.remove(self._lu_name(path))
+
+    @errors
+    def rename(self, old: str, new: str) -> None:
+        self._writable()
+        self.pool.rename(self._lu_name(old), self._lu_name(new, creating=True))
+
+    def utimens(self, path: str, times: Any = None) -> None:
+        return None  # LU files carry no times of their own
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise FuseOSError(errno.EPERM)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        raise FuseOSError(errno.EPERM)
+
+    @errors
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA / SEEK_HOLE by the LU's extent map (libfuse 3 only)."""
+        lu = self.handles[fh]
+        if whence not in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise FuseOSError(errno.EINVAL)
+        if offset >= lu.size or offset < 0:
+            raise FuseOSError(errno.ENXIO)
+        E = lu.extent_size
+        mapped = lu.mapped_extents()
+        first = offset // E
+        if whence == os.SEEK_DATA:
+            later = mapped[mapped >= first]
+            if not len(later):
+                raise FuseOSError(errno.ENXIO)
+            return max(offset, int(later[0]) * E)
+        is_mapped = np.zeros(-(-lu.size // E) + 1, bool)
+        is_mapped[mapped] = True
+        holes = np.flatnonzero(~is_mapped[first:]) + first
+        return min(lu.size, max(offset, int(holes[0]) * E))
