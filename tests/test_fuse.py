@@ -1,0 +1,244 @@
+"""The FUSE mount with real clients: dd, fio with verify, mkfs.ext4 on a loop device, e2fsck,
+qemu-img; and the mount's own life: daemon, SIGTERM, SIGKILL and a stale mount."""
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from blockstore import Pool
+from blockstore.check import check
+from conftest import cli_json, run_cli
+
+MiB = 1 << 20
+
+
+def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), capture_output=True, timeout=300, **kw)
+    assert r.returncode == 0, (cmd, r.stdout.decode()[-2000:], r.stderr.decode()[-2000:])
+    return r
+
+
+@pytest.fixture
+def pool_path(tmp_path):
+    p = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "2G", pool=p)
+    run_cli("lu", "create", "disk", "--size", "256M", pool=p)
+    return p
+
+
+@pytest.fixture
+def mnt(tmp_path, pool_path):
+    mp = str(tmp_path / "mnt")
+    os.mkdir(mp)
+    run_cli("mount", mp, pool=pool_path)
+    yield mp
+    if os.path.ismount(mp):
+        run_cli("umount", mp, check_rc=None)
+
+
+def daemon_pid(pool_path: str) -> int:
+    (pidfile,) = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".pid")]
+    with open(os.path.join(pool_path, "mounts", pidfile)) as f:
+        return int(f.read())
+
+
+def test_dd_roundtrip_and_export_agree(mnt, pool_path, tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(40 * MiB + 4096))
+    sh("dd", f"if={src}", f"of={mnt}/disk", "bs=1M", "seek=3", "conv=notrunc,fsync", "status=none")
+    out = tmp_path / "out"
+    sh("dd", f"if={mnt}/disk", f"of={out}", "bs=1M", "skip=3", "count=41", "status=none")
+    assert out.read_bytes()[: len(src.read_bytes())] == src.read_bytes()
+    assert os.stat(f"{mnt}/disk").st_size == 256 * MiB
+    assert os.stat(f"{mnt}/disk").st_blocks * 512 == 41 * MiB  # du: what is allocated
+    run_cli("umount", mnt)
+    run_cli("lu", "export", "disk", str(tmp_path / "exp"), pool=pool_path)
+    run_cli("mount", mnt, pool=pool_path)
+    sh("cmp", f"{mnt}/disk", str(tmp_path / "exp"))
+
+
+def test_holes_are_visible(mnt):
+    with open(f"{mnt}/disk", "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(b"x" * 100)
+        f.flush()
+        os.fsync(f.fileno())
+        fd = f.fileno()
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 5 * MiB
+        assert os.lseek(fd, 5 * MiB, os.SEEK_HOLE) == 6 * MiB
+        with pytest.raises(OSError) as e:
+            os.lseek(fd, 7 * MiB, os.SEEK_DATA)
+        assert e.value.errno == errno.ENXIO
+
+
+@pytest.mark.parametrize("rw,bs", [("write", "1M"), ("randwrite", "4k")])
+def test_fio_verify(mnt, rw, bs):
+    r = sh("fio", "--name=v", f"--filename={mnt}/disk", f"--rw={rw}", f"--bs={bs}", "--direct=1",
+           "--ioengine=libaio", "--iodepth=16", "--numjobs=2", "--size=64M", "--offset_increment=96M",
+           "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--group_reporting", "--output-format=json")
+    import json
+    job = json.loads(r.stdout[r.stdout.index(b"{"):])["jobs"][0]
+    assert job["error"] == 0
+    assert job["write"]["io_bytes"] >= 2 * 64 * MiB and job["read"]["io_bytes"] >= 2 * 64 * MiB
+
+
+def test_ext4_on_a_loop_device(mnt, pool_path, tmp_path):
+    img = f"{mnt}/disk"
+    sh("mkfs.ext4", "-q", "-F", img)
+    inner = tmp_path / "ext4"
+    inner.mkdir()
+    tree = tmp_path / "tree"
+    for i in range(30):
+        d = tree / f"d{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(os.urandom(1000 * i + 7))
+    sh("mount", "-o", "loop", img, str(inner))
+    try:
+        shutil.copytree(tree, inner / "tree")
+    finally:
+        sh("umount", str(inner))
+    sh("e2fsck", "-fn", img)
+    run_cli("umount", mnt)
+    run_cli("mount", mnt, pool=pool_path)
+    sh("e2fsck", "-fn", img)
+    sh("mount", "-o", "loop,ro", img, str(inner))
+    try:
+        cmp = filecmp.dircmp(tree, inner / "tree")
+        assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+        for sub in cmp.subdirs.values():
+            assert not sub.diff_files and not sub.left_only and not sub.right_only
+            _, mismatch, errs = filecmp.cmpfiles(sub.left, sub.right, sub.common_files, shallow=False)
+            assert not mismatch and not errs
+    finally:
+        sh("umount", str(inner))
+
+
+def test_qemu_img_reads_an_lu_file(mnt, tmp_path):
+    data = tmp_path / "data.raw"
+    data.write_bytes(os.urandom(256 * MiB))
+    sh("dd", f"if={data}", f"of={mnt}/disk", "bs=1M", "conv=notrunc,fsync", "status=none")
+    r = sh("qemu-img", "info", "--output=json", f"{mnt}/disk")
+    assert b'"virtual-size": 268435456' in r.stdout
+    sh("qemu-img", "compare", "-f", "raw", "-F", "raw", f"{mnt}/disk", str(data))
+
+
+def test_files_make_resize_rename_and_remove_lus(mnt, pool_path):
+    sh("truncate", "-s", "10G", f"{mnt}/new")
+    info = cli_json("lu", "show", "new", pool=pool_path)
+    assert info["size"] == 10 << 30 and info["allocated"] == 0
+    sh("truncate", "-s", "20G", f"{mnt}/new")
+    assert os.stat(f"{mnt}/new").st_size == 20 << 30
+    os.rename(f"{mnt}/new", f"{mnt}/renamed")
+    assert sorted(os.listdir(mnt)) == [".snapshots", "disk", "renamed"]
+    run_cli("lu", "clone", "disk", "kid", pool=pool_path)
+    with pytest.raises(OSError) as e:
+        os.unlink(f"{mnt}/disk")
+    assert e.value.errno == errno.EBUSY
+    os.unlink(f"{mnt}/renamed")
+    assert "renamed" not in os.listdir(mnt)
+    st = os.statvfs(mnt)
+    assert st.f_blocks * st.f_frsize == 2 << 30
+
+
+def test_snapshots_are_read_only_files(mnt, pool_path):
+    with open(f"{mnt}/disk", "r+b") as f:
+        f.write(b"before")
+    run_cli("umount", mnt)  # a snapshot needs the LU's writer: the mount holds it while open
+    run_cli("lu", "snapshot", "disk", "s1", pool=pool_path)
+    run_cli("mount", mnt, pool=pool_path)
+    with open(f"{mnt}/disk", "r+b") as f:
+        f.write(b"after!")
+    assert os.listdir(f"{mnt}/.snapshots") == ["disk"]
+    assert os.listdir(f"{mnt}/.snapshots/disk") == ["s1"]
+    with open(f"{mnt}/.snapshots/disk/s1", "rb") as f:
+        assert f.read(6) == b"before"
+    with pytest.raises(OSError) as e:
+        open(f"{mnt}/.snapshots/disk/s1", "r+b")
+    assert e.value.errno in (errno.EROFS, errno.EACCES)
+
+
+def test_bad_input(mnt, pool_path, tmp_path):
+    r = run_cli("mount", str(tmp_path / "nowhere"), pool=pool_path, check_rc=1)
+    assert "not an existing directory" in r.stderr.decode()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    assert "not empty" in run_cli("mount", str(full), pool=pool_path, check_rc=1).stderr.decode()
+    assert "already a mount point" in run_cli("mount", mnt, pool=pool_path, check_rc=1).stderr.decode()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_cli("mount", str(empty), pool=str(tmp_path / "nopool"), check_rc=1)
+    assert run_cli("umount", str(empty), check_rc=1).stderr
+    with open(f"{mnt}/disk", "r+b", buffering=0) as f:
+        f.seek(256 * MiB)
+        with pytest.raises(OSError) as e:
+            f.write(b"past the end")
+        assert e.value.errno == errno.ENOSPC
+        f.seek(256 * MiB - 4)
+        assert f.write(b"past the end") == 4  # a write across the end is cut short
+    for bad in ("a b", "x" * 65):
+        with pytest.raises(OSError) as e:
+            open(f"{mnt}/{bad}", "wb")
+        assert e.value.errno in (errno.EINVAL, errno.ENAMETOOLONG)
+    assert sorted(os.listdir(mnt)) == [".snapshots", "disk"]
+
+
+def test_read_only_mount(pool_path, tmp_path):
+    mp = str(tmp_path / "ro")
+    os.mkdir(mp)
+    run_cli("mount", mp, "--read-only", pool=pool_path)
+    try:
+        with pytest.raises(OSError) as e:
+            open(f"{mp}/disk", "r+b")
+        assert e.value.errno in (errno.EROFS, errno.EACCES)
+        with open(f"{mp}/disk", "rb") as f:
+            assert f.read(10) == bytes(10)
+    finally:
+        run_cli("umount", mp)
+
+
+def test_fsync_survives_sigkill_and_stale_mount_is_cleared(mnt, pool_path):
+    blob = os.urandom(3 * MiB)
+    with open(f"{mnt}/disk", "r+b") as f:
+        f.seek(MiB)
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(daemon_pid(pool_path), signal.SIGKILL)
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        os.listdir(mnt)  # the stale mount: transport endpoint not connected
+    run_cli("umount", mnt)
+    assert not os.path.ismount(mnt)
+    with Pool.open(pool_path) as p:
+        with p.lu("disk", writable=False) as lu:
+            assert lu.read(MiB, len(blob)) == blob
+        assert check(p)["clean"]
+    run_cli("mount", mnt, pool=pool_path)
+    with open(f"{mnt}/disk", "rb") as f:
+        f.seek(MiB)
+        assert f.read(len(blob)) == blob
+
+
+def test_sigterm_unmounts_with_everything_flushed(mnt, pool_path):
+    blob = os.urandom(2 * MiB)
+    with open(f"{mnt}/disk", "r+b") as f:  # no fsync: the daemon must flush on its way out
+        f.write(blob)
+    pid = daemon_pid(pool_path)
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        if not os.path.ismount(mnt) and not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    assert not os.path.ismount(mnt)
+    with Pool.open(pool_path) as p:
+        with p.lu("disk", writable=False) as lu:
+            assert lu.read(0, len(blob)) == blob
+        assert check(p)["clean"]
