@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: a daemon)")
     m.add_argument("--read-only", action="store_true")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="serve with N threads (default 0: one loop, fastest for small random I/O)")
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
     u.add_argument("mountpoint")
 
@@ -211,8 +213,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("blockstore: no pool given: use --pool DIR or set BLOCKSTORE_POOL")
     if args.group == "mount":
         from blockstore_fuse.mount import mount
+        if not 0 <= args.threads <= 64:
+            raise UsageError("blockstore mount: --threads takes 0 to 64")
         mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
-                   allow_other=args.allow_other)
+                   allow_other=args.allow_other, threads=args.threads)
         if not args.foreground:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0

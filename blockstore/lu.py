@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 Buffer = bytes | bytearray | memoryview
-_pread = os.pread
+_pread, _preadv = os.pread, os.preadv
 
 
 class LU:
@@ -115,9 +115,19 @@ class LU:
             return bytes(buf)
 
     def readinto(self, offset: int, buf: memoryview | bytearray) -> None:
-        """Fill ``buf`` from ``offset`` without an extra copy."""
+        """Fill ``buf`` from ``offset`` without an extra copy (lock-free within one extent, as read)."""
         mv = memoryview(buf).cast("B")
-        self._check(offset, len(mv))
+        n, E = len(mv), self._E
+        ext, start = divmod(offset, E)
+        if self._fast and offset >= 0 and start + n <= E and offset + n <= self._size:
+            seen = self._alloc.recycled
+            p = self._map.table[ext]
+            if p == UNMAPPED:
+                mv[:] = bytes(n)
+                return
+            if _preadv(self._fd, [mv], p * E + start) == n and self._alloc.recycled == seen:
+                return
+        self._check(offset, n)
         with self._lock:
             if not self._writable:
                 self._pool._refresh(self)

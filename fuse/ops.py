@@ -192,7 +192,16 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         return lu.read(offset, end - offset) if end > offset else b""
 
     @errors
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+    def read_into(self, buf: memoryview, offset: int, fh: int) -> int:
+        """Fill libfuse's buffer in place; returns the bytes read (short at the end of the LU)."""
+        lu = self.handles[fh]
+        n = max(0, min(len(buf), lu.size - offset))
+        if n:
+            lu.readinto(offset, buf[:n])
+        return n
+
+    @errors
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fh: int) -> int:
         lu = self.handles[fh]
         room = lu.size - offset
         if room <= 0:

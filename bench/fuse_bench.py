@@ -1,0 +1,122 @@
+"""FUSE runs of ``blockstore bench``: the same fio patterns (bench/fio/pattern.fio) against
+1. a plain file on the same filesystem (the limit), 2. an LU through our mount, and 3. QEMU's own
+FUSE export of a qcow2 image (qemu-storage-daemon), the peer a user would pick instead."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOB = os.path.join(HERE, "fio", "pattern.fio")
+PATTERNS = [("seq write 1M", "write", "1M"), ("seq read 1M", "read", "1M"),
+            ("rand write 4K", "randwrite", "4k"), ("rand read 4K", "randread", "4k")]
+
+
+def missing_tools() -> list[str]:
+    return [t for t in ("fio", "qemu-img", "qemu-storage-daemon") if not shutil.which(t)]
+
+
+def fio(path: str, rw: str, bs: str, size: int, runtime: int) -> float:
+    """MiB/s for 1M patterns, IOPS for 4K ones."""
+    env = dict(os.environ, FILE=path, SIZE=str(size // 2), RW=rw, BS=bs, RUNTIME=str(runtime))
+    r = subprocess.run(["fio", "--output-format=json", JOB], env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio {rw} on {path}: {r.stderr.strip()[-500:]}")
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return side["iops"] if bs == "4k" else side["bw_bytes"] / (1 << 20)
+
+
+def fill(path: str, size: int) -> None:
+    """Write every byte once, untimed: all targets are then measured in the same steady state
+    (allocated, data to read), not on first-allocation costs that differ by who ran first."""
+    subprocess.run(["fio", "--name=fill", f"--filename={path}", f"--size={size}", "--rw=write", "--bs=1M",
+                    "--direct=1", "--ioengine=libaio", "--iodepth=8", "--output-format=terse"],
+                   check=True, capture_output=True, timeout=600)
+
+
+@contextmanager
+def plain_target(workdir: str, size: int) -> Iterator[str]:
+    path = os.path.join(workdir, "plain.img")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@contextmanager
+def blockstore_target(workdir: str, size: int, threads: int = 0) -> Iterator[str]:
+    from blockstore import Pool
+    from blockstore_fuse.mount import mount, umount
+
+    pool = os.path.join(workdir, "fuse-pool")
+    with Pool.create(pool, 2 * size) as p:
+        p.create_lu("disk", size).close()
+    mp = os.path.join(workdir, "mnt")
+    os.mkdir(mp)
+    mount(pool, mp, threads=threads)
+    try:
+        yield os.path.join(mp, "disk")
+    finally:
+        umount(mp)
+        os.rmdir(mp)
+        shutil.rmtree(pool)
+
+
+@contextmanager
+def qemu_target(workdir: str, size: int) -> Iterator[str]:
+    img = os.path.join(workdir, "qemu.qcow2")
+    export = os.path.join(workdir, "qemu-export")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, str(size)], check=True)
+    open(export, "w").close()
+    proc = subprocess.Popen(
+        ["qemu-storage-daemon",
+         "--blockdev", f"driver=file,node-name=file,filename={img},cache.direct=off",
+         "--blockdev", "driver=qcow2,node-name=disk,file=file",
+         "--export", f"type=fuse,id=exp,node-name=disk,mountpoint={export},writable=on"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while os.stat(export).st_size != size:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"qemu-storage-daemon did not export: {proc.stdout.read().decode()[-500:]}")
+            time.sleep(0.05)
+        yield export
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        os.unlink(export)
+        os.unlink(img)
+
+
+TARGETS: dict[str, Callable[[str, int], Any]] = {
+    "plain file": plain_target,
+    "blockstore mount": blockstore_target,
+    "blockstore mount, 2 threads": lambda d, n: blockstore_target(d, n, threads=2),
+    "qemu fuse export": qemu_target,
+}
+
+
+def run(workdir: str, quick: bool) -> dict[str, dict[str, float]]:
+    """{target: {pattern: median}}. Each target is set up fresh and filled once before its runs."""
+    size = (512 if quick else 2048) << 20
+    runtime = 2 if quick else 5
+    reps = 1 if quick else 3
+    out: dict[str, dict[str, list[float]]] = {t: {p[0]: [] for p in PATTERNS} for t in TARGETS}
+    for _ in range(reps):
+        for target, make in TARGETS.items():
+            with make(workdir, size) as path:
+                fill(path, size)
+                for name, rw, bs in PATTERNS:
+                    out[target][name].append(fio(path, rw, bs, size, runtime))
+    return {t: {p: statistics.median(v) for p, v in pats.items()} for t, pats in out.items()}
