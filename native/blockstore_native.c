@@ -1,0 +1,135 @@
+/* blockstore's hot path; the contract is in blockstore_native.h. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blockstore_native.h"
+
+int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        buf += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+int bs_pread_all(int fd, char *buf, size_t len, int64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, buf, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0) { /* past the end of a sparse file: zeros */
+            memset(buf, 0, len);
+            return 0;
+        }
+        buf += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+/* Both copies from one buffer; one failing copy does not stop the other. */
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, int *failed)
+{
+    int r0 = fd0 >= 0 ? bs_pwrite_all(fd0, buf, len, off) : 0;
+    int r1 = fd1 >= 0 ? bs_pwrite_all(fd1, buf, len, off) : 0;
+    *failed = (r0 < 0 ? 1 : 0) | (r1 < 0 ? 2 : 0);
+    return r0 < 0 ? r0 : r1;
+}
+
+/* Copy without a userspace round trip where the kernel can (same filesystem, or reflinks). */
+int bs_copy(int src, int64_t src_off, int dst, int64_t dst_off, size_t len)
+{
+    off64_t in = src_off, out = dst_off;
+    while (len > 0) {
+        ssize_t n = copy_file_range(src, &in, dst, &out, len, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)
+                break; /* fall back to read and write below */
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        len -= (size_t)n;
+    }
+    if (len == 0)
+        return 0;
+    char chunk[65536];
+    while (len > 0) {
+        size_t step = len < sizeof chunk ? len : sizeof chunk;
+        int r = bs_pread_all(src, chunk, step, in);
+        if (r == 0)
+            r = bs_pwrite_all(dst, chunk, step, out);
+        if (r < 0)
+            return r;
+        in += (int64_t)step;
+        out += (int64_t)step;
+        len -= step;
+    }
+    return 0;
+}
+
+/* The copy-on-write of one extent: the old extent with `len` new bytes at `start` laid over it,
+ * written whole to the new place in one or two files (dst1 < 0: one). With nothing to lay over
+ * and one destination, the kernel copies (copy_file_range). `scratch` holds `extent` bytes. */
+int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,
+           const char *data, size_t start, size_t len, char *scratch, int *failed)
+{
+    *failed = 0;
+    if (len == 0 && dst1 < 0) {
+        int r = bs_copy(src, src_off, dst0, dst_off, extent);
+        *failed = r < 0 ? 1 : 0;
+        return r;
+    }
+    int r = bs_pread_all(src, scratch, extent, src_off);
+    if (r < 0)
+        return r;
+    if (len)
+        memcpy(scratch + start, data, len);
+    return bs_pwrite2(dst0, dst1, scratch, extent, dst_off, failed);
+}
+
+int bs_is_zero(const char *buf, size_t len)
+{
+    /* Real data rarely starts with 16 zero bytes: look there first, then compare the buffer with
+     * itself shifted by 16 bytes, which memcmp does at memory speed. */
+    size_t head = len < 16 ? len : 16;
+    for (size_t i = 0; i < head; i++)
+        if (buf[i])
+            return 0;
+    return len <= 16 || memcmp(buf, buf + 16, len - 16) == 0;
+}
+
+int bs_pread_multi(int fd, char *buf, const int64_t *offs, const size_t *lens, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (offs[i] < 0) {
+            memset(buf, 0, lens[i]); /* a hole */
+        } else {
+            int r = bs_pread_all(fd, buf, lens[i], offs[i]);
+            if (r < 0)
+                return r;
+        }
+        buf += lens[i];
+    }
+    return 0;
+}

@@ -1,0 +1,23 @@
+/* blockstore's hot path: it moves bytes and knows nothing of LUs, extents or policy.
+ *
+ * Every function returns 0 on success or a negative errno. Short writes and EINTR are retried
+ * until the whole length is done. Where two files are written (a mirrored write), *failed tells
+ * which copy failed: bit 0 for the first, bit 1 for the second; a failure of one copy does not stop
+ * the other from being written, so the caller can carry on degraded.
+ * The functions are called without the GIL (cffi API mode), so they must not touch Python.
+ */
+#ifndef BLOCKSTORE_NATIVE_H
+#define BLOCKSTORE_NATIVE_H
+#include <stddef.h>
+#include <stdint.h>
+
+int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off);
+int bs_pread_all(int fd, char *buf, size_t len, int64_t off);
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, int *failed);
+int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,
+           const char *data, size_t start, size_t len, char *scratch, int *failed);
+int bs_copy(int src, int64_t src_off, int dst, int64_t dst_off, size_t len);
+int bs_is_zero(const char *buf, size_t len);
+int bs_pread_multi(int fd, char *buf, const int64_t *offs, const size_t *lens, size_t n);
+
+#endif
