@@ -56,7 +56,12 @@ def _by_chunk(extents: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
 
 def set_free(meta: Meta, txn: lmdb.Transaction, fg: int, extents: np.ndarray, value: bool) -> None:
     """Set the free bits of ``extents`` to ``value`` inside ``txn``."""
-    db = meta.db["free"]
+    set_bits(meta, txn, "free", fg, extents, value)
+
+
+def set_bits(meta: Meta, txn: lmdb.Transaction, dbname: str, fg: int, extents: np.ndarray, value: bool) -> None:
+    """Set one bit per extent in a chunked bitmap database (free, dirty) inside ``txn``."""
+    db = meta.db[dbname]
     for c, _, off in _by_chunk(np.asarray(extents, np.int64)):
         raw = txn.get(fg_key(fg, c), db=db)
         bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little") if raw else np.zeros(CHUNK, np.uint8)

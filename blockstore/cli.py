@@ -70,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", type=_size, required=True)
     c.add_argument("--extent-size", type=_size, default=1 << 20)
     c.add_argument("--threshold", type=_fraction, default=0.8, help="warn when this much is allocated (0.8 or 80%%)")
+    c.add_argument("--mirror-dir", help="a second failure group for mirrored LUs (ideally another disk)")
     c.add_argument("--json", action="store_true")
     pool.add_parser("status", help="capacity, use, overcommit").add_argument("--json", action="store_true")
     g = pool.add_parser("grow", help="grow the pool")
     g.add_argument("--size", type=_size, required=True)
     t = pool.add_parser("set", help="change a pool setting")
     t.add_argument("--threshold", type=_fraction, required=True)
+    fgp = pool.add_parser("failgrp", help="failure groups").add_subparsers(dest="sub", required=True)
+    fgp.add_parser("add", help="add the second failure group").add_argument("dir")
+    fgp.add_parser("list", help="the failure groups and their state").add_argument("--json", action="store_true")
+    k = pool.add_parser("scrub", help="check every mirrored extent against its checksum (exit 0 clean, 3 stale, 4 bad)")
+    k.add_argument("--repair", action="store_true")
+    k.add_argument("--json", action="store_true")
     k = pool.add_parser("check", help="verify every metadata invariant (exit 0 clean, 3 leaks, 4 corrupt)")
     k.add_argument("--repair", action="store_true")
     k.add_argument("--json", action="store_true")
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--size", type=_size, required=True)
     c.add_argument("--thick", action="store_true", help="reserve every extent now")
+    c.add_argument("--mirrored", action="store_true", help="keep a redundant copy in the second failure group")
     c.add_argument("--json", action="store_true")
     lu.add_parser("list", help="every LU and snapshot").add_argument("--json", action="store_true")
     s = lu.add_parser("show", help="one LU")
@@ -107,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("snap")
     lu.add_parser("flatten", help="a clone stops sharing with its parent").add_argument("name")
+    lu.add_parser("mirror", help="give an LU a redundant copy").add_argument("name")
+    lu.add_parser("unmirror", help="drop an LU's redundant copy").add_argument("name")
+    s = lu.add_parser("verify", help="compare an LU's two copies (exit 0 clean, 4 mismatched)")
+    s.add_argument("name")
+    s.add_argument("--repair", action="store_true")
+    s.add_argument("--json", action="store_true")
+    lu.add_parser("resync", help="copy what a degraded copy missed").add_argument("name")
     s = lu.add_parser("import", help="a raw image file into a new LU (sparse-aware)")
     s.add_argument("name")
     s.add_argument("file")
@@ -221,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0
     if args.group == "pool" and args.cmd == "create":
-        with Pool.create(args.pool, args.size, extent_size=args.extent_size, threshold=args.threshold) as pool:
+        with Pool.create(args.pool, args.size, extent_size=args.extent_size, threshold=args.threshold,
+                         mirror_dir=args.mirror_dir) as pool:
             st = pool.status()
         _print(args, st, f"created pool {st['path']}: {format_size(st['capacity'])} in extents of "
                          f"{format_size(st['extent_size'])}")
@@ -247,8 +263,43 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         lines.append("clean" if rep["clean"] else f"not clean (code {rep['code']})")
         _print(args, rep, "\n".join(lines))
         return int(rep["code"])
+    elif cmd == ("pool", "failgrp"):
+        if args.sub == "add":
+            pool.add_failure_group(args.dir)
+        rows = pool.failure_groups()
+        _print(args, rows, "\n".join(f"fg{r['group']}  {r['state']:<11} {r['dirty_extents']:>6} dirty  {r['path']}"
+                                      for r in rows))
+    elif cmd == ("pool", "scrub"):
+        from .scrub import scrub
+        bar = _progress("scrub", 1)
+        rep = scrub(pool, repair=args.repair, progress=lambda d, n: (setattr(bar, "total", n), bar.update(d)))
+        bar.close()
+        lines = [f"scrubbed {rep['extents']} extent(s) in copies {rep['copies']}, {format_size(rep['bytes'])} "
+                 f"at {rep['mib_per_s']:.0f} MiB/s"]
+        lines += [f"bad: extent {b['extent']} copy {b['copy']}" for b in rep["bad"]]
+        lines += [f"unrecoverable: extent {e} (no copy matches its checksum)" for e in rep["unrecoverable"]]
+        lines += [f"stale: extent {e} (both copies agree, not with the checksum)" for e in rep["stale"]]
+        lines.append(f"repaired {rep['repaired']}" if rep["repaired"] else ("clean" if rep["clean"] else "not clean"))
+        _print(args, rep, "\n".join(lines))
+        return 0 if rep["clean"] else 4 if rep["unrecoverable"] or rep["bad"] else 3
+    elif cmd == ("lu", "mirror"):
+        bar = _progress(f"mirror {args.name}", 1)
+        n = pool.set_mirrored(args.name, True, progress=lambda d, t: (setattr(bar, "total", t), bar.update(d)))
+        bar.close()
+        print(f"{args.name} is mirrored ({n} extent(s) copied)")
+    elif cmd == ("lu", "unmirror"):
+        pool.set_mirrored(args.name, False)
+    elif cmd == ("lu", "verify"):
+        from .scrub import verify
+        rep = verify(pool, args.name, repair=args.repair)
+        _print(args, rep, f"{rep['extents']} extent(s) compared at {rep['mib_per_s']:.0f} MiB/s, "
+                          f"{len(rep['mismatched'])} mismatched, {rep['repaired']} repaired")
+        return 0 if rep["clean"] else 4
+    elif cmd == ("lu", "resync"):
+        from .scrub import resync
+        print(f"copied {resync(pool, args.name)} extent(s)")
     elif cmd == ("lu", "create"):
-        with pool.create_lu(args.name, args.size, thick=args.thick):
+        with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored):
             pass
         info = pool.lu_info(args.name)
         _print(args, info, f"created LU {args.name} of {format_size(info['size'])}")

@@ -49,13 +49,13 @@ class LU:
         self._gen: int = record["gen"]
         self._map = emap
         self._E = pool.extent_size
-        self._df = pool._datafiles[0]
+        self.mirrored: bool = record.get("mirrored", False)
+        self._df = pool._mirror if self.mirrored and pool._mirror is not None else pool._datafiles[0]
         self._alloc = pool._allocators[0]
         self._writable = writable
         # Reads may skip the lock when nothing else changes the map under them: this process
         # writes it, or it is a snapshot (read-only handles of live LUs re-read the map).
         self._fast = writable or self.kind == "snapshot"
-        self._fd = self._df.fd
         self._holder = holder
         self._opens = 1
         self._closed = False
@@ -99,7 +99,10 @@ class LU:
             p = self._map.table[ext]
             if p == UNMAPPED:
                 return bytes(length)
-            data = _pread(self._fd, length, p * E + start)
+            try:
+                data = _pread(self._df.fd, length, p * E + start)
+            except OSError:
+                data = b""  # a failing copy: the locked path below fails over to the mirror
             if alloc.recycled == seen and len(data) == length:
                 return data
         self._check(offset, length)
@@ -125,8 +128,11 @@ class LU:
             if p == UNMAPPED:
                 mv[:] = bytes(n)
                 return
-            if _preadv(self._fd, [mv], p * E + start) == n and self._alloc.recycled == seen:
-                return
+            try:
+                if _preadv(self._df.fd, [mv], p * E + start) == n and self._alloc.recycled == seen:
+                    return
+            except OSError:
+                pass  # a failing copy: the locked path below fails over to the mirror
         self._check(offset, n)
         with self._lock:
             if not self._writable:

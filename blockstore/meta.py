@@ -7,7 +7,9 @@ Named databases:
   maps     >QI (lu id, chunk) -> CHUNK uint32 physical extents (extents.py)
   rc       >BI (failure group, chunk) -> CHUNK uint32 reference counts
   free     >BI (failure group, chunk) -> CHUNK bits, packed, 1 = free
-  resv     session id (ascii) -> uint64 array of (failure group << 32 | extent) held by a session
+  resv     "session/fg" (ascii) -> uint32 extents held by a session
+  sums     >BI (0, chunk) -> CHUNK uint64 xxh3 checksums of mirrored extents, recorded at flush (0 = none)
+  dirty    >BI (copy, chunk) -> CHUNK bits, packed: extents that copy lacks (a degraded mirror)
 
 LMDB gives one writer at a time across processes and readers that never block, and a committed
 transaction survives a crash with no recovery step; every multi-key change here is one
@@ -27,7 +29,7 @@ import numpy as np
 from .errors import PoolCorrupt
 
 FORMAT = 1
-DBS = ("config", "lus", "maps", "rc", "free", "resv")
+DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty")
 #: Address space reserved for the metadata; the file grows only as pages are used.
 MAP_SIZE = 1 << 38
 
@@ -117,7 +119,7 @@ class Meta:
         for key, value in self.iter_prefix(txn, db, struct.pack(">B", fg)):
             no = _FGKEY.unpack(key)[1]
             arr = np.unpackbits(np.frombuffer(value, np.uint8), bitorder="little").astype(bool) \
-                if db == "free" else np.frombuffer(value, dtype=dtype)
+                if db in ("free", "dirty") else np.frombuffer(value, dtype=dtype)
             lo = no * CHUNK
             hi = min(lo + CHUNK, n)
             if hi > lo:

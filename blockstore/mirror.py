@@ -12,7 +12,9 @@ since the last flush, whose checksums the pool records at that flush.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable
 
 from . import native
@@ -24,19 +26,22 @@ Buffer = bytes | bytearray | memoryview
 
 
 class MirrorFile:
-    """Two copies of one extent space. ``copies[i]`` is None while copy ``i`` is missing or failed."""
+    """Two copies of one extent space. ``copies[i]`` is None while copy ``i`` is missing or failed.
 
-    def __init__(self, primary: DataFile | None, secondary: DataFile | None, extent_size: int,
+    ``persist_dirty(i, extents)`` is called before a write to an extent that copy ``i`` lacks is
+    acknowledged, so the dirty bitmap names every such extent even after a crash.
+    """
+
+    def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
+                 persist_dirty: Callable[[int, list[int]], None],
                  on_event: Callable[[str, dict], None] | None = None) -> None:
         self.copies: list[DataFile | None] = [primary, secondary]
-        self.paths = [c.path if c else "" for c in self.copies]
+        self.paths = paths
         self.E = extent_size
         self.dirty: dict[int, set[int]] = {0: set(), 1: set()}
         self.touched: set[int] = set()
+        self.persist_dirty = persist_dirty
         self.on_event = on_event
-        self.dirty_flag = False
-
-    # -- state -------------------------------------------------------------------------------
 
     @property
     def degraded(self) -> list[int]:
@@ -49,37 +54,42 @@ class MirrorFile:
         c = self.copies[0] or self.copies[1]
         return c.fd if c else -1
 
-    @property
-    def dirty_flag_any(self) -> bool:
-        return any(c is not None and c.dirty for c in self.copies)
-
     def fail(self, i: int, why: str) -> None:
-        """Stop using copy ``i``; I/O carries on with the other."""
+        """Stop using copy ``i``; I/O carries on with the other, and what the failed copy may have
+        missed since the last flush becomes dirty for it."""
         if self.copies[i] is None:
             return
         if self.copies[1 - i] is None:
-            raise OSError(5, f"both copies failed: {why}")
+            raise OSError(errno.EIO, f"both copies of the mirror failed: {why}")
         self.copies[i] = None
         log.warning("failure group %d (%s) failed: %s; continuing degraded", i, self.paths[i], why)
         if self.on_event:
             self.on_event("mirror_degraded", {"copy": i, "path": self.paths[i], "why": why})
+        self._dirty_for(i, self.touched)
+
+    def _dirty_for(self, i: int, extents: set[int] | range) -> None:
+        new = [e for e in extents if e not in self.dirty[i]]
+        if new:
+            self.persist_dirty(i, new)
+            self.dirty[i].update(new)
 
     def _mark(self, offset: int, length: int) -> None:
-        first, last = offset // self.E, (offset + max(length, 1) - 1) // self.E
-        exts = range(first, last + 1)
+        exts = range(offset // self.E, (offset + max(length, 1) - 1) // self.E + 1)
         self.touched.update(exts)
         for i in self.degraded:
-            self.dirty[i].update(exts)
+            self._dirty_for(i, exts)
+
+    def _one(self) -> tuple[int, DataFile]:
+        for i, c in enumerate(self.copies):
+            if c is not None:
+                return i, c
+        raise OSError(errno.EIO, "both copies of the mirror are missing")
 
     # -- the DataFile interface ----------------------------------------------------------------
 
     @property
-    def dirty(self) -> dict[int, set[int]]:  # type: ignore[no-redef]
-        return self._dirty
-
-    @dirty.setter
-    def dirty(self, value: dict[int, set[int]]) -> None:
-        self._dirty = value
+    def dirty_data(self) -> bool:
+        return any(c is not None and c.dirty for c in self.copies)
 
     def pwrite(self, data: Buffer, offset: int) -> None:
         c0, c1 = self.copies
@@ -88,19 +98,15 @@ class MirrorFile:
             r, failed = native.pwrite2(c0.fd, c1.fd, data, offset)
             for i in (0, 1):
                 if failed & (1 << i):
-                    self.fail(i, f"write at offset {offset}: error {-r}")
+                    self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")
         else:
-            i = 0 if c0 is not None else 1
-            self._survivor(i).pwrite(data, offset)
+            for i in self.degraded:  # write-ahead: the bit is durable before the data is acknowledged
+                self._dirty_for(i, range(offset // self.E, (offset + len(data) - 1) // self.E + 1))
+            self._one()[1].pwrite(data, offset)
         self._mark(offset, len(data))
 
-    def _survivor(self, i: int) -> DataFile:
-        c = self.copies[i]
-        if c is None:
-            raise OSError(5, "both copies of the mirror are missing")
-        return c
-
     def pread(self, offset: int, length: int) -> bytes:
+        """From the primary; if it fails, from the redundant copy, which then repairs the primary."""
         for i in (0, 1):
             c = self.copies[i]
             if c is None:
@@ -110,13 +116,8 @@ class MirrorFile:
             except OSError as e:
                 self.fail(i, f"read at offset {offset}: {e.strerror}")
                 continue
-            if i == 1 and self.copies[0] is None and not self.degraded_since_open(0):
-                pass
             return data
-        raise OSError(5, "no readable copy")
-
-    def degraded_since_open(self, i: int) -> bool:
-        return bool(self.dirty[i])
+        raise OSError(errno.EIO, "no readable copy")
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         buf[:] = self.pread(offset, len(buf))
@@ -139,14 +140,4 @@ class MirrorFile:
                     self.fail(i, f"sync: {e.strerror}")
 
     def size(self) -> int:
-        return self._survivor(0 if self.copies[0] else 1).size()
-
-    def grow(self, size: int) -> None:
-        for c in self.copies:
-            if c is not None:
-                c.grow(size)
-
-    def close(self) -> None:
-        for c in self.copies:
-            if c is not None:
-                c.close()
+        return self._one()[1].size()

@@ -47,3 +47,10 @@ def pread_all(fd: int, buf: bytearray | memoryview, offset: int, path: str) -> N
     r = lib.bs_pread_all(fd, ffi.from_buffer(buf, require_writable=True), len(buf), offset)
     if r < 0:
         _raise(r, "read", path, offset)
+
+
+def copy(src: int, src_off: int, dst: int, dst_off: int, length: int, path: str) -> None:
+    """Copy a range between files (copy_file_range where the kernel can)."""
+    r = lib.bs_copy(src, src_off, dst, dst_off, length)
+    if r < 0:
+        _raise(r, "copy into", path, dst_off)

@@ -23,12 +23,14 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .allocator import Allocator, init_free, read_resv, set_free
+from .allocator import Allocator, init_free, read_resv, set_bits, set_free
 from .datafile import DataFile
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
 from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
+from .mirror import MirrorFile
+from .scrub import record_checksums
 from .meta import FORMAT, Meta, map_key
 from .names import check_name, snapshot_name, split_snapshot
 from .sizes import format_size, parse_size
@@ -86,27 +88,67 @@ class Pool:
         self._writers: dict[str, LU] = {}
         self._over_threshold = False
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._mirror: MirrorFile | None = None
         try:
-            for fg, group in enumerate(cfg["groups"]):
-                df_path = group["path"] if os.path.isabs(group["path"]) else os.path.join(path, group["path"])
-                df = DataFile(df_path)
-                if df.size() < group["extents"] * self.extent_size:
-                    raise BlockstoreError(f"data file {df_path} is shorter than the pool says: damaged pool")
-                self._datafiles[fg] = df
-                self._allocators[fg] = Allocator(self._meta, fg, self.session, df, self.extent_size,
-                                                 on_usage=self._usage)
+            self._datafiles[0] = self._open_group(cfg, 0)
+            if len(cfg["groups"]) > 1:
+                self._attach_mirror(cfg)
+            # One allocator: a mirrored extent sits at the same index in both groups' files.
+            self._allocators[0] = Allocator(self._meta, 0, self.session, self._mirror or self._datafiles[0],
+                                            self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             self.reclaim_dead_sessions()
+            if self._mirror is not None and not self._mirror.degraded:
+                from .scrub import resync
+                resync(self)  # a group that is back gets what it missed
         except BaseException:
             self._teardown()
             raise
+
+    def _group_path(self, cfg: dict[str, Any], fg: int) -> str:
+        p = cfg["groups"][fg]["path"]
+        return p if os.path.isabs(p) else os.path.join(self.path, p)
+
+    def _open_group(self, cfg: dict[str, Any], fg: int) -> DataFile:
+        path = self._group_path(cfg, fg)
+        df = DataFile(path)
+        if df.size() < cfg["groups"][fg]["extents"] * self.extent_size:
+            df.close()
+            raise BlockstoreError(f"data file {path} is shorter than the pool says: damaged pool")
+        return df
+
+    def _attach_mirror(self, cfg: dict[str, Any]) -> None:
+        """Open failure group 1 beside 0; a missing one leaves the mirror degraded, not the pool shut."""
+        try:
+            second: DataFile | None = self._open_group(cfg, 1)
+            self._datafiles[1] = second  # type: ignore[assignment]
+        except BlockstoreError as e:
+            log.warning("failure group 1 is unavailable: %s; mirrored LUs run degraded", e)
+            second = None
+        paths = [self._group_path(cfg, 0), self._group_path(cfg, 1)]
+        self._mirror = MirrorFile(self._datafiles[0], second, paths, self.extent_size,
+                                  persist_dirty=self._persist_dirty, on_event=self._event)
+        if second is None:
+            self._event("mirror_degraded", {"copy": 1, "path": paths[1], "why": "missing at open"})
+        if hasattr(self, "_allocators") and 0 in self._allocators:
+            self._allocators[0].df = self._mirror
+
+    def _persist_dirty(self, copy: int, extents: list[int]) -> None:
+        """Record, durably and at once, extents copy ``copy`` lacks (the mirror's write-ahead)."""
+        with self._meta.write() as txn:
+            set_bits(self._meta, txn, "dirty", copy, np.array(extents, np.int64), True)
+
+    def _event(self, kind: str, info: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(kind, info)
 
     # -- creation and lifetime -----------------------------------------------------------------
 
     @classmethod
     def create(cls, path: str, size: int | str, *, extent_size: int | str = DEFAULT_EXTENT,
-               threshold: float = DEFAULT_THRESHOLD) -> "Pool":
-        """Make a new pool of ``size`` bytes (rounded down to whole extents) at ``path``."""
+               threshold: float = DEFAULT_THRESHOLD, mirror_dir: str | None = None) -> "Pool":
+        """Make a new pool of ``size`` bytes (rounded down to whole extents) at ``path``, with a
+        second failure group in ``mirror_dir`` (ideally another disk) for mirrored LUs."""
         E = _check_extent_size(parse_size(extent_size, what="extent size"))
         n = parse_size(size, what="pool size") // E
         if n < 1:
@@ -119,6 +161,8 @@ class Pool:
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise AlreadyExists(f"{path} already exists and is not an empty directory")
         made_dir = not os.path.exists(path)
+        if mirror_dir is not None:
+            _check_mirror_dir(mirror_dir, path)
         try:
             os.makedirs(os.path.join(path, "fg0"), exist_ok=True)
             os.makedirs(os.path.join(path, "locks"), exist_ok=True)
@@ -131,6 +175,9 @@ class Pool:
                 })
                 init_free(meta, txn, 0, 0, n)
             meta.close()
+            if mirror_dir is not None:
+                with cls(path) as pool:
+                    pool.add_failure_group(mirror_dir)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True) if made_dir else _empty_dir(path)
             raise
@@ -202,8 +249,17 @@ class Pool:
     def flush(self) -> None:
         """Make every acknowledged write of every LU open in this pool durable."""
         with self._lock:
-            if any(df.dirty for df in self._datafiles.values()) or self._pending():
+            if self._data_dirty() or self._pending():
                 self._transaction(None)
+
+    def _data_dirty(self) -> bool:
+        return self._mirror.dirty_data if self._mirror else self._datafiles[0].dirty
+
+    def _sync_data(self) -> None:
+        if self._mirror:
+            self._mirror.sync()
+        else:
+            self._datafiles[0].sync()
 
     def _pending(self) -> bool:
         return any(a.pending for a in self._allocators.values()) or any(
@@ -216,8 +272,7 @@ class Pool:
         the pending changes it added are rolled back so memory matches the last commit.
         """
         with self._lock:
-            for df in self._datafiles.values():
-                df.sync()
+            self._sync_data()
             marks = {fg: (len(a._inc), len(a._dec)) for fg, a in self._allocators.items()}
             saved = {name: set(lu._map.dirty) for name, lu in self._writers.items()}
             try:
@@ -226,6 +281,8 @@ class Pool:
                     for lu in self._writers.values():
                         self._save_map(txn, lu)
                     punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
+                    if self._mirror is not None and self._mirror.touched:
+                        record_checksums(self, txn, self._mirror.touched)
             except BaseException:
                 for fg, a in self._allocators.items():
                     a.truncate_pending(*marks[fg])
@@ -233,6 +290,8 @@ class Pool:
                     if name in self._writers:
                         self._writers[name]._map.dirty |= dirty
                 raise
+            if self._mirror is not None:
+                self._mirror.touched = set()
             for fg, a in self._allocators.items():
                 a.after_commit(punch[fg])
             return result
@@ -374,16 +433,20 @@ class Pool:
 
     # -- LU lifecycle ---------------------------------------------------------------------------
 
-    def create_lu(self, name: str, size: int | str, *, thick: bool = False, allow_empty: bool = False) -> LU:
+    def create_lu(self, name: str, size: int | str, *, thick: bool = False, mirrored: bool = False,
+                  allow_empty: bool = False) -> LU:
         """Create a thin (or thick: every extent reserved now) LU and return it open for writing.
 
+        ``mirrored`` keeps a redundant copy of every extent in the second failure group.
         ``allow_empty`` permits size 0 (a file created through a mount, sized by truncate next).
         """
         check_name(name)
         n = _check_lu_size(size, allow_empty)
+        if mirrored and self._mirror is None:
+            raise InvalidArgument("the pool has no second failure group for mirrored LUs (pool failgrp add DIR)")
         with self._lock:
             def change(txn: lmdb.Transaction) -> None:
-                self._new_record(txn, name, n, "lu", None, thick=thick)
+                self._new_record(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
             if thick:
                 self._allocators[0].ensure(extents_for(n, self.extent_size))
             self._transaction(change)
@@ -439,7 +502,7 @@ class Pool:
         assert src is not None
         rec = self._new_record(txn, new, src["size"], kind, parent,
                                allocated=src.get("allocated", 0) if lu is None else lu._map.allocated(),
-                               thick=False)
+                               thick=False, mirrored=src.get("mirrored", False))
         db = self._meta.db["maps"]
         phys = []
         for no, raw in list(self._meta.map_chunks(txn, src["id"])):
@@ -584,6 +647,96 @@ class Pool:
                 self._writers[new] = self._writers.pop(old)
                 mine.name = new
 
+    # -- failure groups and mirrors -------------------------------------------------------------
+
+    def add_failure_group(self, directory: str) -> None:
+        """Add the second failure group (a data file in ``directory``, ideally on another disk)."""
+        with self._lock:
+            with self._meta.read() as txn:
+                cfg = self._meta.config(txn)
+            if len(cfg["groups"]) > 1:
+                raise AlreadyExists(f"the pool already has a second failure group: {self._group_path(cfg, 1)}")
+            _check_mirror_dir(directory, self.path)
+            d = os.path.abspath(directory)
+            n = cfg["groups"][0]["extents"]
+            os.makedirs(d, exist_ok=True)
+            DataFile(os.path.join(d, "data"), create_size=n * self.extent_size).close()
+
+            def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                c = self._meta.config(txn)
+                c["groups"].append({"path": os.path.join(d, "data"), "extents": n})
+                self._meta.put_json(txn, "config", b"pool", c)
+                return c
+            try:
+                cfg = self._transaction(change)
+            except BaseException:
+                os.unlink(os.path.join(d, "data"))
+                raise
+            self._attach_mirror(cfg)
+
+    def failure_groups(self) -> list[dict[str, Any]]:
+        from .scrub import dirty_count
+        with self._meta.read() as txn:
+            cfg = self._meta.config(txn)
+        dirty = dirty_count(self) if self._mirror else {0: 0, 1: 0}
+        out = []
+        for fg in range(len(cfg["groups"])):
+            ok = fg == 0 or (self._mirror is not None and self._mirror.copies[fg] is not None)
+            if fg == 0 and self._mirror is not None and self._mirror.copies[0] is None:
+                ok = False
+            out.append({"group": fg, "path": self._group_path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
+                        "state": "ok" if ok else "unavailable", "dirty_extents": dirty[fg]})
+        return out
+
+    def set_mirrored(self, name: str, on: bool, progress: Callable[[int, int], None] | None = None) -> int:
+        """Give ``name`` (and its snapshots) a redundant copy, or take it away. Returns extents copied."""
+        from .scrub import _mirror, copy_to_mirror
+        _mirror(self)
+        with self._lock, self._writer(name) as lu:
+            with self._meta.read() as txn:
+                records = self._records(txn)
+            family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+            copied = 0
+            if on:
+                with self._meta.read() as txn:
+                    exts = np.unique(np.concatenate(
+                        [lu._map.mapped()] + [self._load_map(txn, self._record(txn, f)).mapped() for f in family[1:]]
+                    )).astype(np.int64)
+                copy_to_mirror(self, exts, progress)
+                copied = len(exts)
+
+            def change(txn: lmdb.Transaction) -> None:
+                for f in family:
+                    rec = self._record(txn, f)
+                    rec["mirrored"] = on
+                    self._meta.put_json(txn, "lus", f.encode(), rec)
+            self._transaction(change)
+            lu._df = self._mirror if on else self._datafiles[0]
+            lu.mirrored = on
+            if not on:
+                self._drop_unmirrored_copies()
+            return copied
+
+    def _drop_unmirrored_copies(self) -> None:
+        """Punch, in the second group, extents no mirrored LU references any more (space)."""
+        m = self._mirror
+        if m is None or m.copies[1] is None:
+            return
+        with self._meta.read() as txn:
+            n = self._meta.config(txn)["groups"][0]["extents"]
+            keep = np.zeros(n, bool)
+            for r in self._records(txn):
+                if r.get("mirrored"):
+                    keep[self._load_map(txn, r).mapped()] = True
+        for lu in self._writers.values():
+            if lu.mirrored:
+                keep[lu._map.mapped()] = True
+        rc = None
+        with self._meta.read() as txn:
+            rc = self._allocators[0].refcounts(txn)
+        for e in np.flatnonzero(~keep & (rc > 0)).tolist():
+            m.copies[1].punch(e * self.extent_size, self.extent_size)
+
     # -- queries --------------------------------------------------------------------------------
 
     def list_lus(self) -> list[dict[str, Any]]:
@@ -600,6 +753,14 @@ class Pool:
         info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
         info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
         info["open_for_writing"] = name in self._writers or is_held(self._holder_path(rec["id"]))
+        if info["mirrored"]:
+            from .scrub import dirty_count
+            m = self._mirror
+            missing = m.degraded if m else [0, 1]
+            dirty = dirty_count(self, name) if m else {0: 0, 1: 0}
+            info["mirror"] = {"state": "degraded" if missing else "resyncing" if any(dirty.values()) else "in-sync",
+                              "missing_copy": missing[0] if missing else None,
+                              "dirty_extents": dirty[0] + dirty[1]}
         return info
 
     def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -608,6 +769,7 @@ class Pool:
         size = lu.size if lu else rec["size"]
         return {"name": rec["name"], "size": size, "allocated": allocated * self.extent_size,
                 "kind": rec["kind"], "parent": rec["parent"], "thick": rec.get("thick", False),
+                "mirrored": rec.get("mirrored", False),
                 "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"]}
 
     def status(self) -> dict[str, Any]:
@@ -615,11 +777,10 @@ class Pool:
         with self._lock, self._meta.read() as txn:
             cfg = self._meta.config(txn)
             groups = []
-            for fg, group in enumerate(cfg["groups"]):
-                n = group["extents"]
-                rc = self._meta.fg_array(txn, "rc", fg, n, np.uint32, 0)
-                free = self._meta.fg_array(txn, "free", fg, n, bool, 0)
-                groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
+            n = cfg["groups"][0]["extents"]
+            rc = self._meta.fg_array(txn, "rc", 0, n, np.uint32, 0)
+            free = self._meta.fg_array(txn, "free", 0, n, bool, 0)
+            groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
             records = self._records(txn)
             info = self._meta.env.info()
             stat = self._meta.env.stat()
@@ -654,8 +815,9 @@ class Pool:
                     raise InvalidArgument("pool size is too large for its extent size")
                 for fg, df in self._datafiles.items():
                     df.grow(n_new * self.extent_size)
-                    cfg["groups"][fg]["extents"] = n_new
-                    init_free(self._meta, txn, fg, n_old, n_new)
+                for group in cfg["groups"]:
+                    group["extents"] = n_new
+                init_free(self._meta, txn, 0, n_old, n_new)
                 self._meta.put_json(txn, "config", b"pool", cfg)
             self._transaction(change)
 
@@ -679,6 +841,16 @@ class Pool:
             for listener in self.listeners:
                 listener("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
         self._over_threshold = over
+
+
+def _check_mirror_dir(mirror_dir: str, pool_path: str) -> None:
+    d = os.path.abspath(mirror_dir)
+    if d == os.path.abspath(pool_path) or d.startswith(os.path.abspath(pool_path) + os.sep + "fg0"):
+        raise InvalidArgument("the second failure group must be outside the first")
+    if os.path.exists(os.path.join(d, "data")):
+        raise AlreadyExists(f"{d} already holds a data file")
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise InvalidArgument(f"{d} is not a directory")
 
 
 def _empty_dir(path: str) -> None:
