@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from blockstore import Busy, Pool, PoolFull
 from blockstore.check import check
+from blockstore.scrub import scrub, verify
 
 E = 64 << 10
 SIZES = st.sampled_from([E, 3 * E, 5 * E + 512, 8 * E])
@@ -26,10 +27,13 @@ def payload(draw_bytes: bytes, zeros: bool) -> bytes:
 
 
 class PoolModel(RuleBasedStateMachine):
+    MIRRORED = False
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="bs-model-")
-        self.pool = Pool.create(self.dir + "/p", 160 * E, extent_size=E)
+        self.pool = Pool.create(self.dir + "/p", 160 * E, extent_size=E,
+                                mirror_dir=self.dir + "/fg1" if self.MIRRORED else None)
         self.model: dict[str, bytearray] = {}
         self.parent: dict[str, str | None] = {}
         self.kind: dict[str, str] = {}
@@ -60,7 +64,7 @@ class PoolModel(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.pool.create_lu("a", 4 * E).close()
+        self.pool.create_lu("a", 4 * E, mirrored=self.MIRRORED).close()
         self.model["a"] = bytearray(4 * E)
         self.kind["a"], self.parent["a"] = "lu", None
 
@@ -68,7 +72,7 @@ class PoolModel(RuleBasedStateMachine):
     def create(self, name, size):
         if name in self.model:
             return
-        self.pool.create_lu(name, size).close()
+        self.pool.create_lu(name, size, mirrored=self.MIRRORED).close()
         self.model[name] = bytearray(size)
         self.kind[name], self.parent[name] = "lu", None
 
@@ -195,8 +199,20 @@ class PoolModel(RuleBasedStateMachine):
     def check_clean(self):
         rep = check(self.pool)
         assert rep["clean"], rep
+        if self.MIRRORED:
+            for name in self.model:
+                assert verify(self.pool, name)["mismatched"] == [], name
+            assert scrub(self.pool)["clean"]
+
+
+class MirroredPoolModel(PoolModel):
+    MIRRORED = True
 
 
 TestPoolModel = PoolModel.TestCase
 TestPoolModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                   suppress_health_check=list(HealthCheck))
+
+TestMirroredPoolModel = MirroredPoolModel.TestCase
+TestMirroredPoolModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
+                                          suppress_health_check=list(HealthCheck))
