@@ -20,6 +20,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -255,6 +256,69 @@ class Bench:
         self.add(f"pool open, {count} LUs", "core", "ms", opened * 1e3, note=f"created in {created:.1f}s")
         self.add(f"lu list, {count} LUs", "core", "ms", listed * 1e3)
 
+    def mirror(self) -> None:
+        """Mirrored writes (C, both copies from one buffer in one call) against the plain file and
+        against the same two writes in pure Python; scrub and verify against xxhsum."""
+        from blockstore.scrub import scrub, verify
+        total, buf = self.seq_total // 2, self.buf
+        path = os.path.join(self.dir, "mpool")
+        mp = Pool.create(path, 2 * total, mirror_dir=os.path.join(self.dir, "mfg1"))
+        files = [os.path.join(self.dir, f"py{i}.img") for i in (0, 1)]
+        plain, ours, python = [], [], []
+        for rep in range(-1, self.reps):
+            for f in files:
+                if os.path.exists(f):
+                    os.unlink(f)
+            fds = [os.open(f, os.O_RDWR | os.O_CREAT, 0o600) for f in files]
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                os.pwrite(fds[0], buf, pos)
+            os.fsync(fds[0])
+            t_plain = time.perf_counter() - t
+            t = time.perf_counter()
+            for pos in range(0, total, MiB):
+                os.pwrite(fds[0], buf, pos)
+                os.pwrite(fds[1], buf, pos)
+            os.fsync(fds[0])
+            os.fsync(fds[1])
+            t_py = time.perf_counter() - t
+            for fd in fds:
+                os.close(fd)
+            if any(r["name"] == "m" for r in mp.list_lus()):
+                mp.remove("m")
+            with mp.create_lu("m", total, mirrored=True) as lu:
+                t = time.perf_counter()
+                for pos in range(0, total, MiB):
+                    lu.write(pos, buf)
+                lu.flush()
+                t_ours = time.perf_counter() - t
+            if rep >= 0:
+                plain.append(total / t_plain)
+                python.append(total / t_py)
+                ours.append(total / t_ours)
+        med = statistics.median
+        self.add("mirrored seq write 1M vs plain", "mirror", "MiB/s", med(ours) / MiB, med(plain) / MiB, 0.45,
+                 note="two copies and checksums at flush; one plain copy is the limit x0.5")
+        self.add("mirrored seq write 1M vs pure Python", "mirror", "MiB/s", med(ours) / MiB, med(python) / MiB,
+                 None, note="baseline: os.pwrite to each of two files, fsync both (no checksums)")
+        scr = [scrub(mp)["mib_per_s"] for _ in range(self.reps)]
+        ver = [verify(mp, "m")["mib_per_s"] for _ in range(self.reps)]
+        xx = []
+        if shutil.which("xxhsum"):
+            for _ in range(self.reps):
+                t = time.perf_counter()
+                subprocess.run(["xxhsum", "-H3", files[0], files[1]], check=True, capture_output=True)
+                xx.append(2 * total / MiB / (time.perf_counter() - t))
+        base = med(xx) if xx else None
+        self.add("scrub vs xxhsum", "mirror", "MiB/s", med(scr), base, None,
+                 note="bytes of both copies checked; xxhsum -H3 of two plain files of the same size")
+        self.add("verify vs xxhsum", "mirror", "MiB/s", med(ver), base, None, note="MiB of one LU's extents")
+        mp.close()
+        shutil.rmtree(path)
+        shutil.rmtree(os.path.join(self.dir, "mfg1"))
+        for f in files:
+            os.unlink(f)
+
     def fuse(self) -> None:
         from . import fuse_bench
         missing = fuse_bench.missing_tools()
@@ -279,7 +343,7 @@ class Bench:
 
     def run(self) -> None:
         for step in (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus,
-                     self.fuse):
+                     self.mirror, self.fuse):
             step()
 
     def close(self) -> None:

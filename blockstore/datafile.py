@@ -67,6 +67,17 @@ class DataFile:
         for pos in range(0, length, len(zeros)):
             self.pwrite(zeros[: min(len(zeros), length - pos)], offset + pos)
 
+    def cow(self, src_off: int, dst_off: int, extent: int, data: bytes | bytearray | memoryview | None,
+            start: int) -> None:
+        """Copy one extent within this file with ``data`` laid over it at ``start`` (in C: one read
+        and one write, or copy_file_range when there is nothing to lay over)."""
+        from . import native
+
+        self.dirty = True
+        r, _ = native.cow(self.fd, src_off, self.fd, -1, dst_off, extent, data, start, _scratch(extent))
+        if r < 0:
+            raise OSError(-r, f"copy-on-write in {self.path} at offset {dst_off}: {os.strerror(-r)}")
+
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
@@ -83,3 +94,14 @@ class DataFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+_scratch_buffers: dict[int, bytearray] = {}
+
+
+def _scratch(size: int) -> bytearray:
+    """One reusable extent-sized buffer per size (callers hold the pool lock)."""
+    buf = _scratch_buffers.get(size)
+    if buf is None:
+        buf = _scratch_buffers[size] = bytearray(size)
+    return buf

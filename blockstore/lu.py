@@ -251,9 +251,7 @@ class LU:
             if whole:
                 df.pwrite(data, q * E)
             else:
-                buf = bytearray(df.pread(p * E, E))
-                buf[start:start + n] = data
-                df.pwrite(buf, q * E)
+                df.cow(p * E, q * E, E, data, start)
             alloc.unref(p)
         alloc.ref(q)
         m.set(ext, q, True)
@@ -269,7 +267,7 @@ class LU:
         for ext in shared.tolist():
             p = m.table[ext]
             q = self._alloc.take()
-            self._df.pwrite(self._df.pread(p * E, E), q * E)
+            self._df.cow(p * E, q * E, E, None, 0)
             self._alloc.unref(p)
             self._alloc.ref(q)
             m.set(ext, q, True)

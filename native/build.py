@@ -24,6 +24,7 @@ ffi.set_source(
     sources=[os.path.relpath(os.path.join(HERE, "blockstore_native.c"))],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall"],
+    libraries=["pthread"],
 )
 
 if __name__ == "__main__":
