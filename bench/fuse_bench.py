@@ -112,9 +112,11 @@ def run(workdir: str, quick: bool) -> dict[str, dict[str, float]]:
     size = (512 if quick else 2048) << 20
     runtime = 2 if quick else 5
     reps = 1 if quick else 3
-    out: dict[str, dict[str, list[float]]] = {t: {p[0]: [] for p in PATTERNS} for t in TARGETS}
+    # --quick leaves out the threaded mount, to finish within a minute
+    targets = {t: m for t, m in TARGETS.items() if not (quick and "threads" in t)}
+    out: dict[str, dict[str, list[float]]] = {t: {p[0]: [] for p in PATTERNS} for t in targets}
     for _ in range(reps):
-        for target, make in TARGETS.items():
+        for target, make in targets.items():
             with make(workdir, size) as path:
                 fill(path, size)
                 for name, rw, bs in PATTERNS:

@@ -336,8 +336,8 @@ class Bench:
         for name, _, bs in fuse_bench.PATTERNS:
             self.add(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
                      plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem")
-        threaded = res["blockstore mount, 2 threads"]
-        for name, _, bs in fuse_bench.PATTERNS:
+        threaded = res.get("blockstore mount, 2 threads", {})
+        for name, _, bs in fuse_bench.PATTERNS if threaded else []:
             self.add(f"fuse {name}, 2 threads vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
                      threaded[name], qemu[name], None, note="mount --threads 2")
 

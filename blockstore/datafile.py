@@ -4,8 +4,12 @@ nothing of LUs."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .errors import BlockstoreError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 try:
     from fcntl import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate  # type: ignore[attr-defined]
@@ -43,10 +47,11 @@ class DataFile:
             data += bytes(length - len(data))
         return data
 
-    def readinto(self, buf: memoryview, offset: int) -> None:
-        got = os.preadv(self.fd, [buf], offset)
-        if got < len(buf):
-            buf[got:] = bytes(len(buf) - got)
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
+        """Scatter-read: consecutive pieces of ``buf`` from ``offsets`` (-1: a hole, zeros), in C."""
+        from . import native
+
+        native.pread_multi(self.fd, buf, offsets, lengths, self.path)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         self.dirty = True

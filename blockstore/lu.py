@@ -140,13 +140,18 @@ class LU:
             self._readinto(mv, offset)
 
     def _readinto(self, mv: memoryview, offset: int) -> None:
-        E, phys = self._E, self._map.phys
-        for ext, start, n, pos in split(offset, len(mv), E):
-            p = phys.item(ext)
-            if p == UNMAPPED:
-                mv[pos:pos + n] = bytes(n)
-            else:
-                self._df.readinto(mv[pos:pos + n], p * E + start)
+        """Gather a range over several extents in one call (holes as zeros)."""
+        E, n = self._E, len(mv)
+        if n == 0:
+            return
+        first, last = offset // E, (offset + n - 1) // E
+        starts = np.zeros(last - first + 1, np.int64)
+        starts[0] = offset - first * E
+        ends = np.full(last - first + 1, E, np.int64)
+        ends[-1] = offset + n - last * E
+        p = self._map.phys[first:last + 1].astype(np.int64)
+        offsets = np.where(p == UNMAPPED, -1, p * E + starts)
+        self._df.read_multi(mv, offsets, ends - starts)
 
     def write(self, offset: int, data: Buffer) -> None:
         n = len(data)

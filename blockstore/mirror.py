@@ -17,11 +17,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import native
 from .datafile import DataFile
 
 log = logging.getLogger("blockstore")
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Buffer = bytes | bytearray | memoryview
 
@@ -138,8 +142,18 @@ class MirrorFile:
             return data
         raise OSError(errno.EIO, "no readable copy")
 
-    def readinto(self, buf: memoryview, offset: int) -> None:
-        buf[:] = self.pread(offset, len(buf))
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
+        """As DataFile.read_multi, from the primary, failing over to the redundant copy."""
+        for i in (0, 1):
+            c = self.copies[i]
+            if c is None:
+                continue
+            try:
+                c.read_multi(buf, offsets, lengths)
+                return
+            except OSError as e:
+                self.fail(i, f"read: {e.strerror}")
+        raise OSError(errno.EIO, "no readable copy")
 
     def punch(self, offset: int, length: int) -> None:
         for i, c in enumerate(self.copies):

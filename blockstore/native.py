@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ._native import ffi, lib
 
 Buffer = bytes | bytearray | memoryview
@@ -54,3 +56,13 @@ def copy(src: int, src_off: int, dst: int, dst_off: int, length: int, path: str)
     r = lib.bs_copy(src, src_off, dst, dst_off, length)
     if r < 0:
         _raise(r, "copy into", path, dst_off)
+
+
+def pread_multi(fd: int, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray", path: str) -> None:
+    """Fill ``buf`` with consecutive pieces read at ``offsets`` (int64; -1 reads zeros)."""
+    offs = np.ascontiguousarray(offsets, np.int64)
+    lens = np.ascontiguousarray(lengths, np.uint64)
+    r = lib.bs_pread_multi(fd, ffi.from_buffer(buf, require_writable=True), ffi.from_buffer("int64_t[]", offs),
+                           ffi.from_buffer("size_t[]", lens), len(offs))
+    if r < 0:
+        _raise(r, "read", path, int(offs[offs >= 0][0]) if (offs >= 0).any() else 0)
