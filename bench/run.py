@@ -319,6 +319,74 @@ class Bench:
         for f in files:
             os.unlink(f)
 
+    def services(self) -> None:
+        """Image import against cp --sparse=always and qemu-img convert -O qcow2 of the same file;
+        the space a second, near-identical import costs; deploy time for 1 GiB against 1 TiB."""
+        from blockstore.services import images
+        src = os.path.join(self.dir, "image")
+        os.makedirs(src)
+        size = self.seq_total // 2
+        with open(os.path.join(src, "disk.raw"), "wb") as f:  # half data, half holes
+            for pos in range(0, size, 2 * MiB):
+                f.seek(pos)
+                f.write(self.buf)
+            f.truncate(size)
+        path = os.path.join(self.dir, "ipool")
+        ip = Pool.create(path, 4 * size)
+        ours, cp, qemu = [], [], []
+        out = os.path.join(self.dir, "copy")
+        for rep in range(self.reps):
+            t = time.perf_counter()
+            images.import_image(ip, src, f"i{rep}")
+            ours.append(size / (time.perf_counter() - t))
+            images.remove_image(ip, f"i{rep}")
+            t = time.perf_counter()
+            subprocess.run(["cp", "--sparse=always", os.path.join(src, "disk.raw"), out], check=True)
+            os.sync()
+            cp.append(size / (time.perf_counter() - t))
+            os.unlink(out)
+            if shutil.which("qemu-img"):
+                t = time.perf_counter()
+                subprocess.run(["qemu-img", "convert", "-O", "qcow2", os.path.join(src, "disk.raw"), out], check=True)
+                os.sync()
+                qemu.append(size / (time.perf_counter() - t))
+                os.unlink(out)
+        med = statistics.median
+        self.add("image import vs cp --sparse", "services", "MiB/s", med(ours) / MiB, med(cp) / MiB, 0.8,
+                 note="logical MiB/s; a raw disk half data, half holes; cp followed by sync")
+        if qemu:
+            self.add("image import vs qemu-img convert", "services", "MiB/s", med(ours) / MiB, med(qemu) / MiB, 1.0,
+                     note="qemu-img convert -O qcow2, followed by sync")
+        images.import_image(ip, src, "base")
+        used = ip.status()["allocated"]
+        with open(os.path.join(src, "disk.raw"), "r+b") as f:  # a near-identical capture: 1 MiB changed
+            f.seek(size // 2)
+            f.write(os.urandom(MiB))
+        images.import_image(ip, src, "next")
+        extra = ip.status()["allocated"] - used
+        self.add("second near-identical import", "services", "MiB", extra / MiB, used / MiB, None,
+                 higher_is_better=False, note="space the second import added; baseline: the first import")
+        times = {}
+        for label, vsize in (("1G", 1 << 30), ("1T", 1 << 40)):
+            d = os.path.join(self.dir, f"img{label}")
+            os.makedirs(d)
+            with open(os.path.join(d, "disk.raw"), "wb") as f:
+                f.write(self.buf)
+                f.truncate(vsize)
+            images.import_image(ip, d, f"size{label}")
+            deploys = []
+            for rep in range(self.reps):
+                t = time.perf_counter()
+                images.create_partition(ip, f"p{label}{rep}", f"size{label}")
+                deploys.append(time.perf_counter() - t)
+            times[label] = med(deploys)
+            shutil.rmtree(d)
+        self.add("deploy 1T image vs 1G image", "services", "ms", times["1T"] * 1e3, times["1G"] * 1e3, 0.5,
+                 higher_is_better=False, note="partition create (a clone per image LU); ratio near 1 when O(1)")
+        ip.close()
+        shutil.rmtree(path)
+        shutil.rmtree(src)
+
     def fuse(self) -> None:
         from . import fuse_bench
         missing = fuse_bench.missing_tools()
@@ -343,7 +411,7 @@ class Bench:
 
     def run(self) -> None:
         for step in (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus,
-                     self.mirror, self.fuse):
+                     self.mirror, self.services, self.fuse):
             step()
 
     def close(self) -> None:

@@ -136,6 +136,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offset", type=_offset, default=0)
     s.add_argument("--length", type=_offset, default=None, help="default: to the end of the LU")
 
+    cec = top.add_parser("cec", help="physical servers (CECs) and their nodes").add_subparsers(dest="cmd", required=True)
+    c = cec.add_parser("add", help="record a CEC and its nodes")
+    c.add_argument("name")
+    c.add_argument("--node", action="append", default=[], help="a node (VIOS) on it; repeat for more")
+    cec.add_parser("list", help="the CECs").add_argument("--json", action="store_true")
+
+    pg = top.add_parser("paging", help="paging-file LUs for client partitions").add_subparsers(dest="cmd", required=True)
+    c = pg.add_parser("request", help="provision (or grow) a partition's paging LU, with a redundant copy")
+    c.add_argument("--lpar", required=True)
+    c.add_argument("--min-size", required=True, type=_size)
+    c.add_argument("--node")
+    c.add_argument("--json", action="store_true")
+    pg.add_parser("list", help="paging LUs").add_argument("--json", action="store_true")
+    pg.add_parser("release", help="remove a partition's paging LU").add_argument("--lpar", required=True)
+    c = pg.add_parser("migrate", help="hand a paging LU to another CEC")
+    c.add_argument("--lpar", required=True)
+    c.add_argument("--to-cec", required=True)
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the source to let go")
+    c.add_argument("--json", action="store_true")
+
+    im = top.add_parser("image", help="captured images").add_subparsers(dest="cmd", required=True)
+    c = im.add_parser("import", help="import a directory or tar archive as an image")
+    c.add_argument("src")
+    c.add_argument("--name", required=True)
+    c.add_argument("--json", action="store_true")
+    im.add_parser("list", help="images").add_argument("--json", action="store_true")
+    c = im.add_parser("show", help="one image and its files")
+    c.add_argument("name")
+    c.add_argument("--json", action="store_true")
+    im.add_parser("rm", help="remove an image").add_argument("name")
+
+    pt = top.add_parser("partition", help="partitions deployed from images").add_subparsers(dest="cmd", required=True)
+    c = pt.add_parser("create", help="deploy an image (clones every image LU)")
+    c.add_argument("name")
+    c.add_argument("--image", required=True)
+    c.add_argument("--cec")
+    c.add_argument("--json", action="store_true")
+    for verb in ("activate", "deactivate", "rm"):
+        pt.add_parser(verb).add_argument("name")
+    pt.add_parser("list").add_argument("--json", action="store_true")
+    c = pt.add_parser("show")
+    c.add_argument("name")
+    c.add_argument("--json", action="store_true")
+
     m = top.add_parser("mount", help="mount the pool's LUs as files (FUSE)")
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: a daemon)")
@@ -246,8 +290,79 @@ def run(args: argparse.Namespace) -> int:
         return _run_in_pool(args, pool)
 
 
+def _run_services(args: argparse.Namespace, pool: Pool) -> int:
+    from .services import images, paging
+    cmd = (args.group, args.cmd)
+    if cmd == ("cec", "add"):
+        rec = paging.add_cec(pool, args.name, args.node)
+        print(f"CEC {rec['name']}: nodes {', '.join(rec['nodes']) or '-'}")
+    elif cmd == ("cec", "list"):
+        rows = paging.list_cecs(pool)
+        _print(args, rows, "\n".join(f"{r['name']:<16} {', '.join(r['nodes'])}" for r in rows))
+    elif cmd == ("paging", "request"):
+        r = paging.request(pool, args.lpar, args.min_size, args.node)
+        _print(args, r, f"{r['lpar']}: {r['lu']} {format_size(r['size'])} ({r['mirror']}) on {r['cec']}/{r['node']}")
+    elif cmd == ("paging", "list"):
+        rows = paging.list_paging(pool)
+        head = f"{'LPAR':<14} {'LU':<22} {'SIZE':>9} {'ALLOCATED':>10} {'MIRROR':<9} {'CEC/NODE'}"
+        _print(args, rows, "\n".join([head] + [
+            f"{r['lpar']:<14} {r['lu']:<22} {format_size(r['size']):>9} {format_size(r['allocated']):>10} "
+            f"{r['mirror'] or '-':<9} {r['cec']}/{r['node']}" + (f" -> {r['migrating_to']}" if r["migrating_to"] else "")
+            for r in rows]))
+    elif cmd == ("paging", "release"):
+        paging.release(pool, args.lpar)
+    elif cmd == ("paging", "migrate"):
+        r = paging.migrate(pool, args.lpar, args.to_cec, timeout=args.timeout)
+        _print(args, r, f"{r['lpar']} is now served by {r['cec']}/{r['node']}")
+    elif cmd == ("image", "import"):
+        bar = Progress(f"import {args.name}", 1)
+        last = {"file": ""}
+
+        def progress(path: str, done: int, size: int, total_done: int, total: int) -> None:
+            if path != last["file"] and bar.enabled:
+                sys.stderr.write(f"\r{path}: {format_size(size)}\n")
+                last["file"] = path
+            bar.total = total
+            bar.update(total_done)
+        t = time.monotonic()
+        info = images.import_image(pool, args.src, args.name, progress)
+        bar.close()
+        _print(args, info, f"imported {args.name}: {info['files']} file(s), {format_size(info['logical'])} logical, "
+                           f"{format_size(info['allocated'])} allocated, {time.monotonic() - t:.2f}s")
+    elif cmd == ("image", "list"):
+        rows = images.list_images(pool)
+        _print(args, rows, "\n".join(f"{r['name']:<20} {r['files']:>3} file(s) {format_size(r['logical']):>10} "
+                                      f"{format_size(r['allocated']):>10} allocated  partitions: "
+                                      f"{', '.join(r['partitions']) or '-'}" for r in rows))
+    elif cmd == ("image", "show"):
+        info = images.show(pool, args.name)
+        _print(args, info, "\n".join([f"image {info['name']}: {format_size(info['logical'])} logical, "
+                                       f"{format_size(info['allocated'])} allocated"] + [
+            f"  {f['handle']}  {f['path']:<30} {format_size(f['size']):>10} {f['role']:<6} {f['xxh128']}  {f['lu']}"
+            for f in info["file_list"]]))
+    elif cmd == ("image", "rm"):
+        images.remove_image(pool, args.name)
+    elif cmd == ("partition", "create"):
+        info = images.create_partition(pool, args.name, args.image, args.cec)
+        _print(args, info, f"partition {info['name']} is {info['state']} ({len(info['lus'])} LU(s))")
+    elif cmd[0] == "partition" and cmd[1] in ("activate", "deactivate", "rm"):
+        fn = {"activate": images.activate, "deactivate": images.deactivate, "rm": images.remove_partition}[cmd[1]]
+        fn(pool, args.name)
+    elif cmd == ("partition", "list"):
+        rows = images.list_partitions(pool)
+        _print(args, rows, "\n".join(f"{r['name']:<20} {r['state']:<12} image {r['image']:<16} cec {r['cec'] or '-'}"
+                                      for r in rows))
+    elif cmd == ("partition", "show"):
+        info = images.show_partition(pool, args.name)
+        _print(args, info, "\n".join([f"partition {info['name']}: {info['state']}, image {info['image']}, "
+                                       f"cec {info['cec'] or '-'}"] + [f"  {x['path']:<30} {x['lu']}" for x in info["lus"]]))
+    return 0
+
+
 def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
     cmd = (args.group, args.cmd)
+    if args.group in ("cec", "paging", "image", "partition"):
+        return _run_services(args, pool)
     if cmd == ("pool", "status"):
         st = pool.status()
         _print(args, st, _status_text(st))

@@ -261,6 +261,22 @@ class LU:
         alloc.ref(q)
         m.set(ext, q, True)
 
+    def share_extent(self, ext: int, phys: int) -> None:
+        """Map logical extent ``ext`` to the existing physical extent ``phys`` (content-addressed
+        sharing: the caller has confirmed the bytes match). Both sides then copy on write."""
+        self._check_writable()
+        with self._lock:
+            old = self._map.table[ext]
+            if old != UNMAPPED:
+                self._alloc.unref(old)
+            self._alloc.ref(phys)
+            self._map.set(ext, phys, False)
+
+    def physical_extent(self, ext: int) -> int | None:
+        """The physical extent behind logical extent ``ext``, or None for a hole."""
+        p = self._map.table[ext]
+        return None if p == UNMAPPED else p
+
     def _unmap(self, ext: int) -> None:
         self._alloc.unref(self._map.table[ext])
         self._map.set(ext, UNMAPPED, False)

@@ -10,6 +10,9 @@ Named databases:
   resv     "session/fg" (ascii) -> uint32 extents held by a session
   sums     >BI (0, chunk) -> CHUNK uint64 xxh3 checksums of mirrored extents, recorded at flush (0 = none)
   dirty    >BI (copy, chunk) -> CHUNK bits, packed: extents that copy lacks (a degraded mirror)
+  svc      "kind/name" -> JSON records of the services (paging LPARs, CECs, images, partitions)
+  dedup    xxh3-128 digest of an image extent's bytes -> >I physical extent (a hint, confirmed by
+           comparing bytes before an extent is shared)
 
 LMDB gives one writer at a time across processes and readers that never block, and a committed
 transaction survives a crash with no recovery step; every multi-key change here is one
@@ -29,7 +32,7 @@ import numpy as np
 from .errors import PoolCorrupt
 
 FORMAT = 1
-DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty")
+DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup")
 #: Address space reserved for the metadata; the file grows only as pages are used.
 MAP_SIZE = 1 << 38
 

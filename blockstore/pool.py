@@ -353,7 +353,10 @@ class Pool:
             holder = None
             if writable:
                 with self._meta.read() as txn:
-                    lu_id = self._record(txn, name)["id"]
+                    rec0 = self._record(txn, name)
+                    lu_id = rec0["id"]
+                if rec0.get("readonly"):
+                    raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
                 holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}")
             try:
                 with self._meta.read() as txn:
@@ -482,7 +485,9 @@ class Pool:
         check_name(new)
         base, snap = split_snapshot(source)
         with self._lock:
-            if snap is not None:
+            with self._meta.read() as txn:
+                sealed = bool(self._record(txn, source).get("readonly"))
+            if snap is not None or sealed:  # nothing writes it, so its stored map is the truth
                 def change(txn: lmdb.Transaction) -> dict[str, Any]:
                     src = self._record(txn, source)
                     return self._share(txn, None, new, "clone", source, src=src)
@@ -737,6 +742,54 @@ class Pool:
         for e in np.flatnonzero(~keep & (rc > 0)).tolist():
             m.copies[1].punch(e * self.extent_size, self.extent_size)
 
+    def update_lu(self, name: str, **fields: Any) -> None:
+        """Set descriptive fields of an LU's record (role, readonly, owner...). Not size or map."""
+        bad = set(fields) & {"id", "name", "size", "kind", "parent", "allocated", "gen", "mirrored", "thick"}
+        if bad:
+            raise InvalidArgument(f"cannot set {', '.join(sorted(bad))} this way")
+
+        def change(txn: lmdb.Transaction) -> None:
+            rec = self._record(txn, name)
+            rec.update(fields)
+            self._meta.put_json(txn, "lus", name.encode(), rec)
+        self._transaction(change)
+
+    # -- service records (paging, images, partitions): small JSON documents ------------------------
+
+    def svc_get(self, kind: str, name: str) -> dict[str, Any] | None:
+        with self._meta.read() as txn:
+            return self._meta.get_json(txn, "svc", f"{kind}/{name}".encode())
+
+    def svc_put(self, kind: str, name: str, value: dict[str, Any] | None) -> None:
+        """Store (or with None delete) a service record, in a commit of its own."""
+        def change(txn: lmdb.Transaction) -> None:
+            key = f"{kind}/{name}".encode()
+            if value is None:
+                txn.delete(key, db=self._meta.db["svc"])
+            else:
+                self._meta.put_json(txn, "svc", key, value)
+        with self._lock:
+            self._transaction(change)
+
+    def svc_list(self, kind: str) -> list[dict[str, Any]]:
+        with self._meta.read() as txn:
+            return [self._meta.get_json(txn, "svc", k) for k, _ in self._meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
+
+    def open_redundant(self, name: str) -> LU:
+        """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):
+        what a second node reads while the first still holds the LU (read redirection)."""
+        from .scrub import _mirror
+        m = _mirror(self, healthy=False)
+        if m.copies[1] is None:
+            raise BlockstoreError("the redundant copy is unavailable")
+        lu = self.open_lu(name, writable=False)
+        if not lu.mirrored:
+            lu.close()
+            raise InvalidArgument(f"LU {name!r} has no redundant copy")
+        lu._df = m.copies[1]
+        lu._fast = False
+        return lu
+
     # -- queries --------------------------------------------------------------------------------
 
     def list_lus(self) -> list[dict[str, Any]]:
@@ -769,7 +822,7 @@ class Pool:
         size = lu.size if lu else rec["size"]
         return {"name": rec["name"], "size": size, "allocated": allocated * self.extent_size,
                 "kind": rec["kind"], "parent": rec["parent"], "thick": rec.get("thick", False),
-                "mirrored": rec.get("mirrored", False),
+                "mirrored": rec.get("mirrored", False), "role": rec.get("role"),
                 "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"]}
 
     def status(self) -> dict[str, Any]:

@@ -1,0 +1,427 @@
+"""Image management (SEEDS.md 5): a captured image (a directory or a tar archive of files, with
+an optional ``manifest.json``) is imported into the pool as an Image Management Fileset (IMF): one
+read-only LU per file, each known by a stable image file handle. Partitions are deployed from an
+image by cloning every one of its LUs, so deployment takes the same time for any image size.
+
+Import first discovers and validates the whole source (every file readable, nothing pointing
+outside it, manifest checksums right, room in the pool counted sparse-aware) and only then
+allocates. Copying skips holes and zero extents, and stores identical extents once: an extent's
+xxh3-128 finds a candidate among image extents already stored, and the bytes are compared before
+the extent is shared. The image record says "importing" until the last file is in, so a crash or
+Ctrl-C leaves no half-visible image; the next import of that name clears the remains first.
+
+Manifest (optional): {"name": "...", "files": {"relative/path": {"role": "boot"|"data"|...,
+"sha256": "hex"}}}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import xxhash
+
+from ..errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolFull
+from ..extents import extents_for
+from ..lu import LU
+from ..names import check_name
+from ..pool import SECTOR, Pool
+from ..transfer import data_ranges
+from ..zero import is_zero
+
+MANIFEST = "manifest.json"
+MAX_IMAGE_NAME = 40
+Progress = Callable[[str, int, int, int, int], None] | None  # file, done, size, total done, total
+
+
+@dataclass
+class SourceFile:
+    path: str                      # relative, "/"-separated, as in the image
+    size: int
+    ranges: list[tuple[int, int]]  # byte ranges holding data
+    opener: Callable[[], IO[bytes]]
+
+
+def handle_of(image: str, path: str) -> str:
+    """The stable image file handle of ``path`` in ``image``."""
+    return "h" + xxhash.xxh3_64_hexdigest(f"{image}\0{path}")[:12]
+
+
+def image_lu(image: str, handle: str) -> str:
+    return f"img.{image}.{handle}"
+
+
+def part_lu(part: str, handle: str) -> str:
+    return f"part.{part}.{handle}"
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+@contextmanager
+def discover(src: str) -> Iterator[tuple[list[SourceFile], dict[str, Any] | None]]:
+    """The files of a captured image and its manifest; refuses anything unsafe or unreadable."""
+    if os.path.isdir(src):
+        yield _discover_dir(src)
+    elif os.path.isfile(src) and tarfile.is_tarfile(src):
+        with tarfile.open(src) as tar:
+            yield _discover_tar(tar)
+    elif not os.path.exists(src):
+        raise NotFound(f"image source {src} does not exist")
+    else:
+        raise InvalidArgument(f"image source {src} is neither a directory nor a tar archive")
+
+
+def _manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        m = json.loads(raw)
+    except ValueError as e:
+        raise InvalidArgument(f"{MANIFEST} is not valid JSON: {e}") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict):
+        raise InvalidArgument(f"{MANIFEST} must be an object with a 'files' object")
+    return m
+
+
+def _discover_dir(src: str) -> tuple[list[SourceFile], dict[str, Any] | None]:
+    root = os.path.realpath(src)
+    files, manifest = [], None
+    for dirpath, dirnames, filenames in os.walk(src):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full) and not os.path.realpath(full).startswith(root + os.sep):
+                raise InvalidArgument(f"{os.path.relpath(full, src)} points outside the image")
+        for f in sorted(filenames):
+            full = os.path.join(dirpath, f)
+            rel = os.path.relpath(full, src).replace(os.sep, "/")
+            real = os.path.realpath(full)
+            if not real.startswith(root + os.sep):
+                raise InvalidArgument(f"{rel} points outside the image")
+            if not stat.S_ISREG(os.stat(real).st_mode):
+                raise InvalidArgument(f"{rel} is not a regular file")
+            try:
+                with open(real, "rb") as fh:
+                    fh.read(1)
+                    size = os.fstat(fh.fileno()).st_size
+                    ranges = list(data_ranges(fh.fileno(), size))
+            except OSError as e:
+                raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
+            if rel == MANIFEST:
+                with open(real, "rb") as fh:
+                    manifest = _manifest(fh.read())
+                continue
+            files.append(SourceFile(rel, size, ranges, lambda real=real: open(real, "rb")))
+    return files, manifest
+
+
+def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any] | None]:
+    files, manifest = [], None
+    members = {}
+    for m in tar.getmembers():
+        name = m.name
+        parts = name.split("/")
+        if name.startswith("/") or ".." in parts:
+            raise InvalidArgument(f"tar member {name!r} has an absolute or escaping path")
+        if m.issym() or m.islnk():
+            target = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
+            if m.linkname.startswith("/") or target.startswith(".."):
+                raise InvalidArgument(f"tar member {name!r} links outside the image")
+        members[os.path.normpath(name)] = m
+    for name, m in sorted(members.items()):
+        target = m
+        seen = 0
+        while target.issym() or target.islnk():
+            key = target.linkname if target.islnk() else os.path.normpath(
+                os.path.join(os.path.dirname(target.name), target.linkname))
+            target = members.get(key)
+            seen += 1
+            if target is None or seen > 16:
+                raise InvalidArgument(f"tar member {name!r} links to nothing in the image")
+        if target.isdir():
+            continue
+        if not target.isfile():
+            raise InvalidArgument(f"tar member {name!r} is not a regular file")
+        if name == MANIFEST:
+            manifest = _manifest(tar.extractfile(target).read())  # type: ignore[union-attr]
+            continue
+        files.append(SourceFile(name, target.size, [(0, target.size)] if target.size else [],
+                                lambda t=target: tar.extractfile(t)))  # type: ignore[misc]
+    return files, manifest
+
+
+def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | None) -> dict[str, Any]:
+    if not files:
+        raise InvalidArgument("the image holds no files")
+    listed = (manifest or {}).get("files", {})
+    unknown = set(listed) - {f.path for f in files}
+    if unknown:
+        raise InvalidArgument(f"{MANIFEST} lists files the image does not have: {', '.join(sorted(unknown))}")
+    for f in files:
+        want = listed.get(f.path, {}).get("sha256")
+        if want:
+            h = hashlib.sha256()
+            with f.opener() as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != want.lower():
+                raise InvalidArgument(f"{f.path}: checksum does not match {MANIFEST}")
+    E = pool.extent_size
+    need = sum(len({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))}) for f in files)
+    free = pool.status()["free"] // E
+    if need > free:
+        raise PoolFull(f"the image needs up to {need} extents of {E} bytes and the pool has {free} free")
+    return listed
+
+
+# -- import -------------------------------------------------------------------------------------
+
+def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> dict[str, Any]:
+    check_name(name, "image name")
+    if len(name) > MAX_IMAGE_NAME:
+        raise InvalidArgument(f"image name is longer than {MAX_IMAGE_NAME} characters")
+    old = pool.svc_get("image", name)
+    if old is not None and old["state"] == "ready":
+        raise AlreadyExists(f"an image named {name!r} already exists")
+    with discover(src) as (files, manifest):
+        listed = _validate(pool, files, manifest)
+        if old is not None:
+            _drop_luns(pool, old)  # the remains of an interrupted import
+        rec = {"name": name, "state": "importing", "source": os.path.abspath(src), "created": time.time(),
+               "manifest_name": (manifest or {}).get("name"),
+               "files": [{"path": f.path, "handle": handle_of(name, f.path), "size": f.size,
+                          "role": listed.get(f.path, {}).get("role", "data")} for f in files]}
+        pool.svc_put("image", name, rec)
+        total = sum(f.size for f in files)
+        done = 0
+        try:
+            deduper = _Deduper(pool)
+            for f, entry in zip(files, rec["files"]):
+                lu_name = image_lu(name, entry["handle"])
+                entry["lu"] = lu_name
+                with pool.create_lu(lu_name, max(SECTOR, -(-f.size // SECTOR) * SECTOR)) as lu:
+                    entry["xxh128"], entry["shared_extents"] = _copy(lu, f, deduper, progress, done, total)
+                    lu.flush()
+                    deduper.remember(lu)
+                pool.update_lu(lu_name, role="image", readonly=True, image=name, path=f.path)
+                done += f.size
+            rec["state"] = "ready"
+            pool.svc_put("image", name, rec)
+        except BaseException:
+            _drop_luns(pool, rec)
+            pool.svc_put("image", name, None)
+            raise
+    return show(pool, name)
+
+
+class _Deduper:
+    """Finds a stored image extent with the same bytes (xxh3-128, then a byte compare)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.maps: dict[str, np.ndarray] = {}
+        self.pending: list[tuple[bytes, int]] = []
+
+    def find(self, digest: bytes, data: bytes) -> int | None:
+        with self.pool._meta.read() as txn:
+            raw = txn.get(digest, db=self.pool._meta.db["dedup"])
+            if raw is None:
+                return None
+            phys, = struct.unpack(">I", raw[:4])
+            owner = raw[4:].decode()
+            rec = self.pool._record(txn, owner, missing_ok=True)
+            # Only extents of sealed image LUs are shared: nothing ever writes them in place.
+            if rec is None or not rec.get("readonly"):
+                return None
+            if owner not in self.maps:
+                self.maps[owner] = self.pool._load_map(txn, rec).phys
+            if phys not in self.maps[owner]:
+                return None
+        E = self.pool.extent_size
+        stored = self.pool._datafiles[0].pread(phys * E, E)
+        return phys if stored == data.ljust(E, b"\0") else None
+
+    def add(self, digest: bytes, ext: int) -> None:
+        self.pending.append((digest, ext))
+
+    def remember(self, lu: LU) -> None:
+        with self.pool._meta.write() as txn:
+            for digest, ext in self.pending:
+                phys = lu.physical_extent(ext)
+                if phys is not None:
+                    txn.put(digest, struct.pack(">I", phys) + lu.name.encode(), db=self.pool._meta.db["dedup"])
+        self.pending = []
+
+
+def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: int, total: int) -> tuple[str, int]:
+    """Copy one file into its LU extent by extent; returns (xxh3-128 of the file, extents shared)."""
+    E = lu.extent_size
+    whole = xxhash.xxh3_128()
+    shared = 0
+    pos = 0
+    with f.opener() as fh:
+        exts = sorted({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))})
+        for ext in exts:
+            start = ext * E
+            if start > pos:
+                whole.update(bytes(start - pos))  # a hole in the source hashes as zeros
+            fh.seek(start)
+            data = fh.read(min(E, f.size - start))
+            whole.update(data)
+            pos = start + len(data)
+            if not is_zero(data):
+                digest = xxhash.xxh3_128_digest(data.ljust(E, b"\0"))
+                phys = dedup.find(digest, data)
+                if phys is not None:
+                    lu.share_extent(ext, phys)
+                    shared += 1
+                else:
+                    lu.write(start, data)
+                    dedup.add(digest, ext)
+            if progress:
+                progress(f.path, pos, f.size, before + pos, total)
+    if f.size > pos:
+        whole.update(bytes(f.size - pos))
+    return whole.hexdigest(), shared
+
+
+def _drop_luns(pool: Pool, rec: dict[str, Any]) -> None:
+    for entry in rec["files"]:
+        lu = entry.get("lu") or image_lu(rec["name"], entry["handle"])
+        if any(r["name"] == lu for r in pool.list_lus()):
+            pool.remove(lu, recursive=True)
+
+
+# -- queries and removal ------------------------------------------------------------------------
+
+def list_images(pool: Pool) -> list[dict[str, Any]]:
+    return [_summary(pool, r) for r in pool.svc_list("image") if r["state"] == "ready"]
+
+
+def _get(pool: Pool, name: str) -> dict[str, Any]:
+    rec = pool.svc_get("image", check_name(name, "image name"))
+    if rec is None or rec["state"] != "ready":
+        raise NotFound(f"no image named {name!r}")
+    return rec
+
+
+def _summary(pool: Pool, rec: dict[str, Any]) -> dict[str, Any]:
+    lus = {r["name"]: r for r in pool.list_lus()}
+    logical = sum(f["size"] for f in rec["files"])
+    allocated = sum(lus[f["lu"]]["allocated"] for f in rec["files"] if f.get("lu") in lus)
+    return {"name": rec["name"], "files": len(rec["files"]), "logical": logical, "allocated": allocated,
+            "created": rec["created"],
+            "partitions": sorted(p["name"] for p in pool.svc_list("partition") if p["image"] == rec["name"])}
+
+
+def show(pool: Pool, name: str) -> dict[str, Any]:
+    rec = _get(pool, name)
+    out = _summary(pool, rec)
+    out["manifest_name"] = rec.get("manifest_name")
+    out["file_list"] = [{k: f.get(k) for k in ("path", "handle", "size", "role", "xxh128", "lu", "shared_extents")}
+                        for f in rec["files"]]
+    return out
+
+
+def remove_image(pool: Pool, name: str) -> None:
+    rec = _get(pool, name)
+    parts = [p["name"] for p in pool.svc_list("partition") if p["image"] == name]
+    if parts:
+        raise Busy(f"image {name!r} has deployed partitions ({', '.join(parts)}); remove them first")
+    _drop_luns(pool, rec)
+    pool.svc_put("image", name, None)
+
+
+# -- partitions ---------------------------------------------------------------------------------
+
+STATES = ("defined", "provisioning", "ready", "active")
+
+
+def create_partition(pool: Pool, name: str, image: str, cec: str | None = None) -> dict[str, Any]:
+    """Deploy ``image`` as a partition: an O(1) clone of every image LU."""
+    check_name(name, "partition name")
+    if len(name) > MAX_IMAGE_NAME:
+        raise InvalidArgument(f"partition name is longer than {MAX_IMAGE_NAME} characters")
+    if pool.svc_get("partition", name) is not None:
+        raise AlreadyExists(f"a partition named {name!r} already exists")
+    img = _get(pool, image)
+    if cec is not None and pool.svc_get("cec", check_name(cec, "CEC name")) is None:
+        raise NotFound(f"unknown CEC {cec!r}")
+    rec = {"name": name, "image": image, "cec": cec, "state": "defined", "created": time.time(), "lus": {}}
+    pool.svc_put("partition", name, rec)
+    rec["state"] = "provisioning"
+    pool.svc_put("partition", name, rec)
+    try:
+        for f in img["files"]:
+            lu = part_lu(name, f["handle"])
+            pool.clone(f["lu"], lu)
+            pool.update_lu(lu, role="partition", partition=name, path=f["path"])
+            rec["lus"][f["path"]] = lu
+    except BaseException:
+        for lu in rec["lus"].values():
+            pool.remove(lu)
+        pool.svc_put("partition", name, None)
+        raise
+    rec["state"] = "ready"
+    pool.svc_put("partition", name, rec)
+    return show_partition(pool, name)
+
+
+def _partition(pool: Pool, name: str) -> dict[str, Any]:
+    rec = pool.svc_get("partition", check_name(name, "partition name"))
+    if rec is None:
+        raise NotFound(f"no partition named {name!r}")
+    return rec
+
+
+def activate(pool: Pool, name: str) -> dict[str, Any]:
+    rec = _partition(pool, name)
+    if rec["state"] == "active":
+        return show_partition(pool, name)
+    present = {r["name"] for r in pool.list_lus()}
+    img = pool.svc_get("image", rec["image"])
+    missing = [f["path"] for f in (img or {"files": []})["files"] if rec["lus"].get(f["path"]) not in present]
+    if rec["state"] != "ready" or missing or img is None:
+        raise Busy(f"partition {name!r} is {rec['state']}" + (f"; missing LUs for {', '.join(missing)}" if missing else "")
+                   + ": it cannot be activated")
+    rec["state"] = "active"
+    pool.svc_put("partition", name, rec)
+    return show_partition(pool, name)
+
+
+def deactivate(pool: Pool, name: str) -> dict[str, Any]:
+    rec = _partition(pool, name)
+    if rec["state"] != "active":
+        raise InvalidArgument(f"partition {name!r} is {rec['state']}, not active")
+    rec["state"] = "ready"
+    pool.svc_put("partition", name, rec)
+    return show_partition(pool, name)
+
+
+def remove_partition(pool: Pool, name: str) -> None:
+    rec = _partition(pool, name)
+    if rec["state"] == "active":
+        raise Busy(f"partition {name!r} is active; deactivate it first")
+    for lu in rec["lus"].values():
+        if any(r["name"] == lu for r in pool.list_lus()):
+            pool.remove(lu, recursive=True)
+    pool.svc_put("partition", name, None)
+
+
+def show_partition(pool: Pool, name: str) -> dict[str, Any]:
+    rec = _partition(pool, name)
+    lus = {r["name"]: r for r in pool.list_lus()}
+    return {"name": rec["name"], "image": rec["image"], "cec": rec["cec"], "state": rec["state"],
+            "created": rec["created"],
+            "lus": [{"path": p, "lu": lu, "size": lus[lu]["size"] if lu in lus else None,
+                     "allocated": lus[lu]["allocated"] if lu in lus else None} for p, lu in sorted(rec["lus"].items())]}
+
+
+def list_partitions(pool: Pool) -> list[dict[str, Any]]:
+    return [show_partition(pool, r["name"]) for r in pool.svc_list("partition")]

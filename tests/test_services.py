@@ -1,0 +1,309 @@
+"""Paging LUs for client partitions, and captured images imported, deployed and removed."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+from blockstore import Busy, Pool
+from blockstore.check import check
+from blockstore.services import images, paging
+from conftest import cli_json, fingerprint, run_cli
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def spool(tmp_path):
+    d = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "512M", "--extent-size", "64K", "--mirror-dir", str(tmp_path / "fg1"), pool=d)
+    return d
+
+
+# -- paging -------------------------------------------------------------------------------------
+
+def test_paging_request_is_exact_idempotent_and_mirrored(spool):
+    r = cli_json("paging", "request", "--lpar", "lpar1", "--min-size", "1000001", pool=spool)
+    assert r["size"] == 1000448 and r["mirror"] == "in-sync" and r["lu"] == "paging.lpar1"
+    assert cli_json("paging", "request", "--lpar", "lpar1", "--min-size", "4K", pool=spool)["size"] == 1000448
+    assert cli_json("paging", "request", "--lpar", "lpar1", "--min-size", "2M", pool=spool)["size"] == 2 * MiB
+    rows = cli_json("paging", "list", pool=spool)
+    assert [(r["lpar"], r["cec"], r["node"]) for r in rows] == [("lpar1", "local", "local")]
+    run_cli("lu", "write", "paging.lpar1", pool=spool, stdin=os.urandom(MiB))
+    assert cli_json("pool", "status", pool=spool)["allocated"] == MiB
+    run_cli("paging", "release", "--lpar", "lpar1", pool=spool)
+    assert cli_json("paging", "list", pool=spool) == []
+    assert cli_json("pool", "status", pool=spool)["allocated"] == 0
+
+
+def test_paging_bad_input(spool, tmp_path):
+    before = fingerprint(spool)
+    assert run_cli("paging", "request", "--lpar", "x", "--min-size", "0", pool=spool, check_rc=None).returncode == 2
+    r = run_cli("paging", "request", "--lpar", "x", "--min-size", "1T", pool=spool, check_rc=1)
+    assert b"larger than the pool" in r.stderr
+    run_cli("paging", "request", "--lpar", "x", "--min-size", "1M", "--node", "nosuch", pool=spool, check_rc=1)
+    run_cli("paging", "request", "--lpar", "bad name", "--min-size", "1M", pool=spool, check_rc=1)
+    run_cli("paging", "release", "--lpar", "nobody", pool=spool, check_rc=1)
+    assert fingerprint(spool) == before
+    run_cli("paging", "request", "--lpar", "x", "--min-size", "1M", pool=spool)
+    r = run_cli("paging", "migrate", "--lpar", "x", "--to-cec", "nowhere", pool=spool, check_rc=1)
+    assert b"unknown CEC" in r.stderr
+    plain = str(tmp_path / "plain")
+    run_cli("pool", "create", "--size", "64M", pool=plain)
+    r = run_cli("paging", "request", "--lpar", "x", "--min-size", "1M", pool=plain, check_rc=1)
+    assert b"second failure group" in r.stderr
+
+
+def test_migration_reads_the_redundant_copy_then_hands_over(spool):
+    run_cli("cec", "add", "cecA", "--node", "vios1", pool=spool)
+    run_cli("cec", "add", "cecB", "--node", "vios2", pool=spool)
+    run_cli("paging", "request", "--lpar", "lp", "--min-size", "4M", "--node", "vios1", pool=spool)
+    first, second = os.urandom(MiB), os.urandom(MiB)
+    source = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from blockstore import Pool
+        with Pool.open({spool!r}) as p:
+            lu = p.open_lu("paging.lp")
+            lu.write(0, bytes.fromhex({first.hex()!r})); lu.flush()
+            print("wrote", flush=True); sys.stdin.readline()
+            lu.write(MiB := 1 << 20, bytes.fromhex({second.hex()!r})); lu.flush()
+            print("wrote", flush=True); sys.stdin.readline()
+            lu.close()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert source.stdout.readline().strip() == "wrote"
+        with Pool.open(spool) as p:
+            with p.open_redundant("paging.lp") as target:  # the source still holds the primary
+                assert target.read(0, MiB) == first
+                done = {}
+                t = threading.Thread(target=lambda: done.update(paging.migrate(p, "lp", "cecB", timeout=60)))
+                t.start()
+                time.sleep(0.3)
+                assert paging.list_paging(p)[0]["state"] == "migrating"
+                source.stdin.write("go\n")
+                source.stdin.flush()
+                assert source.stdout.readline().strip() == "wrote"
+                assert target.read(MiB, MiB) == second  # still readable at the target, redirected
+                source.stdin.write("go\n")
+                source.stdin.flush()
+                t.join(60)
+            assert done["cec"] == "cecB" and done["node"] == "vios2" and done["state"] == "active"
+            with p.lu("paging.lp") as lu:  # the target now owns it: nothing lost in the hand-over
+                assert lu.read(0, 2 * MiB) == first + second
+            assert check(p)["clean"]
+    finally:
+        source.communicate(timeout=30)
+    assert source.returncode == 0
+
+
+def test_migration_gives_up_while_the_source_holds_on(spool):
+    run_cli("cec", "add", "cecB", "--node", "vios2", pool=spool)
+    run_cli("paging", "request", "--lpar", "lp", "--min-size", "1M", pool=spool)
+    holder = subprocess.Popen([sys.executable, "-c", f"from blockstore import Pool\nimport sys\np = Pool.open({spool!r})\n"
+                               "lu = p.open_lu('paging.lp')\nprint('ok', flush=True)\nsys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        r = run_cli("paging", "migrate", "--lpar", "lp", "--to-cec", "cecB", "--timeout", "0.5", pool=spool, check_rc=1)
+        assert b"still holds" in r.stderr
+        assert cli_json("paging", "list", pool=spool)[0]["cec"] == "local"
+    finally:
+        holder.communicate("\n", timeout=30)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+def make_image(tmp_path, name="img", config=b"memory=4G\ncpus=2\n"):
+    """A captured image: a sparse raw disk holding a real ext4 file system with files, a config
+    file, a file whose name is no valid LU name, and a manifest with roles and checksums."""
+    src = tmp_path / name
+    src.mkdir()
+    tree = tmp_path / f"{name}-tree"
+    tree.mkdir()
+    for i in range(12):
+        (tree / f"file{i}").write_bytes(os.urandom(20000 * i + 1))
+    disk = src / "disk.raw"
+    subprocess.run(["truncate", "-s", "64M", str(disk)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-U", "0f0f0f0f-0f0f-0f0f-0f0f-0f0f0f0f0f0f",
+                    "-d", str(tree), str(disk)], check=True, env=dict(os.environ, E2FSPROGS_FAKE_TIME="1700000000"))
+    (src / "vm.conf").write_bytes(config)
+    (src / "odd name #1.bin").write_bytes(b"\x01" * 70000)
+    manifest = {"name": name, "files": {
+        "disk.raw": {"role": "boot", "sha256": hashlib.sha256(disk.read_bytes()).hexdigest()},
+        "vm.conf": {"role": "config", "sha256": hashlib.sha256(config).hexdigest()}}}
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    return src
+
+
+def lu_bytes(pool_dir: str, lu: str) -> bytes:
+    with Pool.open(pool_dir) as p, p.lu(lu, writable=False) as h:
+        return h.read(0, h.size)
+
+
+def test_import_deploy_two_partitions_and_e2fsck(spool, tmp_path):
+    src = make_image(tmp_path)
+    info = cli_json("image", "import", str(src), "--name", "base", pool=spool)
+    assert info["files"] == 3 and info["logical"] == 64 * MiB + len(b"memory=4G\ncpus=2\n") + 70000
+    assert info["allocated"] < 16 * MiB  # holes and zero runs stay unallocated
+    show = cli_json("image", "show", "base", pool=spool)
+    by_path = {f["path"]: f for f in show["file_list"]}
+    assert by_path["disk.raw"]["role"] == "boot" and by_path["odd name #1.bin"]["handle"].startswith("h")
+    assert by_path["disk.raw"]["handle"] == images.handle_of("base", "disk.raw")  # stable
+    import xxhash
+    assert by_path["vm.conf"]["xxh128"] == xxhash.xxh3_128_hexdigest((src / "vm.conf").read_bytes())
+    image_disk = lu_bytes(spool, by_path["disk.raw"]["lu"])
+    assert image_disk[: 64 * MiB] == (src / "disk.raw").read_bytes()
+    p1 = cli_json("partition", "create", "p1", "--image", "base", pool=spool)
+    p2 = cli_json("partition", "create", "p2", "--image", "base", pool=spool)
+    assert p1["state"] == p2["state"] == "ready"
+    disk1 = next(x["lu"] for x in p1["lus"] if x["path"] == "disk.raw")
+    disk2 = next(x["lu"] for x in p2["lus"] if x["path"] == "disk.raw")
+    run_cli("lu", "write", disk1, "--offset", "8M", pool=spool, stdin=os.urandom(MiB))  # scribble on p1
+    assert lu_bytes(spool, disk2) == image_disk
+    assert lu_bytes(spool, by_path["disk.raw"]["lu"]) == image_disk
+    out = tmp_path / "check.raw"
+    run_cli("lu", "export", disk2, str(out), pool=spool)
+    subprocess.run(["e2fsck", "-fn", str(out)], check=True, capture_output=True)
+    run_cli("lu", "write", disk1, "--offset", "8M", pool=spool, stdin=image_disk[8 * MiB: 9 * MiB])
+    run_cli("lu", "export", disk1, str(out), pool=spool)
+    subprocess.run(["e2fsck", "-fn", str(out)], check=True, capture_output=True)
+    # the image's LUs are sealed
+    run_cli("lu", "write", by_path["disk.raw"]["lu"], pool=spool, stdin=b"x", check_rc=1)
+    # the partition state machine
+    run_cli("partition", "activate", "p1", pool=spool)
+    assert cli_json("partition", "show", "p1", pool=spool)["state"] == "active"
+    assert b"active" in run_cli("partition", "rm", "p1", pool=spool, check_rc=1).stderr
+    assert b"deployed partitions" in run_cli("image", "rm", "base", pool=spool, check_rc=1).stderr
+    run_cli("partition", "deactivate", "p1", pool=spool)
+    run_cli("partition", "rm", "p1", pool=spool)
+    run_cli("partition", "rm", "p2", pool=spool)
+    run_cli("image", "rm", "base", pool=spool)
+    assert cli_json("pool", "status", pool=spool)["allocated"] == 0
+    run_cli("pool", "check", pool=spool)
+
+
+def test_second_near_identical_import_costs_little(spool, tmp_path):
+    a = make_image(tmp_path, "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "vm.conf").write_bytes(b"memory=8G\ncpus=4\n")
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["vm.conf"]["sha256"] = hashlib.sha256(b"memory=8G\ncpus=4\n").hexdigest()
+    (b / "manifest.json").write_text(json.dumps(m))
+    run_cli("image", "import", str(a), "--name", "first", pool=spool)
+    used = cli_json("pool", "status", pool=spool)["allocated"]
+    run_cli("image", "import", str(b), "--name", "second", pool=spool)
+    extra = cli_json("pool", "status", pool=spool)["allocated"] - used
+    assert extra <= 64 << 10, extra  # only the changed config file's extent
+    shared = sum(f["shared_extents"] for f in cli_json("image", "show", "second", pool=spool)["file_list"])
+    assert shared * (64 << 10) >= used - (64 << 10)
+    run_cli("pool", "check", pool=spool)
+
+
+def test_interrupted_import_leaves_nothing_visible(spool, tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    with open(src / "big.raw", "wb") as f:
+        for _ in range(192):
+            f.write(os.urandom(MiB))
+    child = subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", spool, "image", "import", str(src),
+                              "--name", "big"], stderr=subprocess.PIPE)
+    for _ in range(400):
+        time.sleep(0.02)
+        with Pool.open(spool) as p:
+            if any(r["name"].startswith("img.big.") and r["allocated"] > 0 for r in p.list_lus()) or \
+               p.status()["reserved"] > 0:
+                break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert cli_json("image", "list", pool=spool) == []
+    run_cli("image", "show", "big", pool=spool, check_rc=1)
+    run_cli("pool", "check", pool=spool)
+    run_cli("image", "import", str(src), "--name", "big", pool=spool)  # the next import cleans up and succeeds
+    assert [i["name"] for i in cli_json("image", "list", pool=spool)] == ["big"]
+    run_cli("pool", "check", pool=spool)
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data, kind in members:
+            ti = tarfile.TarInfo(name)
+            if kind == "sym":
+                ti.type, ti.linkname = tarfile.SYMTYPE, data
+                tar.addfile(ti)
+            else:
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+
+
+def test_image_bad_input(spool, tmp_path):
+    before = fingerprint(spool)
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    (ok / "a.raw").write_bytes(b"a" * 1000)
+
+    def refused(src, name="x", why=b""):
+        r = run_cli("image", "import", str(src), "--name", name, pool=spool, check_rc=1)
+        assert why in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    refused(tmp_path / "missing", why=b"does not exist")
+    d = tmp_path / "dangling"
+    d.mkdir()
+    (d / "gone").symlink_to(tmp_path / "nowhere")
+    refused(d)
+    d = tmp_path / "fifo"
+    d.mkdir()
+    os.mkfifo(d / "pipe")
+    refused(d, why=b"not a regular file")
+    d = tmp_path / "escape"
+    d.mkdir()
+    (tmp_path / "secret").write_bytes(b"s")
+    (d / "link").symlink_to(tmp_path / "secret")
+    refused(d, why=b"outside the image")
+    t = tmp_path / "abs.tar"
+    _tar(t, [("/etc/passwd", b"x", "file")])
+    refused(t, why=b"absolute or escaping")
+    t = tmp_path / "dots.tar"
+    _tar(t, [("a/../../b", b"x", "file")])
+    refused(t, why=b"absolute or escaping")
+    t = tmp_path / "link.tar"
+    _tar(t, [("l", "../../etc/passwd", "sym")])
+    refused(t, why=b"outside the image")
+    d = tmp_path / "badsum"
+    shutil.copytree(ok, d)
+    (d / "manifest.json").write_text(json.dumps({"files": {"a.raw": {"sha256": "00" * 32}}}))
+    refused(d, why=b"checksum does not match")
+    d = tmp_path / "badjson"
+    shutil.copytree(ok, d)
+    (d / "manifest.json").write_text("{not json")
+    refused(d, why=b"not valid JSON")
+    d = tmp_path / "huge"
+    d.mkdir()
+    with open(d / "huge.raw", "wb") as f:
+        for i in range(9):
+            f.seek(i * 64 * MiB)
+            f.write(os.urandom(MiB))  # sparse, but 9 data regions of a MiB in a 512 MiB pool: fits
+        f.seek(600 * MiB)
+        f.truncate()
+    with open(d / "dense.raw", "wb") as f:
+        f.write(os.urandom(600 * MiB // 16) * 16)  # 600 MiB of data: more than the pool
+    refused(d, why=b"pool has")
+    refused(ok, name="bad name")
+    assert fingerprint(spool) == before
+    run_cli("image", "import", str(ok), "--name", "x", pool=spool)
+    refused(ok, why=b"already exists")
+    run_cli("partition", "create", "p", "--image", "x", pool=spool)
+    assert b"already exists" in run_cli("partition", "create", "p", "--image", "x", pool=spool, check_rc=1).stderr
+    run_cli("partition", "create", "q", "--image", "nosuch", pool=spool, check_rc=1)
+    run_cli("partition", "create", "q", "--image", "x", "--cec", "nosuch", pool=spool, check_rc=1)
+    run_cli("pool", "check", pool=spool)
