@@ -69,15 +69,16 @@ def test_migration_reads_the_redundant_copy_then_hands_over(spool):
     run_cli("cec", "add", "cecA", "--node", "vios1", pool=spool)
     run_cli("cec", "add", "cecB", "--node", "vios2", pool=spool)
     run_cli("paging", "request", "--lpar", "lp", "--min-size", "4M", "--node", "vios1", pool=spool)
-    first, second = os.urandom(MiB), os.urandom(MiB)
+    import random
+    first, second = random.Random(1).randbytes(MiB), random.Random(2).randbytes(MiB)
     source = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
+        import random, sys
         from blockstore import Pool
         with Pool.open({spool!r}) as p:
             lu = p.open_lu("paging.lp")
-            lu.write(0, bytes.fromhex({first.hex()!r})); lu.flush()
+            lu.write(0, random.Random(1).randbytes(1 << 20)); lu.flush()
             print("wrote", flush=True); sys.stdin.readline()
-            lu.write(MiB := 1 << 20, bytes.fromhex({second.hex()!r})); lu.flush()
+            lu.write(1 << 20, random.Random(2).randbytes(1 << 20)); lu.flush()
             print("wrote", flush=True); sys.stdin.readline()
             lu.close()
     """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

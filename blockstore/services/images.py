@@ -53,7 +53,7 @@ class SourceFile:
 
 def handle_of(image: str, path: str) -> str:
     """The stable image file handle of ``path`` in ``image``."""
-    return "h" + xxhash.xxh3_64_hexdigest(f"{image}\0{path}")[:12]
+    return "h" + xxhash.xxh3_64_hexdigest(f"{image}\0{path}".encode())[:12]
 
 
 def image_lu(image: str, handle: str) -> str:
