@@ -1,0 +1,232 @@
+"""The coordination store: the cluster's shared database behind a small interface.
+
+The operations are the ones etcd offers, so an etcd backend can replace the embedded one without
+anything above this module changing: reads with a per-key modification revision, compare-and-set
+on that revision, leases that expire unless kept alive (keys put under a lease vanish with it), a
+store-wide revision that only grows, and a change log to poll (a watch). Nothing above may use
+LMDB directly.
+
+``LmdbStore`` is the embedded default: an LMDB environment of its own under ``POOL/cluster`` (so
+cluster traffic never waits on the data path's metadata writer), shared by every node process on
+the machine. Lease deadlines use CLOCK_MONOTONIC, which all processes of one machine share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import lmdb
+
+from ..errors import InvalidArgument, NotFound
+
+MAX_KEY = 256
+MAX_VALUE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: bytes
+    revision: int          # the store revision that last wrote this key
+    lease: int | None
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    key: str
+    value: bytes | None    # None: deleted (or expired with its lease)
+
+
+class CoordinationStore(Protocol):
+    def revision(self) -> int: ...
+    def get(self, key: str) -> Entry | None: ...
+    def range(self, prefix: str) -> list[tuple[str, Entry]]: ...
+    def put(self, key: str, value: bytes, *, lease: int | None = None) -> int: ...
+    def compare_and_set(self, key: str, expected: int, value: bytes, *, lease: int | None = None) -> int | None: ...
+    def delete(self, key: str, *, expected: int | None = None) -> bool: ...
+    def grant_lease(self, ttl: float) -> int: ...
+    def keep_alive(self, lease: int) -> None: ...
+    def revoke(self, lease: int) -> None: ...
+    def changes(self, since: int, prefix: str = "") -> list[Change]: ...
+    def close(self) -> None: ...
+
+
+def _check_key(key: str) -> bytes:
+    raw = key.encode()
+    if not key or len(raw) > MAX_KEY or "\0" in key:
+        raise InvalidArgument(f"bad store key {key!r}")
+    return raw
+
+
+class LmdbStore:
+    """The embedded coordination store. Every operation is one LMDB transaction: atomic, and
+    serialised against every other process's writes."""
+
+    LOG_KEEP = 100_000  # changes kept for watchers; older ones are pruned
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.env = lmdb.open(path, map_size=1 << 34, max_dbs=4, subdir=True)
+        self.kv = self.env.open_db(b"kv")
+        self.leases = self.env.open_db(b"leases")
+        self.log = self.env.open_db(b"log")
+        self.meta = self.env.open_db(b"meta")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(raw: bytes) -> Entry:
+        rev = int.from_bytes(raw[:8], "big")
+        lease = int.from_bytes(raw[8:16], "big") or None
+        return Entry(raw[16:], rev, lease)
+
+    def _rev(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"revision", db=self.meta)
+        return int(raw) if raw else 0
+
+    def _bump(self, txn: lmdb.Transaction, key: bytes, value: bytes | None) -> int:
+        rev = self._rev(txn) + 1
+        txn.put(b"revision", str(rev).encode(), db=self.meta)
+        txn.put(rev.to_bytes(8, "big"), json.dumps([key.decode(), None if value is None else value.hex()]).encode(),
+                db=self.log)
+        if rev > self.LOG_KEEP and rev % 1000 == 0:
+            cur = txn.cursor(db=self.log)
+            while cur.first() and int.from_bytes(cur.key(), "big") <= rev - self.LOG_KEEP:
+                cur.delete()
+        return rev
+
+    def _expire(self, txn: lmdb.Transaction) -> None:
+        """Drop leases past their deadline, and every key put under them."""
+        now = time.monotonic()
+        dead = [k for k, v in txn.cursor(db=self.leases) if json.loads(v)["deadline"] < now]
+        for k in dead:
+            lease = int.from_bytes(k, "big")
+            keys = json.loads(txn.get(k, db=self.leases))["keys"]
+            txn.delete(k, db=self.leases)
+            for key in keys:
+                raw = txn.get(key.encode(), db=self.kv)
+                if raw is not None and self._decode(raw).lease == lease:
+                    txn.delete(key.encode(), db=self.kv)
+                    self._bump(txn, key.encode(), None)
+
+    def _write(self, txn: lmdb.Transaction, key: bytes, value: bytes, lease: int | None) -> int:
+        if len(value) > MAX_VALUE:
+            raise InvalidArgument(f"store value of {len(value)} bytes is over {MAX_VALUE}")
+        if lease is not None:
+            raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
+            if raw is None:
+                raise NotFound(f"lease {lease} has expired or does not exist")
+            rec = json.loads(raw)
+            if key.decode() not in rec["keys"]:
+                rec["keys"].append(key.decode())
+                txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+        rev = self._bump(txn, key, value)
+        txn.put(key, rev.to_bytes(8, "big") + (lease or 0).to_bytes(8, "big") + value, db=self.kv)
+        return rev
+
+    # -- the interface ---------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self.env.begin() as txn:
+            return self._rev(txn)
+
+    def get(self, key: str) -> Entry | None:
+        k = _check_key(key)
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            raw = txn.get(k, db=self.kv)
+        return None if raw is None else self._decode(raw)
+
+    def range(self, prefix: str) -> list[tuple[str, Entry]]:
+        p = prefix.encode()
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            cur = txn.cursor(db=self.kv)
+            out = []
+            if cur.set_range(p):
+                for k, v in cur:
+                    if not k.startswith(p):
+                        break
+                    out.append((k.decode(), self._decode(v)))
+        return out
+
+    def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        k = _check_key(key)
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            return self._write(txn, k, value, lease)
+
+    def compare_and_set(self, key: str, expected: int, value: bytes, *, lease: int | None = None) -> int | None:
+        """Write ``value`` only if the key's revision is ``expected`` (0: the key must not exist).
+        Returns the new revision, or None when another writer came first."""
+        k = _check_key(key)
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            raw = txn.get(k, db=self.kv)
+            current = 0 if raw is None else self._decode(raw).revision
+            if current != expected:
+                return None
+            return self._write(txn, k, value, lease)
+
+    def delete(self, key: str, *, expected: int | None = None) -> bool:
+        k = _check_key(key)
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            raw = txn.get(k, db=self.kv)
+            if raw is None or (expected is not None and self._decode(raw).revision != expected):
+                return False
+            txn.delete(k, db=self.kv)
+            self._bump(txn, k, None)
+            return True
+
+    def grant_lease(self, ttl: float) -> int:
+        if not 0 < ttl <= 3600:
+            raise InvalidArgument("a lease lasts from 0 to 3600 seconds")
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"next_lease", db=self.meta)
+            lease = int(raw) if raw else 1
+            txn.put(b"next_lease", str(lease + 1).encode(), db=self.meta)
+            txn.put(lease.to_bytes(8, "big"), json.dumps(
+                {"ttl": ttl, "deadline": time.monotonic() + ttl, "keys": []}).encode(), db=self.leases)
+        return lease
+
+    def keep_alive(self, lease: int) -> None:
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
+            if raw is None:
+                raise NotFound(f"lease {lease} has expired")
+            rec = json.loads(raw)
+            rec["deadline"] = time.monotonic() + rec["ttl"]
+            txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+
+    def revoke(self, lease: int) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
+            if raw is None:
+                return
+            rec = json.loads(raw)
+            rec["deadline"] = -1.0
+            txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+            self._expire(txn)
+
+    def changes(self, since: int, prefix: str = "") -> list[Change]:
+        """Every change after revision ``since`` to keys under ``prefix``, oldest first (poll to watch).
+        Raises NotFound when changes after ``since`` were already pruned (the watcher must resync)."""
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.log)
+            if cur.first() and since + 1 < int.from_bytes(cur.key(), "big"):
+                raise NotFound(f"changes after revision {since} are gone; resync")
+            out = []
+            if cur.set_range((since + 1).to_bytes(8, "big")):
+                for k, v in cur:
+                    key, val = json.loads(v)
+                    if key.startswith(prefix):
+                        out.append(Change(int.from_bytes(k, "big"), key, None if val is None else bytes.fromhex(val)))
+        return out
+
+    def close(self) -> None:
+        self.env.close()
