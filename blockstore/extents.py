@@ -108,12 +108,6 @@ class ExtentMap:
         for no in dirty:
             yield no, self.chunk(no)
 
-    def all_chunks(self) -> Iterator[tuple[int, bytes]]:
-        for no in range(extents_for(len(self.phys), CHUNK)):
-            raw = self.chunk(no)
-            if raw is not None:
-                yield no, raw
-
     def resize(self, n_extents: int) -> None:
         """Grow with holes or cut the tail (the caller has released what the tail referenced)."""
         old = len(self.phys)

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -227,6 +226,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
 
-
-def stop(pid: int) -> None:
-    os.kill(pid, signal.SIGTERM)

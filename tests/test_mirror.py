@@ -6,10 +6,9 @@ import os
 import random
 import subprocess
 
-import numpy as np
 import pytest
 
-from blockstore import InvalidArgument, Pool
+from blockstore import Pool
 from blockstore.check import check
 from blockstore.scrub import dirty_count, resync, scrub, verify
 from conftest import cli_json, run_cli

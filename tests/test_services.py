@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from blockstore import Busy, Pool
+from blockstore import Pool
 from blockstore.check import check
 from blockstore.services import images, paging
 from conftest import cli_json, fingerprint, run_cli
