@@ -2,8 +2,8 @@
 DataFile, stacked as s3backer stacks its stores). A mirrored LU's physical extent ``p`` lives at
 the same offset in both files, so snapshots, clones and copy-on-write need nothing new: a write
 goes to both copies in one C call (acknowledged only when both are written, like DRBD's protocol
-C), a read comes from the primary copy and falls back to the redundant one, which then repairs
-the primary.
+C), a read comes from the primary copy and falls back to the redundant one (the failing primary is
+then taken out of service; ``pool scrub --repair`` rewrites bad extents from the good copy).
 
 When a copy fails (missing file, I/O error) the mirror carries on degraded on the survivor and
 remembers every extent it wrote as dirty for the failed copy; the pool persists those bits at
@@ -129,7 +129,7 @@ class MirrorFile:
         self._mark(dst_off, extent)
 
     def pread(self, offset: int, length: int) -> bytes:
-        """From the primary; if it fails, from the redundant copy, which then repairs the primary."""
+        """From the primary; if it fails, from the redundant copy (the primary leaves service)."""
         for i in (0, 1):
             c = self.copies[i]
             if c is None:
