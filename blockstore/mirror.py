@@ -6,8 +6,8 @@ C), a read comes from the primary copy and falls back to the redundant one (the 
 then taken out of service; ``pool scrub --repair`` rewrites bad extents from the good copy).
 
 When a copy fails (missing file, I/O error) the mirror carries on degraded on the survivor and
-remembers every extent it wrote as dirty for the failed copy; the pool persists those bits at
-flush and ``resync`` later copies exactly those extents. ``touched`` collects the extents written
+remembers every extent it wrote as dirty for the failed copy; each bit is made durable before the
+write it covers is acknowledged, and ``resync`` later copies exactly those extents. ``touched`` collects the extents written
 since the last flush, whose checksums the pool records at that flush.
 """
 from __future__ import annotations
