@@ -207,7 +207,7 @@ class Allocator:
         if len(to_punch) == 0:
             return
         self.recycled += 1
-        for start, count in _runs(to_punch):
+        for start, count in runs(to_punch):
             self.df.punch(start * self.E, count * self.E)
         self._local.extend(sorted(to_punch.tolist(), reverse=True))
         keep = KEEP_BATCHES * self.batch
@@ -228,7 +228,7 @@ class Allocator:
         self._local = []
 
 
-def _runs(extents: np.ndarray) -> list[tuple[int, int]]:
+def runs(extents: np.ndarray) -> list[tuple[int, int]]:
     """Sorted unique extents -> (first, count) runs of consecutive numbers."""
     e = np.sort(np.asarray(extents, np.int64))
     breaks = np.flatnonzero(np.diff(e) != 1) + 1

@@ -23,7 +23,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .allocator import Allocator, init_free, read_resv, set_bits, set_free
+from .allocator import Allocator, init_free, runs, read_resv, set_bits, set_free
 from .datafile import DataFile
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
 from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
@@ -686,9 +686,7 @@ class Pool:
         dirty = dirty_count(self) if self._mirror else {0: 0, 1: 0}
         out = []
         for fg in range(len(cfg["groups"])):
-            ok = fg == 0 or (self._mirror is not None and self._mirror.copies[fg] is not None)
-            if fg == 0 and self._mirror is not None and self._mirror.copies[0] is None:
-                ok = False
+            ok = self._mirror.copies[fg] is not None if self._mirror else fg == 0
             out.append({"group": fg, "path": self._group_path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
                         "state": "ok" if ok else "unavailable", "dirty_extents": dirty[fg]})
         return out
@@ -733,14 +731,13 @@ class Pool:
             for r in self._records(txn):
                 if r.get("mirrored"):
                     keep[self._load_map(txn, r).mapped()] = True
+            rc = self._allocators[0].refcounts(txn)
         for lu in self._writers.values():
             if lu.mirrored:
                 keep[lu._map.mapped()] = True
-        rc = None
-        with self._meta.read() as txn:
-            rc = self._allocators[0].refcounts(txn)
-        for e in np.flatnonzero(~keep & (rc > 0)).tolist():
-            m.copies[1].punch(e * self.extent_size, self.extent_size)
+        E = self.extent_size
+        for start, count in runs(np.flatnonzero(~keep & (rc > 0))):
+            m.copies[1].punch(start * E, count * E)
 
     def update_lu(self, name: str, **fields: Any) -> None:
         """Set descriptive fields of an LU's record (role, readonly, owner...). Not size or map."""

@@ -60,11 +60,8 @@ def _mirror(pool: "Pool", *, healthy: bool = True):  # type: ignore[no-untyped-d
 
 
 def _extents_of(pool: "Pool", txn: lmdb.Transaction, name: str) -> np.ndarray:
-    rec = pool._record(txn, name)
-    phys = pool._load_map(txn, rec).phys
-    lu = pool._writers.get(name)
-    if lu is not None:
-        phys = lu._map.phys
+    lu = pool._writers.get(name)  # an open writer's map may be ahead of the stored one
+    phys = lu._map.phys if lu is not None else pool._load_map(txn, pool._record(txn, name)).phys
     return np.unique(phys[phys != UNMAPPED]).astype(np.int64)
 
 

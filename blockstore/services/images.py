@@ -292,11 +292,16 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
     return whole.hexdigest(), shared
 
 
-def _drop_luns(pool: Pool, rec: dict[str, Any]) -> None:
-    for entry in rec["files"]:
-        lu = entry.get("lu") or image_lu(rec["name"], entry["handle"])
-        if any(r["name"] == lu for r in pool.list_lus()):
+def _remove_present(pool: Pool, names: list[str]) -> None:
+    """Remove those of ``names`` that exist (what an interrupted step left may be partial)."""
+    present = {r["name"] for r in pool.list_lus()}
+    for lu in names:
+        if lu in present:
             pool.remove(lu, recursive=True)
+
+
+def _drop_luns(pool: Pool, rec: dict[str, Any]) -> None:
+    _remove_present(pool, [e.get("lu") or image_lu(rec["name"], e["handle"]) for e in rec["files"]])
 
 
 # -- queries and removal ------------------------------------------------------------------------
@@ -409,15 +414,14 @@ def remove_partition(pool: Pool, name: str) -> None:
     rec = _partition(pool, name)
     if rec["state"] == "active":
         raise Busy(f"partition {name!r} is active; deactivate it first")
-    for lu in rec["lus"].values():
-        if any(r["name"] == lu for r in pool.list_lus()):
-            pool.remove(lu, recursive=True)
+    _remove_present(pool, list(rec["lus"].values()))
     pool.svc_put("partition", name, None)
 
 
-def show_partition(pool: Pool, name: str) -> dict[str, Any]:
+def show_partition(pool: Pool, name: str, lus: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     rec = _partition(pool, name)
-    lus = {r["name"]: r for r in pool.list_lus()}
+    if lus is None:
+        lus = {r["name"]: r for r in pool.list_lus()}
     return {"name": rec["name"], "image": rec["image"], "cec": rec["cec"], "state": rec["state"],
             "created": rec["created"],
             "lus": [{"path": p, "lu": lu, "size": lus[lu]["size"] if lu in lus else None,
@@ -425,4 +429,5 @@ def show_partition(pool: Pool, name: str) -> dict[str, Any]:
 
 
 def list_partitions(pool: Pool) -> list[dict[str, Any]]:
-    return [show_partition(pool, r["name"]) for r in pool.svc_list("partition")]
+    lus = {r["name"]: r for r in pool.list_lus()}
+    return [show_partition(pool, r["name"], lus) for r in pool.svc_list("partition")]
