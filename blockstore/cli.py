@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from . import __version__
 from .check import check
+from .cluster.bridge import attach
 from .errors import BlockstoreError, InvalidArgument
 from .pool import Pool
 from .progress import Progress
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
     u.add_argument("mountpoint")
 
+    from .cli_cluster import add_parsers
+    add_parsers(top, lambda sub: sub.add_argument("--json", action="store_true"))
+
     b = top.add_parser("bench", help="measure the engine against a plain file")
     b.add_argument("--quick", action="store_true", help="small sizes, done within a minute")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -279,6 +283,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.foreground:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0
+    if args.group in ("cluster", "node", "ffdc"):
+        from .cli_cluster import run as run_cluster
+        return run_cluster(args, _print)
     if args.group == "pool" and args.cmd == "create":
         with Pool.create(args.pool, args.size, extent_size=args.extent_size, threshold=args.threshold,
                          mirror_dir=args.mirror_dir) as pool:
@@ -287,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{format_size(st['extent_size'])}")
         return 0
     with Pool.open(args.pool) as pool:
+        attach(pool, origin="cli")
         return _run_in_pool(args, pool)
 
 

@@ -457,6 +457,7 @@ class Pool:
             if thick:
                 self._fill_thick(lu, 0)
                 self.flush()
+            self._event("lu_created", {"name": name, "size": n, "thick": thick, "mirrored": mirrored})
             return lu
 
     def _fill_thick(self, lu: LU, first: int) -> None:
@@ -569,10 +570,12 @@ class Pool:
                     raise InvalidArgument(
                         f"shrinking {name!r} from {lu.size} to {n} bytes loses data; add --force")
                 lu.discard(n, lu.size - n)
+            old_size = lu.size
             lu._resize_map(n)
             if lu.thick:
                 self._fill_thick(lu, 0)
             self._transaction(None)
+        self._event("lu_resized", {"name": name, "size": n, "old_size": old_size})
 
     def remove(self, name: str, *, recursive: bool = False) -> list[str]:
         """Remove an LU (with its snapshots if ``recursive``) or a snapshot ``LU@SNAP``.
@@ -610,7 +613,9 @@ class Pool:
             finally:
                 if holder:
                     holder.release()
-            return doomed
+        for victim in doomed:
+            self._event("lu_removed", {"name": victim})
+        return doomed
 
     def rename(self, old: str, new: str) -> None:
         """Rename an LU; its snapshots follow (``old@s`` becomes ``new@s``) and clones keep their

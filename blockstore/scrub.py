@@ -155,6 +155,8 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
         if repaired:
             c0.sync()
             c1.sync()
+    if mismatched:
+        pool._event("checksum_mismatch", {"lu": name, "extents": mismatched[:64], "repaired": repaired})
     secs = time.monotonic() - t
     return {"lu": name, "extents": len(exts), "bytes": len(exts) * E, "mismatched": mismatched,
             "repaired": repaired, "clean": not mismatched or repaired == len(mismatched),
@@ -203,6 +205,9 @@ def scrub(pool: "Pool", *, repair: bool = False, progress: Progress = None) -> d
         if repaired:
             for _, c in copies:
                 c.sync()
+    if bad or unrecoverable or stale:
+        pool._event("checksum_mismatch", {"bad": bad[:64], "unrecoverable": unrecoverable[:64],
+                                          "stale": stale[:64], "repaired": repaired})
     secs = time.monotonic() - t
     clean = not unrecoverable and not stale and (not bad or repaired == len(bad))
     return {"extents": len(exts), "bytes": len(exts) * E * len(copies), "bad": bad, "repaired": repaired,

@@ -8,11 +8,12 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 from blockstore import BlockstoreError, InvalidArgument, NotAPool, NotFound, Pool
+from blockstore.cluster.bridge import attach
+from blockstore.daemon import daemonize
 
 from . import binding
 from .ops import LUFilesystem
@@ -109,6 +110,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     _io_flusher()
     _steady_malloc()
     pool = Pool.open(pool_path)
+    attach(pool, origin=f"mount {mountpoint}")
     os.makedirs(os.path.join(pool.path, "mounts"), exist_ok=True)
     pidfile = _state_path(pool.path, mountpoint, "pid")
     with open(pidfile, "w") as f:
@@ -154,36 +156,9 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
         serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads)
         return mp
     os.makedirs(os.path.join(pool_path, "mounts"), exist_ok=True)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        # Fork twice: the daemon is a grandchild, so no caller (a long-lived process that mounts
-        # several times) is left with a zombie to reap.
-        os.close(r)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        logfile = os.open(_state_path(pool_path, mp, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(logfile, 1)
-        os.dup2(logfile, 2)
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
-                            force=True)
-        code = 0
-        try:
-            serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                  on_ready=lambda: os.write(w, b"ok\n"))
-        except BaseException as e:  # tell the waiting parent why, then leave
-            os.write(w, f"{e}\n".encode(errors="replace"))
-            code = 1
-        os._exit(code)
-    os.close(w)
-    os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as pipe:
-        answer = pipe.readline().strip()
-    if answer != b"ok":
-        raise BlockstoreError(answer.decode(errors="replace") or "the mount daemon exited before the mount was ready")
+    daemonize(lambda ready: serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
+                                  on_ready=ready),
+              _state_path(pool_path, mp, "log"), "mount daemon")
     return mp
 
 

@@ -47,6 +47,7 @@ class CoordinationStore(Protocol):
     def put(self, key: str, value: bytes, *, lease: int | None = None) -> int: ...
     def compare_and_set(self, key: str, expected: int, value: bytes, *, lease: int | None = None) -> int | None: ...
     def delete(self, key: str, *, expected: int | None = None) -> bool: ...
+    def commit(self, compares: dict[str, int], puts: dict[str, bytes | None]) -> int | None: ...
     def grant_lease(self, ttl: float) -> int: ...
     def keep_alive(self, lease: int) -> None: ...
     def revoke(self, lease: int) -> None: ...
@@ -181,6 +182,27 @@ class LmdbStore:
             txn.delete(k, db=self.kv)
             self._bump(txn, k, None)
             return True
+
+    def commit(self, compares: dict[str, int], puts: dict[str, bytes | None]) -> int | None:
+        """etcd's transaction in the one shape the cluster needs: if every key in ``compares`` still
+        has the given revision (0: absent), apply ``puts`` (None deletes) together. Returns the
+        revision of the last change, or None (nothing written) when a compare failed. A primary
+        fences its writes this way: it compares the primary record it was elected under."""
+        keys = {k: _check_key(k) for k in [*compares, *puts]}
+        with self.env.begin(write=True) as txn:
+            self._expire(txn)
+            for key, expected in compares.items():
+                raw = txn.get(keys[key], db=self.kv)
+                if (0 if raw is None else self._decode(raw).revision) != expected:
+                    return None
+            rev = self._rev(txn)
+            for key, value in puts.items():
+                if value is not None:
+                    rev = self._write(txn, keys[key], value, None)
+                elif txn.get(keys[key], db=self.kv) is not None:
+                    txn.delete(keys[key], db=self.kv)
+                    rev = self._bump(txn, keys[key], None)
+            return rev
 
     def grant_lease(self, ttl: float) -> int:
         if not 0 < ttl <= 3600:

@@ -1,0 +1,137 @@
+"""What the CLI (or an embedding tool) does to a cluster from outside its nodes: start and stop
+node processes, read the cluster's status, ask a node for FFDC."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from ..daemon import daemonize
+from ..errors import BlockstoreError, NotFound
+from ..names import check_name
+from . import election
+from .config import load_config, open_store, read_token
+from .protocol import ProtocolError, request
+
+
+def log_path(pool_path: str, name: str) -> str:
+    return os.path.join(pool_path, "nodes", f"{name}.log")
+
+
+def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
+               foreground: bool = False) -> dict[str, Any]:
+    """Start a node process (a daemon unless ``foreground``); returns its registration."""
+    from .node import Node
+    pool_path = os.path.abspath(pool_path)
+    check_name(name, "node name")
+    store = open_store(pool_path)  # checks pool and cluster before forking, for a clear error
+    try:
+        load_config(store, pool_path)
+    finally:
+        store.close()
+    if foreground:
+        node = Node(pool_path, name, listen=listen, cec=cec)
+        signal.signal(signal.SIGTERM, lambda *_: node.stop())
+        node.run()
+        return {"name": name, "address": node.address}
+    os.makedirs(os.path.join(pool_path, "nodes"), exist_ok=True)
+
+    def serve(ready) -> None:  # type: ignore[no-untyped-def]
+        node = Node(pool_path, name, listen=listen, cec=cec)
+        signal.signal(signal.SIGTERM, lambda *_: node.stop())
+        node.run(on_ready=ready)
+    daemonize(serve, log_path(pool_path, name), f"node {name}")
+    return node_record(pool_path, name)
+
+
+def node_record(pool_path: str, name: str) -> dict[str, Any]:
+    store = open_store(pool_path)
+    try:
+        e = store.get(f"nodes/{name}")
+    finally:
+        store.close()
+    if e is None:
+        raise NotFound(f"no node {name} in the cluster")
+    return json.loads(e.value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_node(pool_path: str, name: str, timeout: float = 15.0) -> None:
+    """Ask node ``name`` to leave (a primary resigns first) and wait for its process to end."""
+    rec = node_record(pool_path, name)
+    try:
+        request(rec["address"], {"op": "stop", "token": read_token(pool_path)})
+    except (OSError, ProtocolError):
+        raise BlockstoreError(f"node {name} is not running (nothing answers at {rec['address']})") from None
+    deadline = time.monotonic() + timeout
+    while _alive(rec["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(rec["pid"]):
+        raise BlockstoreError(f"node {name} (pid {rec['pid']}) was asked to stop but has not exited after {timeout:.0f}s")
+
+
+def ask_ffdc(pool_path: str, name: str, reason: str) -> str | None:
+    rec = node_record(pool_path, name)
+    try:
+        reply = request(rec["address"], {"op": "ffdc", "token": read_token(pool_path), "reason": reason}, timeout=60)
+    except (OSError, ProtocolError):
+        raise BlockstoreError(f"node {name} is not running (nothing answers at {rec['address']})") from None
+    if "error" in reply:
+        raise BlockstoreError(f"node {name}: {reply['error']}")
+    return reply.get("id")
+
+
+def status(pool_path: str) -> dict[str, Any]:
+    """The cluster as the store records it: OK (a primary, every node up), DEGRADED (a primary,
+    some node down), DOWN (no live primary); and per node its state, when it was last heard, and
+    the primary and epoch in its own view."""
+    store = open_store(pool_path)
+    try:
+        cfg = load_config(store, pool_path)
+        prim = election.current(store)
+        records = {json.loads(e.value)["name"]: json.loads(e.value) for _, e in store.range("nodes/")}
+        alive = {k.split("/", 1)[1] for k, _ in store.range("alive/")}
+        members = {k.split("/", 1)[1]: json.loads(e.value) for k, e in store.range("members/")}
+        views = {k.split("/", 1)[1]: json.loads(e.value) for k, e in store.range("views/")}
+    finally:
+        store.close()
+    now = time.time()
+    nodes = []
+    for name, rec in sorted(records.items()):
+        heard = [now - v["time"] + v["peers"][name]["last_heard_s"] for v in views.values()
+                 if name in v.get("peers", {}) and v["peers"][name]["last_heard_s"] is not None]
+        if name in views and name in alive:
+            heard.append(now - views[name]["time"])
+        if rec.get("stopped") and name not in alive:
+            state = "stopped"
+        elif prim.node and prim.node in alive and name in members:
+            state = members[name]["state"] if name != prim.node else "up"
+        else:
+            state = "up" if name in alive else "down"
+        if state == "up" and name not in alive:
+            state = "down"
+        view = views.get(name, {})
+        nodes.append({"name": name, "state": state, "address": rec["address"], "cec": rec.get("cec"),
+                      "pid": rec.get("pid"), "last_seen_s": round(min(heard), 3) if heard else None,
+                      "role": "primary" if name == prim.node else "member",
+                      "view": {"primary": view.get("primary"), "epoch": view.get("epoch")}})
+    live_primary = prim.node is not None and prim.node in alive
+    if not live_primary:
+        overall = "DOWN"
+    elif all(n["state"] in ("up", "stopped") for n in nodes):
+        overall = "OK"
+    else:
+        overall = "DEGRADED"
+    return {"cluster": cfg.name, "state": overall, "primary": prim.node if live_primary else None,
+            "epoch": prim.epoch, "primary_address": prim.address if live_primary else None,
+            "interval": cfg.interval, "misses": cfg.misses, "nodes": nodes}
+

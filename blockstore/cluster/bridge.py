@@ -1,0 +1,84 @@
+"""From the engine to the cluster: what an engine process (the CLI, a mount daemon) reports.
+
+The engine knows nothing of clusters; it calls its Pool's listeners with (kind, info). When the
+pool has a cluster, ``attach`` adds a listener that publishes the events callers may register for
+(LU created/removed/resized, pool threshold crossed) and turns fault conditions (a degraded mirror,
+a checksum mismatch, an I/O error) into fault reports in ``POOL/faults``. The primary node takes
+each report and captures FFDC for it, so a fault seen by a short-lived CLI process is still
+captured by a node that knows the cluster's state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from ..errors import BlockstoreError
+from .config import token_path
+from .events import EventLog
+
+log = logging.getLogger("blockstore.cluster")
+PUBLISHED = frozenset({"lu_created", "lu_removed", "lu_resized", "pool_threshold", "paging_changed",
+                       "partition_changed"})
+FAULTS = frozenset({"mirror_degraded", "checksum_mismatch", "io_error"})
+
+
+def faults_dir(pool_path: str) -> str:
+    return os.path.join(pool_path, "faults")
+
+
+def report_fault(pool_path: str, condition: str, detail: dict[str, Any]) -> str:
+    """Leave a fault report for the primary (written whole: temporary name, then rename)."""
+    d = faults_dir(pool_path)
+    os.makedirs(d, exist_ok=True)
+    name = f"{time.time_ns()}-{os.getpid()}.json"
+    tmp = os.path.join(d, f".{name}")
+    with open(tmp, "w") as f:
+        json.dump({"condition": condition, "detail": detail, "time": time.time(), "pid": os.getpid()}, f, default=str)
+    os.rename(tmp, os.path.join(d, name))
+    return name
+
+
+def take_faults(pool_path: str) -> list[dict[str, Any]]:
+    """Every pending fault report, oldest first; each is removed as it is read."""
+    d = faults_dir(pool_path)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.endswith(".json") and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        path = os.path.join(d, n)
+        try:
+            with open(path) as f:
+                out.append(json.load(f))
+        except (OSError, ValueError) as e:
+            out.append({"condition": "io_error", "detail": {"unreadable fault report": n, "error": str(e)}})
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def attach(pool: Any, origin: str | None = None) -> bool:
+    """Report this pool's engine events to its cluster, if it has one. Returns whether it does."""
+    if not os.path.exists(token_path(pool.path)):
+        return False
+    events = EventLog(pool.path)
+    who = origin or f"pid {os.getpid()}"
+
+    def listener(kind: str, info: dict[str, Any]) -> None:
+        # Telling the cluster must never fail the engine's own request: a failure is logged.
+        try:
+            if kind in PUBLISHED:
+                events.publish(kind, info, node=who)
+            if kind in FAULTS:
+                report_fault(pool.path, kind, info)
+        except (OSError, BlockstoreError) as e:
+            log.warning("could not report %s to the cluster: %s", kind, e)
+
+    pool.listeners.append(listener)
+    return True

@@ -1,0 +1,100 @@
+"""The cluster's record in a pool: its name, timings, retention limits, and the callers' token.
+
+A pool holds at most one cluster. The record lives in the coordination store under ``cluster``;
+the shared token (what an event caller or a peer node must present) is a file readable only by
+the pool's owner, ``POOL/cluster.token``, so possession of the pool directory is the credential.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+from ..errors import AlreadyExists, InvalidArgument, NotAPool, NotFound
+from ..names import check_name
+from .store import CoordinationStore, LmdbStore
+
+KEY = "cluster"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    created: float
+    interval: float = 1.0        # seconds between keep-alives
+    misses: int = 3              # keep-alives missed before a node is marked down
+    event_keep: int = 1_000_000  # payload files kept for callers that reconnect with since=SEQ
+    ffdc_keep: int = 20          # FFDC bundles kept in the repository
+    ffdc_interval: float = 60.0  # at most one bundle per node and condition in this many seconds
+
+    @property
+    def timeout(self) -> float:
+        """Seconds without a keep-alive after which a node is down."""
+        return self.interval * self.misses
+
+
+def token_path(pool_path: str) -> str:
+    return os.path.join(pool_path, "cluster.token")
+
+
+def store_path(pool_path: str) -> str:
+    return os.path.join(pool_path, "cluster")
+
+
+def _check_pool(pool_path: str) -> str:
+    path = os.path.abspath(pool_path)
+    if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
+        raise NotAPool(f"no pool at {path}")
+    return path
+
+
+def open_store(pool_path: str) -> CoordinationStore:
+    """The pool's coordination store (the embedded LMDB one: the only backend so far)."""
+    return LmdbStore(store_path(_check_pool(pool_path)))
+
+
+def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3) -> ClusterConfig:
+    """Make the pool's cluster. Refused if the pool already has one."""
+    path = _check_pool(pool_path)
+    check_name(name, "cluster name")
+    if not 0.05 <= interval <= 60:
+        raise InvalidArgument("the keep-alive interval is from 0.05 to 60 seconds")
+    if not 2 <= misses <= 100:
+        raise InvalidArgument("misses is from 2 to 100")
+    cfg = ClusterConfig(name=name, created=time.time(), interval=interval, misses=misses)
+    store = open_store(path)
+    try:
+        if store.get(KEY) is not None:
+            raise AlreadyExists(f"the pool already has cluster {load_config(store).name!r}")
+        tok = token_path(path)
+        fd = os.open(tok + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tok + ".tmp", tok)
+        if store.compare_and_set(KEY, 0, json.dumps(asdict(cfg)).encode()) is None:
+            raise AlreadyExists("another process created the pool's cluster first")
+        for d in ("payloads", "ffdc", "faults", "nodes"):
+            os.makedirs(os.path.join(path, d), exist_ok=True)
+    finally:
+        store.close()
+    return cfg
+
+
+def load_config(store: CoordinationStore, pool_path: str = "") -> ClusterConfig:
+    e = store.get(KEY)
+    if e is None:
+        where = f"the pool at {pool_path}" if pool_path else "the pool"
+        raise NotFound(f"{where} has no cluster: run `blockstore cluster create NAME` first")
+    return ClusterConfig(**json.loads(e.value))
+
+
+def read_token(pool_path: str) -> str:
+    try:
+        with open(token_path(pool_path)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        raise NotFound(f"no cluster token in {pool_path}: create the cluster first") from None

@@ -1,0 +1,158 @@
+"""The event log: one message payload file per event in ``POOL/payloads``, numbered 1, 2, 3...
+
+Publishing is durable before it is visible: the payload is written to a temporary name and
+fsynced, then hard-linked to its sequence number's name (``link`` fails if the name exists, so
+two publishers never claim one number), then the directory is fsynced. A number exists only once
+its file does, so the log has no gaps: a reader follows it by opening ``seq+1`` until that is
+missing. Nothing here depends on the coordination store; the directory is shared storage.
+
+Pruning removes the oldest files beyond ``keep``; the first kept number is written to
+``.oldest`` before any file goes, so a reader asking for a pruned number is told "gone" rather
+than waiting forever.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from ..errors import InvalidArgument
+
+#: What callers may register for ("*" is every kind).
+KINDS = frozenset({
+    "node_up", "node_down", "node_joined", "node_left", "primary_elected", "primary_resigned",
+    "lu_created", "lu_removed", "lu_resized", "ownership_changed", "pool_threshold", "ffdc_captured",
+    "partition_changed", "paging_changed",
+})
+MAX_PAYLOAD = 64 << 10
+
+
+class Gone(Exception):
+    """The events asked for were pruned: the caller must resync from the current state."""
+
+
+def check_kinds(kinds: list[str] | tuple[str, ...]) -> frozenset[str]:
+    if not isinstance(kinds, (list, tuple)) or not kinds:
+        raise InvalidArgument("kinds must be a non-empty list of event kinds (or [\"*\"])")
+    unknown = [k for k in kinds if k != "*" and k not in KINDS]
+    if unknown:
+        raise InvalidArgument(f"unknown event kind {unknown[0]!r}; known: {', '.join(sorted(KINDS))}")
+    return KINDS if "*" in kinds else frozenset(kinds)
+
+
+class EventLog:
+    def __init__(self, pool_path: str) -> None:
+        self.dir = os.path.join(pool_path, "payloads")
+        os.makedirs(self.dir, exist_ok=True)
+        self._guess = 0  # a number known to exist (or 0): where probing for the head starts
+
+    def _path(self, seq: int) -> str:
+        return os.path.join(self.dir, f"{seq:016d}.json")
+
+    def publish(self, kind: str, data: dict[str, Any] | None = None, *, node: str | None = None) -> int:
+        """Write one event durably and return its sequence number."""
+        if kind not in KINDS:
+            raise InvalidArgument(f"unknown event kind {kind!r}")
+        body = json.dumps({"kind": kind, "time": time.time(), "node": node, "data": data or {}},
+                          separators=(",", ":")).encode()
+        if len(body) > MAX_PAYLOAD:
+            raise InvalidArgument(f"event payload of {len(body)} bytes is over {MAX_PAYLOAD}")
+        tmp = os.path.join(self.dir, f".tmp-{os.getpid()}-{time.monotonic_ns()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            seq = self.head() + 1
+            while True:
+                try:
+                    os.link(tmp, self._path(seq))
+                    break
+                except FileExistsError:
+                    seq += 1
+        finally:
+            os.unlink(tmp)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self._guess = seq
+        return seq
+
+    def oldest(self) -> int:
+        """The first number still kept (1 until something is pruned)."""
+        try:
+            with open(os.path.join(self.dir, ".oldest")) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            return 1
+
+    def head(self) -> int:
+        """The highest published number (0: none)."""
+        seq = max(self._guess, self.oldest() - 1)
+        if seq and not os.path.exists(self._path(seq)) and seq >= self.oldest():
+            seq = self._scan()
+        # Numbers are claimed in order, so probing in strides then back finds the end quickly.
+        step = 1
+        while os.path.exists(self._path(seq + step)):
+            seq += step
+            step *= 2
+        while step > 1:
+            step //= 2
+            if os.path.exists(self._path(seq + step)):
+                seq += step
+        self._guess = seq
+        return seq
+
+    def _scan(self) -> int:
+        names = [n for n in os.listdir(self.dir) if n.endswith(".json") and n[:16].isdigit()]
+        return max((int(n[:16]) for n in names), default=0)
+
+    def read(self, seq: int) -> bytes | None:
+        """Event ``seq`` as one JSON line (with its ``seq``), or None if not published yet.
+        Raises Gone if it was pruned."""
+        try:
+            with open(self._path(seq), "rb") as f:
+                body = f.read()
+        except FileNotFoundError:
+            if seq < self.oldest():
+                raise Gone(f"event {seq} was pruned (the oldest kept is {self.oldest()}); resync") from None
+            return None
+        return b'{"seq":%d,%s\n' % (seq, body[1:])
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Published events after ``since``, oldest first."""
+        if since + 1 < self.oldest():
+            raise Gone(f"events after {since} were pruned (the oldest kept is {self.oldest()}); resync")
+        out = []
+        seq = since + 1
+        while limit is None or len(out) < limit:
+            line = self.read(seq)
+            if line is None:
+                break
+            out.append(json.loads(line))
+            seq += 1
+        return out
+
+    def prune(self, keep: int) -> int:
+        """Remove all but the newest ``keep`` events; returns how many went."""
+        head, first = self.head(), self.oldest()
+        new_first = max(first, head - keep + 1)
+        if new_first <= first:
+            return 0
+        tmp = os.path.join(self.dir, ".oldest.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(new_first))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.dir, ".oldest"))
+        for seq in range(first, new_first):
+            try:
+                os.unlink(self._path(seq))
+            except FileNotFoundError:
+                pass
+        return new_first - first

@@ -1,0 +1,181 @@
+"""First-failure data capture (SEEDS.md 1): a compressed bundle of diagnostics, taken when a
+fault is first seen, written into the shared repository ``POOL/ffdc``.
+
+A bundle is ``ID.tar.gz`` holding ``manifest.json`` (id, node, condition, reason, time, files),
+``log.txt`` (the node's recent log), ``node.json`` (its state), ``cluster.json`` (the cluster
+records in the coordination store), ``pool.json`` (a metadata summary), ``stack.txt`` (the
+exception's trace, else every thread's stack). It is written under a temporary name, fsynced and
+renamed, so the repository only ever holds whole bundles.
+
+Rate limit: one bundle per node and condition per ``ffdc_interval`` seconds (a fault that repeats
+does not fill the disk); an explicit capture asked for by a user is never limited. Retention:
+the newest ``ffdc_keep`` bundles are kept.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import sys
+import tarfile
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..errors import InvalidArgument, NotFound
+from .config import ClusterConfig
+from .store import CoordinationStore
+
+CONDITIONS = ("io_error", "checksum_mismatch", "mirror_degraded", "heartbeat_loss", "exception", "manual")
+_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[A-Za-z0-9._+-]+-[a-z_]+-[0-9a-f]{6}$")
+
+
+def repo(pool_path: str) -> str:
+    return os.path.join(pool_path, "ffdc")
+
+
+def _stacks(exc: BaseException | None) -> str:
+    if exc is not None:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in sys._current_frames().items():
+        out.append(f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame)))
+    return "\n".join(out)
+
+
+def _cluster_records(store: CoordinationStore) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for prefix in ("cluster", "primary", "nodes/", "members/", "views/", "alive/"):
+        for key, e in store.range(prefix):
+            try:
+                out[key] = {"revision": e.revision, "value": json.loads(e.value)}
+            except ValueError:
+                out[key] = {"revision": e.revision, "value": e.value.decode(errors="replace")}
+    return out
+
+
+def _pool_summary(pool_path: str) -> dict[str, Any]:
+    """The metadata summary, read without taking any LU: a pool that is failing may not open."""
+    from ..pool import Pool
+    try:
+        with Pool.open(pool_path) as pool:
+            return {"status": pool.status(), "failure_groups": pool.failure_groups(),
+                    "lus": [{k: r[k] for k in ("name", "size", "allocated", "kind")} for r in pool.list_lus()]}
+    except Exception as e:  # the summary is best effort; the bundle must still be written
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def rate_limited(store: CoordinationStore, cfg: ClusterConfig, node: str, condition: str) -> bool:
+    """True if this node captured ``condition`` within the interval; else records now and
+    returns False. The record is a compare-and-set so two threads cannot both pass."""
+    key = f"ffdc/last/{node}/{condition}"
+    e = store.get(key)
+    now = time.time()
+    if e is not None and now - float(e.value) < cfg.ffdc_interval:
+        return True
+    return store.compare_and_set(key, 0 if e is None else e.revision, str(now).encode()) is None
+
+
+def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, node: str, condition: str,
+            reason: str = "", log_lines: list[str] | None = None, state: dict[str, Any] | None = None,
+            exc: BaseException | None = None) -> str | None:
+    """Write a bundle; returns its id, or None when rate-limited."""
+    if condition not in CONDITIONS:
+        raise InvalidArgument(f"unknown FFDC condition {condition!r}")
+    if len(reason) > 4096:
+        raise InvalidArgument("an FFDC reason is at most 4096 characters")
+    if condition != "manual" and rate_limited(store, cfg, node, condition):
+        return None
+    now = time.time()
+    bid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{node}-{condition}-{secrets.token_hex(3)}"
+    files = {
+        "log.txt": "\n".join(log_lines or []) + "\n",
+        "node.json": json.dumps(state or {}, indent=2, default=str),
+        "cluster.json": json.dumps(_cluster_records(store), indent=2),
+        "pool.json": json.dumps(_pool_summary(pool_path), indent=2, default=str),
+        "stack.txt": _stacks(exc),
+    }
+    manifest = {"id": bid, "node": node, "condition": condition, "reason": reason, "time": now,
+                "files": sorted(files)}
+    files["manifest.json"] = json.dumps(manifest, indent=2)
+    d = repo(pool_path)
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".tmp-{bid}")
+    with open(tmp, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            for name in ["manifest.json", *sorted(n for n in files if n != "manifest.json")]:
+                data = files[name].encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), int(now), 0o600
+                tar.addfile(info, io.BytesIO(data))
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.rename(tmp, os.path.join(d, f"{bid}.tar.gz"))
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    prune(pool_path, cfg.ffdc_keep)
+    return bid
+
+
+def _bundles(pool_path: str) -> list[str]:
+    try:
+        names = os.listdir(repo(pool_path))
+    except FileNotFoundError:
+        return []
+    return sorted(n[:-7] for n in names if n.endswith(".tar.gz") and not n.startswith("."))
+
+
+def prune(pool_path: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` bundles (ids sort by time)."""
+    gone = _bundles(pool_path)[:-keep] if keep > 0 else []
+    for bid in gone:
+        try:
+            os.unlink(os.path.join(repo(pool_path), f"{bid}.tar.gz"))
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def _manifest(path: str) -> dict[str, Any]:
+    with tarfile.open(path, "r:gz") as tar:
+        f = tar.extractfile("manifest.json")
+        assert f is not None
+        return json.load(f)
+
+
+def list_bundles(pool_path: str) -> list[dict[str, Any]]:
+    out = []
+    for bid in _bundles(pool_path):
+        path = os.path.join(repo(pool_path), f"{bid}.tar.gz")
+        try:
+            m = _manifest(path)
+        except (OSError, tarfile.TarError, KeyError, ValueError):
+            m = {"id": bid, "node": None, "condition": None, "reason": "unreadable bundle", "time": None}
+        m["bytes"] = os.path.getsize(path)
+        m["path"] = path
+        out.append(m)
+    return out
+
+
+def show(pool_path: str, bid: str) -> dict[str, Any]:
+    """A bundle's manifest and the text of each file in it."""
+    if not _ID_RE.match(bid):
+        raise InvalidArgument(f"not an FFDC id: {bid!r} (see `blockstore ffdc list`)")
+    path = os.path.join(repo(pool_path), f"{bid}.tar.gz")
+    if not os.path.exists(path):
+        raise NotFound(f"no FFDC bundle {bid}")
+    with tarfile.open(path, "r:gz") as tar:
+        contents = {}
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            if f is not None:
+                contents[m.name] = f.read().decode(errors="replace")
+    manifest = json.loads(contents.pop("manifest.json"))
+    return {**manifest, "path": path, "contents": contents}

@@ -1,0 +1,557 @@
+"""A cluster node (a VIOS): one ``blockstore node`` process.
+
+What a node does, each on its own thread:
+- listens on its address for the line protocol (protocol.py): peers' keep-alive links, event
+  callers, status and FFDC requests, stop;
+- keep-alive: every ``interval`` it sends a line to every other registered node over a TCP link
+  it keeps open, renews its lease in the coordination store (``alive/NAME``), and writes its view
+  of the cluster (``views/NAME``). A peer is down when no line came from it for ``misses``
+  intervals (monotonic clock), or at once when its link breaks and its port refuses a new
+  connection: on one machine that means the process is gone, which is how a SIGKILLed primary is
+  replaced in well under an interval while a stopped (SIGSTOP) one still takes the full timeout;
+- the monitor: watches the ``primary`` record, runs an election when one is needed (election.py),
+  notices when it has been deposed, and, while primary, keeps the membership records (fenced by
+  epoch), runs the notifier (notifier.py), captures FFDC for faults the engine reported, and
+  prunes old events;
+- FFDC: captures on heartbeat loss, on an unhandled exception in any of its threads, and when
+  asked; tells every other node and publishes an ``ffdc_captured`` event.
+
+Eligible to become primary (the requirements an election checks): the node is registered, its
+own lease in the store is live (renewed within the timeout), it is not stopping, and in its own
+view the current primary is down or there is none. Candidates wait in name order (interval/10
+each among the nodes they see up) so that usually one tries, but safety comes from the store's
+compare-and-set alone.
+"""
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, NotFound
+from ..names import check_name
+from . import election, ffdc
+from .bridge import take_faults
+from .config import ClusterConfig, load_config, open_store, read_token
+from .election import Deposed, Primary
+from .events import EventLog, Gone, check_kinds
+from .notifier import Notifier
+from .protocol import LineReader, ProtocolError, encode, parse_address
+
+log = logging.getLogger("blockstore.cluster.node")
+
+
+@dataclass
+class Peer:
+    name: str
+    address: str
+    found: float                      # monotonic time we learned of it
+    heard: float | None = None        # monotonic time of its last keep-alive line
+    refused: bool = False             # its port refused us after its link broke: the process is gone
+    link: socket.socket | None = None
+    state: str = "joining"            # joining (not heard yet), up, down
+    stopped: bool = False             # it left cleanly
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _Ring(logging.Handler):
+    """The node's recent log lines, for FFDC bundles."""
+
+    def __init__(self, n: int = 2000) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=n)
+        self.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class Node:
+    def __init__(self, pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None) -> None:
+        self.pool_path = os.path.abspath(pool_path)
+        self.name = check_name(name, "node name")
+        self.cec = check_name(cec, "CEC name") if cec else None
+        self.bind = parse_address(listen)
+        self.store = open_store(self.pool_path)
+        try:
+            self.cfg: ClusterConfig = load_config(self.store, self.pool_path)
+            self.token = read_token(self.pool_path)
+        except BaseException:
+            self.store.close()
+            raise
+        self.events = EventLog(self.pool_path)
+        self.ring = _Ring()
+        logging.getLogger("blockstore").addHandler(self.ring)
+        self.lock = threading.RLock()
+        self.peers: dict[str, Peer] = {}
+        self.primary = Primary(None, 0, 0)
+        self.me: Primary | None = None          # the record of my own election while I am primary
+        self.notifier: Notifier | None = None
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.lease = 0
+        self.lease_renewed = 0.0
+        self.incarnation = time.time_ns()
+        self.need_since: float | None = None
+        self.ffdc_seen: list[dict[str, Any]] = []
+        self.refused_writes = 0
+        self._ffdc_queue: queue.Queue[tuple[str, str, BaseException | None]] = queue.Queue()
+        self.server: socket.socket | None = None
+        self.address = ""
+
+    # -- joining and leaving -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, register (refused if a live node has this name) and start every thread."""
+        try:
+            self.server = socket.create_server(self.bind, backlog=128)
+        except OSError as e:
+            raise InvalidArgument(f"cannot listen on {self.bind[0]}:{self.bind[1]}: {e.strerror}") from None
+        host, port = self.server.getsockname()[:2]
+        self.address = f"{host}:{port}"
+        try:
+            self._register()
+        except BaseException:
+            self.server.close()
+            raise
+        threading.excepthook = self._thread_crashed
+        for target, tname in ((self._accept_loop, "accept"), (self._keepalive_loop, "keepalive"),
+                              (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
+            threading.Thread(target=target, name=tname, daemon=True).start()
+        log.info("node %s up at %s (cluster %s, interval %.2fs, down after %d misses)",
+                 self.name, self.address, self.cfg.name, self.cfg.interval, self.cfg.misses)
+
+    def _register(self) -> None:
+        self.lease = self.store.grant_lease(self.cfg.timeout)
+        alive = json.dumps({"pid": os.getpid(), "address": self.address, "incarnation": self.incarnation}).encode()
+        if self.store.compare_and_set(f"alive/{self.name}", 0, alive, lease=self.lease) is None:
+            self.store.revoke(self.lease)
+            held = self.store.get(f"alive/{self.name}")
+            who = json.loads(held.value) if held else {}
+            raise AlreadyExists(f"node {self.name} is already running (pid {who.get('pid')} at {who.get('address')})")
+        self.store.put(f"nodes/{self.name}", json.dumps({
+            "name": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
+            "incarnation": self.incarnation, "registered": time.time(), "stopped": False}).encode())
+        self.lease_renewed = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self, on_ready: Any = None) -> None:
+        """Start, then serve until stopped (``node stop``, SIGTERM): a primary resigns first."""
+        self.start()
+        if on_ready:
+            on_ready()
+        self.stopping.wait()
+        self._leave()
+
+    def _leave(self) -> None:
+        with self.lock:
+            if self.notifier:
+                self.notifier.stop()
+                self.notifier = None
+            me, self.me = self.me, None
+        if me is not None and election.resign(self.store, me):
+            self._publish("primary_resigned", {"node": self.name, "epoch": me.epoch})
+            self._tell_peers({"op": "elected"})  # "look at the record": there is no primary now
+        rec = self.store.get(f"nodes/{self.name}")
+        if rec is not None:
+            info = json.loads(rec.value)
+            if info.get("incarnation") == self.incarnation:
+                info["stopped"] = True
+                self.store.put(f"nodes/{self.name}", json.dumps(info).encode())
+        self.store.revoke(self.lease)
+        with self.lock:
+            for p in self.peers.values():
+                if p.link:
+                    p.link.close()
+        if self.server:
+            self.server.close()
+        log.info("node %s left the cluster", self.name)
+        self.store.close()
+
+    # -- keep-alive ----------------------------------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            self._renew()
+            self._refresh_peers()
+            with self.lock:
+                line = encode({"op": "hb", "node": self.name, "incarnation": self.incarnation,
+                               "primary": self.primary.node, "epoch": self.primary.epoch})
+                peers = list(self.peers.values())
+            for p in peers:
+                if not p.stopped:
+                    self._send(p, line)
+            self._write_view()
+            self.stopping.wait(max(0.0, self.cfg.interval - (time.monotonic() - t0)))
+
+    def _renew(self) -> None:
+        if self.stopping.is_set():
+            return
+        try:
+            self.store.keep_alive(self.lease)
+            self.lease_renewed = time.monotonic()
+        except NotFound:
+            # Our lease ran out (we were stopped or starved): register again, i.e. rejoin.
+            log.warning("node %s: lease expired; rejoining", self.name)
+            try:
+                self._register()
+            except AlreadyExists as e:
+                log.error("cannot rejoin: %s; leaving", e)
+                self.stop()
+
+    def _refresh_peers(self) -> None:
+        now = time.monotonic()
+        for key, e in self.store.range("nodes/"):
+            info = json.loads(e.value)
+            name = info["name"]
+            if name == self.name:
+                continue
+            with self.lock:
+                p = self.peers.get(name)
+                if p is None or p.address != info["address"] or p.meta.get("incarnation") != info["incarnation"]:
+                    if p and p.link:
+                        p.link.close()
+                    p = self.peers[name] = Peer(name, info["address"], now, meta=info)
+                p.stopped = bool(info.get("stopped"))
+
+    def _connect(self, p: Peer) -> socket.socket | None:
+        try:
+            s = socket.create_connection(parse_address(p.address), timeout=self.cfg.interval / 2)
+            s.sendall(encode({"op": "hello", "token": self.token, "node": self.name}))
+            return s
+        except ConnectionRefusedError:
+            with self.lock:
+                if not p.refused:
+                    log.info("peer %s refuses connections: its process is gone", p.name)
+                p.refused = True
+            self.wake.set()
+        except OSError:
+            pass  # unreachable or slow: the keep-alive timeout decides
+        return None
+
+    def _send(self, p: Peer, line: bytes) -> None:
+        for _ in range(2):  # a broken link is reconnected once at once, to tell "gone" from "slow"
+            if p.link is None:
+                p.link = self._connect(p)
+                if p.link is None:
+                    return
+            try:
+                p.link.sendall(line)
+                return
+            except OSError:
+                p.link.close()
+                p.link = None
+
+    def _tell_peers(self, msg: dict[str, Any]) -> None:
+        line = encode(msg)
+        with self.lock:
+            peers = [p for p in self.peers.values() if not p.stopped]
+        for p in peers:
+            self._send(p, line)
+
+    def _heard(self, name: str) -> None:
+        with self.lock:
+            p = self.peers.get(name)
+            if p is not None:
+                p.heard = time.monotonic()
+                p.refused = False
+
+    def _link_lost(self, name: str) -> None:
+        """A peer's link to us closed: find out now whether its process is gone."""
+        with self.lock:
+            p = self.peers.get(name)
+        if p is None or p.stopped:
+            return
+        try:
+            socket.create_connection(parse_address(p.address), timeout=self.cfg.interval / 2).close()
+        except ConnectionRefusedError:
+            with self.lock:
+                p.refused = True
+            log.info("peer %s closed its link and refuses connections: its process is gone", name)
+            self.wake.set()
+        except OSError:
+            pass
+
+    def _is_up(self, p: Peer, now: float) -> bool:
+        return not p.refused and not p.stopped and p.heard is not None and now - p.heard < self.cfg.timeout
+
+    def _update_states(self) -> list[tuple[Peer, str, str]]:
+        """Recompute each peer's state; returns the transitions."""
+        now = time.monotonic()
+        changes = []
+        with self.lock:
+            for p in self.peers.values():
+                if self._is_up(p, now):
+                    new = "up"
+                elif p.stopped:
+                    new = "stopped"
+                elif p.refused or p.heard is not None or now - p.found >= self.cfg.timeout:
+                    new = "down"
+                else:
+                    new = "joining"
+                if new != p.state:
+                    changes.append((p, p.state, new))
+                    p.state = new
+        return changes
+
+    # -- the monitor: election, deposition, primary duties ---------------------------------------
+
+    def _monitor_loop(self) -> None:
+        last_duties = 0.0
+        while not self.stopping.is_set():
+            self.wake.wait(min(0.1, self.cfg.interval / 5))
+            self.wake.clear()
+            if self.stopping.is_set():
+                return
+            for p, old, new in self._update_states():
+                log.info("peer %s: %s -> %s", p.name, old, new)
+                if old == "up" and new == "down":
+                    self._ffdc_queue.put(("heartbeat_loss", f"no keep-alive from {p.name}", None))
+            self.primary = election.current(self.store)
+            self._check_deposed()
+            if self.me is None:
+                self._maybe_elect()
+            if self.me is not None and time.monotonic() - last_duties >= self.cfg.interval / 4:
+                last_duties = time.monotonic()
+                self._primary_duties()
+
+    def _check_deposed(self) -> None:
+        if self.me is not None and self.primary.revision != self.me.revision:
+            log.warning("deposed: my epoch %d is over; the primary is %s at epoch %d",
+                        self.me.epoch, self.primary.node or "none", self.primary.epoch)
+            with self.lock:
+                if self.notifier:
+                    self.notifier.stop()
+                    self.notifier = None
+                self.me = None
+
+    def _primary_up(self) -> bool:
+        node = self.primary.node
+        if node is None:
+            return False
+        if node == self.name:
+            return False  # a record naming me that I do not hold: a previous incarnation of me
+        p = self.peers.get(node)
+        return p is not None and p.state in ("up", "joining")
+
+    def _eligible(self) -> bool:
+        return (not self.stopping.is_set() and self.store.get(f"alive/{self.name}") is not None
+                and time.monotonic() - self.lease_renewed < self.cfg.timeout)
+
+    def _maybe_elect(self) -> None:
+        if self._primary_up():
+            self.need_since = None
+            return
+        now = time.monotonic()
+        if self.need_since is None:
+            self.need_since = now
+        with self.lock:
+            up = sorted([self.name] + [p.name for p in self.peers.values() if p.state == "up"])
+        if now - self.need_since < up.index(self.name) * self.cfg.interval / 10 or not self._eligible():
+            return
+        election.break_lock(self.store, lambda holder: holder != self.name and (
+            holder not in self.peers or self.peers[holder].state == "down"))
+        won = election.elect(self.store, self.name, self.address, self.primary, self.lease)
+        if won is None:
+            return
+        previous = self.primary
+        with self.lock:
+            self.me = self.primary = won
+            self.notifier = Notifier(self.events)
+        self.need_since = None
+        log.info("elected primary at epoch %d (previous: %s at epoch %d)", won.epoch, previous.node, previous.epoch)
+        self._publish("primary_elected", {"node": self.name, "epoch": won.epoch, "previous": previous.node})
+        self._tell_peers({"op": "elected", "node": self.name, "epoch": won.epoch})
+
+    def _primary_duties(self) -> None:
+        """Membership records and fault captures; each membership write is fenced by my epoch."""
+        me = self.me
+        if me is None:
+            return
+        states = {self.name: "up"}
+        with self.lock:
+            states.update({p.name: p.state for p in self.peers.values() if p.state != "joining"})
+        try:
+            for name, state in states.items():
+                key = f"members/{name}"
+                rec = self.store.get(key)
+                old = json.loads(rec.value)["state"] if rec else None
+                if old == state:
+                    continue
+                election.fenced(self.store, me, {key: json.dumps(
+                    {"state": state, "since": time.time(), "epoch": me.epoch}).encode()})
+                kind = {"up": "node_up", "down": "node_down", "stopped": "node_left"}[state]
+                self._publish(kind, {"node": name, "previous": old, "epoch": me.epoch})
+        except Deposed as e:
+            self.refused_writes += 1
+            log.warning("%s", e)
+            self.wake.set()
+            return
+        for fault in take_faults(self.pool_path):
+            self._ffdc_queue.put((fault.get("condition", "io_error"), json.dumps(fault.get("detail"), default=str), None))
+        if self.events.head() - self.events.oldest() >= self.cfg.event_keep + 1000:
+            self.events.prune(self.cfg.event_keep)
+
+    def _publish(self, kind: str, data: dict[str, Any]) -> int | None:
+        try:
+            seq = self.events.publish(kind, data, node=self.name)
+        except OSError as e:
+            log.error("could not publish %s: %s", kind, e)
+            return None
+        if self.notifier:
+            self.notifier.wake()
+        return seq
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self.lock:
+            peers = {p.name: {"state": p.state, "address": p.address,
+                              "last_heard_s": None if p.heard is None else round(now - p.heard, 3)}
+                     for p in self.peers.values()}
+        return {"node": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
+                "role": "primary" if self.me else "member", "primary": self.primary.node,
+                "epoch": self.primary.epoch, "time": time.time(), "peers": peers,
+                "ffdc_seen": self.ffdc_seen[-20:], "refused_writes": self.refused_writes,
+                "event_head": self.events.head() if self.me else None}
+
+    def _write_view(self) -> None:
+        self.store.put(f"views/{self.name}", json.dumps(self.view()).encode())
+
+    # -- FFDC ----------------------------------------------------------------------------------
+
+    def _ffdc_loop(self) -> None:
+        while True:
+            condition, reason, exc = self._ffdc_queue.get()
+            self.capture(condition, reason, exc)
+
+    def capture(self, condition: str, reason: str = "", exc: BaseException | None = None) -> str | None:
+        """Capture FFDC here; tell every other node and the callers. None when rate-limited."""
+        try:
+            bid = ffdc.capture(self.pool_path, self.store, self.cfg, node=self.name, condition=condition,
+                               reason=reason, log_lines=list(self.ring.lines), state=self.view(), exc=exc)
+        except (OSError, BlockstoreError) as e:
+            log.error("FFDC capture for %s failed: %s", condition, e)
+            return None
+        if bid is None:
+            log.info("FFDC for %s rate-limited (%s)", condition, reason)
+            return None
+        log.warning("FFDC %s captured: %s %s", bid, condition, reason)
+        self._tell_peers({"op": "ffdc", "id": bid, "node": self.name, "condition": condition})
+        self._publish("ffdc_captured", {"id": bid, "node": self.name, "condition": condition, "reason": reason})
+        return bid
+
+    def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:
+        if self.stopping.is_set():
+            return  # the store is closing under the threads as the node leaves
+        log.error("unhandled %s in thread %s: %s", args.exc_type.__name__,
+                  args.thread.name if args.thread else "?", args.exc_value)
+        if args.exc_value is not None:
+            self._ffdc_queue.put(("exception", f"{args.exc_type.__name__} in thread "
+                                  f"{args.thread.name if args.thread else '?'}", args.exc_value))
+
+    # -- the listener --------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self.server is not None
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), name="conn", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        handed_over = False
+        try:
+            conn.settimeout(5.0)  # the first line must come promptly
+            reader = LineReader(conn)
+            first = reader.read_json()
+            if first is None:
+                return
+            if not hmac.compare_digest(str(first.get("token", "")).encode(), self.token.encode()):
+                raise ProtocolError("bad token")
+            op = first.get("op")
+            if op == "hello":
+                conn.settimeout(None)
+                self._peer_link(str(first.get("node")), reader)
+            elif op == "register":
+                handed_over = self._register_caller(conn, first)
+            elif op == "status":
+                conn.sendall(encode(self.view()))
+            elif op == "ffdc":
+                reason = str(first.get("reason", ""))[:4096]
+                bid = self.capture("manual", reason)
+                conn.sendall(encode({"ok": True, "id": bid}))
+            elif op == "stop":
+                conn.sendall(encode({"ok": True}))
+                self.stop()
+            else:
+                raise ProtocolError(f"unknown op {op!r}")
+        except (ProtocolError, InvalidArgument, Gone) as e:
+            reply: dict[str, Any] = {"error": str(e)}
+            if isinstance(e, Gone):
+                reply = {"error": "gone", "detail": str(e), "resync": True}
+            try:
+                conn.sendall(encode(reply))
+            except OSError:
+                pass
+        except OSError:
+            pass
+        finally:
+            if not handed_over:
+                conn.close()
+
+    def _peer_link(self, name: str, reader: LineReader) -> None:
+        try:
+            while True:
+                msg = reader.read_json()
+                if msg is None:
+                    break
+                op = msg.get("op")
+                if op == "hb":
+                    self._heard(name)
+                elif op == "elected":
+                    self._heard(name)
+                    self.wake.set()
+                elif op == "ffdc":
+                    self.ffdc_seen.append({"id": msg.get("id"), "node": msg.get("node"),
+                                           "condition": msg.get("condition")})
+                    log.warning("peer %s captured FFDC %s (%s)", msg.get("node"), msg.get("id"), msg.get("condition"))
+        except (ProtocolError, OSError):
+            pass
+        if not self.stopping.is_set():
+            self._link_lost(name)
+
+    def _register_caller(self, conn: socket.socket, req: dict[str, Any]) -> bool:
+        with self.lock:
+            notifier, me = self.notifier, self.me
+        if notifier is None or me is None:
+            conn.sendall(encode({"error": "not primary", "primary": self.primary.node,
+                                 "address": self.primary.address, "epoch": self.primary.epoch}))
+            return False
+        kinds = check_kinds(req.get("kinds", ["*"]))
+        since = req.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise InvalidArgument("since must be a sequence number (an integer >= 0)")
+        head = self.events.head()
+        if since > head:
+            raise InvalidArgument(f"since {since} is past the last event ({head})")
+        if since + 1 < self.events.oldest():
+            raise Gone(f"events after {since} were pruned (the oldest kept is {self.events.oldest()})")
+        conn.sendall(encode({"ok": True, "node": self.name, "epoch": me.epoch, "head": head}))
+        notifier.add_caller(conn, kinds, since)
+        return True
