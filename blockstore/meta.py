@@ -59,7 +59,9 @@ class Meta:
                 path, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
                 readahead=False, meminit=False, max_readers=256,
             )
-            self.db = {name: self.env.open_db(name.encode(), create=create) for name in DBS}
+            # An explicit transaction: open_db's own one waits for the writer lock holding the GIL.
+            with self.env.begin(write=True) as txn:
+                self.db = {name: self.env.open_db(name.encode(), txn=txn, create=create) for name in DBS}
         except lmdb.Error as e:
             raise PoolCorrupt(f"pool metadata in {path} cannot be opened: {e}") from None
 

@@ -30,7 +30,8 @@ from .config import ClusterConfig
 from .store import CoordinationStore
 
 CONDITIONS = ("io_error", "checksum_mismatch", "mirror_degraded", "heartbeat_loss", "exception", "manual")
-_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[A-Za-z0-9._+-]+-[a-z_]+-[0-9a-f]{6}$")
+# IDs sort by capture time (to the microsecond), which is what retention prunes by.
+_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}-[A-Za-z0-9._+-]+-[a-z_]+-[0-9a-f]{6}$")
 
 
 def repo(pool_path: str) -> str:
@@ -91,7 +92,8 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
     if condition != "manual" and rate_limited(store, cfg, node, condition):
         return None
     now = time.time()
-    bid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{node}-{condition}-{secrets.token_hex(3)}"
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}"
+    bid = f"{stamp}-{node}-{condition}-{secrets.token_hex(3)}"
     files = {
         "log.txt": "\n".join(log_lines or []) + "\n",
         "node.json": json.dumps(state or {}, indent=2, default=str),

@@ -132,11 +132,16 @@ class Node:
     def _register(self) -> None:
         self.lease = self.store.grant_lease(self.cfg.timeout)
         alive = json.dumps({"pid": os.getpid(), "address": self.address, "incarnation": self.incarnation}).encode()
-        if self.store.compare_and_set(f"alive/{self.name}", 0, alive, lease=self.lease) is None:
-            self.store.revoke(self.lease)
-            held = self.store.get(f"alive/{self.name}")
-            who = json.loads(held.value) if held else {}
-            raise AlreadyExists(f"node {self.name} is already running (pid {who.get('pid')} at {who.get('address')})")
+        key = f"alive/{self.name}"
+        while self.store.compare_and_set(key, 0, alive, lease=self.lease) is None:
+            held = self.store.get(key)
+            if held is None:
+                continue
+            who = json.loads(held.value)
+            if not self._gone(who["address"]) or not self.store.delete(key, expected=held.revision):
+                self.store.revoke(self.lease)
+                raise AlreadyExists(f"node {self.name} is already running (pid {who['pid']} at {who['address']})")
+            log.info("node %s: the previous process under this name is gone; taking its place", self.name)
         self.store.put(f"nodes/{self.name}", json.dumps({
             "name": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
             "incarnation": self.incarnation, "registered": time.time(), "stopped": False}).encode())
@@ -268,21 +273,28 @@ class Node:
                 p.heard = time.monotonic()
                 p.refused = False
 
+    def _gone(self, address: str) -> bool:
+        """True if nothing listens at ``address`` any more (refused: on one machine, the process
+        that listened there has ended). A slow or unreachable address is not gone."""
+        try:
+            socket.create_connection(parse_address(address), timeout=self.cfg.interval / 2).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+        return False
+
     def _link_lost(self, name: str) -> None:
         """A peer's link to us closed: find out now whether its process is gone."""
         with self.lock:
             p = self.peers.get(name)
         if p is None or p.stopped:
             return
-        try:
-            socket.create_connection(parse_address(p.address), timeout=self.cfg.interval / 2).close()
-        except ConnectionRefusedError:
+        if self._gone(p.address):
             with self.lock:
                 p.refused = True
             log.info("peer %s closed its link and refuses connections: its process is gone", name)
             self.wake.set()
-        except OSError:
-            pass
 
     def _is_up(self, p: Peer, now: float) -> bool:
         return not p.refused and not p.stopped and p.heard is not None and now - p.heard < self.cfg.timeout

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,14 +68,27 @@ class LmdbStore:
     serialised against every other process's writes."""
 
     LOG_KEEP = 100_000  # changes kept for watchers; older ones are pruned
+    # LMDB allows one environment handle per file per process: opens of one path share it (and
+    # its database handles), and the last close closes it.
+    _open: dict[str, tuple[lmdb.Environment, tuple, int]] = {}
+    _open_lock = threading.Lock()
+    DBS = (b"kv", b"leases", b"log", b"meta")
 
     def __init__(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        self.env = lmdb.open(path, map_size=1 << 34, max_dbs=4, subdir=True)
-        self.kv = self.env.open_db(b"kv")
-        self.leases = self.env.open_db(b"leases")
-        self.log = self.env.open_db(b"log")
-        self.meta = self.env.open_db(b"meta")
+        self.path = os.path.realpath(path)
+        with self._open_lock:
+            env, dbs, users = self._open.get(self.path, (None, (), 0))
+            if env is None:
+                env = lmdb.open(self.path, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True)
+                # An explicit transaction: open_db's own one waits for the writer lock holding
+                # the GIL, which deadlocks against a writer thread of this process.
+                with env.begin(write=True) as txn:
+                    dbs = tuple(env.open_db(name, txn=txn) for name in self.DBS)
+            self._open[self.path] = (env, dbs, users + 1)
+        self.env = env
+        self.closed = False
+        self.kv, self.leases, self.log, self.meta = dbs
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -251,4 +265,13 @@ class LmdbStore:
         return out
 
     def close(self) -> None:
-        self.env.close()
+        with self._open_lock:
+            if self.closed:
+                return
+            self.closed = True
+            env, dbs, users = self._open[self.path]
+            if users == 1:
+                del self._open[self.path]
+                env.close()
+            else:
+                self._open[self.path] = (env, dbs, users - 1)

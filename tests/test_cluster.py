@@ -1,0 +1,394 @@
+"""The cluster layer with real node processes on loopback: keep-alive, election, fencing, events
+to callers, FFDC, and bad input. Every node is a `blockstore node start` daemon; the tests kill
+them with real signals."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from blockstore import Pool
+from blockstore.cluster import admin, election
+from blockstore.cluster.config import open_store, read_token
+from blockstore.cluster.election import Deposed
+from blockstore.cluster.events import EventLog, Gone
+from blockstore.cluster.protocol import LineReader, encode, parse_address
+
+from conftest import run_cli
+
+INTERVAL = 0.3
+
+
+class Cluster:
+    def __init__(self, pool: str, interval: float = INTERVAL) -> None:
+        self.pool = pool
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+
+    def start(self, name: str, *extra: str) -> dict:
+        r = run_cli("node", "start", "--name", name, *extra, "--json", pool=self.pool)
+        rec = json.loads(r.stdout)
+        self.pids[name] = rec["pid"]
+        return rec
+
+    def status(self) -> dict:
+        return admin.status(self.pool)
+
+    def wait(self, what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = what()
+            if v:
+                return v
+            time.sleep(step)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def primary(self) -> str | None:
+        return self.status()["primary"]
+
+    def views_agree(self, names: list[str]) -> tuple[str, int] | None:
+        """(primary, epoch) if every live node's own view (asked over its port) says the same."""
+        seen = set()
+        for n in names:
+            rec = admin.node_record(self.pool, n)
+            with socket.create_connection(parse_address(rec["address"]), timeout=2) as s:
+                s.sendall(encode({"op": "status", "token": read_token(self.pool)}))
+                v = LineReader(s).read_json()
+            seen.add((v["primary"], v["epoch"]))
+        return next(iter(seen)) if len(seen) == 1 and None not in next(iter(seen)) else None
+
+    def log(self, name: str) -> str:
+        with open(admin.log_path(self.pool, name)) as f:
+            return f.read()
+
+    def kill_all(self) -> None:
+        for pid in self.pids.values():
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    pool = str(tmp_path / "pool")
+    Pool.create(pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
+    run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=pool)
+    c = Cluster(pool)
+    yield c
+    c.kill_all()
+
+
+def _elections(c: Cluster) -> list[tuple[str, int]]:
+    return [(e["data"]["node"], e["data"]["epoch"]) for e in EventLog(c.pool).events() if e["kind"] == "primary_elected"]
+
+
+def _one_primary_per_epoch(c: Cluster, names: list[str]) -> None:
+    claims: dict[int, set[str]] = {}
+    for n in names:
+        for epoch in re.findall(r"elected primary at epoch (\d+)", c.log(n)):
+            claims.setdefault(int(epoch), set()).add(n)
+    assert all(len(v) == 1 for v in claims.values()), claims
+    epochs = [e for _, e in _elections(c)]
+    assert epochs == sorted(set(epochs)), epochs
+
+
+def test_sigkill_primary_new_primary_within_three_intervals(cluster):
+    names = ["n1", "n2", "n3", "n4"]
+    for n in names:
+        cluster.start(n)
+    first = cluster.wait(lambda: cluster.views_agree(names))
+    assert cluster.status()["state"] == "OK"
+    old, epoch = first
+    t0 = time.monotonic()
+    os.kill(cluster.pids[old], signal.SIGKILL)
+    rest = [n for n in names if n != old]
+    new = cluster.wait(lambda: (v := cluster.views_agree(rest)) and v[1] > epoch and v)
+    took = time.monotonic() - t0
+    assert new[0] != old and new[1] == epoch + 1
+    assert took < 3 * INTERVAL, took
+    st = cluster.wait(lambda: (s := cluster.status())["state"] == "DEGRADED" and s)
+    by = {n["name"]: n for n in st["nodes"]}
+    assert by[old]["state"] == "down" and all(by[n]["state"] == "up" for n in rest)
+    assert st["primary"] == new[0] and st["epoch"] == new[1]
+    kinds = [(e["kind"], e["data"].get("node")) for e in EventLog(cluster.pool).events()]
+    assert ("node_down", old) in kinds and ("primary_elected", new[0]) in kinds
+    _one_primary_per_epoch(cluster, rest)
+    # the killed node comes back under the same name and rejoins
+    cluster.start(old)
+    cluster.wait(lambda: cluster.status()["state"] == "OK")
+    assert cluster.wait(lambda: cluster.views_agree(names)) == new
+
+
+def test_sigstop_primary_is_deposed_and_fenced(cluster):
+    names = ["a", "b", "c"]
+    for n in names:
+        cluster.start(n)
+    old, epoch = cluster.wait(lambda: cluster.views_agree(names))
+    store = open_store(cluster.pool)
+    try:
+        old_record = election.current(store)
+        os.kill(cluster.pids[old], signal.SIGSTOP)
+        t0 = time.monotonic()
+        rest = [n for n in names if n != old]
+        new, new_epoch = cluster.wait(lambda: (v := cluster.views_agree(rest)) and v[1] > epoch and v)
+        assert time.monotonic() - t0 >= 2 * INTERVAL  # a stopped process is only found by the timeout
+        os.kill(cluster.pids[old], signal.SIGCONT)
+        # it learns it was deposed, and sees the new primary like everyone else
+        assert cluster.wait(lambda: cluster.views_agree(names)) == (new, new_epoch)
+        cluster.wait(lambda: "deposed: my epoch" in cluster.log(old))
+        # a primary-only write under the old epoch is refused, and nothing was written under it
+        with pytest.raises(Deposed, match=f"epoch {epoch} of {old} is over"):
+            election.fenced(store, old_record, {"members/x": b"{}"})
+        assert store.get("members/x") is None
+        members = {k: json.loads(e.value) for k, e in store.range("members/")}
+        changed_after = [m for m in members.values() if m["since"] > time.time() - (time.monotonic() - t0)]
+        assert changed_after and all(m["epoch"] == new_epoch for m in changed_after), members
+    finally:
+        store.close()
+    _one_primary_per_epoch(cluster, names)
+    cluster.wait(lambda: cluster.status()["state"] == "OK")
+
+
+def test_many_nodes_starting_at_once_elect_exactly_one(cluster):
+    names = [f"m{i}" for i in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", cluster.pool, "node", "start",
+                               "--name", n, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in names]
+    for n, p in zip(names, procs):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        cluster.pids[n] = json.loads(out)["pid"]
+    primary, epoch = cluster.wait(lambda: cluster.views_agree(names))
+    time.sleep(4 * INTERVAL)
+    assert _elections(cluster) == [(primary, 1)] and epoch == 1
+    assert cluster.status()["state"] == "OK"
+    _one_primary_per_epoch(cluster, names)
+
+
+def _caller(pool: str, got: list[int], done: threading.Event, last: int) -> None:
+    """A caller as the README shows one: find the primary, register with since, read lines;
+    on a break, register again with the last number seen."""
+    token = read_token(pool)
+    since = 0
+    while not done.is_set():
+        store = open_store(pool)
+        address = election.current(store).address
+        store.close()
+        try:
+            with socket.create_connection(parse_address(address), timeout=5) as s:
+                s.sendall(encode({"op": "register", "token": token, "kinds": ["*"], "since": since}))
+                reader = LineReader(s)
+                if "error" in (reader.read_json() or {"error": "closed"}):
+                    raise OSError("not registered")
+                s.settimeout(None)
+                while (line := reader.readline()) is not None:
+                    ev = json.loads(line)
+                    got.append(ev["seq"])
+                    since = max(since, ev["seq"])
+                    if since >= last:
+                        done.set()
+                        return
+        except (OSError, TypeError):
+            time.sleep(0.02)
+
+
+def test_ten_thousand_events_two_callers_primary_killed(cluster):
+    names = ["e1", "e2", "e3"]
+    for n in names:
+        cluster.start(n)
+    cluster.wait(lambda: cluster.views_agree(names))
+    log = EventLog(cluster.pool)
+    base = log.head()
+    total = base + 10_000 + 50  # what we publish, and a margin for node/election events
+    # a caller that registers and never reads, with a tiny receive buffer: it must not hold anyone up
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(parse_address(cluster.status()["primary_address"]))
+    stuck.sendall(encode({"op": "register", "token": read_token(cluster.pool), "kinds": ["*"], "since": 0}))
+    got: list[list[int]] = [[], []]
+    done = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=_caller, args=(cluster.pool, got[i], done[i], total), daemon=True)
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    killed = None
+    for k in range(10_000):
+        log.publish("lu_created", {"name": f"lu{k}", "size": k})
+        if k == 5_000:
+            killed = cluster.primary()
+            os.kill(cluster.pids[killed], signal.SIGKILL)
+    end = log.head()
+    while log.head() < total:  # pad to the agreed last number
+        log.publish("lu_removed", {"name": "pad"})
+    t_end = time.monotonic()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(d.is_set() for d in done), [len(g) for g in got]
+    assert time.monotonic() - t_end < 20
+    for g in got:
+        seen = 0
+        for seq in g:
+            assert seq <= seen + 1, f"gap: {seen} then {seq}"
+            seen = max(seen, seq)
+        assert set(g) == set(range(1, total + 1))
+    assert end >= base + 10_000 and killed is not None
+    stuck.close()
+
+
+def test_ffdc_on_a_checksum_mismatch_reaches_nodes_and_callers(cluster, tmp_path):
+    names = ["f1", "f2", "f3"]
+    for n in names:
+        cluster.start(n)
+    primary, _ = cluster.wait(lambda: cluster.views_agree(names))
+    got: list[dict] = []
+    client_ready = threading.Event()
+
+    def caller() -> None:
+        from blockstore.cluster.client import EventClient
+        c = EventClient(cluster.pool, kinds=["ffdc_captured"], since=EventLog(cluster.pool).head())
+        c.connect()
+        client_ready.set()
+        for ev in c:
+            got.append(ev)
+            return
+    threading.Thread(target=caller, daemon=True).start()
+    client_ready.wait(10)
+    run_cli("lu", "create", "m", "--size", "1M", "--mirrored", pool=cluster.pool)
+    run_cli("lu", "write", "m", pool=cluster.pool, stdin=os.urandom(1 << 20))
+    with Pool.open(cluster.pool) as p, p.lu("m", writable=False) as lu:
+        phys = lu.physical_extent(0)
+        E = p.extent_size
+    with open(str(tmp_path / "fg1" / "data"), "r+b") as f:
+        f.seek(phys * E + 100)
+        f.write(b"\xff" * 8)
+    run_cli("lu", "verify", "m", pool=cluster.pool, check_rc=4)
+    ev = cluster.wait(lambda: got and got[0])
+    bid = ev["data"]["id"]
+    assert ev["data"]["condition"] == "checksum_mismatch" and ev["node"] == primary
+    assert os.path.exists(os.path.join(cluster.pool, "ffdc", f"{bid}.tar.gz"))
+    shown = json.loads(run_cli("ffdc", "show", bid, "--json", pool=cluster.pool).stdout)
+    assert shown["condition"] == "checksum_mismatch" and '"lu": "m"' in shown["reason"]
+    assert {"log.txt", "node.json", "cluster.json", "pool.json", "stack.txt"} <= set(shown["contents"])
+    for n in names:
+        if n != primary:  # every other node was told
+            cluster.wait(lambda n=n: f"peer {primary} captured FFDC {bid}" in cluster.log(n))
+    # asked of one node by a user
+    r = run_cli("ffdc", "capture", "--node", "f2", "--reason", "look here", pool=cluster.pool)
+    bid2 = r.stdout.decode().split()[-1]
+    listed = json.loads(run_cli("ffdc", "list", "--json", pool=cluster.pool).stdout)
+    assert {b["id"] for b in listed} >= {bid, bid2}
+    assert next(b for b in listed if b["id"] == bid2)["reason"] == "look here"
+
+
+def test_ffdc_rate_limit_and_retention(cluster):
+    from blockstore.cluster import ffdc
+    from blockstore.cluster.config import load_config
+    store = open_store(cluster.pool)
+    try:
+        cfg = load_config(store)
+        assert ffdc.capture(cluster.pool, store, cfg, node="x", condition="io_error", reason="1") is not None
+        assert ffdc.capture(cluster.pool, store, cfg, node="x", condition="io_error", reason="2") is None
+        assert ffdc.capture(cluster.pool, store, cfg, node="y", condition="io_error", reason="3") is not None
+        for i in range(cfg.ffdc_keep + 3):
+            ffdc.capture(cluster.pool, store, cfg, node="x", condition="manual", reason=str(i))
+    finally:
+        store.close()
+    bundles = ffdc.list_bundles(cluster.pool)
+    assert len(bundles) == cfg.ffdc_keep
+    assert bundles[-1]["reason"] == str(cfg.ffdc_keep + 2)
+
+
+def _send(address: str, data: bytes) -> dict | None:
+    with socket.create_connection(parse_address(address), timeout=5) as s:
+        s.sendall(data)
+        return LineReader(s).read_json()
+
+
+def test_bad_input_on_the_event_port(cluster):
+    names = ["p1", "p2"]
+    for n in names:
+        cluster.start(n)
+    cluster.wait(lambda: cluster.views_agree(names))
+    primary = cluster.status()["primary_address"]
+    member = next(n["address"] for n in cluster.status()["nodes"] if n["role"] == "member")
+    token = read_token(cluster.pool)
+    head = EventLog(cluster.pool).head()
+    cases = [
+        (b"this is not json\n", "not a JSON line"),
+        (b"[1, 2]\n", "a line must be a JSON object"),
+        (b"x" * (70 << 10), "line longer than"),
+        (encode({"op": "register", "token": "wrong", "kinds": ["*"]}), "bad token"),
+        (encode({"op": "register", "kinds": ["*"]}), "bad token"),
+        (encode({"op": "register", "token": token, "kinds": ["node_up", "bogus"]}), "unknown event kind 'bogus'"),
+        (encode({"op": "register", "token": token, "kinds": []}), "non-empty list"),
+        (encode({"op": "register", "token": token, "kinds": ["*"], "since": -1}), "since must be"),
+        (encode({"op": "register", "token": token, "kinds": ["*"], "since": "7"}), "since must be"),
+        (encode({"op": "register", "token": token, "kinds": ["*"], "since": head + 100}), "past the last event"),
+        (encode({"op": "launch", "token": token}), "unknown op 'launch'"),
+    ]
+    for data, message in cases:
+        reply = _send(primary, data)
+        assert reply is not None and message in reply["error"], (data[:60], reply)
+    reply = _send(member, encode({"op": "register", "token": token, "kinds": ["*"]}))
+    assert reply["error"] == "not primary" and reply["address"] == primary
+    # pruned history: a caller asking for it is told to resync
+    log = EventLog(cluster.pool)
+    for _ in range(5):
+        log.publish("lu_created", {"name": "x"})
+    log.prune(2)
+    reply = _send(primary, encode({"op": "register", "token": token, "kinds": ["*"], "since": 0}))
+    assert reply["error"] == "gone" and reply["resync"] is True
+    with pytest.raises(Gone):
+        log.events(0)
+    # and the cluster is unharmed
+    assert cluster.views_agree(names) and cluster.status()["state"] == "OK"
+
+
+def test_bad_commands_leave_the_cluster_as_it_was(cluster, tmp_path):
+    bare = str(tmp_path / "bare")
+    Pool.create(bare, "64M").close()
+    r = run_cli("node", "start", "--name", "n1", pool=bare, check_rc=1)
+    assert b"has no cluster" in r.stderr and b"Traceback" not in r.stderr
+    run_cli("node", "start", "--name", "n1", pool=str(tmp_path / "nopool"), check_rc=1)
+    cluster.start("n1")
+    cluster.wait(lambda: cluster.status()["state"] == "OK")
+    before = {k: v for k, v in cluster.status().items() if k != "nodes"}
+    refusals = [
+        (("node", "start", "--name", "n1"), b"node n1 is already running"),
+        (("node", "start", "--name", "bad/name"), b"is not valid"),
+        (("node", "start", "--name", "n9", "--listen", "127.0.0.1:notaport"), b"not an address"),
+        (("node", "start", "--name", "n9", "--listen", "127.0.0.1:99999"), b"out of range"),
+        (("cluster", "create", "again"), b"already has cluster 'c1'"),
+        (("node", "stop", "ghost"), b"no node ghost"),
+        (("ffdc", "show", "../../etc/passwd"), b"not an FFDC id"),
+        (("ffdc", "show", "20990101T000000.000000-n1-manual-abcdef"), b"no FFDC bundle"),
+        (("ffdc", "capture", "--node", "ghost"), b"no node ghost"),
+        (("cluster", "events", "--kind", "bogus"), b"unknown event kind"),
+        (("cluster", "events", "--since", "-4"), b"--since takes"),
+    ]
+    for args, message in refusals:
+        r = run_cli(*args, pool=cluster.pool, check_rc=None)
+        assert r.returncode == 1 and message in r.stderr and b"Traceback" not in r.stderr, (args, r.stderr)
+    # two starts of one new name racing: exactly one runs
+    procs = [subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", cluster.pool, "node", "start",
+                               "--name", "twin", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    ok = [json.loads(o) for (o, _), p in zip(outs, procs) if p.returncode == 0]
+    assert len(ok) == 1 and all(b"already running" in e for (_, e), p in zip(outs, procs) if p.returncode != 0)
+    cluster.pids["twin"] = ok[0]["pid"]
+    after = {k: v for k, v in cluster.status().items() if k != "nodes"}
+    assert after == before
+    run_cli("node", "stop", "twin", pool=cluster.pool)
+    run_cli("node", "stop", "n1", pool=cluster.pool)
+    st = cluster.status()
+    assert st["state"] == "DOWN" and {n["state"] for n in st["nodes"]} == {"stopped"}
