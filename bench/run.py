@@ -409,9 +409,13 @@ class Bench:
             self.add(f"fuse {name}, 2 threads vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
                      threaded[name], qemu[name], None, note="mount --threads 2")
 
+    def cluster(self) -> None:
+        from . import cluster_bench
+        cluster_bench.run(self, self.dir, self.quick)
+
     def run(self) -> None:
         for step in (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus,
-                     self.mirror, self.services, self.fuse):
+                     self.mirror, self.services, self.cluster, self.fuse):
             step()
 
     def close(self) -> None:

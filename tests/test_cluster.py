@@ -54,16 +54,10 @@ class Cluster:
     def primary(self) -> str | None:
         return self.status()["primary"]
 
-    def views_agree(self, names: list[str]) -> tuple[str, int] | None:
-        """(primary, epoch) if every live node's own view (asked over its port) says the same."""
-        seen = set()
-        for n in names:
-            rec = admin.node_record(self.pool, n)
-            with socket.create_connection(parse_address(rec["address"]), timeout=2) as s:
-                s.sendall(encode({"op": "status", "token": read_token(self.pool)}))
-                v = LineReader(s).read_json()
-            seen.add((v["primary"], v["epoch"]))
-        return next(iter(seen)) if len(seen) == 1 and None not in next(iter(seen)) else None
+    def views_agree(self, names: list[str], settled: bool = False) -> tuple[str, int] | None:
+        """(primary, epoch) if every live node's own view (asked over its port) says the same
+        (``settled``: and each hears every other)."""
+        return admin.agreed_primary(self.pool, names, settled=settled)
 
     def log(self, name: str) -> str:
         with open(admin.log_path(self.pool, name)) as f:
@@ -106,7 +100,7 @@ def test_sigkill_primary_new_primary_within_three_intervals(cluster):
     names = ["n1", "n2", "n3", "n4"]
     for n in names:
         cluster.start(n)
-    first = cluster.wait(lambda: cluster.views_agree(names))
+    first = cluster.wait(lambda: cluster.views_agree(names, settled=True))
     assert cluster.status()["state"] == "OK"
     old, epoch = first
     t0 = time.monotonic()
@@ -133,7 +127,7 @@ def test_sigstop_primary_is_deposed_and_fenced(cluster):
     names = ["a", "b", "c"]
     for n in names:
         cluster.start(n)
-    old, epoch = cluster.wait(lambda: cluster.views_agree(names))
+    old, epoch = cluster.wait(lambda: cluster.views_agree(names, settled=True))
     store = open_store(cluster.pool)
     try:
         old_record = election.current(store)

@@ -118,7 +118,7 @@ def test_group_failing_during_writes(tmp_path):
         pool_dir = str(tmp_path / "pool")
         p = Pool.create(pool_dir, "64M", extent_size=E, mirror_dir=str(fs / "fg1"))
         events = []
-        p.listeners.append(lambda kind, info: events.append((kind, info["copy"])))
+        p.listeners.append(lambda kind, info: events.append((kind, info.get("copy"))))
         data = os.urandom(4 << 20)
         with p.create_lu("m", "4M", mirrored=True) as lu:
             lu.write(0, data[: 1 << 20])

@@ -57,6 +57,31 @@ def node_record(pool_path: str, name: str) -> dict[str, Any]:
     return json.loads(e.value)
 
 
+def node_view(pool_path: str, name: str, timeout: float = 2.0) -> dict[str, Any]:
+    """Node ``name``'s own view of the cluster (its role, the primary and epoch it sees, its peers),
+    asked over its port. Raises OSError or ProtocolError when the node does not answer."""
+    rec = node_record(pool_path, name)
+    return request(rec["address"], {"op": "status", "token": read_token(pool_path)}, timeout=timeout)
+
+
+def agreed_primary(pool_path: str, names: list[str], *, settled: bool = False) -> tuple[str, int] | None:
+    """(primary, epoch) if every one of ``names`` answers and names the same primary; else None.
+    ``settled``: also every one of them must hear every other (each sees the others up)."""
+    seen = set()
+    for n in names:
+        try:
+            v = node_view(pool_path, n)
+        except (OSError, ProtocolError):
+            return None
+        if settled and any(v["peers"].get(m, {}).get("state") != "up" for m in names if m != n):
+            return None
+        seen.add((v["primary"], v["epoch"]))
+    if len(seen) != 1:
+        return None
+    primary, epoch = seen.pop()
+    return None if primary is None else (primary, epoch)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -116,12 +116,15 @@ class EventLog:
         """Event ``seq`` as one JSON line (with its ``seq``), or None if not published yet.
         Raises Gone if it was pruned."""
         try:
-            with open(self._path(seq), "rb") as f:
-                body = f.read()
+            fd = os.open(self._path(seq), os.O_RDONLY)  # a fifth of open()'s cost: this is the notifier's loop
         except FileNotFoundError:
             if seq < self.oldest():
                 raise Gone(f"event {seq} was pruned (the oldest kept is {self.oldest()}); resync") from None
             return None
+        try:
+            body = os.read(fd, MAX_PAYLOAD)  # a payload file is whole and at most MAX_PAYLOAD bytes
+        finally:
+            os.close(fd)
         return b'{"seq":%d,%s\n' % (seq, body[1:])
 
     def events(self, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:

@@ -32,24 +32,25 @@ class LineReader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
+        self.pos = 0  # where the next line starts in buf (slicing buf per line would copy its rest)
 
     def readline(self) -> bytes | None:
         """The next line without its newline; None at a clean end of stream."""
         while True:
-            i = self.buf.find(b"\n")
+            i = self.buf.find(b"\n", self.pos)
             if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 1:]
+                line, self.pos = self.buf[self.pos:i], i + 1
                 if len(line) > MAX_LINE:
                     raise ProtocolError(f"line longer than {MAX_LINE} bytes")
                 return line
-            if len(self.buf) > MAX_LINE:
+            if len(self.buf) - self.pos > MAX_LINE:
                 raise ProtocolError(f"line longer than {MAX_LINE} bytes")
             chunk = self.sock.recv(1 << 16)
             if not chunk:
-                if self.buf:
+                if len(self.buf) > self.pos:
                     raise ProtocolError("connection ended in the middle of a line")
                 return None
-            self.buf += chunk
+            self.buf, self.pos = self.buf[self.pos:] + chunk, 0
 
     def read_json(self) -> dict[str, Any] | None:
         line = self.readline()
