@@ -763,7 +763,8 @@ class Pool:
             return self._meta.get_json(txn, "svc", f"{kind}/{name}".encode())
 
     def svc_put(self, kind: str, name: str, value: dict[str, Any] | None) -> None:
-        """Store (or with None delete) a service record, in a commit of its own."""
+        """Store (or with None delete) a service record, in a commit of its own; listeners hear
+        ``record_changed`` with the kind, the name and the new record (None: removed)."""
         def change(txn: lmdb.Transaction) -> None:
             key = f"{kind}/{name}".encode()
             if value is None:
@@ -772,6 +773,7 @@ class Pool:
                 self._meta.put_json(txn, "svc", key, value)
         with self._lock:
             self._transaction(change)
+        self._event("record_changed", {"kind": kind, "name": name, "record": value})
 
     def svc_list(self, kind: str) -> list[dict[str, Any]]:
         with self._meta.read() as txn:
@@ -893,8 +895,7 @@ class Pool:
         if over and not self._over_threshold:
             log.warning("pool %s is %.0f%% allocated, over its %.0f%% threshold",
                         self.path, fraction * 100, self._threshold * 100)
-            for listener in self.listeners:
-                listener("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
+            self._event("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
         self._over_threshold = over
 
 

@@ -386,3 +386,28 @@ def test_bad_commands_leave_the_cluster_as_it_was(cluster, tmp_path):
     run_cli("node", "stop", "n1", pool=cluster.pool)
     st = cluster.status()
     assert st["state"] == "DOWN" and {n["state"] for n in st["nodes"]} == {"stopped"}
+
+
+def test_engine_changes_reach_the_event_log(cluster):
+    """What CLI processes change in the pool is published for callers, one event per change."""
+    log = EventLog(cluster.pool)
+    base = log.head()
+    run_cli("lu", "create", "d0", "--size", "1M", pool=cluster.pool)
+    run_cli("lu", "resize", "d0", "--size", "2M", pool=cluster.pool)
+    run_cli("lu", "rm", "d0", pool=cluster.pool)
+    run_cli("cec", "add", "cec1", "--node", "v1", pool=cluster.pool)
+    run_cli("cec", "add", "cec2", "--node", "v2", pool=cluster.pool)
+    run_cli("paging", "request", "--lpar", "lp1", "--min-size", "1M", "--node", "v1", pool=cluster.pool)
+    run_cli("paging", "migrate", "--lpar", "lp1", "--to-cec", "cec2", pool=cluster.pool)
+    run_cli("paging", "release", "--lpar", "lp1", pool=cluster.pool)
+    run_cli("lu", "create", "big", "--size", "256M", pool=cluster.pool)
+    run_cli("lu", "write", "big", pool=cluster.pool, stdin=os.urandom(220 << 20))  # over the 80% threshold
+    got = [(e["kind"], e["data"].get("name"), e["data"].get("state"), e["node"]) for e in log.events(base)]
+    assert got[:3] == [("lu_created", "d0", None, "cli"), ("lu_resized", "d0", None, "cli"),
+                       ("lu_removed", "d0", None, "cli")]
+    paging = [(k, s) for k, n, s, _ in got if k == "paging_changed" and n == "lp1"]
+    assert paging == [("paging_changed", "active"), ("paging_changed", "migrating"),
+                      ("paging_changed", "active"), ("paging_changed", "removed")]
+    assert [k for k, *_ in got].count("pool_threshold") == 1
+    moved = [e["data"] for e in log.events(base) if e["kind"] == "paging_changed"][2]
+    assert moved["cec"] == "cec2" and moved["node"] == "v2"

@@ -2,8 +2,9 @@
 
 The engine knows nothing of clusters; it calls its Pool's listeners with (kind, info). When the
 pool has a cluster, ``attach`` adds a listener that publishes the events callers may register for
-(LU created/removed/resized, pool threshold crossed) and turns fault conditions (a degraded mirror,
-a checksum mismatch, an I/O error) into fault reports in ``POOL/faults``. The primary node takes
+(LU created/removed/resized, pool threshold crossed, paging and partition records changed) and
+turns fault conditions (a degraded mirror, a checksum mismatch, an I/O error) into fault reports
+in ``POOL/faults``. The primary node takes
 each report and captures FFDC for it, so a fault seen by a short-lived CLI process is still
 captured by a node that knows the cluster's state.
 """
@@ -20,9 +21,12 @@ from .config import token_path
 from .events import EventLog
 
 log = logging.getLogger("blockstore.cluster")
-PUBLISHED = frozenset({"lu_created", "lu_removed", "lu_resized", "pool_threshold", "paging_changed",
-                       "partition_changed"})
+PUBLISHED = frozenset({"lu_created", "lu_removed", "lu_resized", "pool_threshold"})
 FAULTS = frozenset({"mirror_degraded", "checksum_mismatch", "io_error"})
+# Service records whose changes callers may register for: record kind -> event kind. The event
+# carries the record's name and a few small fields, not the whole record (payloads are bounded).
+RECORDS = {"lpar": "paging_changed", "partition": "partition_changed"}
+RECORD_FIELDS = ("state", "cec", "node", "image", "lu", "migrating_to")
 
 
 def faults_dir(pool_path: str) -> str:
@@ -75,6 +79,11 @@ def attach(pool: Any, origin: str | None = None) -> bool:
         try:
             if kind in PUBLISHED:
                 events.publish(kind, info, node=who)
+            elif kind == "record_changed" and info["kind"] in RECORDS:
+                rec = info["record"]
+                data = {"name": info["name"], "state": "removed"} if rec is None else \
+                    {"name": info["name"], **{k: rec[k] for k in RECORD_FIELDS if k in rec}}
+                events.publish(RECORDS[info["kind"]], data, node=who)
             if kind in FAULTS:
                 report_fault(pool.path, kind, info)
         except (OSError, BlockstoreError) as e:
