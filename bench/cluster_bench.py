@@ -151,13 +151,13 @@ def run(bench: Any, workdir: str, quick: bool) -> None:
     """Add the cluster rows to ``bench`` (bench/run.py's Bench)."""
     runs = 3 if quick else 7
     kill = failover(workdir, runs, signal.SIGKILL)
-    bench.add("failover, primary killed", "cluster", "s", statistics.median(kill), INTERVAL, 0.5,
+    bench.add("failover, primary killed", "cluster", "ms", statistics.median(kill) * 1e3, INTERVAL * 1e3, 0.5,
               higher_is_better=False, note=f"3 nodes, {INTERVAL:.0f}s keep-alive; ratio interval/failover; "
-              f"target < 2 intervals; runs {', '.join(f'{t:.2f}' for t in kill)}")
+              f"target < 2 intervals; runs (s) {', '.join(f'{t:.3f}' for t in kill)}")
     hung = failover(workdir, runs, signal.SIGSTOP)
-    bench.add("failover, primary hung", "cluster", "s", statistics.median(hung), INTERVAL, None,
+    bench.add("failover, primary hung", "cluster", "ms", statistics.median(hung) * 1e3, INTERVAL * 1e3, None,
               higher_is_better=False, note=f"SIGSTOP: found only by the {config.ClusterConfig('x', 0).misses}-miss "
-              f"timeout; runs {', '.join(f'{t:.2f}' for t in hung)}")
+              f"timeout; runs (s) {', '.join(f'{t:.3f}' for t in hung)}")
     count = 2_000 if quick else 5_000
     bench.add("event publish, durable", "cluster", "ev/s", publish_rate(workdir, count), None, None,
               note="one process; payload file fsynced, linked, directory fsynced")

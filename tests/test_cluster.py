@@ -121,6 +121,8 @@ def test_sigkill_primary_new_primary_within_three_intervals(cluster):
     cluster.start(old)
     cluster.wait(lambda: cluster.status()["state"] == "OK")
     assert cluster.wait(lambda: cluster.views_agree(names)) == new
+    joined = [e["data"]["node"] for e in EventLog(cluster.pool).events() if e["kind"] == "node_joined"]
+    assert sorted(joined) == sorted(names + [old])
 
 
 def test_sigstop_primary_is_deposed_and_fenced(cluster):

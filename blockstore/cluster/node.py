@@ -146,6 +146,8 @@ class Node:
             "name": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
             "incarnation": self.incarnation, "registered": time.time(), "stopped": False}).encode())
         self.lease_renewed = time.monotonic()
+        self._publish("node_joined", {"node": self.name, "address": self.address, "cec": self.cec,
+                                      "pid": os.getpid()})
 
     def stop(self) -> None:
         self.stopping.set()
@@ -290,11 +292,18 @@ class Node:
             p = self.peers.get(name)
         if p is None or p.stopped:
             return
-        if self._gone(p.address):
-            with self.lock:
-                p.refused = True
-            log.info("peer %s closed its link and refuses connections: its process is gone", name)
-            self.wake.set()
+        # A killed process's sockets close in descriptor order, so its link can end while its
+        # listening socket still accepts: look again for half an interval before leaving it to
+        # the keep-alives.
+        deadline = time.monotonic() + self.cfg.interval / 2
+        while not self._gone(p.address):
+            if time.monotonic() >= deadline or self.stopping.is_set():
+                return
+            time.sleep(0.05)
+        with self.lock:
+            p.refused = True
+        log.info("peer %s closed its link and refuses connections: its process is gone", name)
+        self.wake.set()
 
     def _is_up(self, p: Peer, now: float) -> bool:
         return not p.refused and not p.stopped and p.heard is not None and now - p.heard < self.cfg.timeout
