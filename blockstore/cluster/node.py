@@ -18,7 +18,9 @@ What a node does, each on its own thread:
 
 Eligible to become primary (the requirements an election checks): the node is registered, its
 own lease in the store is live (renewed within the timeout), it is not stopping, and in its own
-view the current primary is down or there is none. Candidates wait in name order (interval/10
+view the current primary is down or there is none. The primary is down when its process refuses
+connections, or when it has not been heard within the timeout and its lease in the store has
+expired too (so a starved or just-started node never deposes a primary that renews its lease). Candidates wait in name order (interval/10
 each among the nodes they see up) so that usually one tries, but safety comes from the store's
 compare-and-set alone.
 """
@@ -365,7 +367,14 @@ class Node:
         if node == self.name:
             return False  # a record naming me that I do not hold: a previous incarnation of me
         p = self.peers.get(node)
-        return p is not None and p.state in ("up", "joining")
+        if p is not None and (p.refused or p.stopped):
+            return False  # its process is gone, or it left
+        if p is not None and p.state == "up":
+            return True
+        # Not heard from (not yet, or not within the timeout): its lease in the store decides, so
+        # a node that has just started, or was starved of CPU, never deposes a primary that is
+        # still renewing its lease. A hung primary loses the lease after the same timeout.
+        return self.store.get(f"alive/{node}") is not None
 
     def _eligible(self) -> bool:
         return (not self.stopping.is_set() and self.store.get(f"alive/{self.name}") is not None

@@ -27,6 +27,17 @@ MAX_KEY = 256
 MAX_VALUE = 1 << 20
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = _boot_id()
+
+
 @dataclass(frozen=True)
 class Entry:
     value: bytes
@@ -113,10 +124,23 @@ class LmdbStore:
                 cur.delete()
         return rev
 
+    def _dead(self, rec: dict) -> bool:  # type: ignore[type-arg]
+        """A lease is dead past its deadline, or when it was granted before this machine's last
+        boot (its deadline is on a monotonic clock that restarted)."""
+        return rec["deadline"] < time.monotonic() or rec.get("boot") != _BOOT_ID
+
+    def _live(self, txn: lmdb.Transaction, raw: bytes) -> Entry | None:
+        """The entry, or None when its lease is dead (not yet removed: reads do not write)."""
+        e = self._decode(raw)
+        if e.lease is not None:
+            rec = txn.get(e.lease.to_bytes(8, "big"), db=self.leases)
+            if rec is None or self._dead(json.loads(rec)):
+                return None
+        return e
+
     def _expire(self, txn: lmdb.Transaction) -> None:
-        """Drop leases past their deadline, and every key put under them."""
-        now = time.monotonic()
-        dead = [k for k, v in txn.cursor(db=self.leases) if json.loads(v)["deadline"] < now]
+        """Drop dead leases, and every key put under them (writes do this; reads only skip them)."""
+        dead = [k for k, v in txn.cursor(db=self.leases) if self._dead(json.loads(v))]
         for k in dead:
             lease = int.from_bytes(k, "big")
             keys = json.loads(txn.get(k, db=self.leases))["keys"]
@@ -148,24 +172,27 @@ class LmdbStore:
         with self.env.begin() as txn:
             return self._rev(txn)
 
+    # Reads are read-only transactions: they never wait for the writer lock nor cost a commit
+    # (an fsync), which matters when every node polls the store several times an interval.
+
     def get(self, key: str) -> Entry | None:
         k = _check_key(key)
-        with self.env.begin(write=True) as txn:
-            self._expire(txn)
+        with self.env.begin() as txn:
             raw = txn.get(k, db=self.kv)
-        return None if raw is None else self._decode(raw)
+            return None if raw is None else self._live(txn, raw)
 
     def range(self, prefix: str) -> list[tuple[str, Entry]]:
         p = prefix.encode()
-        with self.env.begin(write=True) as txn:
-            self._expire(txn)
+        out = []
+        with self.env.begin() as txn:
             cur = txn.cursor(db=self.kv)
-            out = []
             if cur.set_range(p):
                 for k, v in cur:
                     if not k.startswith(p):
                         break
-                    out.append((k.decode(), self._decode(v)))
+                    e = self._live(txn, v)
+                    if e is not None:
+                        out.append((k.decode(), e))
         return out
 
     def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
@@ -226,7 +253,8 @@ class LmdbStore:
             lease = int(raw) if raw else 1
             txn.put(b"next_lease", str(lease + 1).encode(), db=self.meta)
             txn.put(lease.to_bytes(8, "big"), json.dumps(
-                {"ttl": ttl, "deadline": time.monotonic() + ttl, "keys": []}).encode(), db=self.leases)
+                {"ttl": ttl, "deadline": time.monotonic() + ttl, "boot": _BOOT_ID, "keys": []}).encode(),
+                db=self.leases)
         return lease
 
     def keep_alive(self, lease: int) -> None:
