@@ -404,10 +404,12 @@ class Bench:
         for name, _, bs in fuse_bench.PATTERNS:
             self.add(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
                      plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem")
-        threaded = res.get("blockstore mount, 2 threads", {})
-        for name, _, bs in fuse_bench.PATTERNS if threaded else []:
-            self.add(f"fuse {name}, 2 threads vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
-                     threaded[name], qemu[name], None, note="mount --threads 2")
+        for variant, note in (("one thread", "mount --threads 0"),
+                              ("Python only", "mount --threads 0 --no-direct: no C direct path")):
+            other = res.get(f"blockstore mount, {variant}", {})
+            for name, _, bs in fuse_bench.PATTERNS if other else []:
+                self.add(f"fuse {name}, {variant} vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
+                         other[name], qemu[name], None, note=note)
 
     def cluster(self) -> None:
         from . import cluster_bench
@@ -429,7 +431,7 @@ def _row(r: dict[str, Any]) -> str:
     target = "-" if r["target"] is None else (f">={r['target']}" if r["ratio"] is not None or r["unit"] != "bytes"
                                               else f"<={r['target']}")
     mark = {True: "ok", False: "MISS", None: ""}[r["ok"]]
-    return f"{r['name']:<34} {num(r['ours']):>12} {num(r['baseline']):>12} {r['unit']:<6} {ratio:>7} {target:>7} {mark}"
+    return f"{r['name']:<42} {num(r['ours']):>12} {num(r['baseline']):>12} {r['unit']:<6} {ratio:>7} {target:>7} {mark}"
 
 
 def chart(results: list[dict[str, Any]], path: str) -> str | None:
@@ -466,7 +468,7 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".blockstore-bench-", dir=base)
     print(f"blockstore bench ({'quick' if quick else 'full'}) in {tmp}; medians, warm page cache")
-    print(f"{'measure':<34} {'ours':>12} {'baseline':>12} {'unit':<6} {'ratio':>7} {'target':>7}")
+    print(f"{'measure':<42} {'ours':>12} {'baseline':>12} {'unit':<6} {'ratio':>7} {'target':>7}")
     b = Bench(tmp, quick)
     started = time.time()
     try:

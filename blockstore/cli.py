@@ -186,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: a daemon)")
     m.add_argument("--read-only", action="store_true")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
-    m.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="serve with N threads (default 0: one loop, fastest for small random I/O)")
+    m.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="serve with up to N threads (default 4; 0: one loop)")
+    m.add_argument("--no-direct", action="store_true",
+                   help="serve every request in Python, not reads and in-place writes in C (slower)")
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
     u.add_argument("mountpoint")
 
@@ -275,11 +277,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.pool:
         raise UsageError("blockstore: no pool given: use --pool DIR or set BLOCKSTORE_POOL")
     if args.group == "mount":
-        from blockstore_fuse.mount import mount
-        if not 0 <= args.threads <= 64:
+        from blockstore_fuse.mount import THREADS, mount
+        threads = THREADS if args.threads is None else args.threads
+        if not 0 <= threads <= 64:
             raise UsageError("blockstore mount: --threads takes 0 to 64")
         mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
-                   allow_other=args.allow_other, threads=args.threads)
+                   allow_other=args.allow_other, threads=threads, direct=not args.no_direct)
         if not args.foreground:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0

@@ -4,12 +4,9 @@ nothing of LUs."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import numpy as np
 
 from .errors import BlockstoreError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 try:
     from fcntl import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate  # type: ignore[attr-defined]
@@ -27,7 +24,8 @@ except ImportError:  # Python < 3.12 has no fcntl.fallocate; reach it through li
 
 
 class DataFile:
-    """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync."""
+    """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
+    lives in ``dirty_flag`` (one int32), where the C direct path sets it too."""
 
     def __init__(self, path: str, *, create_size: int | None = None) -> None:
         self.path = path
@@ -38,8 +36,16 @@ class DataFile:
             raise BlockstoreError(f"cannot open data file {path}: {e.strerror}") from None
         if create_size is not None:
             os.ftruncate(self.fd, create_size)
-        self.dirty = False
+        self.dirty_flag = np.zeros(1, np.int32)
         self._can_punch = True
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_flag[0])
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        self.dirty_flag[0] = value
 
     def pread(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)

@@ -8,7 +8,7 @@ writes only the chunks that changed and a sparse LU stores only the chunks it us
 from __future__ import annotations
 
 from array import array
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -19,6 +19,19 @@ assert array("I").itemsize == 4
 CHUNK = 1020
 
 Piece = tuple[int, int, int, int]
+
+
+class _NoGuard:
+    """The guard of a map nothing outside Python reads."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+NO_GUARD = _NoGuard()
 
 
 def split(offset: int, length: int, extent_size: int) -> list[Piece]:
@@ -47,20 +60,23 @@ class ExtentMap:
 
     ``exclusive[i]`` is True when this LU alone references ``phys[i]``, so a write may go in
     place; anything else (shared with a snapshot or clone, or not known) is copied on write.
-    ``dirty`` holds the chunk numbers changed since the last save.
+    ``dirty`` holds the chunk numbers changed since the last save. ``guard`` is held (``with``)
+    around every change of an entry: the LU sets it to the table the C direct path reads this map
+    through, so no direct I/O uses an entry while it changes.
 
     Each array has two views of the same memory: ``table``/``owned`` (array.array, bytearray)
     for the per-request path, where indexing them costs a third of a numpy scalar lookup, and
     ``phys``/``exclusive`` (numpy) for whole-map work.
     """
 
-    __slots__ = ("table", "owned", "phys", "exclusive", "dirty")
+    __slots__ = ("table", "owned", "phys", "exclusive", "dirty", "guard")
 
     def __init__(self, n_extents: int) -> None:
         table = array("I", bytes(4 * n_extents))
         self._bind(table, bytearray(n_extents))
         self.phys[:] = UNMAPPED
         self.dirty: set[int] = set()
+        self.guard: Any = NO_GUARD
 
     def _bind(self, table: array, owned: bytearray) -> None:
         self.table, self.owned = table, owned
@@ -82,9 +98,15 @@ class ExtentMap:
         return len(self.phys)
 
     def set(self, ext: int, phys: int, exclusive: bool) -> None:
-        self.table[ext] = phys
-        self.owned[ext] = exclusive
+        with self.guard:
+            self.table[ext] = phys
+            self.owned[ext] = exclusive
         self.dirty.add(ext // CHUNK)
+
+    def share_all(self) -> None:
+        """Every extent is now shared (a snapshot or clone was taken): none is written in place."""
+        with self.guard:
+            self.exclusive[:] = False
 
     def mapped(self) -> np.ndarray:
         """The physical extents this map references (uint32 array)."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import OutOfRange, ReadOnly
-from .extents import UNMAPPED, ExtentMap, extents_for, split
+from .extents import NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
+from .native import DirectTable
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class LU:
         self._holder = holder
         self._opens = 1
         self._closed = False
+        self._direct: DirectTable | None = None
 
     # -- BlockDevice -------------------------------------------------------------------------
 
@@ -175,6 +177,43 @@ class LU:
             mv = memoryview(data).cast("B")
             for ext, start, cnt, pos in pieces:
                 self._write_extent(ext, start, mv[pos:pos + cnt])
+
+    def direct_table(self) -> DirectTable | None:
+        """The table through which the C direct path (native/fastpath.h) reads this LU and writes
+        its own extents in place, without the GIL; it follows every change of the map. None for
+        a handle the table cannot serve: a mirrored LU (two copies to write) or a read-only
+        handle of an LU that another process writes (its map is re-read behind its back)."""
+        if self.mirrored or not self._fast or self._closed:
+            return None
+        with self._lock:
+            if self._direct is None:
+                self._direct = DirectTable()
+                self._map.guard = self._direct
+                self._publish_direct()
+            return self._direct
+
+    def _publish_direct(self) -> None:
+        """Point the direct table at the current map (the caller holds the table, or no I/O can
+        use it yet). A whole extent of zeros is left to ``write``, which unmaps it."""
+        if self._direct is not None:
+            m, df = self._map, self._pool._datafiles[0]
+            # A read-only handle (a snapshot) is never written through the table.
+            direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
+            self._direct.publish(-1 if self._closed or self.mirrored else df.fd, self._E, self._size, m.phys,
+                                 direct, not self.thick, df.dirty_flag)
+
+    def _retire_direct(self) -> None:
+        """The handle is closing: the table serves nothing from now on."""
+        if self._direct is not None:
+            with self._direct:
+                self._publish_direct()
+
+    def _replace_map(self, emap: ExtentMap, size: int) -> None:
+        """Take another map (rollback) and size, in step with the direct table."""
+        with self._map.guard:
+            self._map, self._size = emap, size
+            emap.guard = self._direct or NO_GUARD
+            self._publish_direct()
 
     def discard(self, offset: int, length: int) -> None:
         """Zero ``[offset, offset+length)``: whole extents are unmapped (thin LUs) and freed once
@@ -300,5 +339,7 @@ class LU:
         if n < len(self._map):
             tail = self._map.phys[n:]
             self._alloc.unref_many(tail[tail != UNMAPPED])
-        self._map.resize(n)
-        self._size = size
+        with self._map.guard:  # resize gives the map new arrays: publish them before any I/O
+            self._map.resize(n)
+            self._size = size
+            self._publish_direct()

@@ -66,3 +66,64 @@ def pread_multi(fd: int, buf: memoryview, offsets: "np.ndarray", lengths: "np.nd
                            ffi.from_buffer("size_t[]", lens), len(offs))
     if r < 0:
         _raise(r, "read", path, int(offs[offs >= 0][0]) if (offs >= 0).any() else 0)
+
+
+class DirectTable:
+    """A translation table the C direct path does I/O through (native/fastpath.h): the units of a
+    byte range, where each lives in one file and whether it may be written in place. ``with
+    table:`` holds it exclusively, so no I/O through it is in flight until the block ends: hold it
+    to change anything published."""
+
+    def __init__(self) -> None:
+        self.ptr = ffi.gc(lib.bs_table_new(), lib.bs_table_free)
+        self._keep: tuple[object, ...] = ()
+
+    def __enter__(self) -> None:
+        lib.bs_table_lock(self.ptr)
+
+    def __exit__(self, *exc: object) -> None:
+        lib.bs_table_unlock(self.ptr)
+
+    def publish(self, fd: int, unit: int, size: int, phys: np.ndarray, direct: np.ndarray, zero_slow: bool,
+                dirty: np.ndarray) -> None:
+        """Point the table at ``phys`` (uint32 per unit) and ``direct`` (bool per unit); ``fd`` -1
+        serves nothing. Hold the table (``with``) unless no I/O can use it yet."""
+        self._keep = (phys, direct, dirty)  # C holds pointers into these arrays
+        lib.bs_table_publish(self.ptr, fd, unit, size, ffi.from_buffer("uint32_t[]", phys),
+                             ffi.from_buffer("uint8_t[]", direct), len(phys), int(zero_slow),
+                             ffi.from_buffer("int[]", dirty))
+
+    def pread(self, buf: bytearray | memoryview, offset: int) -> int:
+        """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
+        return lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset)
+
+    def pwrite(self, buf: Buffer, offset: int) -> int:
+        """0 when written, 1 when the table cannot serve it (nothing written), or a negative errno."""
+        return lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset)
+
+
+# -- the FUSE callbacks of the direct path (native/fastpath.h) --------------------------------
+
+def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[int, int]:
+    """Make the C read and write callbacks fall back to the callbacks at ``slow_read`` and
+    ``slow_write`` (addresses); returns the addresses of the C callbacks to register instead.
+    ``fh_offset``: where fuse_file_info keeps ``fh``."""
+    lib.bs_fuse_setup(fh_offset, ffi.cast("bs_fuse_read_fn", slow_read), ffi.cast("bs_fuse_write_fn", slow_write))
+    return (int(ffi.cast("uintptr_t", ffi.addressof(lib, "bs_fuse_read"))),
+            int(ffi.cast("uintptr_t", ffi.addressof(lib, "bs_fuse_write"))))
+
+
+def fuse_direct_attach(fh: int, table: DirectTable) -> bool:
+    """Serve file handle ``fh`` through ``table`` (False: no free slot; it keeps the fallback)."""
+    return lib.bs_fuse_attach(fh, table.ptr) == 0
+
+
+def fuse_direct_detach(fh: int) -> None:
+    lib.bs_fuse_detach(fh)
+
+
+def fuse_direct_counts() -> dict[str, int]:
+    """Requests served by the C callbacks and passed to the fallbacks since setup."""
+    out = ffi.new("uint64_t[4]")
+    lib.bs_fuse_counts(out)
+    return {"read direct": out[0], "read passed": out[1], "write direct": out[2], "write passed": out[3]}

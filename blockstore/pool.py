@@ -417,6 +417,7 @@ class Pool:
                 self._release(lu)
             lu._closed = True
             lu._fast = False
+            lu._retire_direct()
 
     def _release(self, lu: LU) -> None:
         lu._fast = False
@@ -424,6 +425,7 @@ class Pool:
         if lu._holder:
             lu._holder.release()
         lu._closed = True
+        lu._retire_direct()
 
     @contextmanager
     def _writer(self, name: str) -> Iterator[LU]:
@@ -478,7 +480,7 @@ class Pool:
             def change(txn: lmdb.Transaction) -> dict[str, Any]:
                 return self._share(txn, lu, full, "snapshot", name)
             rec = self._transaction(change)
-            lu._map.exclusive[:] = False
+            lu._map.share_all()
             return self._describe(rec)
 
     def clone(self, source: str, new: str) -> dict[str, Any]:
@@ -495,7 +497,7 @@ class Pool:
                 return self._describe(self._transaction(change))
             with self._writer(source) as lu:
                 rec = self._transaction(lambda txn: self._share(txn, lu, new, "clone", source))
-                lu._map.exclusive[:] = False
+                lu._map.share_all()
                 return self._describe(rec)
 
     def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
@@ -531,15 +533,13 @@ class Pool:
             def change(txn: lmdb.Transaction) -> None:
                 a.unref_many(lu._map.mapped())
                 a.ref_many(smap.mapped())
-                old_chunks = extents_for(len(lu._map), CHUNK)
-                lu._map = smap
-                lu._size = srec["size"]
-                lu._map.dirty = set(range(max(old_chunks, extents_for(len(smap), CHUNK))))
+                smap.dirty = set(range(max(extents_for(len(lu._map), CHUNK), extents_for(len(smap), CHUNK))))
+                lu._replace_map(smap, srec["size"])
             old_map, old_size = lu._map, lu._size
             try:
                 self._transaction(change)
             except BaseException:
-                lu._map, lu._size = old_map, old_size
+                lu._replace_map(old_map, old_size)
                 raise
 
     def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
@@ -719,8 +719,10 @@ class Pool:
                     rec["mirrored"] = on
                     self._meta.put_json(txn, "lus", f.encode(), rec)
             self._transaction(change)
-            lu._df = self._mirror if on else self._datafiles[0]
-            lu.mirrored = on
+            with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
+                lu._df = self._mirror if on else self._datafiles[0]
+                lu.mirrored = on
+                lu._publish_direct()
             if not on:
                 self._drop_unmirrored_copies()
             return copied

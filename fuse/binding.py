@@ -6,7 +6,10 @@ default is the one ``blockstore bench`` measured faster (README, "FUSE").
 """
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 NAME = os.environ.get("BLOCKSTORE_FUSE", "mfusepy")
 
@@ -23,3 +26,36 @@ else:
 FUSE = _fusemod.FUSE
 Operations = _fusemod.Operations
 FuseOSError = _fusemod.FuseOSError
+
+
+@contextmanager
+def callbacks_replaced(install: Callable[[dict[str, int]], dict[str, int]]) -> Iterator[None]:
+    """While mounting, let ``install`` swap callbacks in the operations table the binding hands
+    to libfuse: it gets the addresses of the binding's own read and write callbacks and returns
+    the addresses to register instead (mfusepy only; with fusepy nothing is swapped)."""
+    if NAME != "mfusepy":
+        yield
+        return
+    real = _fusemod.fuse_main_real
+    kept: list[object] = []  # the binding's callbacks must outlive the mount: C calls them
+
+    def main(argc, argv, ops_p, size, data):  # type: ignore[no-untyped-def]
+        ops = ops_p.contents
+        types = dict(type(ops)._fields_)
+        originals = {}
+        for name in ("read", "write"):
+            kept.append(getattr(ops, name))
+            originals[name] = ctypes.cast(getattr(ops, name), ctypes.c_void_p).value or 0
+        for name, address in install(originals).items():
+            setattr(ops, name, types[name](address))
+        return real(argc, argv, ops_p, size, data)
+
+    _fusemod.fuse_main_real = main
+    try:
+        yield
+    finally:
+        _fusemod.fuse_main_real = real
+
+
+#: Where libfuse's fuse_file_info keeps the file handle.
+FH_OFFSET = _fusemod.fuse_file_info.fh.offset

@@ -2,6 +2,7 @@
 left by a killed daemon). The pool's LMDB is opened only in the daemon, after the fork."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -16,11 +17,15 @@ from blockstore.cluster.bridge import attach
 from blockstore.daemon import daemonize
 
 from . import binding
+from .direct import DirectPath
 from .ops import LUFilesystem
 
 log = logging.getLogger("blockstore.fuse")
 PR_SET_IO_FLUSHER = 57
 REQUEST = 1 << 20
+#: libfuse threads by default: with the direct path, more threads than cores keep both cores
+#: busy while some wait on the page cache (README, "FUSE").
+THREADS = 4
 #: Below this a copy costs less than making a view of libfuse's buffer.
 SMALL = 64 << 10
 
@@ -99,13 +104,14 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 
 
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
-          threads: int = 0, on_ready: Callable[[], None] | None = None) -> None:
+          threads: int = THREADS, direct: bool = True, on_ready: Callable[[], None] | None = None) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
-    ``threads`` 0 serves requests on one thread: measured fastest for 4 KiB random I/O (each
-    request is tens of microseconds of Python, and handing the GIL between libfuse's threads costs
-    more than that). N > 0 runs libfuse's multithreaded loop with N threads, which overlaps the
-    copies of large sequential requests (README, "FUSE").
+    ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
+    on one thread. ``direct`` serves reads and in-place writes in C (direct.py), without the
+    GIL, so threads run them in parallel; without it every request is Python, where threads
+    only help large requests (handing the GIL over costs more than a 4 KiB request). How the
+    default was chosen: README, "FUSE".
     """
     _io_flusher()
     _steady_malloc()
@@ -115,7 +121,8 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     pidfile = _state_path(pool.path, mountpoint, "pid")
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()}\n")
-    ops = LUFilesystem(pool, read_only=read_only)
+    fast = DirectPath() if direct and binding.LIBFUSE == 3 else None
+    ops = LUFilesystem(pool, read_only=read_only, direct=fast)
     ops.on_ready = on_ready
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
@@ -137,7 +144,8 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
         ops.init("/")
     ops.init_with_config = init_with_config  # type: ignore[attr-defined]
     try:
-        _FUSE(ops, mountpoint, **options)
+        with binding.callbacks_replaced(fast.install) if fast else contextlib.nullcontext():
+            _FUSE(ops, mountpoint, **options)
     finally:
         try:
             os.unlink(pidfile)
@@ -146,18 +154,19 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
 
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
-          allow_other: bool = False, threads: int = 0) -> str:
-    """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point."""
+          allow_other: bool = False, threads: int = THREADS, direct: bool = True) -> str:
+    """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
+    ``threads`` and ``direct``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     if foreground:
-        serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads)
+        serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads, direct=direct)
         return mp
     os.makedirs(os.path.join(pool_path, "mounts"), exist_ok=True)
     daemonize(lambda ready: serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                                  on_ready=ready),
+                                  direct=direct, on_ready=ready),
               _state_path(pool_path, mp, "log"), "mount daemon")
     return mp
 

@@ -47,9 +47,11 @@ def errors(fn: F) -> F:
 class LUFilesystem(Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, pool: Pool, *, read_only: bool = False) -> None:
+    def __init__(self, pool: Pool, *, read_only: bool = False, direct: Any = None) -> None:
+        """``direct``: a DirectPath (direct.py) told of every handle opened and released."""
         self.pool = pool
         self.read_only = read_only
+        self.direct = direct
         self.handles: dict[int, LU] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
@@ -102,6 +104,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             self.on_ready()
 
     def destroy(self, path: str) -> None:
+        if self.direct is not None:
+            log.info("requests: %s", ", ".join(f"{n} {what}" for what, n in self.direct.counts().items()))
         for fh in list(self.handles):
             self.handles.pop(fh).close()
         self.pool.close()
@@ -157,6 +161,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         with self._lock:
             fh = next(self._fh)
             self.handles[fh] = lu
+        if self.direct is not None:
+            self.direct.attach(fh, lu)
         return fh
 
     @errors
@@ -228,6 +234,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def release(self, path: str, fh: int) -> None:
+        if self.direct is not None:
+            self.direct.detach(fh)
         with self._lock:
             lu = self.handles.pop(fh)
         lu.close()

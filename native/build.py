@@ -1,7 +1,9 @@
 """cffi out-of-line API-mode build of ``blockstore._native`` (pip runs it through setup.py).
 
-The C declarations are the header beside this file, read here for cffi's cdef, so the contract
-lives in one place (as pygit2 keeps its decl/*.h beside its build script)."""
+The C declarations are the headers beside this file, read here for cffi's cdef, so each contract
+lives in one place (as pygit2 keeps its decl/*.h beside its build script): blockstore_native.h
+(moving bytes: mirrored writes, copy-on-write, zero detection) and fastpath.h (I/O through a
+translation table, and the FUSE callbacks that use it)."""
 import os
 import re
 
@@ -10,18 +12,24 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+PARTS = ("blockstore_native", "fastpath")
+
+
 def declarations() -> str:
-    with open(os.path.join(HERE, "blockstore_native.h")) as f:
-        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    out = []
+    for part in PARTS:
+        with open(os.path.join(HERE, f"{part}.h")) as f:
+            text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+        out += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(out)
 
 
 ffi = FFI()
 ffi.cdef(declarations())
 ffi.set_source(
     "blockstore._native",
-    '#include "blockstore_native.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "blockstore_native.c"))],
+    "\n".join(f'#include "{part}.h"' for part in PARTS),
+    sources=[os.path.relpath(os.path.join(HERE, f"{part}.c")) for part in PARTS],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall"],
     libraries=["pthread"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import filecmp
+import mmap
 import os
 import shutil
 import signal
@@ -88,6 +89,49 @@ def test_fio_verify(mnt, rw, bs):
     job = json.loads(r.stdout[r.stdout.index(b"{"):])["jobs"][0]
     assert job["error"] == 0
     assert job["write"]["io_bytes"] >= 2 * 64 * MiB and job["read"]["io_bytes"] >= 2 * 64 * MiB
+
+
+def test_fio_verify_all_in_python(pool_path, tmp_path):
+    """The same verify on a mount that serves every request in Python on one thread."""
+    mp = str(tmp_path / "py")
+    os.mkdir(mp)
+    run_cli("mount", mp, "--threads", "0", "--no-direct", pool=pool_path)
+    try:
+        test_fio_verify(mp, "randwrite", "4k")
+    finally:
+        run_cli("umount", mp)
+    assert "requests:" not in mount_log(pool_path)  # no direct path was installed to count them
+
+
+def mount_log(pool_path: str) -> str:
+    logs = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".log")]
+    return "".join(open(os.path.join(pool_path, "mounts", f)).read() for f in logs)
+
+
+def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
+    """First writes fill holes in Python; rewrites and reads are served in C; a whole extent of
+    zeros still goes to the engine, which unmaps it."""
+    data = os.urandom(8 * MiB)
+    for _ in range(2):
+        with open(f"{mnt}/disk", "r+b", buffering=0) as f:
+            f.write(data)
+            os.fsync(f.fileno())
+    with open(f"{mnt}/disk", "rb", buffering=0) as f:
+        assert f.read(8 * MiB) == data
+    with open(f"{mnt}/disk", "r+b", buffering=0) as f:
+        f.seek(2 * MiB)
+        f.write(mmap.mmap(-1, MiB))  # one whole (1 MiB) extent, page-aligned so one request
+        os.fsync(f.fileno())
+    assert cli_json("lu", "show", "disk", pool=pool_path)["allocated"] == 7 * MiB
+    run_cli("umount", mnt)
+    counts = dict((what, int(n)) for n, what in
+                  (part.split(" ", 1) for part in mount_log(pool_path).rsplit("requests: ", 1)[1].strip().split(", ")))
+    assert counts["write passed"] >= 8 and counts["write direct"] >= 8 and counts["read direct"] >= 8, counts
+    out = tmp_path / "out"
+    run_cli("lu", "export", "disk", str(out), pool=pool_path)
+    expect = bytearray(data)
+    expect[2 * MiB:3 * MiB] = bytes(MiB)
+    assert out.read_bytes()[:8 * MiB] == bytes(expect)
 
 
 def test_ext4_on_a_loop_device(mnt, pool_path, tmp_path):

@@ -1,0 +1,221 @@
+/* The direct path; the contract is in fastpath.h. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blockstore_native.h"
+#include "fastpath.h"
+
+struct bs_table {
+    pthread_rwlock_t lock;
+    int fd;
+    uint64_t unit, size, n;
+    const uint32_t *phys;
+    const uint8_t *direct;
+    int zero_slow;
+    int *dirty;
+};
+
+bs_table *bs_table_new(void)
+{
+    bs_table *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    /* Prefer the owner: a stream of shared holders must not starve a change to the table. */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&t->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    t->fd = -1;
+    return t;
+}
+
+void bs_table_free(bs_table *t)
+{
+    if (t == NULL)
+        return;
+    pthread_rwlock_destroy(&t->lock);
+    free(t);
+}
+
+void bs_table_lock(bs_table *t) { pthread_rwlock_wrlock(&t->lock); }
+void bs_table_unlock(bs_table *t) { pthread_rwlock_unlock(&t->lock); }
+
+void bs_table_publish(bs_table *t, int fd, uint64_t unit, uint64_t size, const uint32_t *phys,
+                      const uint8_t *direct, uint64_t n, int zero_slow, int *dirty)
+{
+    t->fd = fd;
+    t->unit = unit;
+    t->size = size;
+    t->phys = phys;
+    t->direct = direct;
+    t->n = n;
+    t->zero_slow = zero_slow;
+    t->dirty = dirty;
+}
+
+/* The whole request is checked before any byte moves, so BS_SLOW always means "nothing done". */
+static int servable(const bs_table *t, size_t len, uint64_t off, int write, const char *buf)
+{
+    if (t->fd < 0 || t->unit == 0 || off > t->size || len > t->size - off)
+        return 0;
+    if (!write || len == 0)
+        return 1;
+    uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
+    if (last >= t->n)
+        return 0;
+    for (uint64_t i = first; i <= last; i++) {
+        if (t->phys[i] == (uint32_t)BS_UNMAPPED || !t->direct[i])
+            return 0;
+        if (t->zero_slow) {
+            uint64_t start = i * t->unit;
+            if (start >= off && start + t->unit <= off + len && bs_is_zero(buf + (start - off), t->unit))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off)
+{
+    int r = 0;
+    pthread_rwlock_rdlock(&t->lock);
+    if (!servable(t, len, off, 0, NULL)) {
+        r = BS_SLOW;
+        goto out;
+    }
+    while (len > 0 && r == 0) {
+        uint64_t i = off / t->unit, in = off % t->unit;
+        size_t step = t->unit - in < len ? (size_t)(t->unit - in) : len;
+        if (i >= t->n || t->phys[i] == (uint32_t)BS_UNMAPPED)
+            memset(buf, 0, step);
+        else
+            r = bs_pread_all(t->fd, buf, step, (int64_t)(t->phys[i] * t->unit + in));
+        buf += step;
+        off += step;
+        len -= step;
+    }
+out:
+    pthread_rwlock_unlock(&t->lock);
+    return r;
+}
+
+int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off)
+{
+    int r = 0;
+    pthread_rwlock_rdlock(&t->lock);
+    if (!servable(t, len, off, 1, buf)) {
+        r = BS_SLOW;
+        goto out;
+    }
+    while (len > 0 && r == 0) {
+        uint64_t i = off / t->unit, in = off % t->unit;
+        size_t step = t->unit - in < len ? (size_t)(t->unit - in) : len;
+        r = bs_pwrite_all(t->fd, buf, step, (int64_t)(t->phys[i] * t->unit + in));
+        buf += step;
+        off += step;
+        len -= step;
+    }
+    *t->dirty = 1; /* even after a failure part-way: some bytes may have reached the file */
+out:
+    pthread_rwlock_unlock(&t->lock);
+    return r;
+}
+
+/* -- FUSE callbacks ------------------------------------------------------------------------- */
+
+#define SLOTS 4096 /* open file handles with a table at once; more simply take the fallback */
+
+static struct {
+    uint64_t fh;
+    bs_table *table;
+} slots[SLOTS];
+static pthread_rwlock_t slots_lock = PTHREAD_RWLOCK_INITIALIZER;
+static size_t fh_offset;
+static bs_fuse_read_fn slow_read;
+static bs_fuse_write_fn slow_write;
+static uint64_t counts[4];
+
+void bs_fuse_setup(size_t offset, bs_fuse_read_fn read_fn, bs_fuse_write_fn write_fn)
+{
+    fh_offset = offset;
+    slow_read = read_fn;
+    slow_write = write_fn;
+    memset(counts, 0, sizeof counts);
+}
+
+int bs_fuse_attach(uint64_t fh, bs_table *t)
+{
+    int r = 0;
+    pthread_rwlock_wrlock(&slots_lock);
+    if (slots[fh % SLOTS].table != NULL && slots[fh % SLOTS].fh != fh)
+        r = -EBUSY;
+    else {
+        slots[fh % SLOTS].fh = fh;
+        slots[fh % SLOTS].table = t;
+    }
+    pthread_rwlock_unlock(&slots_lock);
+    return r;
+}
+
+void bs_fuse_detach(uint64_t fh)
+{
+    pthread_rwlock_wrlock(&slots_lock);
+    if (slots[fh % SLOTS].fh == fh)
+        slots[fh % SLOTS].table = NULL;
+    pthread_rwlock_unlock(&slots_lock);
+}
+
+/* The kernel sends no I/O on a handle after its release, and the owner detaches a handle before
+ * it frees its table, so a table found here outlives the request that uses it. */
+static bs_table *table_of(void *fi)
+{
+    uint64_t fh = *(const uint64_t *)((const char *)fi + fh_offset);
+    bs_table *t = NULL;
+    pthread_rwlock_rdlock(&slots_lock);
+    if (slots[fh % SLOTS].fh == fh)
+        t = slots[fh % SLOTS].table;
+    pthread_rwlock_unlock(&slots_lock);
+    return t;
+}
+
+int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi)
+{
+    bs_table *t = table_of(fi);
+    if (t != NULL && off >= 0) {
+        /* Short at the end, as a file read is; the size is read under no lock, but a request
+         * racing a resize may be cut at either size. */
+        uint64_t end = t->size;
+        size_t n = (uint64_t)off >= end ? 0 : (end - (uint64_t)off < size ? (size_t)(end - (uint64_t)off) : size);
+        int r = bs_table_pread(t, buf, n, (uint64_t)off);
+        if (r != BS_SLOW) {
+            __atomic_add_fetch(&counts[0], 1, __ATOMIC_RELAXED);
+            return r < 0 ? r : (int)n;
+        }
+    }
+    __atomic_add_fetch(&counts[1], 1, __ATOMIC_RELAXED);
+    return slow_read(path, buf, size, off, fi);
+}
+
+int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi)
+{
+    bs_table *t = table_of(fi);
+    if (t != NULL && off >= 0) {
+        int r = bs_table_pwrite(t, buf, size, (uint64_t)off);
+        if (r != BS_SLOW) {
+            __atomic_add_fetch(&counts[2], 1, __ATOMIC_RELAXED);
+            return r < 0 ? r : (int)size;
+        }
+    }
+    __atomic_add_fetch(&counts[3], 1, __ATOMIC_RELAXED);
+    return slow_write(path, buf, size, off, fi);
+}
+
+void bs_fuse_counts(uint64_t *out)
+{
+    for (int i = 0; i < 4; i++)
+        out[i] = __atomic_load_n(&counts[i], __ATOMIC_RELAXED);
+}

@@ -1,0 +1,52 @@
+/* The direct path: file I/O through a translation table, without the GIL, and the FUSE read and
+ * write callbacks that use it before falling back to the caller's own (Python) callbacks.
+ *
+ * A table says where each unit (`unit` bytes) of a logical byte range lives in one file:
+ * phys[i] * unit, or nowhere (BS_UNMAPPED: reads as zeros); direct[i] != 0 allows writing unit i
+ * in place. The owner publishes the table's arrays and keeps them alive and unchanged except
+ * while it holds the table exclusively (bs_table_lock / bs_table_unlock); I/O through the table
+ * holds it shared for the whole of its translate-and-copy, so an owner that changes an entry
+ * knows no I/O is still using the old one once it has the lock.
+ *
+ * bs_table_pread and bs_table_pwrite return 0 when they did the whole request, BS_SLOW when the
+ * table cannot serve it (a unit not mapped, or not direct, for a write; a write of a whole unit of
+ * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
+ * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
+ *
+ * The FUSE callbacks find a table by the file handle (fuse_file_info.fh at fh_offset, given once
+ * by bs_fuse_setup with the fallback callbacks); a handle with no table, or BS_SLOW, goes to the
+ * fallback. They know nothing of libfuse beyond the callback signatures.
+ */
+#ifndef BLOCKSTORE_FASTPATH_H
+#define BLOCKSTORE_FASTPATH_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define BS_UNMAPPED 4294967295
+#define BS_SLOW 1
+
+typedef struct bs_table bs_table;
+
+bs_table *bs_table_new(void);
+void bs_table_free(bs_table *t);
+void bs_table_lock(bs_table *t);
+void bs_table_unlock(bs_table *t);
+/* Call while holding the table exclusively (or before any I/O uses it). */
+void bs_table_publish(bs_table *t, int fd, uint64_t unit, uint64_t size, const uint32_t *phys,
+                      const uint8_t *direct, uint64_t n, int zero_slow, int *dirty);
+int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off);
+int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
+
+typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t off, void *fi);
+typedef int (*bs_fuse_write_fn)(const char *path, const char *buf, size_t size, int64_t off, void *fi);
+
+void bs_fuse_setup(size_t fh_offset, bs_fuse_read_fn slow_read, bs_fuse_write_fn slow_write);
+int bs_fuse_attach(uint64_t fh, bs_table *t);
+void bs_fuse_detach(uint64_t fh);
+int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi);
+int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi);
+/* Requests each callback served directly / passed on, since setup: [read direct, read passed,
+ * write direct, write passed]. */
+void bs_fuse_counts(uint64_t *out);
+
+#endif
