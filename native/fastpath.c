@@ -60,13 +60,11 @@ void bs_table_publish(bs_table *t, int fd, uint64_t unit, uint64_t size, const u
 /* The whole request is checked before any byte moves, so BS_SLOW always means "nothing done". */
 static int servable(const bs_table *t, size_t len, uint64_t off, int write, const char *buf)
 {
-    if (t->fd < 0 || t->unit == 0 || off > t->size || len > t->size - off)
+    if (t->fd < 0 || t->unit == 0 || off > t->size || len > t->size - off || t->size > t->n * t->unit)
         return 0;
     if (!write || len == 0)
         return 1;
     uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
-    if (last >= t->n)
-        return 0;
     for (uint64_t i = first; i <= last; i++) {
         if (t->phys[i] == (uint32_t)BS_UNMAPPED || !t->direct[i])
             return 0;
@@ -79,50 +77,42 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
     return 1;
 }
 
-int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off)
+/* One request through the table: a read into rbuf, or a write from wbuf. */
+static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint64_t off)
 {
     int r = 0;
     pthread_rwlock_rdlock(&t->lock);
-    if (!servable(t, len, off, 0, NULL)) {
-        r = BS_SLOW;
-        goto out;
+    if (!servable(t, len, off, wbuf != NULL, wbuf)) {
+        pthread_rwlock_unlock(&t->lock);
+        return BS_SLOW;
     }
-    while (len > 0 && r == 0) {
-        uint64_t i = off / t->unit, in = off % t->unit;
-        size_t step = t->unit - in < len ? (size_t)(t->unit - in) : len;
-        if (i >= t->n || t->phys[i] == (uint32_t)BS_UNMAPPED)
-            memset(buf, 0, step);
+    for (size_t done = 0; done < len && r == 0;) {
+        uint64_t i = (off + done) / t->unit, in = (off + done) % t->unit;
+        size_t step = t->unit - in < len - done ? (size_t)(t->unit - in) : len - done;
+        uint32_t p = t->phys[i]; /* i < n: servable kept the range within size */
+        int64_t at = (int64_t)((uint64_t)p * t->unit + in);
+        if (wbuf != NULL)
+            r = bs_pwrite_all(t->fd, wbuf + done, step, at);
+        else if (p == (uint32_t)BS_UNMAPPED)
+            memset(rbuf + done, 0, step);
         else
-            r = bs_pread_all(t->fd, buf, step, (int64_t)(t->phys[i] * t->unit + in));
-        buf += step;
-        off += step;
-        len -= step;
+            r = bs_pread_all(t->fd, rbuf + done, step, at);
+        done += step;
     }
-out:
+    if (wbuf != NULL)
+        *t->dirty = 1; /* even after a failure part-way: some bytes may have reached the file */
     pthread_rwlock_unlock(&t->lock);
     return r;
 }
 
+int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off)
+{
+    return table_io(t, buf, NULL, len, off);
+}
+
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off)
 {
-    int r = 0;
-    pthread_rwlock_rdlock(&t->lock);
-    if (!servable(t, len, off, 1, buf)) {
-        r = BS_SLOW;
-        goto out;
-    }
-    while (len > 0 && r == 0) {
-        uint64_t i = off / t->unit, in = off % t->unit;
-        size_t step = t->unit - in < len ? (size_t)(t->unit - in) : len;
-        r = bs_pwrite_all(t->fd, buf, step, (int64_t)(t->phys[i] * t->unit + in));
-        buf += step;
-        off += step;
-        len -= step;
-    }
-    *t->dirty = 1; /* even after a failure part-way: some bytes may have reached the file */
-out:
-    pthread_rwlock_unlock(&t->lock);
-    return r;
+    return table_io(t, NULL, buf, len, off);
 }
 
 /* -- FUSE callbacks ------------------------------------------------------------------------- */
