@@ -60,10 +60,12 @@ class DataFile:
         native.pread_multi(self.fd, buf, offsets, lengths, self.path)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (in C, in pieces that keep the page cache in small
+        folios: native/blockstore_native.c)."""
+        from . import native
+
         self.dirty = True
-        n = os.pwrite(self.fd, data, offset)
-        while n < len(data):  # short writes are legal; finish them
-            n += os.pwrite(self.fd, memoryview(data)[n:], offset + n)
+        native.pwrite_all(self.fd, data, offset, self.path)
 
     def punch(self, offset: int, length: int) -> None:
         """Make the range read as zeros and give its blocks back to the filesystem."""
