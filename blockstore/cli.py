@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--read-only", action="store_true")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     m.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="serve with up to N threads (default 4; 0: one loop)")
+                   help="serve with up to N threads (default: one per core, 2 at least; 0: one loop)")
     m.add_argument("--no-direct", action="store_true",
                    help="serve every request in Python, not reads and in-place writes in C (slower)")
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")

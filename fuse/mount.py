@@ -23,9 +23,10 @@ from .ops import LUFilesystem
 log = logging.getLogger("blockstore.fuse")
 PR_SET_IO_FLUSHER = 57
 REQUEST = 1 << 20
-#: libfuse threads by default: with the direct path, more threads than cores keep both cores
-#: busy while some wait on the page cache (README, "FUSE").
-THREADS = 4
+#: libfuse threads by default: one per core (2 at least). Direct requests need no GIL, so they
+#: run on every core at once; more threads than cores only spin on the data file's inode lock
+#: (README, "FUSE").
+THREADS = max(2, min(8, os.cpu_count() or 2))
 #: Below this a copy costs less than making a view of libfuse's buffer.
 SMALL = 64 << 10
 
