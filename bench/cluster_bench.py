@@ -62,12 +62,7 @@ class _Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for pid in self.pids.values():
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        admin.kill_nodes(self.pids.values())
         shutil.rmtree(self.pool, ignore_errors=True)
 
 

@@ -64,12 +64,7 @@ class Cluster:
             return f.read()
 
     def kill_all(self) -> None:
-        for pid in self.pids.values():
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        admin.kill_nodes(self.pids.values())
 
 
 @pytest.fixture
