@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from blockstore import Pool
+from blockstore.errors import InvalidArgument
 from blockstore.sizes import format_size
 
 MiB = 1 << 20
@@ -415,10 +416,17 @@ class Bench:
         from . import cluster_bench
         cluster_bench.run(self, self.dir, self.quick)
 
-    def run(self) -> None:
-        for step in (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus,
-                     self.mirror, self.services, self.cluster, self.fuse):
-            step()
+    def groups(self) -> dict[str, tuple[Callable[[], None], ...]]:
+        """The runs by group, in the order they run."""
+        return {"core": (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus),
+                "mirror": (self.mirror,), "services": (self.services,), "cluster": (self.cluster,),
+                "fuse": (self.fuse,)}
+
+    def run(self, only: list[str] | None = None) -> None:
+        for group, steps in self.groups().items():
+            if only is None or group in only:
+                for step in steps:
+                    step()
 
     def close(self) -> None:
         self.pool.close()
@@ -462,8 +470,14 @@ def chart(results: list[dict[str, Any]], path: str) -> str | None:
     return None
 
 
+GROUPS = ("core", "mirror", "services", "cluster", "fuse")
+
+
 def main(quick: bool = False, json_path: str | None = None, png_path: str | None = None,
-         workdir: str | None = None) -> int:
+         workdir: str | None = None, only: list[str] | None = None) -> int:
+    unknown = sorted(set(only or ()) - set(GROUPS))
+    if unknown:
+        raise InvalidArgument(f"unknown bench group {', '.join(unknown)} (groups: {', '.join(GROUPS)})")
     base = workdir or os.getcwd()
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".blockstore-bench-", dir=base)
@@ -472,11 +486,11 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
     b = Bench(tmp, quick)
     started = time.time()
     try:
-        b.run()
+        b.run(only)
     finally:
         b.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    doc = {"version": 1, "quick": quick, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    doc = {"version": 1, "quick": quick, "groups": only or list(GROUPS), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
            "seconds": round(time.time() - started, 1),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
            "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,

@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --json)")
     b.add_argument("--dir", help="where to run (default: a temporary directory under the current one)")
+    b.add_argument("--only", metavar="GROUPS",
+                   help="comma-separated groups to run: core, mirror, services, cluster, fuse (default: all)")
     return p
 
 
@@ -269,7 +271,8 @@ def _bounded_stdin(room: int, name: str) -> BinaryIO:
 def run(args: argparse.Namespace) -> int:
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
-        return bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir)
+        return bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir,
+                          only=args.only.split(",") if args.only else None)
     if args.group == "umount":
         from blockstore_fuse.mount import umount
         umount(args.mountpoint)
