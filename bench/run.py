@@ -8,7 +8,8 @@ Results: a table on stdout, JSON (``--json``; shape below) and a PNG chart of th
 JSON shape (version 1):
   {"version": 1, "quick": bool, "when": ISO time, "machine": {...}, "params": {...},
    "results": [{"name", "group", "unit", "ours", "baseline", "ratio", "target", "ok", "note"}],
-   "fuse": {target: {pattern: median}} or null when fio or qemu-storage-daemon is missing}
+   "fuse": {target: {pattern: median}} or null when fio or qemu-storage-daemon is missing,
+   "fuse_samples": {target: {pattern: [the figure of each round]}} or null}
 ``ratio`` is baseline-time / our-time for speeds (higher is better) and is null where there is
 no baseline; ``target`` is the ratio (or bound) the issue sets, ``ok`` whether it was met.
 """
@@ -394,14 +395,19 @@ class Bench:
         if missing:
             print(f"FUSE runs skipped: {', '.join(missing)} not installed (make deps)")
             return
-        res = fuse_bench.run(self.dir, self.quick)
+        res, self.fuse_samples = fuse_bench.run(self.dir, self.quick)
         self.fuse_results = res
         ours, qemu, plain = res["blockstore mount"], res["qemu fuse export"], res["plain file"]
+
+        def spread(target: str, name: str) -> str:
+            v = self.fuse_samples[target][name]
+            return f"{min(v):,.0f}-{max(v):,.0f}"
         for name, _, bs in fuse_bench.PATTERNS:
             unit = "MiB/s" if bs == "1M" else "IOPS"
             seq = bs == "1M"
             self.add(f"fuse {name} vs qemu", "fuse", unit, ours[name], qemu[name], 1.5 if seq else 1.0,
-                     note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2")
+                     note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2; rounds: "
+                          f"ours {spread('blockstore mount', name)}, qemu {spread('qemu fuse export', name)}")
         for name, _, bs in fuse_bench.PATTERNS:
             self.add(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
                      plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem")
@@ -495,7 +501,8 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
            "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,
                       "extent_size": b.pool.extent_size},
-           "results": b.results, "fuse": getattr(b, "fuse_results", None)}
+           "results": b.results, "fuse": getattr(b, "fuse_results", None),
+           "fuse_samples": getattr(b, "fuse_samples", None)}
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, "w") as f:
