@@ -11,6 +11,9 @@ from ._native import ffi, lib
 
 Buffer = bytes | bytearray | memoryview
 
+#: bs_pwrite_all writes in pieces of at most this many bytes (native/blockstore_native.c).
+WRITE_PIECE: int = lib.BS_WRITE_PIECE
+
 
 def _raise(r: int, what: str, path: str, offset: int) -> None:
     e = -r

@@ -8,17 +8,16 @@
 
 #include "blockstore_native.h"
 
-/* Writes go to the file in pieces of at most this much, which keeps its page cache in folios
- * of at most this size: a later 4 KiB write into a large folio costs ext4 a walk over all of
+/* Writes go to the file in pieces of at most BS_WRITE_PIECE, which keeps its page cache in
+ * folios of at most that size: a later 4 KiB write into a large folio costs ext4 a walk over all of
  * its block buffers. Measured on ext4 (kernel 6.18), one thread, after the file was written in
  * pieces of 1 MiB / 256 KiB / 64 KiB: 4 KiB random pwrites ran at 32,500 / 83,000 / 164,000 a
  * second, and 1 MiB sequential pwrites at 5,770 / 5,214 / 4,783 MiB/s. */
-#define WRITE_PIECE (256 * 1024)
 
 int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off)
 {
     while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len < WRITE_PIECE ? len : WRITE_PIECE, (off_t)off);
+        ssize_t n = pwrite(fd, buf, len < BS_WRITE_PIECE ? len : BS_WRITE_PIECE, (off_t)off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

@@ -20,7 +20,14 @@ def declarations() -> str:
     for part in PARTS:
         with open(os.path.join(HERE, f"{part}.h")) as f:
             text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
-        out += [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        for line in text.splitlines():
+            # Integer constants reach Python as lib.NAME (cffi's "#define NAME ..."); the other
+            # preprocessor lines (include guards, includes) are C's alone.
+            const = re.match(r"\s*#define\s+(BS_\w+)\s+\S", line)
+            if const:
+                out.append(f"#define {const.group(1)} ...")
+            elif not line.lstrip().startswith("#"):
+                out.append(line)
     return "\n".join(out)
 
 
