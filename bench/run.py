@@ -34,6 +34,13 @@ from blockstore.sizes import format_size
 MiB = 1 << 20
 
 
+#: The measurements (Bench methods) by group, in the order they run; ``--only`` picks groups.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
+    "mirror": ("mirror",), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",),
+}
+
+
 class Bench:
     def __init__(self, workdir: str, quick: bool) -> None:
         self.dir, self.quick = workdir, quick
@@ -422,17 +429,11 @@ class Bench:
         from . import cluster_bench
         cluster_bench.run(self, self.dir, self.quick)
 
-    def groups(self) -> dict[str, tuple[Callable[[], None], ...]]:
-        """The runs by group, in the order they run."""
-        return {"core": (self.sequential, self.random4k, self.metadata, self.cow, self.snapshots, self.many_lus),
-                "mirror": (self.mirror,), "services": (self.services,), "cluster": (self.cluster,),
-                "fuse": (self.fuse,)}
-
     def run(self, only: list[str] | None = None) -> None:
-        for group, steps in self.groups().items():
+        for group, steps in GROUPS.items():
             if only is None or group in only:
                 for step in steps:
-                    step()
+                    getattr(self, step)()
 
     def close(self) -> None:
         self.pool.close()
@@ -476,9 +477,6 @@ def chart(results: list[dict[str, Any]], path: str) -> str | None:
     return None
 
 
-GROUPS = ("core", "mirror", "services", "cluster", "fuse")
-
-
 def main(quick: bool = False, json_path: str | None = None, png_path: str | None = None,
          workdir: str | None = None, only: list[str] | None = None) -> int:
     unknown = sorted(set(only or ()) - set(GROUPS))
@@ -496,7 +494,8 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
     finally:
         b.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    doc = {"version": 1, "quick": quick, "groups": only or list(GROUPS), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    doc = {"version": 1, "quick": quick, "groups": only or list(GROUPS),
+           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
            "seconds": round(time.time() - started, 1),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
            "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,

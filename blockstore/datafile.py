@@ -64,14 +64,16 @@ class DataFile:
         folios (native/blockstore_native.c). One piece or less goes straight to ``os.pwrite``,
         which costs a small write a third less than the call into C."""
         self.dirty_flag[0] = 1
+        done = 0
         if len(data) <= native.WRITE_PIECE:
             try:
-                if os.pwrite(self.fd, data, offset) == len(data):
-                    return
+                done = os.pwrite(self.fd, data, offset)
             except OSError as e:
-                raise OSError(e.errno, f"write {self.path} at offset {offset}: {e.strerror}", self.path) from None
+                native.raise_errno(-e.errno, "write", self.path, offset)
+            if done == len(data):
+                return
             # a short write (the disk filling up): the C loop writes the rest or says why not
-        native.pwrite_all(self.fd, data, offset, self.path)
+        native.pwrite_all(self.fd, memoryview(data)[done:], offset + done, self.path)
 
     def punch(self, offset: int, length: int) -> None:
         """Make the range read as zeros and give its blocks back to the filesystem."""

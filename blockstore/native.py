@@ -4,6 +4,7 @@ which the layers above turn into the engine's own exceptions."""
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import numpy as np
 
@@ -15,7 +16,8 @@ Buffer = bytes | bytearray | memoryview
 WRITE_PIECE: int = lib.BS_WRITE_PIECE
 
 
-def _raise(r: int, what: str, path: str, offset: int) -> None:
+def raise_errno(r: int, what: str, path: str, offset: int) -> NoReturn:
+    """Raise OSError(-r) naming what failed, the file and the offset (the engine's one wording)."""
     e = -r
     raise OSError(e, f"{what} {path} at offset {offset}: {os.strerror(e)}", path)
 
@@ -45,20 +47,20 @@ def cow(src: int, src_off: int, dst0: int, dst1: int, dst_off: int, extent: int,
 def pwrite_all(fd: int, buf: Buffer, offset: int, path: str) -> None:
     r = lib.bs_pwrite_all(fd, ffi.from_buffer(buf), len(buf), offset)
     if r < 0:
-        _raise(r, "write", path, offset)
+        raise_errno(r, "write", path, offset)
 
 
 def pread_all(fd: int, buf: bytearray | memoryview, offset: int, path: str) -> None:
     r = lib.bs_pread_all(fd, ffi.from_buffer(buf, require_writable=True), len(buf), offset)
     if r < 0:
-        _raise(r, "read", path, offset)
+        raise_errno(r, "read", path, offset)
 
 
 def copy(src: int, src_off: int, dst: int, dst_off: int, length: int, path: str) -> None:
     """Copy a range between files (copy_file_range where the kernel can)."""
     r = lib.bs_copy(src, src_off, dst, dst_off, length)
     if r < 0:
-        _raise(r, "copy into", path, dst_off)
+        raise_errno(r, "copy into", path, dst_off)
 
 
 def pread_multi(fd: int, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray", path: str) -> None:
@@ -68,7 +70,7 @@ def pread_multi(fd: int, buf: memoryview, offsets: "np.ndarray", lengths: "np.nd
     r = lib.bs_pread_multi(fd, ffi.from_buffer(buf, require_writable=True), ffi.from_buffer("int64_t[]", offs),
                            ffi.from_buffer("size_t[]", lens), len(offs))
     if r < 0:
-        _raise(r, "read", path, int(offs[offs >= 0][0]) if (offs >= 0).any() else 0)
+        raise_errno(r, "read", path, int(offs[offs >= 0][0]) if (offs >= 0).any() else 0)
 
 
 class DirectTable:
