@@ -27,6 +27,10 @@ REQUEST = 1 << 20
 #: run on every core at once; more threads than cores only spin on the data file's inode lock
 #: (README, "FUSE").
 THREADS = max(2, min(8, os.cpu_count() or 2))
+#: Asynchronous requests the kernel keeps queued for the daemon (its default is 12). A client with
+#: more in flight (fio's 2 jobs at iodepth 16 are 32) sleeps in the kernel until one completes,
+#: leaving a core idle between them; 64 let 1 MiB writes run about 10% faster (README, "FUSE").
+BACKGROUND = 64
 #: Below this a copy costs less than making a view of libfuse's buffer.
 SMALL = 64 << 10
 
@@ -142,6 +146,8 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
         if conn is not None and binding.LIBFUSE == 3:
             conn.max_write = REQUEST
             conn.max_readahead = REQUEST
+            conn.max_background = BACKGROUND
+            conn.congestion_threshold = BACKGROUND * 3 // 4
         ops.init("/")
     ops.init_with_config = init_with_config  # type: ignore[attr-defined]
     try:

@@ -15,6 +15,7 @@ import pytest
 
 from blockstore import Pool
 from blockstore.check import check
+from blockstore_fuse.mount import BACKGROUND
 from conftest import cli_json, run_cli
 
 MiB = 1 << 20
@@ -106,6 +107,23 @@ def test_fio_verify_all_in_python(pool_path, tmp_path):
 def mount_log(pool_path: str) -> str:
     logs = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".log")]
     return "".join(open(os.path.join(pool_path, "mounts", f)).read() for f in logs)
+
+
+def fuse_connection(mp: str) -> str:
+    """The kernel's control folder of the FUSE connection behind ``mp`` (fusectl, mounted here
+    if the machine has not)."""
+    ctl = "/sys/fs/fuse/connections"
+    if not os.listdir(ctl):
+        sh("mount", "-t", "fusectl", "none", ctl)
+    return os.path.join(ctl, str(os.minor(os.stat(mp).st_dev)))
+
+
+def test_kernel_got_the_request_settings(mnt):
+    """What init asked for is what the kernel uses: queued requests past its default of 12."""
+    with open(os.path.join(fuse_connection(mnt), "max_background")) as f:
+        assert int(f.read()) == BACKGROUND > 12
+    with open(os.path.join(fuse_connection(mnt), "congestion_threshold")) as f:
+        assert 12 < int(f.read()) < BACKGROUND
 
 
 def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
