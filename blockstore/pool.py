@@ -508,15 +508,15 @@ class Pool:
             src["size"] = lu.size
             self._save_map(txn, lu)  # the handle's pending map is part of what is shared
         assert src is not None
-        rec = self._new_record(txn, new, src["size"], kind, parent,
-                               allocated=src.get("allocated", 0) if lu is None else lu._map.allocated(),
+        # The stored chunks (just saved) are the map: copying them costs O(allocated chunks), where
+        # counting the in-memory map would cost O(size).
+        chunks = list(self._meta.map_chunks(txn, src["id"]))
+        phys = [arr[arr != UNMAPPED] for arr in (np.frombuffer(raw, np.uint32) for _, raw in chunks)]
+        rec = self._new_record(txn, new, src["size"], kind, parent, allocated=sum(map(len, phys)),
                                thick=False, mirrored=src.get("mirrored", False))
         db = self._meta.db["maps"]
-        phys = []
-        for no, raw in list(self._meta.map_chunks(txn, src["id"])):
+        for no, raw in chunks:
             txn.put(map_key(rec["id"], no), raw, db=db)
-            arr = np.frombuffer(raw, np.uint32)
-            phys.append(arr[arr != UNMAPPED])
         if phys:
             self._allocators[0].ref_many(np.concatenate(phys))
         return rec
