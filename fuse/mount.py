@@ -28,8 +28,9 @@ REQUEST = 1 << 20
 #: (README, "FUSE").
 THREADS = max(2, min(8, os.cpu_count() or 2))
 #: Asynchronous requests the kernel keeps queued for the daemon (its default is 12). A client with
-#: more in flight (fio's 2 jobs at iodepth 16 are 32) sleeps in the kernel until one completes,
-#: leaving a core idle between them; 64 let 1 MiB writes run about 10% faster (README, "FUSE").
+#: more in flight (fio's 2 jobs at iodepth 16 are 32) otherwise sleeps in submission until a slot
+#: frees, a sleep and a wake-up per request; 64 let 1 MiB writes run about 10% faster (README,
+#: "FUSE").
 BACKGROUND = 64
 #: Below this a copy costs less than making a view of libfuse's buffer.
 SMALL = 64 << 10
