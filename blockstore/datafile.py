@@ -63,7 +63,7 @@ class DataFile:
         """Write all of ``data`` at ``offset``: in C, in pieces that keep the page cache in small
         folios (native/blockstore_native.c). One piece or less goes straight to ``os.pwrite``,
         which costs a small write a third less than the call into C."""
-        self.dirty_flag[0] = 1
+        self.dirty_flag[0] = 1  # the flag itself, not the property: this is every small write's path
         done = 0
         if len(data) <= native.WRITE_PIECE:
             try:

@@ -11,10 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off);
-
 /* bs_pwrite_all writes in pieces of at most this many bytes (why: blockstore_native.c). */
 #define BS_WRITE_PIECE (256 * 1024)
+int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off);
 int bs_pread_all(int fd, char *buf, size_t len, int64_t off);
 int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, int *failed);
 int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,

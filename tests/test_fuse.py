@@ -120,9 +120,10 @@ def fuse_connection(mp: str) -> str:
 
 def test_kernel_got_the_request_settings(mnt):
     """What init asked for is what the kernel uses: queued requests past its default of 12."""
-    with open(os.path.join(fuse_connection(mnt), "max_background")) as f:
+    conn = fuse_connection(mnt)
+    with open(os.path.join(conn, "max_background")) as f:
         assert int(f.read()) == BACKGROUND > 12
-    with open(os.path.join(fuse_connection(mnt), "congestion_threshold")) as f:
+    with open(os.path.join(conn, "congestion_threshold")) as f:
         assert 12 < int(f.read()) < BACKGROUND
 
 
