@@ -24,6 +24,9 @@ except ImportError:  # Python < 3.12 has no fcntl.fallocate; reach it through li
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
 
+#: Address space a data file's mapping reserves (bytes): growth past it is written by pwrite.
+MAP_RESERVE = 1 << 40
+
 
 class DataFile:
     """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
@@ -40,6 +43,7 @@ class DataFile:
             os.ftruncate(self.fd, create_size)
         self.dirty_flag = np.zeros(1, np.int32)
         self._can_punch = True
+        self._map: native.FileMap | None = None
 
     @property
     def dirty(self) -> bool:
@@ -48,6 +52,14 @@ class DataFile:
     @dirty.setter
     def dirty(self, value: bool) -> None:
         self.dirty_flag[0] = value
+
+    def mapping(self) -> native.FileMap:
+        """The file mapped shared, for the C direct path's writes (native/fastpath.h). It reserves
+        ``MAP_RESERVE`` bytes of address space (or the file's size, if larger) so the file can
+        grow under it; bytes past the file's end are never copied through it."""
+        if self._map is None:  # NULL when there is no address space to spare: pwrite it is
+            self._map = native.FileMap(self.fd, max(self.size(), MAP_RESERVE))
+        return self._map
 
     def pread(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
@@ -110,6 +122,10 @@ class DataFile:
             os.fdatasync(self.fd)
 
     def close(self) -> None:
+        """Every direct table that writes through ``mapping`` must have been retired."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import OutOfRange, ReadOnly
 from .extents import NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
-from .native import DirectTable
+from .native import NO_MAP, DirectTable
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -200,8 +200,9 @@ class LU:
             m, df = self._map, self._pool._datafiles[0]
             # A read-only handle (a snapshot) is never written through the table.
             direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
-            self._direct.publish(-1 if self._closed or self.mirrored else df.fd, self._E, self._size, m.phys,
-                                 direct, not self.thick, df.dirty_flag)
+            serve = not (self._closed or self.mirrored)
+            self._direct.publish(df.fd if serve else -1, df.mapping() if serve else NO_MAP, self._E, self._size,
+                                 m.phys, direct, not self.thick, df.dirty_flag)
 
     def _retire_direct(self) -> None:
         """The handle is closing: the table serves nothing from now on."""

@@ -73,6 +73,23 @@ def pread_multi(fd: int, buf: memoryview, offsets: "np.ndarray", lengths: "np.nd
         raise_errno(r, "read", path, int(offs[offs >= 0][0]) if (offs >= 0).any() else 0)
 
 
+class FileMap:
+    """A shared read-write mapping of a file's first ``length`` bytes (native/fastpath.h,
+    bs_map_file); ``ptr`` is NULL when the mapping could not be made (or ``fd`` is -1)."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        self.length = length
+        self.ptr = lib.bs_map_file(fd, length) if fd >= 0 else ffi.NULL
+
+    def close(self) -> None:
+        lib.bs_unmap_file(self.ptr, self.length)
+        self.ptr = ffi.NULL
+
+
+#: No mapping: a table given it writes by pwrite.
+NO_MAP = FileMap(-1, 0)
+
+
 class DirectTable:
     """A translation table the C direct path does I/O through (native/fastpath.h): the units of a
     byte range, where each lives in one file and whether it may be written in place. ``with
@@ -89,12 +106,13 @@ class DirectTable:
     def __exit__(self, *exc: object) -> None:
         lib.bs_table_unlock(self.ptr)
 
-    def publish(self, fd: int, unit: int, size: int, phys: np.ndarray, direct: np.ndarray, zero_slow: bool,
-                dirty: np.ndarray) -> None:
-        """Point the table at ``phys`` (uint32 per unit) and ``direct`` (bool per unit); ``fd`` -1
-        serves nothing. Hold the table (``with``) unless no I/O can use it yet."""
+    def publish(self, fd: int, mapping: FileMap, unit: int, size: int, phys: np.ndarray, direct: np.ndarray,
+                zero_slow: bool, dirty: np.ndarray) -> None:
+        """Point the table at ``phys`` (uint32 per unit) and ``direct`` (bool per unit) of ``fd``,
+        mapped by ``mapping`` (which must outlive its use here); ``fd`` -1 serves nothing. Hold
+        the table (``with``) unless no I/O can use it yet."""
         self._keep = (phys, direct, dirty)  # C holds pointers into these arrays
-        lib.bs_table_publish(self.ptr, fd, unit, size, ffi.from_buffer("uint32_t[]", phys),
+        lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, ffi.from_buffer("uint32_t[]", phys),
                              ffi.from_buffer("uint8_t[]", direct), len(phys), int(zero_slow),
                              ffi.from_buffer("int[]", dirty))
 

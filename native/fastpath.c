@@ -2,8 +2,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "blockstore_native.h"
 #include "fastpath.h"
@@ -11,6 +15,8 @@
 struct bs_table {
     pthread_rwlock_t lock;
     int fd;
+    char *map;
+    uint64_t map_len;
     uint64_t unit, size, n;
     const uint32_t *phys;
     const uint8_t *direct;
@@ -44,10 +50,12 @@ void bs_table_free(bs_table *t)
 void bs_table_lock(bs_table *t) { pthread_rwlock_wrlock(&t->lock); }
 void bs_table_unlock(bs_table *t) { pthread_rwlock_unlock(&t->lock); }
 
-void bs_table_publish(bs_table *t, int fd, uint64_t unit, uint64_t size, const uint32_t *phys,
-                      const uint8_t *direct, uint64_t n, int zero_slow, int *dirty)
+void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
+                      const uint32_t *phys, const uint8_t *direct, uint64_t n, int zero_slow, int *dirty)
 {
     t->fd = fd;
+    t->map = map;
+    t->map_len = map != NULL ? map_len : 0;
     t->unit = unit;
     t->size = size;
     t->phys = phys;
@@ -77,6 +85,90 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
     return 1;
 }
 
+/* -- writes through the mapping ------------------------------------------------------------- */
+
+/* The copy a thread has in flight into the mapping, if any: where its SIGBUS returns to. */
+static __thread sigjmp_buf *volatile copying __attribute__((tls_model("initial-exec")));
+static struct sigaction previous_bus;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+
+static void on_bus(int sig, siginfo_t *info, void *ctx)
+{
+    if (copying != NULL)
+        siglongjmp(*copying, 1);
+    /* Not a copy of ours: the previous action takes the fault when the instruction runs again. */
+    sigaction(SIGBUS, &previous_bus, NULL);
+    (void)sig, (void)info, (void)ctx;
+}
+
+static void install_bus(void)
+{
+    /* SA_NODEFER: siglongjmp leaves the handler without restoring the signal mask (saving it
+     * would cost a system call per copy), so SIGBUS must not be blocked while it runs. */
+    struct sigaction sa = {.sa_sigaction = on_bus, .sa_flags = SA_SIGINFO | SA_NODEFER};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &previous_bus);
+}
+
+char *bs_map_file(int fd, uint64_t len)
+{
+    pthread_once(&bus_once, install_bus);
+    void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return m == MAP_FAILED ? NULL : m;
+}
+
+void bs_unmap_file(char *map, uint64_t len)
+{
+    if (map != NULL)
+        munmap(map, (size_t)len);
+}
+
+int bs_copy_to_map(char *dst, const char *src, size_t len)
+{
+    sigjmp_buf here;
+    if (sigsetjmp(here, 0)) {
+        copying = NULL;
+        return -EFAULT;
+    }
+    copying = &here;
+    memcpy(dst, src, len);
+    copying = NULL;
+    return 0;
+}
+
+/* Whether every page of [p, p + len) is in the page cache (mincore: one system call, no lock
+ * of the file). */
+static int resident(const char *p, size_t len)
+{
+    static long page;
+    if (page == 0)
+        page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(page - 1);
+    size_t pages = ((uintptr_t)p + len - start + (size_t)page - 1) / (size_t)page;
+    unsigned char in[BS_WRITE_PIECE / 4096 + 2];
+    if (pages > sizeof in || mincore((void *)start, pages * (size_t)page, in) != 0)
+        return 0;
+    for (size_t i = 0; i < pages; i++)
+        if (!(in[i] & 1))
+            return 0;
+    return 1;
+}
+
+/* One write of a piece within one unit, at byte `at` of the file. */
+static int write_at(bs_table *t, const char *buf, size_t len, int64_t at)
+{
+    if (t->map != NULL && (uint64_t)at + len <= t->map_len) {
+        for (size_t done = 0; done < len;) {
+            size_t step = len - done < BS_WRITE_PIECE ? len - done : BS_WRITE_PIECE;
+            if (!resident(t->map + at + done, step) || bs_copy_to_map(t->map + at + done, buf + done, step) != 0)
+                return bs_pwrite_all(t->fd, buf + done, len - done, at + (int64_t)done);
+            done += step;
+        }
+        return 0;
+    }
+    return bs_pwrite_all(t->fd, buf, len, at);
+}
+
 /* One request through the table: a read into rbuf, or a write from wbuf. */
 static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint64_t off)
 {
@@ -92,7 +184,7 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         uint32_t p = t->phys[i]; /* i < n: servable kept the range within size */
         int64_t at = (int64_t)((uint64_t)p * t->unit + in);
         if (wbuf != NULL)
-            r = bs_pwrite_all(t->fd, wbuf + done, step, at);
+            r = write_at(t, wbuf + done, step, at);
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
         else

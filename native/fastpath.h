@@ -13,6 +13,13 @@
  * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
  * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
+ * Writes go through `map`, a shared mapping of the file (bs_map_file), when every page they touch
+ * is in the page cache: a copy into mapped pages takes neither a system call nor the file's inode
+ * lock, which two threads writing one file otherwise queue on. Any other write is a pwrite: a page
+ * not in memory would be read from disk before a mapped copy overwrote it. A fault in the mapping
+ * (SIGBUS: no space for a page of a hole, an I/O error) is caught, and the pwrite that follows says
+ * why. Reads are always preads (a mapped copy did not read faster).
+ *
  * The FUSE callbacks find a table by the file handle (fuse_file_info.fh at fh_offset, given once
  * by bs_fuse_setup with the fallback callbacks); a handle with no table, or BS_SLOW, goes to the
  * fallback. They know nothing of libfuse beyond the callback signatures.
@@ -32,8 +39,15 @@ void bs_table_free(bs_table *t);
 void bs_table_lock(bs_table *t);
 void bs_table_unlock(bs_table *t);
 /* Call while holding the table exclusively (or before any I/O uses it). */
-void bs_table_publish(bs_table *t, int fd, uint64_t unit, uint64_t size, const uint32_t *phys,
-                      const uint8_t *direct, uint64_t n, int zero_slow, int *dirty);
+void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
+                      const uint32_t *phys, const uint8_t *direct, uint64_t n, int zero_slow, int *dirty);
+/* A shared read-write mapping of `len` bytes of `fd` (it may reach past the file's end, where
+ * nothing is ever copied: such pages are not in memory), or NULL; the first call also installs the
+ * SIGBUS handler of bs_copy_to_map. */
+char *bs_map_file(int fd, uint64_t len);
+void bs_unmap_file(char *map, uint64_t len);
+/* memcpy into mapped pages: 0, or -EFAULT when the copy faulted (SIGBUS) and stopped part-way. */
+int bs_copy_to_map(char *dst, const char *src, size_t len);
 int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -56,3 +57,17 @@ def fingerprint(pool_dir: str) -> Any:
                 digests[r["name"]] = h.hexdigest()
         rep = check(p)
     return st, lus, digests, rep["clean"]
+
+
+def page_cached(fd: int, offset: int) -> bool:
+    """Whether the page at ``offset`` of ``fd`` is in the page cache (mincore of a fresh mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    p = libc.mmap(None, 4096, 1, 1, fd, offset)  # PROT_READ, MAP_SHARED
+    vec = ctypes.create_string_buffer(1)
+    assert libc.mincore(p, 4096, vec) == 0
+    libc.munmap(p, 4096)
+    return bool(vec.raw[0] & 1)

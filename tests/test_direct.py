@@ -11,6 +11,7 @@ import pytest
 
 from blockstore import Pool
 from blockstore.check import check
+from conftest import page_cached
 
 E = 64 << 10
 SLOW = 1
@@ -50,6 +51,16 @@ def test_in_place_writes_and_reads(pool):
         assert lu.read(0, 8 * E) == before and lu.allocated_bytes == allocated
         assert t.pwrite(bytes(100), E) == 0      # zeros inside an extent are just bytes
         assert t.pread(bytearray(10), 8 * E - 5) == SLOW
+        # Those writes went through the mapping, their pages being in memory; pages that are not
+        # are pwritten (a mapped copy would read them from disk first).
+        lu.write(5 * E, os.urandom(2 * E))
+        pool.flush()
+        os.posix_fadvise(df.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        p = int(lu._map.phys[5]) * E
+        assert not page_cached(df.fd, p)
+        data = os.urandom(E)
+        assert t.pwrite(data, 5 * E + 100) == 0 and df.dirty
+        assert lu.read(5 * E + 100, E) == data
 
 
 def test_table_follows_snapshots_resizes_rollback_and_close(pool):
