@@ -102,6 +102,7 @@ def qemu_target(workdir: str, size: int) -> Iterator[str]:
 TARGETS: dict[str, Callable[[str, int], Any]] = {
     "plain file": plain_target,
     "blockstore mount": blockstore_target,
+    "blockstore mount, writes by pwrite": lambda d, n: blockstore_target(d, n, map_writes=False),
     "blockstore mount, one thread": lambda d, n: blockstore_target(d, n, threads=0),
     "blockstore mount, Python only": lambda d, n: blockstore_target(d, n, threads=0, direct=False),
     "qemu fuse export": qemu_target,

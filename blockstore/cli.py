@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve with up to N threads (default: one per core, 2 at least; 0: one loop)")
     m.add_argument("--no-direct", action="store_true",
                    help="serve every request in Python, not reads and in-place writes in C (slower)")
+    m.add_argument("--no-write-map", action="store_true",
+                   help="write in place by pwrite, not by copying into a mapping of the data file (slower)")
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
     u.add_argument("mountpoint")
 
@@ -285,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= threads <= 64:
             raise UsageError("blockstore mount: --threads takes 0 to 64")
         mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
-                   allow_other=args.allow_other, threads=threads, direct=not args.no_direct)
+                   allow_other=args.allow_other, threads=threads, direct=not args.no_direct,
+                   map_writes=not args.no_write_map)
         if not args.foreground:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0

@@ -61,6 +61,7 @@ class LU:
         self._opens = 1
         self._closed = False
         self._direct: DirectTable | None = None
+        self._map_writes = True
 
     # -- BlockDevice -------------------------------------------------------------------------
 
@@ -179,15 +180,18 @@ class LU:
             for ext, start, cnt, pos in pieces:
                 self._write_extent(ext, start, mv[pos:pos + cnt])
 
-    def direct_table(self) -> DirectTable | None:
+    def direct_table(self, *, map_writes: bool = True) -> DirectTable | None:
         """The table through which the C direct path (native/fastpath.h) reads this LU and writes
         its own extents in place, without the GIL; it follows every change of the map. None for
         a handle the table cannot serve: a mirrored LU (two copies to write) or a read-only
-        handle of an LU that another process writes (its map is re-read behind its back)."""
+        handle of an LU that another process writes (its map is re-read behind its back).
+        ``map_writes``: write by copying into a mapping of the data file where the pages are in
+        memory (else every write is a pwrite); given by the first call."""
         if self.mirrored or not self._fast or self._closed:
             return None
         with self._lock:
             if self._direct is None:
+                self._map_writes = map_writes
                 self._direct = DirectTable()
                 self._map.guard = self._direct
                 self._publish_direct()
@@ -201,7 +205,8 @@ class LU:
             # A read-only handle (a snapshot) is never written through the table.
             direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
             serve = not (self._closed or self.mirrored)
-            self._direct.publish(df.fd if serve else -1, df.mapping() if serve else NO_MAP, self._E, self._size,
+            mapping = df.mapping() if serve and self._map_writes else NO_MAP
+            self._direct.publish(df.fd if serve else -1, mapping, self._E, self._size,
                                  m.phys, direct, not self.thick, df.dirty_flag)
 
     def _retire_direct(self) -> None:

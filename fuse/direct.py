@@ -12,6 +12,10 @@ from . import binding
 
 
 class DirectPath:
+    def __init__(self, *, map_writes: bool = True) -> None:
+        """``map_writes``: see ``LU.direct_table``."""
+        self.map_writes = map_writes
+
     def install(self, originals: dict[str, int]) -> dict[str, int]:
         """For binding.callbacks_replaced: C read and write first, the binding's as fallback."""
         read, write = fuse_direct_setup(binding.FH_OFFSET, originals["read"], originals["write"])
@@ -19,7 +23,7 @@ class DirectPath:
 
     def attach(self, fh: int, lu: LU) -> None:
         """Serve file handle ``fh`` of ``lu`` directly, if its LU can be served so."""
-        table = lu.direct_table()
+        table = lu.direct_table(map_writes=self.map_writes)
         if table is not None:
             fuse_direct_attach(fh, table)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -110,14 +111,17 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 
 
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
-          threads: int = THREADS, direct: bool = True, on_ready: Callable[[], None] | None = None) -> None:
+          threads: int = THREADS, direct: bool = True, map_writes: bool = True,
+          on_ready: Callable[[], None] | None = None) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
     on one thread. ``direct`` serves reads and in-place writes in C (direct.py), without the
     GIL, so threads run them in parallel; without it every request is Python, where threads
-    only help large requests (handing the GIL over costs more than a 4 KiB request). How the
-    default was chosen: README, "FUSE".
+    only help large requests (handing the GIL over costs more than a 4 KiB request).
+    ``map_writes``: the direct path copies writes into a mapping of the data file where their
+    pages are in memory, else it pwrites them (LU.direct_table). How the defaults were chosen:
+    README, "FUSE".
     """
     _io_flusher()
     _steady_malloc()
@@ -127,7 +131,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     pidfile = _state_path(pool.path, mountpoint, "pid")
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()}\n")
-    fast = DirectPath() if direct and binding.LIBFUSE == 3 else None
+    fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
     ops = LUFilesystem(pool, read_only=read_only, direct=fast)
     ops.on_ready = on_ready
     options: dict[str, object] = {
@@ -162,20 +166,21 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
 
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
-          allow_other: bool = False, threads: int = THREADS, direct: bool = True) -> str:
+          allow_other: bool = False, threads: int = THREADS, direct: bool = True,
+          map_writes: bool = True) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
-    ``threads`` and ``direct``: see ``serve``."""
+    ``threads``, ``direct`` and ``map_writes``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
+    run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
+                            direct=direct, map_writes=map_writes)
     if foreground:
-        serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads, direct=direct)
+        run()
         return mp
     os.makedirs(os.path.join(pool_path, "mounts"), exist_ok=True)
-    daemonize(lambda ready: serve(pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                                  direct=direct, on_ready=ready),
-              _state_path(pool_path, mp, "log"), "mount daemon")
+    daemonize(lambda ready: run(on_ready=ready), _state_path(pool_path, mp, "log"), "mount daemon")
     return mp
 
 

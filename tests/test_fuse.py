@@ -142,6 +142,7 @@ def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
         f.write(mmap.mmap(-1, MiB))  # one whole (1 MiB) extent, page-aligned so one request
         os.fsync(f.fileno())
     assert cli_json("lu", "show", "disk", pool=pool_path)["allocated"] == 7 * MiB
+    assert data_file_mapped(pool_path)  # the rewrites were copied into the mapping
     run_cli("umount", mnt)
     counts = dict((what, int(n)) for n, what in
                   (part.split(" ", 1) for part in mount_log(pool_path).rsplit("requests: ", 1)[1].strip().split(", ")))
@@ -151,6 +152,31 @@ def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
     expect = bytearray(data)
     expect[2 * MiB:3 * MiB] = bytes(MiB)
     assert out.read_bytes()[:8 * MiB] == bytes(expect)
+
+
+def data_file_mapped(pool_path: str) -> bool:
+    """Whether the mount daemon has the pool's data file mapped."""
+    data = os.path.realpath(os.path.join(pool_path, "fg0", "data"))
+    with open(f"/proc/{daemon_pid(pool_path)}/maps") as f:
+        return any(line.rstrip("\n").endswith(" " + data) for line in f)
+
+
+def test_writes_by_pwrite_when_asked(pool_path, tmp_path):
+    """--no-write-map: in-place writes are pwritten; the data file is never mapped."""
+    mp = str(tmp_path / "pw")
+    os.mkdir(mp)
+    run_cli("mount", mp, "--no-write-map", pool=pool_path)
+    try:
+        data = os.urandom(4 * MiB)
+        for _ in range(2):  # the second time in place, by the direct path
+            with open(f"{mp}/disk", "r+b", buffering=0) as f:
+                f.write(data)
+                os.fsync(f.fileno())
+        assert not data_file_mapped(pool_path)
+    finally:
+        run_cli("umount", mp)
+    with Pool.open(pool_path) as p, p.lu("disk", writable=False) as lu:
+        assert lu.read(0, len(data)) == data
 
 
 def test_ext4_on_a_loop_device(mnt, pool_path, tmp_path):
@@ -269,12 +295,14 @@ def test_read_only_mount(pool_path, tmp_path):
 
 
 def test_fsync_survives_sigkill_and_stale_mount_is_cleared(mnt, pool_path):
-    blob = os.urandom(3 * MiB)
-    with open(f"{mnt}/disk", "r+b") as f:
-        f.seek(MiB)
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+    for _ in range(2):  # the first write fills holes (the engine), the second is in place (C)
+        blob = os.urandom(3 * MiB)
+        with open(f"{mnt}/disk", "r+b") as f:
+            f.seek(MiB)
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    assert data_file_mapped(pool_path)
     os.kill(daemon_pid(pool_path), signal.SIGKILL)
     time.sleep(0.5)
     with pytest.raises(OSError):
