@@ -41,6 +41,54 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+def row(name: str, group: str, unit: str, ours: float, baseline: float | None = None,
+        target: float | None = None, higher_is_better: bool = True, note: str = "") -> dict[str, Any]:
+    """One result: ``ratio`` is ours against the baseline (higher is better), ``ok`` whether it
+    meets ``target`` (a ratio, or a bound on ``ours`` when there is no baseline)."""
+    ratio = None
+    if baseline is not None and ours > 0:
+        ratio = ours / baseline if higher_is_better else baseline / ours
+    ok = None if target is None else (ratio if ratio is not None else ours) >= target \
+        if higher_is_better or ratio is not None else ours <= target
+    return {"name": name, "group": group, "unit": unit, "ours": ours, "baseline": baseline,
+            "ratio": ratio, "target": target, "ok": ok, "note": note}
+
+
+def fuse_rows(res: dict[str, dict[str, float]], samples: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """The FUSE group's results from fuse_bench.run's medians and rounds."""
+    from .fuse_bench import PATTERNS
+    out = []
+    ours, qemu, plain = res["blockstore mount"], res["qemu fuse export"], res["plain file"]
+
+    def spread(target: str, name: str) -> str:
+        v = samples[target][name]
+        return f"{min(v):,.0f}-{max(v):,.0f}"
+    for name, _, bs in PATTERNS:
+        unit = "MiB/s" if bs == "1M" else "IOPS"
+        seq = bs == "1M"
+        out.append(row(f"fuse {name} vs qemu", "fuse", unit, ours[name], qemu[name], 1.5 if seq else 1.0,
+                       note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2; rounds: "
+                            f"ours {spread('blockstore mount', name)}, qemu {spread('qemu fuse export', name)}"))
+    for name, _, bs in PATTERNS:
+        out.append(row(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
+                       plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem"))
+    pwrite = res.get("blockstore mount, writes by pwrite", {})
+    for name, rw, bs in PATTERNS if pwrite else []:
+        if "write" in rw:
+            out.append(row(f"fuse {name}, mapped writes vs pwrite", "fuse", "MiB/s" if bs == "1M" else "IOPS",
+                           ours[name], pwrite[name], None,
+                           note="the default mount against mount --no-write-map; rounds: ours "
+                                f"{spread('blockstore mount', name)}, pwrite "
+                                f"{spread('blockstore mount, writes by pwrite', name)}"))
+    for variant, note in (("one thread", "mount --threads 0"),
+                          ("Python only", "mount --threads 0 --no-direct: no C direct path")):
+        other = res.get(f"blockstore mount, {variant}", {})
+        for name, _, bs in PATTERNS if other else []:
+            out.append(row(f"fuse {name}, {variant} vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
+                           other[name], qemu[name], None, note=note))
+    return out
+
+
 class Bench:
     def __init__(self, workdir: str, quick: bool) -> None:
         self.dir, self.quick = workdir, quick
@@ -56,13 +104,7 @@ class Bench:
 
     def add(self, name: str, group: str, unit: str, ours: float, baseline: float | None = None,
             target: float | None = None, higher_is_better: bool = True, note: str = "") -> None:
-        ratio = None
-        if baseline is not None and ours > 0:
-            ratio = ours / baseline if higher_is_better else baseline / ours
-        ok = None if target is None else (ratio if ratio is not None else ours) >= target \
-            if higher_is_better or ratio is not None else ours <= target
-        self.results.append({"name": name, "group": group, "unit": unit, "ours": ours, "baseline": baseline,
-                             "ratio": ratio, "target": target, "ok": ok, "note": note})
+        self.results.append(row(name, group, unit, ours, baseline, target, higher_is_better, note))
         print(_row(self.results[-1]), flush=True)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -404,26 +446,9 @@ class Bench:
             return
         res, self.fuse_samples = fuse_bench.run(self.dir, self.quick)
         self.fuse_results = res
-        ours, qemu, plain = res["blockstore mount"], res["qemu fuse export"], res["plain file"]
-
-        def spread(target: str, name: str) -> str:
-            v = self.fuse_samples[target][name]
-            return f"{min(v):,.0f}-{max(v):,.0f}"
-        for name, _, bs in fuse_bench.PATTERNS:
-            unit = "MiB/s" if bs == "1M" else "IOPS"
-            seq = bs == "1M"
-            self.add(f"fuse {name} vs qemu", "fuse", unit, ours[name], qemu[name], 1.5 if seq else 1.0,
-                     note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2; rounds: "
-                          f"ours {spread('blockstore mount', name)}, qemu {spread('qemu fuse export', name)}")
-        for name, _, bs in fuse_bench.PATTERNS:
-            self.add(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
-                     plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem")
-        for variant, note in (("one thread", "mount --threads 0"),
-                              ("Python only", "mount --threads 0 --no-direct: no C direct path")):
-            other = res.get(f"blockstore mount, {variant}", {})
-            for name, _, bs in fuse_bench.PATTERNS if other else []:
-                self.add(f"fuse {name}, {variant} vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
-                         other[name], qemu[name], None, note=note)
+        for r in fuse_rows(res, self.fuse_samples):
+            self.results.append(r)
+            print(_row(r), flush=True)
 
     def cluster(self) -> None:
         from . import cluster_bench

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-direct", action="store_true",
                    help="serve every request in Python, not reads and in-place writes in C (slower)")
     m.add_argument("--no-write-map", action="store_true",
-                   help="write in place by pwrite, not by copying into a mapping of the data file (slower)")
+                   help="write in place by pwrite only, never by copying large writes into a mapping of the "
+                        "data file (slower)")
     u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
     u.add_argument("mountpoint")
 

@@ -185,8 +185,8 @@ class LU:
         its own extents in place, without the GIL; it follows every change of the map. None for
         a handle the table cannot serve: a mirrored LU (two copies to write) or a read-only
         handle of an LU that another process writes (its map is re-read behind its back).
-        ``map_writes``: write by copying into a mapping of the data file where the pages are in
-        memory (else every write is a pwrite); given by the first call."""
+        ``map_writes``: write whole 256 KiB pieces whose pages are in memory by copying into a
+        mapping of the data file (the rest is pwritten either way); given by the first call."""
         if self.mirrored or not self._fast or self._closed:
             return None
         with self._lock:

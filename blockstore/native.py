@@ -112,9 +112,9 @@ class DirectTable:
         mapped by ``mapping`` (which must outlive its use here); ``fd`` -1 serves nothing. Hold
         the table (``with``) unless no I/O can use it yet."""
         self._keep = (phys, direct, dirty)  # C holds pointers into these arrays
-        lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, ffi.from_buffer("uint32_t[]", phys),
-                             ffi.from_buffer("uint8_t[]", direct), len(phys), int(zero_slow),
-                             ffi.from_buffer("int[]", dirty))
+        lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size,
+                             ffi.from_buffer("uint32_t[]", phys), ffi.from_buffer("uint8_t[]", direct), len(phys),
+                             int(zero_slow), ffi.from_buffer("int[]", dirty))
 
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
