@@ -1,9 +1,11 @@
 """The C functions alone (native/), then through the engine."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -108,12 +110,21 @@ def small_ext4(tmp_path):
             subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def _table(fd: int, m: native.FileMap, unit: int, n: int) -> native.DirectTable:
-    """A table of ``n`` units of ``fd``, unit i at unit i, all writable in place."""
+@contextlib.contextmanager
+def _table(fd: int, unit: int, n: int) -> Iterator[native.DirectTable]:
+    """A table of ``n`` units of ``fd`` through a mapping of it, unit i at unit i, all writable in
+    place; retired before the mapping goes."""
+    m = native.FileMap(fd, n * unit)
     t = native.DirectTable()
     t.publish(fd, m, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_), False,
               np.zeros(1, np.int32))
-    return t
+    try:
+        yield t
+    finally:
+        with t:
+            t.publish(-1, native.NO_MAP, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_),
+                      False, np.zeros(1, np.int32))
+        m.close()
 
 
 def test_a_table_write_that_faults_in_the_mapping_says_why_by_pwrite(small_ext4):
@@ -134,17 +145,12 @@ def test_a_table_write_that_faults_in_the_mapping_says_why_by_pwrite(small_ext4)
         assert e.value.errno == errno.ENOSPC
     os.fsync(filler)
     assert all(page_cached(fd, off) for off in range(P, 2 * P, 4096))
-    m = native.FileMap(fd, E)
-    t = _table(fd, m, E, 1)
-    assert t.pwrite(b"x" * P, P) == -errno.ENOSPC
-    os.close(filler)
-    os.unlink(mnt / "filler")
-    assert t.pwrite(b"x" * P, P) == 0  # room again
-    assert os.pread(fd, P, P) == b"x" * P
-    with t:  # retired before its mapping goes
-        t.publish(-1, native.NO_MAP, E, E, np.zeros(1, np.uint32), np.ones(1, np.bool_), False,
-                  np.zeros(1, np.int32))
-    m.close()
+    with _table(fd, E, 1) as t:
+        assert t.pwrite(b"x" * P, P) == -errno.ENOSPC
+        os.close(filler)
+        os.unlink(mnt / "filler")
+        assert t.pwrite(b"x" * P, P) == 0  # room again
+        assert os.pread(fd, P, P) == b"x" * P
     os.close(fd)
 
 
@@ -155,27 +161,22 @@ def _sectors_written(dev: str) -> int:
 
 def test_small_table_writes_dirty_only_what_they_write(small_ext4):
     """4 KiB writes into pages of large folios reach the disk as about 4 KiB each (pwrite), not
-    as the folios they fall in (what a write fault through the mapping would dirty); whole pieces
-    go through the mapping."""
+    as the folios they fall in (what a write fault through the mapping would dirty); a write of
+    whole pieces (through the mapping) reads back."""
     mnt, dev = small_ext4
     E, P = 1 << 20, native.WRITE_PIECE
     fd = os.open(str(mnt / "data"), os.O_RDWR | os.O_CREAT)
     native.pwrite_all(fd, os.urandom(8 * E), 0, "data")  # in pieces: folios of up to a piece
     os.fsync(fd)
-    m = native.FileMap(fd, 8 * E)
-    t = _table(fd, m, E, 8)
-    before = _sectors_written(dev)
-    for i in range(16):
-        assert t.pwrite(b"y" * 4096, i * E // 2 + 8192) == 0
-    os.fdatasync(fd)
-    written = (_sectors_written(dev) - before) * 512
-    assert written < 16 * 4096 + (256 << 10), written  # 16 folios of 256 KiB would be 4 MiB
-    for i in range(16):
-        assert os.pread(fd, 4096, i * E // 2 + 8192) == b"y" * 4096
-    big = os.urandom(2 * P)
-    assert t.pwrite(big, 3 * E) == 0 and os.pread(fd, 2 * P, 3 * E) == big
-    with t:
-        t.publish(-1, native.NO_MAP, E, 8 * E, np.zeros(8, np.uint32), np.ones(8, np.bool_), False,
-                  np.zeros(1, np.int32))
-    m.close()
+    with _table(fd, E, 8) as t:
+        before = _sectors_written(dev)
+        for i in range(16):
+            assert t.pwrite(b"y" * 4096, i * E // 2 + 8192) == 0
+        os.fdatasync(fd)
+        written = (_sectors_written(dev) - before) * 512
+        assert written < 16 * 4096 + (256 << 10), written  # 16 folios of 256 KiB would be 4 MiB
+        for i in range(16):
+            assert os.pread(fd, 4096, i * E // 2 + 8192) == b"y" * 4096
+        big = os.urandom(2 * P)
+        assert t.pwrite(big, 3 * E) == 0 and os.pread(fd, 2 * P, 3 * E) == big
     os.close(fd)
