@@ -55,37 +55,30 @@ def row(name: str, group: str, unit: str, ours: float, baseline: float | None = 
 
 
 def fuse_rows(res: dict[str, dict[str, float]], samples: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
-    """The FUSE group's results from fuse_bench.run's medians and rounds."""
+    """The FUSE group's results from fuse_bench.run's medians and rounds, grouped by comparison."""
     from .fuse_bench import PATTERNS
-    out = []
     ours, qemu, plain = res["blockstore mount"], res["qemu fuse export"], res["plain file"]
+    units = {bs: "MiB/s" if bs == "1M" else "IOPS" for _, _, bs in PATTERNS}
 
     def spread(target: str, name: str) -> str:
         v = samples[target][name]
         return f"{min(v):,.0f}-{max(v):,.0f}"
-    for name, _, bs in PATTERNS:
-        unit = "MiB/s" if bs == "1M" else "IOPS"
-        seq = bs == "1M"
-        out.append(row(f"fuse {name} vs qemu", "fuse", unit, ours[name], qemu[name], 1.5 if seq else 1.0,
-                       note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2; rounds: "
-                            f"ours {spread('blockstore mount', name)}, qemu {spread('qemu fuse export', name)}"))
-    for name, _, bs in PATTERNS:
-        out.append(row(f"fuse {name} vs plain", "fuse", "MiB/s" if bs == "1M" else "IOPS", ours[name],
-                       plain[name], 0.5 if bs == "1M" else None, note="plain file with O_DIRECT on the same filesystem"))
-    pwrite = res.get("blockstore mount, writes by pwrite", {})
-    for name, rw, bs in PATTERNS if pwrite else []:
-        if "write" in rw:
-            out.append(row(f"fuse {name}, mapped writes vs pwrite", "fuse", "MiB/s" if bs == "1M" else "IOPS",
-                           ours[name], pwrite[name], None,
-                           note="the default mount against mount --no-write-map; rounds: ours "
-                                f"{spread('blockstore mount', name)}, pwrite "
-                                f"{spread('blockstore mount, writes by pwrite', name)}"))
+    out = [row(f"fuse {name} vs qemu", "fuse", units[bs], ours[name], qemu[name], 1.5 if bs == "1M" else 1.0,
+               note="fio, direct, iodepth 16, 2 jobs; qemu-storage-daemon FUSE export of qcow2; rounds: "
+                    f"ours {spread('blockstore mount', name)}, qemu {spread('qemu fuse export', name)}")
+           for name, _, bs in PATTERNS]
+    out += [row(f"fuse {name} vs plain", "fuse", units[bs], ours[name], plain[name], 0.5 if bs == "1M" else None,
+                note="plain file with O_DIRECT on the same filesystem") for name, _, bs in PATTERNS]
+    pwrite = res.get("blockstore mount, writes by pwrite")
+    out += [row(f"fuse {name}, mapped writes vs pwrite", "fuse", units[bs], ours[name], pwrite[name], None,
+                note="the default mount against mount --no-write-map; rounds: ours "
+                     f"{spread('blockstore mount', name)}, pwrite {spread('blockstore mount, writes by pwrite', name)}")
+            for name, rw, bs in PATTERNS if pwrite and "write" in rw]
     for variant, note in (("one thread", "mount --threads 0"),
                           ("Python only", "mount --threads 0 --no-direct: no C direct path")):
-        other = res.get(f"blockstore mount, {variant}", {})
-        for name, _, bs in PATTERNS if other else []:
-            out.append(row(f"fuse {name}, {variant} vs qemu", "fuse", "MiB/s" if bs == "1M" else "IOPS",
-                           other[name], qemu[name], None, note=note))
+        other = res.get(f"blockstore mount, {variant}")
+        out += [row(f"fuse {name}, {variant} vs qemu", "fuse", units[bs], other[name], qemu[name], None, note=note)
+                for name, _, bs in PATTERNS if other]
     return out
 
 

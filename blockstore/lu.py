@@ -186,7 +186,8 @@ class LU:
         a handle the table cannot serve: a mirrored LU (two copies to write) or a read-only
         handle of an LU that another process writes (its map is re-read behind its back).
         ``map_writes``: write whole 256 KiB pieces whose pages are in memory by copying into a
-        mapping of the data file (the rest is pwritten either way); given by the first call."""
+        mapping of the data file (the rest is pwritten either way; so is everything in extents
+        smaller than a piece); given by the first call."""
         if self.mirrored or not self._fast or self._closed:
             return None
         with self._lock:
@@ -205,7 +206,7 @@ class LU:
             # A read-only handle (a snapshot) is never written through the table.
             direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
             serve = not (self._closed or self.mirrored)
-            mapping = df.mapping() if serve and self._map_writes else NO_MAP
+            mapping = df.mapping() if serve and self._writable and self._map_writes else NO_MAP
             self._direct.publish(df.fd if serve else -1, mapping, self._E, self._size,
                                  m.phys, direct, not self.thick, df.dirty_flag)
 

@@ -154,30 +154,31 @@ static int resident(const char *p, size_t len)
     return 1;
 }
 
-/* One write within one unit, at byte `at` of the file. Whole, aligned pieces of BS_WRITE_PIECE whose
- * pages are in memory are copied into the mapping; the rest is pwritten. Whole pieces only: a
- * write fault dirties the page's whole folio, so a mapped 4 KiB write into a 256 KiB folio would
- * have writeback write all of it (64 times the bytes), where pwrite dirties the bytes it wrote.
- * Folios are at most a piece as long as writes go in pieces (blockstore_native.c). */
+/* One write within one unit, at byte `at` of the file. Whole, aligned pieces of BS_WRITE_PIECE
+ * whose pages are in memory are copied into the mapping; the runs between them are pwritten, each
+ * in one call. Whole pieces only: a write fault dirties the page's whole folio, so a mapped 4 KiB
+ * write into a 256 KiB folio would have writeback write all of it (64 times the bytes), where
+ * pwrite dirties the bytes it wrote. Folios are at most a piece as long as writes go in pieces
+ * (blockstore_native.c). */
 static int write_at(bs_table *t, const char *buf, size_t len, int64_t at)
 {
-    size_t done = 0;
-    while (done < len) {
+    size_t from = 0; /* [from, done) is still to be pwritten */
+    for (size_t done = 0; done < len;) {
         uint64_t pos = (uint64_t)at + done;
         size_t head = (size_t)(-pos % BS_WRITE_PIECE); /* bytes to the next piece boundary */
         size_t step = head != 0 ? head : BS_WRITE_PIECE;
         if (step > len - done)
             step = len - done;
-        int mapped = head == 0 && step == BS_WRITE_PIECE && t->map != NULL && pos + step <= t->map_len &&
-                     resident(t->map + pos, step) && bs_copy_to_map(t->map + pos, buf + done, step) == 0;
-        if (!mapped) {
-            int r = bs_pwrite_all(t->fd, buf + done, step, (int64_t)pos);
+        if (head == 0 && step == BS_WRITE_PIECE && t->map != NULL && pos + step <= t->map_len &&
+            resident(t->map + pos, step) && bs_copy_to_map(t->map + pos, buf + done, step) == 0) {
+            int r = from < done ? bs_pwrite_all(t->fd, buf + from, done - from, at + (int64_t)from) : 0;
             if (r != 0)
                 return r;
+            from = done + step;
         }
         done += step;
     }
-    return 0;
+    return from < len ? bs_pwrite_all(t->fd, buf + from, len - from, at + (int64_t)from) : 0;
 }
 
 /* One request through the table: a read into rbuf, or a write from wbuf. */

@@ -13,13 +13,14 @@
  * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
  * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
- * Whole aligned pieces of BS_WRITE_PIECE of a write go through `map`, a shared mapping of the file
- * (bs_map_file), when every page they touch is in the page cache: a copy into mapped pages takes
- * neither a system call nor the file's inode lock, which two threads writing one file otherwise
- * queue on. The rest is pwritten: a smaller mapped write would dirty more than it wrote (a whole
- * folio), and a page not in memory would be read from disk before a mapped copy overwrote it. A
- * fault in the mapping (SIGBUS: no space for a page of a hole, an I/O error) is caught, and the
- * pwrite that follows says why. Reads are always preads (a mapped copy did not read faster).
+ * Whole aligned pieces of BS_WRITE_PIECE of a write (within one unit: units smaller than a piece
+ * are always pwritten) go through `map`, a shared mapping of the file (bs_map_file), when every
+ * page they touch is in the page cache: a copy into mapped pages takes neither a system call nor
+ * the file's inode lock, which two threads writing one file otherwise queue on. The rest is
+ * pwritten: a smaller mapped write would dirty more than it wrote (a whole folio), and a page not
+ * in memory would be read from disk before a mapped copy overwrote it. A fault in the mapping
+ * (SIGBUS: no space for a page of a hole, an I/O error) is caught, and the pwrite that follows
+ * says why. Reads are always preads (a mapped copy did not read faster).
  *
  * The FUSE callbacks find a table by the file handle (fuse_file_info.fh at fh_offset, given once
  * by bs_fuse_setup with the fallback callbacks); a handle with no table, or BS_SLOW, goes to the

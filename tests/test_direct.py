@@ -51,8 +51,8 @@ def test_in_place_writes_and_reads(pool):
         assert lu.read(0, 8 * E) == before and lu.allocated_bytes == allocated
         assert t.pwrite(bytes(100), E) == 0      # zeros inside an extent are just bytes
         assert t.pread(bytearray(10), 8 * E - 5) == SLOW
-        # Those writes went through the mapping, their pages being in memory; pages that are not
-        # are pwritten (a mapped copy would read them from disk first).
+        # Pages that are not in memory are written all the same (by pwrite; with extents smaller
+        # than a piece, as here, every direct write is: test_native has the mapped ones).
         lu.write(5 * E, os.urandom(2 * E))
         pool.flush()
         os.posix_fadvise(df.fd, 0, 0, os.POSIX_FADV_DONTNEED)

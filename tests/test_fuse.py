@@ -142,7 +142,7 @@ def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
         f.write(mmap.mmap(-1, MiB))  # one whole (1 MiB) extent, page-aligned so one request
         os.fsync(f.fileno())
     assert cli_json("lu", "show", "disk", pool=pool_path)["allocated"] == 7 * MiB
-    assert data_file_mapped(pool_path)  # the rewrites were copied into the mapping
+    assert data_file_mapped(pool_path)  # for in-place writes of whole pieces
     run_cli("umount", mnt)
     counts = dict((what, int(n)) for n, what in
                   (part.split(" ", 1) for part in mount_log(pool_path).rsplit("requests: ", 1)[1].strip().split(", ")))

@@ -111,15 +111,15 @@ def small_ext4(tmp_path):
 
 
 @contextlib.contextmanager
-def _table(fd: int, unit: int, n: int) -> Iterator[native.DirectTable]:
+def _table(fd: int, unit: int, n: int) -> Iterator[tuple[native.DirectTable, native.FileMap]]:
     """A table of ``n`` units of ``fd`` through a mapping of it, unit i at unit i, all writable in
-    place; retired before the mapping goes."""
+    place, and the mapping; the table is retired before the mapping goes."""
     m = native.FileMap(fd, n * unit)
     t = native.DirectTable()
     t.publish(fd, m, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_), False,
               np.zeros(1, np.int32))
     try:
-        yield t
+        yield t, m
     finally:
         with t:
             t.publish(-1, native.NO_MAP, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_),
@@ -145,7 +145,7 @@ def test_a_table_write_that_faults_in_the_mapping_says_why_by_pwrite(small_ext4)
         assert e.value.errno == errno.ENOSPC
     os.fsync(filler)
     assert all(page_cached(fd, off) for off in range(P, 2 * P, 4096))
-    with _table(fd, E, 1) as t:
+    with _table(fd, E, 1) as (t, _):
         assert t.pwrite(b"x" * P, P) == -errno.ENOSPC
         os.close(filler)
         os.unlink(mnt / "filler")
@@ -154,29 +154,53 @@ def test_a_table_write_that_faults_in_the_mapping_says_why_by_pwrite(small_ext4)
     os.close(fd)
 
 
-def _sectors_written(dev: str) -> int:
+def _sectors(dev: str) -> tuple[int, int]:
+    """(read, written) 512-byte sectors of a block device so far."""
     with open(f"/sys/block/{dev}/stat") as f:
-        return int(f.read().split()[6])
+        fields = f.read().split()
+    return int(fields[2]), int(fields[6])
+
+
+def _mapped_kib(address: int) -> int:
+    """Resident KiB of this process's mapping that starts at ``address`` (/proc/self/smaps)."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if line.split("-", 1)[0] == f"{address:x}":
+            return next(int(x.split()[1]) for x in lines[i + 1:] if x.startswith("Rss:"))
+    raise AssertionError(f"no mapping at {address:x}")
 
 
 def test_small_table_writes_dirty_only_what_they_write(small_ext4):
     """4 KiB writes into pages of large folios reach the disk as about 4 KiB each (pwrite), not
-    as the folios they fall in (what a write fault through the mapping would dirty); a write of
-    whole pieces (through the mapping) reads back."""
+    as the folios they fall in (what a write fault through the mapping would dirty); whole pieces
+    in memory are copied into the mapping, whole pieces not in memory are pwritten (a mapped copy
+    would read them from the disk first)."""
     mnt, dev = small_ext4
     E, P = 1 << 20, native.WRITE_PIECE
     fd = os.open(str(mnt / "data"), os.O_RDWR | os.O_CREAT)
     native.pwrite_all(fd, os.urandom(8 * E), 0, "data")  # in pieces: folios of up to a piece
     os.fsync(fd)
-    with _table(fd, E, 8) as t:
-        before = _sectors_written(dev)
+    with _table(fd, E, 8) as (t, m):
+        address = int(ffi.cast("uintptr_t", m.ptr))
+        before = _sectors(dev)[1]
         for i in range(16):
             assert t.pwrite(b"y" * 4096, i * E // 2 + 8192) == 0
         os.fdatasync(fd)
-        written = (_sectors_written(dev) - before) * 512
+        written = (_sectors(dev)[1] - before) * 512
         assert written < 16 * 4096 + (256 << 10), written  # 16 folios of 256 KiB would be 4 MiB
         for i in range(16):
             assert os.pread(fd, 4096, i * E // 2 + 8192) == b"y" * 4096
+        assert _mapped_kib(address) == 0  # nothing went through the mapping so far
         big = os.urandom(2 * P)
         assert t.pwrite(big, 3 * E) == 0 and os.pread(fd, 2 * P, 3 * E) == big
+        assert _mapped_kib(address) == 2 * P // 1024  # those pages in memory: copied into it
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 6 * E, E, os.POSIX_FADV_DONTNEED)
+        assert not page_cached(fd, 6 * E)
+        reads = _sectors(dev)[0]
+        assert t.pwrite(big, 6 * E) == 0
+        assert _sectors(dev)[0] == reads  # pwritten: nothing read first
+        assert _mapped_kib(address) == 2 * P // 1024
+        assert os.pread(fd, 2 * P, 6 * E) == big
     os.close(fd)
