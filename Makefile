@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BS := $(VENV)/bin/blockstore
-DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash
+DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash libxxhash-dev
 
 .PHONY: all deps venv demo test bench bench-quick clean
 
@@ -21,7 +21,7 @@ deps: .stamp-debs
 	@touch $@
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml $(wildcard setup.py native/*.c native/*.h native/*.py)
+$(VENV)/.stamp: .stamp-debs pyproject.toml $(wildcard setup.py native/*.c native/*.h native/*.py)
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]'

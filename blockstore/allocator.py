@@ -208,7 +208,7 @@ class Allocator:
             return
         self.recycled += 1
         for start, count in runs(to_punch):
-            self.df.punch(start * self.E, count * self.E)
+            self.df.release(start * self.E, count * self.E)
         self._local.extend(sorted(to_punch.tolist(), reverse=True))
         keep = KEEP_BATCHES * self.batch
         if len(self._local) > keep:

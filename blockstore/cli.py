@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     fgp = pool.add_parser("failgrp", help="failure groups").add_subparsers(dest="sub", required=True)
     fgp.add_parser("add", help="add the second failure group").add_argument("dir")
     fgp.add_parser("list", help="the failure groups and their state").add_argument("--json", action="store_true")
-    k = pool.add_parser("scrub", help="check every mirrored extent against its checksum (exit 0 clean, 3 stale, 4 bad)")
+    r = fgp.add_parser("replace", help="rebuild a lost or foreign copy from the other one, then verify it")
+    r.add_argument("dir", nargs="?", help="where the new copy goes (default: where the old one was)")
+    r.add_argument("--group", type=int, choices=(0, 1), default=1, help="the failure group to rebuild (default 1)")
+    r.add_argument("--json", action="store_true")
+    k = pool.add_parser("scrub", help="check every block of every mirrored extent against its checksum "
+                                      "(exit 0 clean, 4 bad, unrecoverable or undecided blocks left)")
     k.add_argument("--repair", action="store_true")
     k.add_argument("--json", action="store_true")
     k = pool.add_parser("check", help="verify every metadata invariant (exit 0 clean, 3 leaks, 4 corrupt)")
@@ -399,6 +404,16 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("pool", "failgrp"):
         if args.sub == "add":
             pool.add_failure_group(args.dir)
+        if args.sub == "replace":
+            from .scrub import replace
+            bar = _progress(f"rebuild fg{args.group}", 1)
+            rep = replace(pool, args.group, args.dir,
+                          progress=lambda d, n: (setattr(bar, "total", n), bar.update(d)))
+            bar.close()
+            lines = [f"fg{rep['group']} rebuilt at {rep['path']}: {rep['extents']} extent(s) copied and verified"]
+            lines += [f"unrecoverable: extent {e} (bad in the only copy left)" for e in rep["unrecoverable"]]
+            _print(args, rep, "\n".join(lines))
+            return 4 if rep["unrecoverable"] else 0
         rows = pool.failure_groups()
         _print(args, rows, "\n".join(f"fg{r['group']}  {r['state']:<11} {r['dirty_extents']:>6} dirty  {r['path']}"
                                       for r in rows))
@@ -409,12 +424,14 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         bar.close()
         lines = [f"scrubbed {rep['extents']} extent(s) in copies {rep['copies']}, {format_size(rep['bytes'])} "
                  f"at {rep['mib_per_s']:.0f} MiB/s"]
-        lines += [f"bad: extent {b['extent']} copy {b['copy']}" for b in rep["bad"]]
+        lines += [f"bad: extent {b['extent']} copy {b['copy']} ({b['blocks']} block(s))" for b in rep["bad"]]
         lines += [f"unrecoverable: extent {e} (no copy matches its checksum)" for e in rep["unrecoverable"]]
-        lines += [f"stale: extent {e} (both copies agree, not with the checksum)" for e in rep["stale"]]
-        lines.append(f"repaired {rep['repaired']}" if rep["repaired"] else ("clean" if rep["clean"] else "not clean"))
+        lines += [f"undecided: extent {e} (copies differ, no checksum to decide)" for e in rep["undecided"]]
+        if rep["in_use"]:
+            lines.append(f"not judged: {len(rep['in_use'])} extent(s) open for writing in another process")
+        lines.append(f"repaired {rep['repaired']} block(s)" if rep["repaired"] else ("clean" if rep["clean"] else "not clean"))
         _print(args, rep, "\n".join(lines))
-        return 0 if rep["clean"] else 4 if rep["unrecoverable"] or rep["bad"] else 3
+        return 0 if rep["clean"] else 4
     elif cmd == ("lu", "mirror"):
         bar = _progress(f"mirror {args.name}", 1)
         n = pool.set_mirrored(args.name, True, progress=lambda d, t: (setattr(bar, "total", t), bar.update(d)))
@@ -426,7 +443,8 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         from .scrub import verify
         rep = verify(pool, args.name, repair=args.repair)
         _print(args, rep, f"{rep['extents']} extent(s) compared at {rep['mib_per_s']:.0f} MiB/s, "
-                          f"{len(rep['mismatched'])} mismatched, {rep['repaired']} repaired")
+                          f"{len(rep['mismatched'])} mismatched, {rep['repaired']} block(s) repaired"
+                          + "".join(f"\nunrecoverable: extent {e}" for e in rep["unrecoverable"]))
         return 0 if rep["clean"] else 4
     elif cmd == ("lu", "resync"):
         from .scrub import resync

@@ -1,8 +1,16 @@
 """One failure group's data file: a sparse file where physical extent ``i`` occupies bytes
 ``[i * extent_size, (i + 1) * extent_size)``. The bottom of the stack: it moves bytes and knows
-nothing of LUs."""
+nothing of LUs.
+
+The file's last ``LABEL`` bytes are its label: which pool and failure group it belongs to (and,
+for a group outside the pool's directory, the pool's path). The label travels with the file (a
+copied pool's files carry it) and is missing from any file not made by the pool (an empty file
+made by ``truncate``), so the pool can refuse a copy that is not its own.
+"""
 from __future__ import annotations
 
+import errno
+import json
 import os
 
 import numpy as np
@@ -26,13 +34,18 @@ except ImportError:  # Python < 3.12 has no fcntl.fallocate; reach it through li
 
 #: Address space a data file's mapping reserves (bytes): growth past it is written by pwrite.
 MAP_RESERVE = 1 << 40
+#: Bytes at the end of a data file that hold its label.
+LABEL = 4096
+_MAGIC = b"blockstore-data-file\n"
 
 
 class DataFile:
     """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
     lives in ``dirty_flag`` (one int32), where the C direct path sets it too."""
 
-    def __init__(self, path: str, *, create_size: int | None = None) -> None:
+    def __init__(self, path: str, *, create_size: int | None = None, label: dict | None = None) -> None:
+        """Open the data file at ``path``, or with ``create_size`` make a new one holding that
+        many bytes of extents, followed by ``label``."""
         self.path = path
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create_size is not None else 0)
         try:
@@ -40,7 +53,8 @@ class DataFile:
         except OSError as e:
             raise BlockstoreError(f"cannot open data file {path}: {e.strerror}") from None
         if create_size is not None:
-            os.ftruncate(self.fd, create_size)
+            os.ftruncate(self.fd, create_size + LABEL)
+            self.write_label(label or {})
         self.dirty_flag = np.zeros(1, np.int32)
         self._can_punch = True
         self._map: native.FileMap | None = None
@@ -62,9 +76,11 @@ class DataFile:
         return self._map
 
     def pread(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes; a read the file's end cuts short is EIO (a data file is
+        never shorter than what is read from it: a short one was truncated under us)."""
         data = os.pread(self.fd, length, offset)
-        if len(data) < length:  # past the file's end is a hole
-            data += bytes(length - len(data))
+        if len(data) < length:
+            native.raise_errno(-errno.EIO, "short read (truncated?) of", self.path, offset + len(data))
         return data
 
     def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
@@ -109,12 +125,62 @@ class DataFile:
         if r < 0:
             raise OSError(-r, f"copy-on-write in {self.path} at offset {dst_off}: {os.strerror(-r)}")
 
+    def release(self, offset: int, length: int) -> None:
+        """Drop the data of extents nothing references any more (the allocator's punch)."""
+        self.punch(offset, length)
+
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
     def grow(self, size: int) -> None:
-        if size > self.size():
-            os.ftruncate(self.fd, size)
+        """Make room for ``size`` bytes of extents; the label moves to the new end."""
+        old = self.size()
+        if size + LABEL > old:
+            label = self.label()
+            os.ftruncate(self.fd, size + LABEL)
+            if label is not None:
+                self.write_label(label)
+                # the old label's place now lies among the extents, which must read as zeros
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, old - LABEL, LABEL)
+
+    # -- identity --------------------------------------------------------------------------
+
+    def label(self) -> dict | None:
+        """The label at the file's end, or None when the file carries none (not the pool's)."""
+        size = self.size()
+        if size < LABEL:
+            return None
+        raw = os.pread(self.fd, LABEL, size - LABEL)
+        if not raw.startswith(_MAGIC):
+            return None
+        try:
+            out = json.loads(raw[len(_MAGIC):].rstrip(b"\0"))
+        except ValueError:
+            return None
+        return out if isinstance(out, dict) else None
+
+    def write_label(self, label: dict) -> None:
+        """Write ``label`` into the file's last LABEL bytes and make it durable."""
+        raw = _MAGIC + json.dumps(label, sort_keys=True).encode()
+        if len(raw) > LABEL:
+            raise BlockstoreError(f"data file label too long ({len(raw)} bytes)")
+        os.pwrite(self.fd, raw + bytes(LABEL - len(raw)), self.size() - LABEL)
+        os.fsync(self.fd)
+
+    def problem(self, need: int) -> str | None:
+        """Why this open file can no longer be trusted as the one at ``path`` holding ``need``
+        bytes of extents (deleted, replaced, truncated), or None."""
+        try:
+            st, now = os.fstat(self.fd), os.stat(self.path)
+        except OSError as e:
+            return f"{self.path}: {e.strerror}"
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            return f"{self.path} was replaced by another file"
+        if st.st_nlink == 0:
+            return f"{self.path} was deleted"
+        if st.st_size < need:
+            return f"{self.path} was truncated to {st.st_size} bytes (needs {need})"
+        return None
 
     def sync(self) -> None:
         if self.dirty:

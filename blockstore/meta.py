@@ -8,7 +8,8 @@ Named databases:
   rc       >BI (failure group, chunk) -> CHUNK uint32 reference counts
   free     >BI (failure group, chunk) -> CHUNK bits, packed, 1 = free
   resv     "session/fg" (ascii) -> uint32 extents held by a session
-  sums     >BI (0, chunk) -> CHUNK uint64 xxh3 checksums of mirrored extents, recorded at flush (0 = none)
+  sums     (no longer used: extent-wide checksums of format 1 pools, replaced by bsums)
+  bsums    >I physical extent -> uint64 xxh3 per 4 KiB block of a mirrored extent (checksums.py)
   dirty    >BI (copy, chunk) -> CHUNK bits, packed: extents that copy lacks (a degraded mirror)
   svc      "kind/name" -> JSON records of the services (paging LPARs, CECs, images, partitions)
   dedup    xxh3-128 digest of an image extent's bytes -> >I physical extent (a hint, confirmed by
@@ -32,7 +33,7 @@ import numpy as np
 from .errors import PoolCorrupt
 
 FORMAT = 1
-DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup")
+DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums")
 #: Address space reserved for the metadata; the file grows only as pages are used.
 MAP_SIZE = 1 << 38
 
@@ -61,7 +62,8 @@ class Meta:
             )
             # An explicit transaction: open_db's own one waits for the writer lock holding the GIL.
             with self.env.begin(write=True) as txn:
-                self.db = {name: self.env.open_db(name.encode(), txn=txn, create=create) for name in DBS}
+                # create=True: a pool made before a database existed gets it empty
+                self.db = {name: self.env.open_db(name.encode(), txn=txn, create=True) for name in DBS}
         except lmdb.Error as e:
             raise PoolCorrupt(f"pool metadata in {path} cannot be opened: {e}") from None
 

@@ -3,12 +3,18 @@ DataFile, stacked as s3backer stacks its stores). A mirrored LU's physical exten
 the same offset in both files, so snapshots, clones and copy-on-write need nothing new: a write
 goes to both copies in one C call (acknowledged only when both are written, like DRBD's protocol
 C), a read comes from the primary copy and falls back to the redundant one (the failing primary is
-then taken out of service; ``pool scrub --repair`` rewrites bad extents from the good copy).
+then taken out of service).
 
-When a copy fails (missing file, I/O error) the mirror carries on degraded on the survivor and
-remembers every extent it wrote as dirty for the failed copy; each bit is made durable before the
-write it covers is acknowledged, and ``resync`` later copies exactly those extents. ``touched`` collects the extents written
-since the last flush, whose checksums the pool records at that flush.
+The mirror owns three records of what it wrote (checksums.py, activity.py):
+- ``pending``: the checksums of the blocks written since the last flush, taken from the client's
+  buffers by the C write; the flush commits them with the maps (``commit_sums``);
+- the activity log: regions with writes in flight, logged before the write, settled at the next
+  open after a crash;
+- the dirty bitmap of a degraded copy: every extent it missed, made durable before the write it
+  covers is acknowledged, and copied by ``resync`` later.
+
+A copy fails on an I/O error, on a short read, and at a flush that finds its file deleted,
+replaced or truncated (``DataFile.problem``); the mirror then carries on degraded on the survivor.
 """
 from __future__ import annotations
 
@@ -19,13 +25,17 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from . import native
-from .datafile import DataFile
+from .activity import ActivityLog
+from .checksums import BLOCK, SumStore
+from .datafile import LABEL, DataFile
 
 log = logging.getLogger("blockstore")
 
 if TYPE_CHECKING:
-    import numpy as np
+    import lmdb
 
 Buffer = bytes | bytearray | memoryview
 
@@ -34,17 +44,24 @@ class MirrorFile:
     """Two copies of one extent space. ``copies[i]`` is None while copy ``i`` is missing or failed.
 
     ``persist_dirty(i, extents)`` is called before a write to an extent that copy ``i`` lacks is
-    acknowledged, so the dirty bitmap names every such extent even after a crash.
+    acknowledged, so the dirty bitmap names every such extent even after a crash. ``need`` is the
+    bytes of extents each file must hold (checked at every sync).
     """
 
     def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
-                 persist_dirty: Callable[[int, list[int]], None],
-                 on_event: Callable[[str, dict], None] | None = None) -> None:
+                 persist_dirty: Callable[[int, list[int]], None], sums: SumStore, activity: ActivityLog,
+                 need: int, on_event: Callable[[str, dict], None] | None = None) -> None:
         self.copies: list[DataFile | None] = [primary, secondary]
         self.paths = paths
         self.E = extent_size
+        self.B = extent_size // BLOCK
+        self.need = need
         self.dirty: dict[int, set[int]] = {0: set(), 1: set()}
         self.touched: set[int] = set()
+        #: extent -> checksum per block written since the last flush (0: not written).
+        self.pending: dict[int, np.ndarray] = {}
+        self.sums = sums
+        self.activity = activity
         self.persist_dirty = persist_dirty
         self.on_event = on_event
 
@@ -72,23 +89,109 @@ class MirrorFile:
             self.on_event("mirror_degraded", {"copy": i, "path": self.paths[i], "why": why})
         self._dirty_for(i, self.touched)
 
+    def attach(self, i: int, df: DataFile) -> None:
+        """Put copy ``i`` back in service (resync or replace has made it whole)."""
+        self.copies[i] = df
+
     def _dirty_for(self, i: int, extents: set[int] | range) -> None:
         new = [e for e in extents if e not in self.dirty[i]]
         if new:
             self.persist_dirty(i, new)
             self.dirty[i].update(new)
 
-    def _mark(self, offset: int, length: int) -> None:
-        exts = range(offset // self.E, (offset + max(length, 1) - 1) // self.E + 1)
-        self.touched.update(exts)
+    def _extents(self, offset: int, length: int) -> range:
+        return range(offset // self.E, (offset + max(length, 1) - 1) // self.E + 1)
+
+    def _before_write(self, offset: int, length: int) -> None:
+        """The write-ahead records: the activity log, and the dirty bits of a missing copy."""
+        self.activity.cover(offset, length)
+        exts = self._extents(offset, length)
         for i in self.degraded:
             self._dirty_for(i, exts)
+        self.touched.update(exts)
 
     def _one(self) -> tuple[int, DataFile]:
         for i, c in enumerate(self.copies):
             if c is not None:
                 return i, c
         raise OSError(errno.EIO, "both copies of the mirror are missing")
+
+    # -- checksums -----------------------------------------------------------------------------
+
+    def current_sums(self, ext: int) -> np.ndarray:
+        """The checksums that describe extent ``ext`` now: pending over committed (0: none)."""
+        rec = self.sums.load(ext)
+        out = np.zeros(self.B, np.uint64) if rec is None else rec
+        p = self.pending.get(ext)
+        if p is not None:
+            out = np.where(p != 0, p, out)
+        return out
+
+    def note_sums(self, offset: int, sums: np.ndarray) -> None:
+        """Record the checksums of whole blocks written from ``offset`` (block-aligned)."""
+        first = offset // BLOCK
+        pos = 0
+        while pos < len(sums):
+            ext, b = divmod(first + pos, self.B)
+            n = min(self.B - b, len(sums) - pos)
+            p = self.pending.get(ext)
+            if p is None:
+                p = self.pending[ext] = np.zeros(self.B, np.uint64)
+            p[b:b + n] = sums[pos:pos + n]
+            pos += n
+
+    def good_block(self, block: int) -> bytes:
+        """Block number ``block`` from a copy that matches its checksum (any copy when it has
+        none). EIO when every copy is damaged: a write must not build on bad bytes."""
+        ext, b = divmod(block, self.B)
+        want = int(self.current_sums(ext)[b])
+        for i, c in enumerate(self.copies):
+            if c is None:
+                continue
+            try:
+                data = c.pread(block * BLOCK, BLOCK)
+            except OSError as e:
+                self.fail(i, f"read at offset {block * BLOCK}: {e.strerror}")
+                continue
+            if not want or int(native.sum_blocks(data)[0]) == want:
+                return data
+        raise OSError(errno.EIO, f"block {block} (extent {ext}) is damaged in every copy")
+
+    def _good_extent(self, ext: int, buf: bytearray) -> None:
+        """Fill ``buf`` with extent ``ext`` as its checksums say it is, block by block from
+        whichever copy holds each block good (the copy-on-write source)."""
+        _, c = self._one()
+        mv = memoryview(buf)
+        native.pread_all(c.fd, mv, ext * self.E, c.path)
+        want = self.current_sums(ext)
+        have = native.sum_blocks(buf)
+        for b in np.flatnonzero((want != 0) & (have != want)).tolist():
+            mv[b * BLOCK:(b + 1) * BLOCK] = self.good_block(ext * self.B + b)
+
+    def commit_sums(self, txn: "lmdb.Transaction", freed: np.ndarray, keep: np.ndarray | None = None) -> None:
+        """Inside the flush's commit: delete the records of ``freed`` extents (and, with ``keep``,
+        of every extent not in it: no mirrored LU references them any more); store the pending
+        checksums of the rest over their committed records. Pending is cleared by ``flushed``."""
+        gone = set(np.asarray(freed, np.int64).tolist())
+        if keep is not None:
+            have = self.sums.extents(txn)
+            gone.update(have[~keep[have]].tolist())
+            gone.update(e for e in self.pending if not keep[e])
+        self.sums.delete(txn, sorted(gone))
+        for ext, p in self.pending.items():
+            if ext in gone:
+                continue
+            rec = self.sums.get(txn, ext)
+            if rec is None:
+                rec = np.zeros(self.B, np.uint64)
+            np.copyto(rec, p, where=p != 0)
+            self.sums.put(txn, ext, rec)
+
+    def flushed(self) -> None:
+        """The commit holding the pending checksums is durable."""
+        self.pending = {}
+        self.touched = set()
+        self.activity.flushed()
 
     # -- the DataFile interface ----------------------------------------------------------------
 
@@ -97,36 +200,47 @@ class MirrorFile:
         return any(c is not None and c.dirty for c in self.copies)
 
     def pwrite(self, data: Buffer, offset: int) -> None:
-        c0, c1 = self.copies
-        if c0 is not None and c1 is not None:
-            c0.dirty = c1.dirty = True
-            r, failed = native.pwrite2(c0.fd, c1.fd, data, offset)
-            for i in (0, 1):
-                if failed & (1 << i):
-                    self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")
-        else:
-            for i in self.degraded:  # write-ahead: the bit is durable before the data is acknowledged
-                self._dirty_for(i, range(offset // self.E, (offset + len(data) - 1) // self.E + 1))
-            self._one()[1].pwrite(data, offset)
-        self._mark(offset, len(data))
+        """Write ``data`` at physical byte ``offset`` to every live copy, recording the checksums
+        of the blocks it covers; a partial block is completed from a copy proven good."""
+        n = len(data)
+        self._before_write(offset, n)
+        lo, hi = offset - offset % BLOCK, -(-(offset + n) // BLOCK) * BLOCK
+        if lo != offset or hi != offset + n:
+            buf = bytearray(hi - lo)
+            if lo != offset:
+                buf[:BLOCK] = self.good_block(lo // BLOCK)
+            if hi != offset + n and (hi - BLOCK > lo or lo == offset):
+                buf[-BLOCK:] = self.good_block(hi // BLOCK - 1)
+            buf[offset - lo:offset - lo + n] = data
+            data = buf
+        self._write_blocks(data, lo)
 
-    def cow(self, src_off: int, dst_off: int, extent: int, data: Buffer | None, start: int) -> None:
-        """Copy-on-write of one extent into both copies: one read of the old extent, one write per copy."""
-        from .datafile import _scratch
-
-        src_i, src = self._one()
+    def _write_blocks(self, data: Buffer, offset: int) -> None:
+        """Whole blocks at a block-aligned ``offset``, to every live copy, checksummed in C."""
+        sums = np.empty(len(data) // BLOCK, np.uint64)
         c0, c1 = self.copies
         for c in (c0, c1):
             if c is not None:
                 c.dirty = True
-        r, failed = native.cow(src.fd, src_off, c0.fd if c0 else -1, c1.fd if c1 else -1, dst_off, extent,
-                               data, start, _scratch(extent))
-        if r < 0 and not failed:
-            raise OSError(-r, f"copy-on-write read from {src.path} at offset {src_off}: {os.strerror(-r)}")
+        r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums)
+        if c0 is None and c1 is None:
+            raise OSError(errno.EIO, "both copies of the mirror are missing")
         for i in (0, 1):
             if failed & (1 << i):
-                self.fail(i, f"write at offset {dst_off}: {os.strerror(-r)}")
-        self._mark(dst_off, extent)
+                self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")
+        self.note_sums(offset, sums)
+
+    def cow(self, src_off: int, dst_off: int, extent: int, data: Buffer | None, start: int) -> None:
+        """Copy-on-write of one extent into both copies: the source as its checksums say it is
+        (a block bad in one copy is taken from the other), ``data`` laid over it at ``start``."""
+        from .datafile import _scratch
+
+        buf = _scratch(extent)
+        self._good_extent(src_off // self.E, buf)
+        if data:
+            buf[start:start + len(data)] = data
+        self._before_write(dst_off, extent)
+        self._write_blocks(buf, dst_off)
 
     def pread(self, offset: int, length: int) -> bytes:
         """From the primary; if it fails, from the redundant copy (the primary leaves service)."""
@@ -156,17 +270,44 @@ class MirrorFile:
         raise OSError(errno.EIO, "no readable copy")
 
     def punch(self, offset: int, length: int) -> None:
+        """Make the range read as zeros in every copy: whole blocks are punched (and checksummed
+        as zeros), partial ones written as zeros."""
+        lo, hi = -(-offset // BLOCK) * BLOCK, (offset + length) // BLOCK * BLOCK
+        if hi <= lo:
+            self.pwrite(bytes(length), offset)
+            return
+        if lo > offset:
+            self.pwrite(bytes(lo - offset), offset)
+        if offset + length > hi:
+            self.pwrite(bytes(offset + length - hi), hi)
+        self._before_write(lo, hi - lo)
+        self._punch_copies(lo, hi - lo)
+        self.note_sums(lo, np.full((hi - lo) // BLOCK, _ZERO_SUM, np.uint64))
+
+    def release(self, offset: int, length: int) -> None:
+        """Drop the data of extents nothing references any more: punched in every copy, their
+        pending checksums forgotten (the commit that freed them deleted their records)."""
+        self._punch_copies(offset, length)
+        for e in self._extents(offset, length):
+            self.pending.pop(e, None)
+
+    def _punch_copies(self, offset: int, length: int) -> None:
         for i, c in enumerate(self.copies):
             if c is not None:
                 try:
                     c.punch(offset, length)
                 except OSError as e:
                     self.fail(i, f"punch at offset {offset}: {e.strerror}")
-        self._mark(offset, length)
 
     def sync(self) -> None:
-        """Sync both copies at once: the second on a thread (fdatasync releases the GIL), so a
-        flush waits for the slower disk, not for the two in turn."""
+        """Check that each copy's file is still the one at its path, whole, then sync both at
+        once: the second on a thread (fdatasync releases the GIL), so a flush waits for the
+        slower disk, not for the two in turn."""
+        for i, c in enumerate(self.copies):
+            if c is not None:
+                why = c.problem(self.need + LABEL)
+                if why:
+                    self.fail(i, why)
         errors: dict[int, OSError] = {}
 
         def one(i: int, c: DataFile) -> None:
@@ -189,3 +330,6 @@ class MirrorFile:
 
     def size(self) -> int:
         return self._one()[1].size()
+
+
+_ZERO_SUM = int(native.sum_blocks(bytes(BLOCK))[0])

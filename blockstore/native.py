@@ -26,11 +26,25 @@ def is_zero(buf: Buffer) -> bool:
     return bool(lib.bs_is_zero(ffi.from_buffer(buf), len(buf)))
 
 
-def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int) -> tuple[int, int]:
-    """Write ``buf`` at ``offset`` to both files (-1: skip one). Returns (result, failed bits)."""
+#: Bytes per checksummed block (native/blockstore_native.h).
+SUM_BLOCK: int = lib.BS_SUM_BLOCK
+
+
+def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int, sums: np.ndarray | None = None) -> tuple[int, int]:
+    """Write ``buf`` at ``offset`` to both files (-1: skip one). Returns (result, failed bits).
+    ``sums`` (uint64, one per SUM_BLOCK of ``buf``) receives the checksums of ``buf``'s blocks."""
     failed = ffi.new("int *")
-    r = lib.bs_pwrite2(fd0, fd1, ffi.from_buffer(buf), len(buf), offset, failed)
+    s = ffi.from_buffer("uint64_t[]", sums, require_writable=True) if sums is not None else ffi.NULL
+    r = lib.bs_pwrite2(fd0, fd1, ffi.from_buffer(buf), len(buf), offset, s, failed)
     return r, failed[0]
+
+
+def sum_blocks(buf: Buffer, block: int = SUM_BLOCK) -> np.ndarray:
+    """xxh3-64 of each whole ``block`` of ``buf`` (never 0), as a uint64 array."""
+    out = np.empty(len(buf) // block, np.uint64)
+    if len(out):
+        lib.bs_sum_blocks(ffi.from_buffer(buf), len(out) * block, block, ffi.from_buffer("uint64_t[]", out))
+    return out
 
 
 def cow(src: int, src_off: int, dst0: int, dst1: int, dst_off: int, extent: int, data: Buffer | None,

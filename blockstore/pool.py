@@ -23,14 +23,15 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from .activity import ActivityLog
 from .allocator import Allocator, init_free, runs, read_resv, set_bits, set_free
+from .checksums import SumStore
 from .datafile import DataFile
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
 from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
 from .mirror import MirrorFile
-from .scrub import record_checksums
 from .meta import FORMAT, Meta, map_key
 from .names import check_name, snapshot_name, split_snapshot
 from .sizes import format_size, parse_size
@@ -89,7 +90,12 @@ class Pool:
         self._over_threshold = False
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._mirror: MirrorFile | None = None
+        self.sums = SumStore(self._meta, self.extent_size)
+        self._activity = ActivityLog(self._locks_dir, self.session)
         try:
+            if "id" not in cfg:  # a pool made before pools had ids
+                cfg = self._set_config(id=uuid.uuid4().hex)
+            self.id: str = cfg["id"]
             self._datafiles[0] = self._open_group(cfg, 0)
             if len(cfg["groups"]) > 1:
                 self._attach_mirror(cfg)
@@ -97,24 +103,62 @@ class Pool:
             self._allocators[0] = Allocator(self._meta, 0, self.session, self._mirror or self._datafiles[0],
                                             self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
+            from .scrub import resync, settle
+            settle(self, everything=not cfg.get("block_sums"))  # before any I/O: copies agree
             self.reclaim_dead_sessions()
             if self._mirror is not None and not self._mirror.degraded:
-                from .scrub import resync
                 resync(self)  # a group that is back gets what it missed
         except BaseException:
             self._teardown()
             raise
 
+    def _set_config(self, **fields: Any) -> dict[str, Any]:
+        """Set fields of the pool's config in a commit of their own (while opening)."""
+        with self._meta.write() as txn:
+            cfg = self._meta.config(txn)
+            cfg.update(fields)
+            self._meta.put_json(txn, "config", b"pool", cfg)
+        return cfg
+
     def _group_path(self, cfg: dict[str, Any], fg: int) -> str:
         p = cfg["groups"][fg]["path"]
         return p if os.path.isabs(p) else os.path.join(self.path, p)
 
+    def _label(self, fg: int, path: str) -> dict[str, Any]:
+        """What a data file of group ``fg`` at ``path`` says of itself: the pool's id, and for a
+        group outside the pool's directory, the pool's path (a copied pool is another pool)."""
+        inside = not os.path.relpath(path, self.path).startswith("..")
+        return {"pool": self.id, "group": fg, "owner": None if inside else self.path}
+
     def _open_group(self, cfg: dict[str, Any], fg: int) -> DataFile:
+        """Open group ``fg``'s data file, refusing one that is not this pool's or is too short."""
         path = self._group_path(cfg, fg)
+        need = cfg["groups"][fg]["extents"] * self.extent_size
         df = DataFile(path)
-        if df.size() < cfg["groups"][fg]["extents"] * self.extent_size:
+        try:
+            size = df.size()
+            if size == need and not cfg["groups"][fg].get("labelled"):
+                # made before data files had labels: give it one past the extents
+                df.grow(need)
+                df.write_label(self._label(fg, path))
+                cfg["groups"][fg]["labelled"] = True
+                self._set_config(groups=cfg["groups"])
+            label = df.label()
+            if label is None or label.get("pool") != self.id or label.get("group") != fg:
+                raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "
+                                      f"'pool failgrp replace' makes a new one")
+            owner = label.get("owner")
+            if owner is not None and owner != self.path:
+                if _holds_pool(owner, self.id):
+                    raise BlockstoreError(f"{path} belongs to the pool at {owner} (this pool is a copy of it); "
+                                          f"'pool failgrp replace DIR' gives this pool its own")
+                df.write_label(self._label(fg, path))  # the pool was moved: the file follows it
+            why = df.problem(need)
+            if why:
+                raise BlockstoreError(f"data file {why}: damaged pool")
+        except BaseException:
             df.close()
-            raise BlockstoreError(f"data file {path} is shorter than the pool says: damaged pool")
+            raise
         return df
 
     def _attach_mirror(self, cfg: dict[str, Any]) -> None:
@@ -127,7 +171,8 @@ class Pool:
             second = None
         paths = [self._group_path(cfg, 0), self._group_path(cfg, 1)]
         self._mirror = MirrorFile(self._datafiles[0], second, paths, self.extent_size,
-                                  persist_dirty=self._persist_dirty, on_event=self._event)
+                                  persist_dirty=self._persist_dirty, sums=self.sums, activity=self._activity,
+                                  need=cfg["groups"][0]["extents"] * self.extent_size, on_event=self._event)
         if second is None:
             self._event("mirror_degraded", {"copy": 1, "path": paths[1], "why": "missing at open"})
         if hasattr(self, "_allocators") and 0 in self._allocators:
@@ -166,12 +211,15 @@ class Pool:
         try:
             os.makedirs(os.path.join(path, "fg0"), exist_ok=True)
             os.makedirs(os.path.join(path, "locks"), exist_ok=True)
-            DataFile(os.path.join(path, "fg0", "data"), create_size=n * E).close()
+            pool_id = uuid.uuid4().hex
+            DataFile(os.path.join(path, "fg0", "data"), create_size=n * E,
+                     label={"pool": pool_id, "group": 0, "owner": None}).close()
             meta = Meta(os.path.join(path, "meta"), create=True)
             with meta.write() as txn:
                 meta.put_json(txn, "config", b"pool", {
                     "format": FORMAT, "extent_size": E, "threshold": threshold, "next_lu_id": 1,
-                    "groups": [{"path": "fg0/data", "extents": n}], "created": time.time(),
+                    "groups": [{"path": "fg0/data", "extents": n, "labelled": True}], "created": time.time(),
+                    "id": pool_id, "block_sums": True,
                 })
                 init_free(meta, txn, 0, 0, n)
             meta.close()
@@ -198,6 +246,7 @@ class Pool:
                     self._release(lu)
                 for a in self._allocators.values():
                     a.release_all()
+                self._activity.close()  # flushed: nothing is in flight
             finally:
                 self._teardown()
 
@@ -265,8 +314,10 @@ class Pool:
         return any(a.pending for a in self._allocators.values()) or any(
             lu._map.dirty for lu in self._writers.values())
 
-    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
-        """Sync data, then commit ``change`` with every pending map and count change, atomically.
+    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None, *, prune_sums: bool = False) -> Any:
+        """Sync data, then commit ``change`` with every pending map, count and checksum change,
+        atomically. ``prune_sums``: the change may have taken the last mirrored LU off some
+        extents (unmirror, remove), whose checksum records go in the same commit.
 
         ``change`` must validate before it mutates in-memory state; if it or the commit fails,
         the pending changes it added are rolled back so memory matches the last commit.
@@ -281,8 +332,9 @@ class Pool:
                     for lu in self._writers.values():
                         self._save_map(txn, lu)
                     punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
-                    if self._mirror is not None and self._mirror.touched:
-                        record_checksums(self, txn, self._mirror.touched)
+                    if self._mirror is not None:
+                        keep = self._mirrored_extents(txn) if prune_sums else None
+                        self._mirror.commit_sums(txn, punch[0], keep)
             except BaseException:
                 for fg, a in self._allocators.items():
                     a.truncate_pending(*marks[fg])
@@ -291,7 +343,7 @@ class Pool:
                         self._writers[name]._map.dirty |= dirty
                 raise
             if self._mirror is not None:
-                self._mirror.touched = set()
+                self._mirror.flushed()
             for fg, a in self._allocators.items():
                 a.after_commit(punch[fg])
             return result
@@ -348,6 +400,8 @@ class Pool:
                 lu = self._writers[name]
                 lu._opens += 1
                 return lu
+            from .scrub import settle
+            settle(self)  # a session that died since this pool opened may have left copies apart
             if snap is not None and writable:
                 writable = False
             holder = None
@@ -600,6 +654,8 @@ class Pool:
             holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
             a = self._allocators[0]
 
+            mirrored = any(r.get("mirrored") for r in records if r["name"] in doomed)
+
             def change(txn: lmdb.Transaction) -> None:
                 for victim in doomed:
                     rec = self._record(txn, victim)
@@ -607,7 +663,7 @@ class Pool:
                     self._meta.delete_map(txn, rec["id"])
                     txn.delete(victim.encode(), db=self._meta.db["lus"])
             try:
-                self._transaction(change)
+                self._transaction(change, prune_sums=mirrored)
                 if holder:
                     os.unlink(holder.path)
             finally:
@@ -670,11 +726,12 @@ class Pool:
             d = os.path.abspath(directory)
             n = cfg["groups"][0]["extents"]
             os.makedirs(d, exist_ok=True)
-            DataFile(os.path.join(d, "data"), create_size=n * self.extent_size).close()
+            path = os.path.join(d, "data")
+            DataFile(path, create_size=n * self.extent_size, label=self._label(1, path)).close()
 
             def change(txn: lmdb.Transaction) -> dict[str, Any]:
                 c = self._meta.config(txn)
-                c["groups"].append({"path": os.path.join(d, "data"), "extents": n})
+                c["groups"].append({"path": self._stored_path(path), "extents": n, "labelled": True})
                 self._meta.put_json(txn, "config", b"pool", c)
                 return c
             try:
@@ -683,6 +740,12 @@ class Pool:
                 os.unlink(os.path.join(d, "data"))
                 raise
             self._attach_mirror(cfg)
+
+    def _stored_path(self, path: str) -> str:
+        """A group's path as the config keeps it: relative where it lies inside the pool's
+        directory, so a copied or moved pool takes its own files along."""
+        rel = os.path.relpath(path, self.path)
+        return path if rel.startswith("..") else rel
 
     def failure_groups(self) -> list[dict[str, Any]]:
         from .scrub import dirty_count
@@ -718,7 +781,7 @@ class Pool:
                     rec = self._record(txn, f)
                     rec["mirrored"] = on
                     self._meta.put_json(txn, "lus", f.encode(), rec)
-            self._transaction(change)
+            self._transaction(change, prune_sums=not on)
             with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
                 lu._df = self._mirror if on else self._datafiles[0]
                 lu.mirrored = on
@@ -727,21 +790,27 @@ class Pool:
                 self._drop_unmirrored_copies()
             return copied
 
+    def _mirrored_extents(self, txn: lmdb.Transaction) -> np.ndarray:
+        """Bool per physical extent: referenced by a mirrored LU or snapshot (stored maps, and
+        the maps of this process's writers, which may be ahead of them)."""
+        n = self._meta.config(txn)["groups"][0]["extents"]
+        keep = np.zeros(n, bool)
+        for r in self._records(txn):
+            if r.get("mirrored"):
+                keep[self._load_map(txn, r).mapped()] = True
+        for lu in self._writers.values():
+            if lu.mirrored:
+                keep[lu._map.mapped()] = True
+        return keep
+
     def _drop_unmirrored_copies(self) -> None:
         """Punch, in the second group, extents no mirrored LU references any more (space)."""
         m = self._mirror
         if m is None or m.copies[1] is None:
             return
         with self._meta.read() as txn:
-            n = self._meta.config(txn)["groups"][0]["extents"]
-            keep = np.zeros(n, bool)
-            for r in self._records(txn):
-                if r.get("mirrored"):
-                    keep[self._load_map(txn, r).mapped()] = True
+            keep = self._mirrored_extents(txn)
             rc = self._allocators[0].refcounts(txn)
-        for lu in self._writers.values():
-            if lu.mirrored:
-                keep[lu._map.mapped()] = True
         E = self.extent_size
         for start, count in runs(np.flatnonzero(~keep & (rc > 0))):
             m.copies[1].punch(start * E, count * E)
@@ -874,6 +943,8 @@ class Pool:
                     raise InvalidArgument("pool size is too large for its extent size")
                 for fg, df in self._datafiles.items():
                     df.grow(n_new * self.extent_size)
+                if self._mirror is not None:
+                    self._mirror.need = n_new * self.extent_size
                 for group in cfg["groups"]:
                     group["extents"] = n_new
                 init_free(self._meta, txn, 0, n_old, n_new)
@@ -909,6 +980,19 @@ def _check_mirror_dir(mirror_dir: str, pool_path: str) -> None:
         raise AlreadyExists(f"{d} already holds a data file")
     if os.path.exists(d) and not os.path.isdir(d):
         raise InvalidArgument(f"{d} is not a directory")
+
+
+def _holds_pool(path: str, pool_id: str) -> bool:
+    """Whether a pool with id ``pool_id`` lives at ``path`` (its first data file says so)."""
+    try:
+        df = DataFile(os.path.join(path, "fg0", "data"))
+    except BlockstoreError:
+        return False
+    try:
+        label = df.label()
+    finally:
+        df.close()
+    return label is not None and label.get("pool") == pool_id
 
 
 def _empty_dir(path: str) -> None:

@@ -1,61 +1,53 @@
-"""Keeping mirrored LUs honest: checksums recorded at flush, ``resync`` of what a degraded copy
-missed, ``verify`` (the two copies against each other) and ``scrub`` (every copy against its
-recorded checksum), each with repair.
+"""Keeping mirrored LUs honest: ``settle`` after a crash, ``resync`` of what a degraded copy
+missed, ``replace`` of a lost copy, ``verify`` (one LU) and ``scrub`` (the pool): every copy of
+every block against its recorded checksum, with repair.
 
-Checksums are xxh3-64 of whole extents, recorded at every flush for the mirrored extents written
-since the previous one. A copy that matches the recorded checksum is good; repair rewrites a bad
-copy from a good one and never guesses: when no copy matches, the extent is reported
-unrecoverable. Two copies that agree with each other but not with the checksum are reported as
-``stale``: a write that came after the last flush before a crash looks exactly like the same
-corruption in both copies, so it is left for a person to judge.
+The rules (checksums.py says where the checksums come from):
+- a copy is good where it matches the checksum recorded for the block; repair writes only a
+  block that is provably bad, and only from a copy that is provably good. A block bad in every
+  copy is reported unrecoverable and left alone; a block with no checksum whose copies differ is
+  reported undecided and left alone;
+- an extent that another process has open for writing is not judged (its copies may be
+  mid-write): it is reported ``in_use``;
+- ``settle`` runs when a pool or LU is opened and a dead session's activity log is found: the
+  regions it names are made to agree (checksums.settle) before anything reads them, so a read
+  after a crash never changes later.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import lmdb
 import numpy as np
-import xxhash
 
 from . import native
+from .activity import REGION, dead_logs
+from .allocator import set_bits
+from .checksums import BLOCK, judge
+from .checksums import settle as settle_blocks
 from .datafile import DataFile
-from .errors import BlockstoreError, InvalidArgument
-from .extents import CHUNK, UNMAPPED
-from .meta import fg_key
+from .errors import BlockstoreError, Busy, InvalidArgument
+from .extents import UNMAPPED
+from .locks import HolderLock, is_held
 
 if TYPE_CHECKING:
+    from .mirror import MirrorFile
     from .pool import Pool
 
 Progress = Callable[[int, int], None] | None
 
 
-def _hash(data: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(data) or 1  # 0 marks "no checksum"
-
-
-def record_checksums(pool: "Pool", txn: lmdb.Transaction, extents: set[int]) -> None:
-    """Store the checksum of each extent's current content (read from a live copy)."""
-    m, E, db = pool._mirror, pool.extent_size, pool._meta.db["sums"]
-    assert m is not None
-    _, src = m._one()
-    exts = np.array(sorted(extents), np.int64)
-    for c in np.unique(exts // CHUNK):
-        raw = txn.get(fg_key(0, int(c)), db=db)
-        sums = np.frombuffer(raw, np.uint64).copy() if raw else np.zeros(CHUNK, np.uint64)
-        for e in exts[exts // CHUNK == c].tolist():
-            sums[e % CHUNK] = _hash(src.pread(e * E, E))
-        txn.put(fg_key(0, int(c)), sums.tobytes(), db=db)
-
-
-def _mirror(pool: "Pool", *, healthy: bool = True):  # type: ignore[no-untyped-def]
+def _mirror(pool: "Pool", *, healthy: bool = True) -> "MirrorFile":
     m = pool._mirror
     if m is None:
         raise InvalidArgument("the pool has no second failure group (pool failgrp add DIR)")
     if healthy and m.degraded:
         raise BlockstoreError(f"the mirror is degraded (failure group {m.degraded[0]} unavailable); "
-                              "bring it back and run lu resync")
+                              "bring it back and run lu resync, or pool failgrp replace")
     return m
 
 
@@ -65,10 +57,88 @@ def _extents_of(pool: "Pool", txn: lmdb.Transaction, name: str) -> np.ndarray:
     return np.unique(phys[phys != UNMAPPED]).astype(np.int64)
 
 
+def _read_copies(m: "MirrorFile", ext: int) -> dict[int, bytes]:
+    """Extent ``ext`` from every live copy (a copy that cannot be read leaves service)."""
+    out = {}
+    for i, c in enumerate(m.copies):
+        if c is None:
+            continue
+        try:
+            out[i] = c.pread(ext * m.E, m.E)
+        except OSError as e:
+            m.fail(i, f"read at offset {ext * m.E}: {e.strerror}")
+    return out
+
+
+def _hashes(datas: dict[int, bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    return (native.sum_blocks(datas[0]) if 0 in datas else None,
+            native.sum_blocks(datas[1]) if 1 in datas else None)
+
+
+# -- after a crash -------------------------------------------------------------------------------
+
+def settle(pool: "Pool", *, everything: bool = False) -> int:
+    """Make the copies of every region a dead session had in flight agree, and record their
+    checksums, before any I/O; ``everything``: every mirrored extent (a pool from before block
+    checksums). Returns the extents examined."""
+    if not everything and not dead_logs(pool._locks_dir):
+        return 0  # the common open: one listdir
+    m, E = pool._mirror, pool.extent_size
+    done = 0
+    with pool._lock:
+        with pool._meta.write() as txn:  # one settler at a time, across processes
+            logs = dead_logs(pool._locks_dir)
+            if m is not None and m.copies != [None, None]:
+                if everything:
+                    exts = np.flatnonzero(pool._mirrored_extents(txn))
+                else:
+                    regions = np.unique(np.concatenate([r for _, r in logs] + [np.zeros(0, np.int64)]))
+                    per = max(1, REGION // E)
+                    cand = np.unique((regions[:, None] * REGION // E + np.arange(per)[None, :]).ravel())
+                    exts = np.intersect1d(cand, pool.sums.extents(txn))
+                for e in exts.tolist():
+                    _settle_extent(pool, m, txn, e)
+                for c in m.copies:
+                    if c is not None:
+                        c.sync()
+                done = len(exts)
+            if everything:
+                cfg = pool._meta.config(txn)
+                cfg["block_sums"] = True
+                pool._meta.put_json(txn, "config", b"pool", cfg)
+        for path, _ in logs:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # another process settled it first
+    return done
+
+
+def _settle_extent(pool: "Pool", m: "MirrorFile", txn: lmdb.Transaction, e: int) -> None:
+    datas = _read_copies(m, e)
+    if not datas:
+        return
+    rec = pool.sums.get(txn, e)
+    if rec is None:
+        rec = np.zeros(m.B, np.uint64)
+    direction, new = settle_blocks(*_hashes(datas), rec)
+    for b in np.flatnonzero(direction).tolist():
+        src, dst = (0, 1) if direction[b] == 1 else (1, 0)
+        m.copies[dst].pwrite(datas[src][b * BLOCK:(b + 1) * BLOCK], e * m.E + b * BLOCK)  # type: ignore[union-attr]
+    for i in m.degraded:  # the missing copy gets this extent at resync
+        set_bits(pool._meta, txn, "dirty", i, np.array([e]), True)
+        m.dirty[i].add(e)
+    if not np.array_equal(new, rec):
+        pool.sums.put(txn, e, new)
+
+
+# -- degraded copies -----------------------------------------------------------------------------
+
 def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> int:
     """Copy to each copy the extents it missed while degraded; returns how many were copied.
 
-    A group whose file is back (or whose filesystem works again) is reattached first.
+    A group whose file is back (the same file, with this pool's label) is reattached first; a
+    file that is not this pool's copy is refused: ``replace`` rebuilds one from scratch.
     """
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
@@ -83,7 +153,7 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
             if old is not None and old is not df:
                 old.close()
             pool._datafiles[i] = df
-            m.copies[i] = df
+            m.attach(i, df)
         pool.flush()
         with pool._meta.read() as txn:
             n = pool._meta.config(txn)["groups"][0]["extents"]
@@ -105,7 +175,6 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
             dst.dirty = True
             dst.sync()
         with pool._meta.write() as txn:
-            from .allocator import set_bits
             for i, exts in todo:
                 set_bits(pool._meta, txn, "dirty", i, exts, False)
         for i, exts in todo:
@@ -124,12 +193,197 @@ def dirty_count(pool: "Pool", name: str | None = None) -> dict[int, int]:
     return out
 
 
+def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress: Progress = None) -> dict[str, Any]:
+    """Rebuild failure group ``group``'s copy from scratch in ``directory`` (default: where it
+    was): every extent a mirrored LU references, block by block from the other copy where that
+    copy matches its checksum; then read back and verified before it enters service."""
+    m = _mirror(pool, healthy=False)
+    E = pool.extent_size
+    with pool._lock:
+        src = m.copies[1 - group]
+        if src is None:
+            raise BlockstoreError(f"failure group {1 - group} is unavailable too: nothing to rebuild from")
+        pool.flush()
+        with pool._meta.read() as txn:
+            cfg = pool._meta.config(txn)
+            keep = pool._mirrored_extents(txn)
+            n = cfg["groups"][0]["extents"]
+        old_path = pool._group_path(cfg, group)
+        path = os.path.join(os.path.abspath(directory), "data") if directory else old_path
+        if directory and os.path.abspath(directory) == os.path.dirname(pool._group_path(cfg, 1 - group)):
+            raise InvalidArgument("the new copy must be outside the other failure group")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".rebuild"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        df = DataFile(tmp, create_size=n * E, label=pool._label(group, path))
+        exts = np.flatnonzero(keep)
+        unrecoverable: list[int] = []
+        try:
+            for k, e in enumerate(exts.tolist()):
+                data = bytearray(src.pread(e * E, E))
+                rec = pool.sums.load(e)
+                if rec is not None:
+                    bad = (rec != 0) & (native.sum_blocks(data) != rec)
+                    if bad.any():
+                        unrecoverable.append(e)  # copied as it is: no other copy to take it from
+                df.pwrite(data, e * E)
+                if progress:
+                    progress(k + 1, len(exts))
+            df.sync()
+            for e in exts.tolist():  # read back: the new copy enters service only if it is whole
+                rec = pool.sums.load(e)
+                got = native.sum_blocks(df.pread(e * E, E))
+                if rec is not None and e not in unrecoverable and ((rec != 0) & (got != rec)).any():
+                    raise BlockstoreError(f"the rebuilt copy reads back wrong at extent {e}")
+            os.replace(tmp, path)
+            df.path = path
+            dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            df.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+        def change(txn: lmdb.Transaction) -> None:
+            c = pool._meta.config(txn)
+            c["groups"][group]["path"] = pool._stored_path(path)
+            c["groups"][group]["labelled"] = True
+            pool._meta.put_json(txn, "config", b"pool", c)
+            set_bits(pool._meta, txn, "dirty", group, np.arange(n), False)
+        pool._transaction(change)
+        old = pool._datafiles.get(group)
+        if old is not None:
+            old.close()
+        pool._datafiles[group] = df
+        m.paths[group] = path
+        m.dirty[group].clear()
+        m.attach(group, df)
+    return {"group": group, "path": path, "extents": len(exts), "bytes": len(exts) * E,
+            "unrecoverable": unrecoverable, "old_path": old_path}
+
+
+# -- verify and scrub ----------------------------------------------------------------------------
+
+def _owners(pool: "Pool", txn: lmdb.Transaction) -> dict[int, tuple[str, int]]:
+    """Extent -> (name, id) of the one writable LU that may write it in place: extents referenced
+    once, by a live LU (shared extents and snapshots are never written in place)."""
+    rc = pool._allocators[0].refcounts(txn)
+    out: dict[int, tuple[str, int]] = {}
+    for r in pool._records(txn):
+        if r.get("mirrored") and r["kind"] != "snapshot":
+            mapped = pool._load_map(txn, r).mapped().astype(np.int64)
+            for e in mapped[rc[mapped] == 1].tolist():
+                out[e] = (r["name"], r["id"])
+    return out
+
+
+class _Examiner:
+    """Judges extents block by block and repairs what can be proven; collects the report."""
+
+    def __init__(self, pool: "Pool", m: "MirrorFile", repair: bool, owners: dict[int, tuple[str, int]]) -> None:
+        self.pool, self.m, self.repair, self.owners = pool, m, repair, owners
+        self.bad: list[dict[str, int]] = []
+        self.unrecoverable: list[int] = []
+        self.undecided: list[int] = []
+        self.in_use: list[int] = []
+        self.repaired = 0  # blocks
+        self.mismatched: list[int] = []
+
+    def examine(self, e: int) -> None:
+        owner = self.owners.get(e)
+        with ExitStack() as stack:
+            if owner is not None and owner[0] not in self.pool._writers:
+                lock = self.pool._holder_path(owner[1])
+                if not self.repair:
+                    if is_held(lock):
+                        self.in_use.append(e)
+                        return
+                else:
+                    try:  # held for the repair: nobody writes the extent meanwhile
+                        stack.enter_context(_held(HolderLock(lock).acquire(f"LU {owner[0]!r}")))
+                    except Busy:
+                        self.in_use.append(e)
+                        return
+            self._judge(e)
+
+    def _judge(self, e: int) -> None:
+        m, E = self.m, self.m.E
+        datas = _read_copies(m, e)
+        rec = self.pool.sums.load(e)
+        if rec is None:
+            rec = np.zeros(m.B, np.uint64)
+        h0, h1 = _hashes(datas)
+        g0, g1 = judge(h0, h1, rec)
+        good = {0: g0, 1: g1}
+        if not (g0 | g1).all():
+            lost = ~(g0 | g1)
+            (self.unrecoverable if (rec[lost] != 0).all() else self.undecided).append(e)
+        for i, data in datas.items():
+            bad = ~good[i] & good[1 - i]
+            if not bad.any():
+                continue
+            self.bad.append({"extent": e, "copy": i, "blocks": int(bad.sum())})
+            if self.repair:
+                other = datas[1 - i]
+                for b in np.flatnonzero(bad).tolist():
+                    m.copies[i].pwrite(other[b * BLOCK:(b + 1) * BLOCK], e * E + b * BLOCK)  # type: ignore[union-attr]
+                    self.repaired += 1
+        if len(datas) == 2 and h0 is not None and h1 is not None and not np.array_equal(h0, h1):
+            self.mismatched.append(e)
+
+    def report(self) -> dict[str, Any]:
+        # every block counted bad has a good copy, so a repair run fixes them all
+        clean = not self.unrecoverable and not self.undecided and (not self.bad or self.repair)
+        return {"bad": self.bad, "repaired": self.repaired, "unrecoverable": self.unrecoverable,
+                "undecided": self.undecided, "in_use": self.in_use, "clean": clean}
+
+
+class _held:
+    """A held holder lock as a context manager (released on exit)."""
+
+    def __init__(self, lock: HolderLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> HolderLock:
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress) -> tuple[_Examiner, float]:
+    m = pool._mirror
+    assert m is not None
+    t = time.monotonic()
+    with pool._meta.read() as txn:
+        owners = _owners(pool, txn)
+    ex = _Examiner(pool, m, repair, owners)
+    for k, e in enumerate(exts.tolist()):
+        ex.examine(e)
+        if progress:
+            progress(k + 1, len(exts))
+    if ex.repaired:
+        for c in m.copies:
+            if c is not None:
+                c.dirty = True
+                c.sync()
+    rep = ex.report()
+    if rep["bad"] or rep["unrecoverable"] or rep["undecided"]:
+        pool._event("checksum_mismatch", {"bad": rep["bad"][:64], "unrecoverable": rep["unrecoverable"][:64],
+                                          "undecided": rep["undecided"][:64], "repaired": rep["repaired"]})
+    return ex, time.monotonic() - t
+
+
 def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress = None) -> dict[str, Any]:
-    """Compare the two copies of every extent of ``name`` by xxh3; with ``repair`` make them agree
-    (the copy matching the recorded checksum wins; with no checksum to decide, the primary)."""
+    """Check both copies of every extent of ``name`` against their checksums and each other;
+    with ``repair``, rewrite each provably bad block from the copy that is provably good."""
     m = _mirror(pool)
     E = pool.extent_size
-    t = time.monotonic()
     with pool._lock:
         pool.flush()
         with pool._meta.read() as txn:
@@ -137,94 +391,47 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
             if not rec.get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
             exts = _extents_of(pool, txn, name)
-            sums = _sums(pool, txn)
-        c0, c1 = m.copies
-        assert c0 is not None and c1 is not None
-        mismatched, repaired = [], 0
-        for k, e in enumerate(exts.tolist()):
-            a, b = c0.pread(e * E, E), c1.pread(e * E, E)
-            ha, hb = _hash(a), _hash(b)
-            if ha != hb:
-                mismatched.append(e)
-                if repair:
-                    good_is_b = sums[e] != 0 and hb == sums[e]
-                    (c0 if good_is_b else c1).pwrite(b if good_is_b else a, e * E)
-                    repaired += 1
-            if progress:
-                progress(k + 1, len(exts))
-        if repaired:
-            c0.sync()
-            c1.sync()
-    if mismatched:
-        pool._event("checksum_mismatch", {"lu": name, "extents": mismatched[:64], "repaired": repaired})
-    secs = time.monotonic() - t
-    return {"lu": name, "extents": len(exts), "bytes": len(exts) * E, "mismatched": mismatched,
-            "repaired": repaired, "clean": not mismatched or repaired == len(mismatched),
+        ex, secs = _run(pool, exts, repair, progress)
+    rep = ex.report()
+    return {"lu": name, "extents": len(exts), "bytes": len(exts) * E, "mismatched": ex.mismatched, **rep,
             "seconds": secs, "mib_per_s": len(exts) * E / (1 << 20) / secs if secs else 0.0}
 
 
-def _sums(pool: "Pool", txn: lmdb.Transaction) -> np.ndarray:
-    n = pool._meta.config(txn)["groups"][0]["extents"]
-    return pool._meta.fg_array(txn, "sums", 0, n, np.uint64, 0)
-
-
 def scrub(pool: "Pool", *, repair: bool = False, progress: Progress = None) -> dict[str, Any]:
-    """Read every referenced extent that has a recorded checksum, in every live copy, and check it."""
+    """Read every block of every mirrored extent in every live copy and check it against its
+    recorded checksum; with ``repair``, rewrite provably bad blocks from a provably good copy."""
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
-    t = time.monotonic()
     with pool._lock:
         pool.flush()
         with pool._meta.read() as txn:
-            sums = _sums(pool, txn)
-            rc = pool._allocators[0].refcounts(txn)
-        exts = np.flatnonzero((sums != 0) & (rc > 0))
-        bad: list[dict[str, int]] = []
-        unrecoverable, stale = [], []
-        repaired = 0
-        copies = [(i, c) for i, c in enumerate(m.copies) if c is not None]
-        for k, e in enumerate(exts.tolist()):
-            datas = {i: c.pread(e * E, E) for i, c in copies}
-            good = {i for i, d in datas.items() if _hash(d) == sums[e]}
-            if len(good) == len(copies):
-                pass
-            elif good:
-                src = datas[next(iter(good))]
-                for i, c in copies:
-                    if i not in good:
-                        bad.append({"extent": e, "copy": i})
-                        if repair:
-                            c.pwrite(src, e * E)
-                            repaired += 1
-            elif len(copies) == 2 and datas[0] == datas[1]:
-                stale.append(e)
-            else:
-                unrecoverable.append(e)
-            if progress:
-                progress(k + 1, len(exts))
-        if repaired:
-            for _, c in copies:
-                c.sync()
-    if bad or unrecoverable or stale:
-        pool._event("checksum_mismatch", {"bad": bad[:64], "unrecoverable": unrecoverable[:64],
-                                          "stale": stale[:64], "repaired": repaired})
-    secs = time.monotonic() - t
-    clean = not unrecoverable and not stale and (not bad or repaired == len(bad))
-    return {"extents": len(exts), "bytes": len(exts) * E * len(copies), "bad": bad, "repaired": repaired,
-            "unrecoverable": unrecoverable, "stale": stale, "clean": clean, "seconds": secs,
-            "mib_per_s": len(exts) * E * len(copies) / (1 << 20) / secs if secs else 0.0,
-            "copies": [i for i, _ in copies]}
+            exts = pool.sums.extents(txn)
+        ex, secs = _run(pool, exts, repair, progress)
+    copies = [i for i, c in enumerate(m.copies) if c is not None]
+    total = len(exts) * E * len(copies)
+    return {"extents": len(exts), "bytes": total, **ex.report(), "seconds": secs,
+            "mib_per_s": total / (1 << 20) / secs if secs else 0.0, "copies": copies}
 
 
 def copy_to_mirror(pool: "Pool", exts: np.ndarray, progress: Progress = None) -> None:
-    """Give extents their redundant copy (making an LU mirrored): copy 0 -> copy 1."""
+    """Give extents their redundant copy (making an LU mirrored): copy 0 -> copy 1, with the
+    checksums of what is copied (an unmirrored LU's bytes are, by definition, its primary's).
+    Extents that already have checksums are mirrored already (shared with a mirrored LU)."""
     m = _mirror(pool)
     E = pool.extent_size
     c0, c1 = m.copies
     assert isinstance(c0, DataFile) and isinstance(c1, DataFile)
-    for k, e in enumerate(exts.tolist()):
-        native.copy(c0.fd, e * E, c1.fd, e * E, E, c1.path)
-        m.touched.add(e)
+    with pool._meta.read() as txn:
+        have = pool.sums.extents(txn)
+    todo = np.setdiff1d(exts, have)
+    buf = bytearray(E)
+    for k, e in enumerate(todo.tolist()):
+        native.pread_all(c0.fd, buf, e * E, c0.path)
+        sums = np.empty(m.B, np.uint64)
+        r, failed = native.pwrite2(-1, c1.fd, buf, e * E, sums)
+        if r < 0:
+            native.raise_errno(r, "write", c1.path, e * E)
+        m.note_sums(e * E, sums)
         if progress:
-            progress(k + 1, len(exts))
+            progress(k + 1, len(todo))
     c1.dirty = True

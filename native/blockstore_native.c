@@ -6,6 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "blockstore_native.h"
 
 /* Writes go to the file in pieces of at most BS_WRITE_PIECE, which keeps its page cache in
@@ -41,10 +44,8 @@ int bs_pread_all(int fd, char *buf, size_t len, int64_t off)
                 continue;
             return -errno;
         }
-        if (n == 0) { /* past the end of a sparse file: zeros */
-            memset(buf, 0, len);
-            return 0;
-        }
+        if (n == 0)
+            return -EIO; /* the file ends before what should be there: truncated */
         buf += n;
         len -= (size_t)n;
         off += n;
@@ -71,17 +72,30 @@ static void *write_second(void *arg)
  * overlap on two cores (a thread costs tens of microseconds, a 1 MiB copy hundreds). */
 #define PARALLEL_FROM (256 * 1024)
 
-/* Both copies from one buffer; one failing copy does not stop the other. */
-int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, int *failed)
+void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums)
+{
+    for (size_t i = 0; i < len / block; i++) {
+        uint64_t h = XXH3_64bits(buf + i * block, block);
+        sums[i] = h ? h : 1;
+    }
+}
+
+/* Both copies from one buffer; one failing copy does not stop the other. The checksums are taken
+ * from the caller's buffer, never from a copy read back, so they describe what the client wrote. */
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int *failed)
 {
     int r0, r1;
     pthread_t t;
     struct second_copy c = {fd1, buf, len, off, 0};
     if (fd0 >= 0 && fd1 >= 0 && len >= PARALLEL_FROM && pthread_create(&t, NULL, write_second, &c) == 0) {
+        if (sums)
+            bs_sum_blocks(buf, len, BS_SUM_BLOCK, sums);
         r0 = bs_pwrite_all(fd0, buf, len, off);
         pthread_join(t, NULL);
         r1 = c.result;
     } else {
+        if (sums)
+            bs_sum_blocks(buf, len, BS_SUM_BLOCK, sums);
         r0 = fd0 >= 0 ? bs_pwrite_all(fd0, buf, len, off) : 0;
         r1 = fd1 >= 0 ? bs_pwrite_all(fd1, buf, len, off) : 0;
     }
@@ -140,7 +154,7 @@ int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t
         return r;
     if (len)
         memcpy(scratch + start, data, len);
-    return bs_pwrite2(dst0, dst1, scratch, extent, dst_off, failed);
+    return bs_pwrite2(dst0, dst1, scratch, extent, dst_off, NULL, failed);
 }
 
 int bs_is_zero(const char *buf, size_t len)

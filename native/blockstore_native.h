@@ -14,8 +14,19 @@
 /* bs_pwrite_all writes in pieces of at most this many bytes (why: blockstore_native.c). */
 #define BS_WRITE_PIECE (256 * 1024)
 int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off);
+/* A read that meets the file's end before `len` bytes is -EIO: data files are never shorter than
+ * what is read from them, so a short one was truncated under us. */
 int bs_pread_all(int fd, char *buf, size_t len, int64_t off);
-int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, int *failed);
+
+/* Checksums are kept per block of this many bytes: the size of a page, of the usual file system
+ * block, and of the smallest common write, so an aligned write never reads to checksum. */
+#define BS_SUM_BLOCK 4096
+/* sums[i] = xxh3-64 of block i of buf (len / block of them; len a multiple of block), with 0
+ * replaced by 1: 0 means "no checksum" to the caller. */
+void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums);
+/* Both copies from one buffer. With `sums` not NULL, len is a multiple of BS_SUM_BLOCK and the
+ * checksums of the buffer's blocks are computed while the second copy is written. */
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int *failed);
 int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,
            const char *data, size_t start, size_t len, char *scratch, int *failed);
 int bs_copy(int src, int64_t src_off, int dst, int64_t dst_off, size_t len);

@@ -167,7 +167,7 @@ def test_mirror_and_unmirror_an_existing_lu(tmp_path):
     run_cli("pool", "scrub", pool=pool_dir)
     run_cli("lu", "unmirror", "a", pool=pool_dir)
     assert not cli_json("lu", "show", "a", pool=pool_dir)["mirrored"]
-    assert os.stat(str(tmp_path / "fg1" / "data")).st_blocks == 0  # the redundant copy's space is returned
+    assert os.stat(str(tmp_path / "fg1" / "data")).st_blocks * 512 <= 4096  # only its label is left: space returned
     run_cli("pool", "check", pool=pool_dir)
     r = run_cli("pool", "failgrp", "add", str(tmp_path / "fg2"), pool=pool_dir, check_rc=1)
     assert b"already has a second failure group" in r.stderr

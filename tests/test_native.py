@@ -70,12 +70,17 @@ def test_errors_come_back_as_errno(tmp_path):
     assert lib.bs_pread_all(-1, ffi.new("char[10]"), 10, 0) == -errno.EBADF
 
 
-def test_short_reads_past_the_end_are_zeros(tmp_path):
+def test_a_read_cut_short_by_the_files_end_is_an_error(tmp_path):
+    """A data file is never shorter than what is read from it: a short read means it was
+    truncated under us, which must fail the read (EIO), not pad it with zeros."""
     fd = os.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT)
     os.write(fd, b"abc")
     buf = bytearray(b"\xff" * 10)
-    native.pread_all(fd, buf, 0, "f")
-    assert bytes(buf) == b"abc" + bytes(7)
+    with pytest.raises(OSError) as e:
+        native.pread_all(fd, buf, 0, "f")
+    assert e.value.errno == errno.EIO
+    native.pread_all(fd, memoryview(buf)[:3], 0, "f")
+    assert bytes(buf[:3]) == b"abc"
     os.close(fd)
 
 

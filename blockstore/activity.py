@@ -1,0 +1,100 @@
+"""The mirror's activity log: which regions of the data files may have writes in flight.
+
+A mirrored write goes to two files; a crash can leave one copy written and the other not, and
+data written since the last flush has no checksum on record yet. Like DRBD's activity log, a
+region (``REGION`` bytes of physical space) is logged, durably, before the first write into it,
+and stays logged ("hot") while it is being written; the next open of the pool settles every
+region a dead session had logged (copies made to agree, checksums recorded: ``scrub.settle``)
+before any I/O is served. Only those regions can disagree, so recovery reads them and nothing
+else.
+
+One log file per pool session, ``POOL/locks/al-SESSION``: region numbers, 8 bytes each,
+appended with an fdatasync before the write they cover. A clean close removes it; a flush that
+leaves more than ``HOT_LIMIT`` regions hot empties it, so a session's recovery work stays bounded
+(``HOT_LIMIT * REGION`` bytes) without a log write for every write.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .locks import is_held
+
+#: Bytes of physical space per logged region.
+REGION = 4 << 20
+#: Regions a session keeps hot across flushes (1 GiB of physical space).
+HOT_LIMIT = 256
+
+
+def log_path(locks_dir: str, session: str) -> str:
+    return os.path.join(locks_dir, f"al-{session}")
+
+
+class ActivityLog:
+    """The log of one live session. ``cover`` before writing; ``flushed`` after each commit."""
+
+    def __init__(self, locks_dir: str, session: str) -> None:
+        self.path = log_path(locks_dir, session)
+        self.dir = locks_dir
+        self.hot: set[int] = set()
+        self.fd = -1
+
+    def cover(self, offset: int, length: int) -> None:
+        """Make sure the regions of bytes ``[offset, offset + length)`` are logged, durably."""
+        first, last = offset // REGION, (offset + max(length, 1) - 1) // REGION
+        if first == last:
+            if first in self.hot:
+                return
+            new = [first]
+        else:
+            new = [r for r in range(first, last + 1) if r not in self.hot]
+            if not new:
+                return
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            dfd = os.open(self.dir, os.O_RDONLY)  # the new name must outlive a crash too
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        os.write(self.fd, np.array(new, np.uint64).tobytes())
+        os.fdatasync(self.fd)
+        self.hot.update(new)
+
+    def flushed(self) -> None:
+        """Every write so far is durable and its checksums committed: forget the regions if too
+        many are hot (the next writes log their regions again)."""
+        if len(self.hot) > HOT_LIMIT and self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.fdatasync(self.fd)
+            self.hot.clear()
+
+    def close(self) -> None:
+        """The session closed cleanly (flushed): nothing is in flight."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            os.unlink(self.path)
+        self.hot.clear()
+
+
+def read_log(path: str) -> np.ndarray:
+    """The regions a log names (unique, ascending); a torn last entry is ignored."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return np.unique(np.frombuffer(raw[: len(raw) // 8 * 8], np.uint64).astype(np.int64))
+
+
+def dead_logs(locks_dir: str) -> list[tuple[str, np.ndarray]]:
+    """(path, regions) of every log whose session is gone (its session lock not held)."""
+    out = []
+    for name in sorted(os.listdir(locks_dir)):
+        if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:])):
+            path = os.path.join(locks_dir, name)
+            try:
+                out.append((path, read_log(path)))
+            except FileNotFoundError:
+                pass  # settled by another process just now
+    return out
+
