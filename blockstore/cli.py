@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     fgp.add_parser("list", help="the failure groups and their state").add_argument("--json", action="store_true")
     r = fgp.add_parser("replace", help="rebuild a lost or foreign copy from the other one, then verify it")
     r.add_argument("dir", nargs="?", help="where the new copy goes (default: where the old one was)")
-    r.add_argument("--group", type=int, choices=(0, 1), default=1, help="the failure group to rebuild (default 1)")
+    r.add_argument("--group", dest="fg", type=int, choices=(0, 1), default=1,
+                   help="the failure group to rebuild (default 1)")
     r.add_argument("--json", action="store_true")
     k = pool.add_parser("scrub", help="check every block of every mirrored extent against its checksum "
                                       "(exit 0 clean, 4 bad, unrecoverable or undecided blocks left)")
@@ -406,8 +407,8 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
             pool.add_failure_group(args.dir)
         if args.sub == "replace":
             from .scrub import replace
-            bar = _progress(f"rebuild fg{args.group}", 1)
-            rep = replace(pool, args.group, args.dir,
+            bar = _progress(f"rebuild fg{args.fg}", 1)
+            rep = replace(pool, args.fg, args.dir,
                           progress=lambda d, n: (setattr(bar, "total", n), bar.update(d)))
             bar.close()
             lines = [f"fg{rep['group']} rebuilt at {rep['path']}: {rep['extents']} extent(s) copied and verified"]

@@ -760,21 +760,26 @@ class Pool:
         return out
 
     def set_mirrored(self, name: str, on: bool, progress: Callable[[int, int], None] | None = None) -> int:
-        """Give ``name`` (and its snapshots) a redundant copy, or take it away. Returns extents copied."""
-        from .scrub import _mirror, copy_to_mirror
+        """Give ``name`` (and its snapshots) a redundant copy, or take it away. Returns extents
+        copied. Before the redundant copy goes, every block the primary holds bad is repaired
+        from it, so the copy that stays is the good one."""
+        from .scrub import _mirror, copy_to_mirror, repair_extents
         _mirror(self)
         with self._lock, self._writer(name) as lu:
             with self._meta.read() as txn:
                 records = self._records(txn)
             family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+            with self._meta.read() as txn:
+                exts = np.unique(np.concatenate(
+                    [lu._map.mapped()] + [self._load_map(txn, self._record(txn, f)).mapped() for f in family[1:]]
+                )).astype(np.int64)
             copied = 0
             if on:
-                with self._meta.read() as txn:
-                    exts = np.unique(np.concatenate(
-                        [lu._map.mapped()] + [self._load_map(txn, self._record(txn, f)).mapped() for f in family[1:]]
-                    )).astype(np.int64)
                 copy_to_mirror(self, exts, progress)
                 copied = len(exts)
+            elif lu.mirrored:
+                self.flush()
+                repair_extents(self, exts)
 
             def change(txn: lmdb.Transaction) -> None:
                 for f in family:
@@ -791,16 +796,13 @@ class Pool:
             return copied
 
     def _mirrored_extents(self, txn: lmdb.Transaction) -> np.ndarray:
-        """Bool per physical extent: referenced by a mirrored LU or snapshot (stored maps, and
-        the maps of this process's writers, which may be ahead of them)."""
+        """Bool per physical extent: referenced by a mirrored LU or snapshot, as ``txn`` stores
+        them (callers have saved this process's maps into it, or flushed)."""
         n = self._meta.config(txn)["groups"][0]["extents"]
         keep = np.zeros(n, bool)
         for r in self._records(txn):
             if r.get("mirrored"):
                 keep[self._load_map(txn, r).mapped()] = True
-        for lu in self._writers.values():
-            if lu.mirrored:
-                keep[lu._map.mapped()] = True
         return keep
 
     def _drop_unmirrored_copies(self) -> None:

@@ -379,6 +379,11 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress) -> tu
     return ex, time.monotonic() - t
 
 
+def repair_extents(pool: "Pool", exts: np.ndarray) -> dict[str, Any]:
+    """Repair what can be proven bad in ``exts`` (flushed); the report as ``scrub`` gives it."""
+    return _run(pool, exts, True, None)[0].report()
+
+
 def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress = None) -> dict[str, Any]:
     """Check both copies of every extent of ``name`` against their checksums and each other;
     with ``repair``, rewrite each provably bad block from the copy that is provably good."""
