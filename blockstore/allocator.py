@@ -1,8 +1,10 @@
 """Extent allocation and reference counts for one failure group.
 
-Persisted state (see meta.py): ``rc`` (uint32 reference count per physical extent), ``free``
-(one bit per extent, 1 = free) and ``resv`` (extents a pool session holds but no map references).
-Invariant after every commit: ``free[e] == (rc[e] == 0 and e is in no reservation)``.
+Persisted state (see meta.py): ``rc`` (uint32 reference count per physical extent), ``mrc`` (the
+part of it that mirrored LUs and snapshots hold), ``free`` (one bit per extent, 1 = free) and
+``resv`` (extents a pool session holds but no map references).
+Invariants after every commit: ``free[e] == (rc[e] == 0 and e is in no reservation)``; an extent
+has a checksum record (checksums.py) exactly while ``mrc[e] > 0``.
 
 Crash safety comes from the order of things:
 - a session takes free extents in batches, recording them as its reservation in one commit, so
@@ -69,6 +71,15 @@ def set_bits(meta: Meta, txn: lmdb.Transaction, dbname: str, fg: int, extents: n
         txn.put(fg_key(fg, c), np.packbits(bits, bitorder="little").tobytes(), db=db)
 
 
+def store_counts(meta: Meta, txn: lmdb.Transaction, db: str, fg: int, counts: np.ndarray) -> None:
+    """Write a whole array of counts (``rc`` or ``mrc``) of failure group ``fg`` inside ``txn``."""
+    for c in range(-(-len(counts) // CHUNK)):
+        part = counts[c * CHUNK:(c + 1) * CHUNK]
+        arr = np.zeros(CHUNK, np.uint32)
+        arr[: len(part)] = part
+        txn.put(fg_key(fg, c), arr.tobytes(), db=meta.db[db])
+
+
 def init_free(meta: Meta, txn: lmdb.Transaction, fg: int, first: int, last: int) -> None:
     """Mark extents ``[first, last)`` free (a new pool, or the new tail of a grown one)."""
     set_free(meta, txn, fg, np.arange(first, last, dtype=np.int64), True)
@@ -91,6 +102,10 @@ class Allocator:
         self._used: list[int] = []    # taken from the reservation since the last commit
         self._inc: list[int] = []
         self._dec: list[int] = []
+        self._minc: list[int] = []  # the same, for references held by mirrored LUs
+        self._mdec: list[int] = []
+        #: After ``commit``: extents whose mirrored count fell to zero in it.
+        self.unmirrored = np.zeros(0, np.int64)
         self._on_usage = on_usage
         #: Bumped whenever unreferenced extents are punched for reuse (lock-free readers check it).
         self.recycled = 0
@@ -110,33 +125,62 @@ class Allocator:
         self._used.append(e)
         return e
 
-    def ref(self, e: int) -> None:
+    def ref(self, e: int, mirrored: bool = False) -> None:
+        """One more reference to ``e`` (held by a mirrored LU: ``mirrored``)."""
         self._inc.append(e)
+        if mirrored:
+            self._minc.append(e)
 
-    def unref(self, e: int) -> None:
+    def unref(self, e: int, mirrored: bool = False) -> None:
         self._dec.append(e)
+        if mirrored:
+            self._mdec.append(e)
 
-    def unref_many(self, extents: np.ndarray) -> None:
-        self._dec.extend(np.asarray(extents, np.int64).tolist())
+    def unref_many(self, extents: np.ndarray, mirrored: bool = False) -> None:
+        ext = np.asarray(extents, np.int64).tolist()
+        self._dec.extend(ext)
+        if mirrored:
+            self._mdec.extend(ext)
 
-    def ref_many(self, extents: np.ndarray) -> None:
-        self._inc.extend(np.asarray(extents, np.int64).tolist())
+    def ref_many(self, extents: np.ndarray, mirrored: bool = False) -> None:
+        ext = np.asarray(extents, np.int64).tolist()
+        self._inc.extend(ext)
+        if mirrored:
+            self._minc.extend(ext)
 
-    def truncate_pending(self, n_inc: int, n_dec: int) -> None:
-        """Forget count changes recorded after the first ``n_inc``/``n_dec`` (a failed commit)."""
-        del self._inc[n_inc:], self._dec[n_dec:]
+    def set_mirrored_refs(self, extents: np.ndarray, on: bool) -> None:
+        """References that stay but become (or stop being) a mirrored LU's: mirror, unmirror."""
+        (self._minc if on else self._mdec).extend(np.asarray(extents, np.int64).tolist())
+
+    def marks(self) -> tuple[int, int, int, int]:
+        """Where the pending count changes end now (for ``truncate_pending``)."""
+        return len(self._inc), len(self._dec), len(self._minc), len(self._mdec)
+
+    def truncate_pending(self, n_inc: int, n_dec: int, n_minc: int, n_mdec: int) -> None:
+        """Forget count changes recorded after ``marks`` gave these numbers (a failed commit)."""
+        del self._inc[n_inc:], self._dec[n_dec:], self._minc[n_minc:], self._mdec[n_mdec:]
 
     @property
     def pending(self) -> bool:
-        return bool(self._inc or self._dec or self._used)
+        return bool(self._inc or self._dec or self._used or self._minc or self._mdec)
 
     # -- persisted state ---------------------------------------------------------------------
 
     def n_extents(self, txn: lmdb.Transaction) -> int:
         return int(self.meta.config(txn)["groups"][self.fg]["extents"])
 
-    def refcounts(self, txn: lmdb.Transaction) -> np.ndarray:
-        return self.meta.fg_array(txn, "rc", self.fg, self.n_extents(txn), np.uint32, 0)
+    def refcounts(self, txn: lmdb.Transaction, db: str = "rc") -> np.ndarray:
+        """Every extent's count: all references (``rc``) or mirrored LUs' (``mrc``)."""
+        return self.meta.fg_array(txn, db, self.fg, self.n_extents(txn), np.uint32, 0)
+
+    def counts_of(self, txn: lmdb.Transaction, extents: np.ndarray, db: str = "mrc") -> np.ndarray:
+        """The counts of some extents, reading only the chunks that hold them."""
+        out = np.zeros(len(extents), np.int64)
+        for c, pos, off in _by_chunk(np.asarray(extents, np.int64)):
+            raw = txn.get(fg_key(self.fg, c), db=self.meta.db[db])
+            if raw:
+                out[pos] = np.frombuffer(raw, np.uint32)[off]
+        return out
 
     def _reserve(self, need: int) -> None:
         with self.meta.write() as txn:
@@ -158,8 +202,9 @@ class Allocator:
         if self._on_usage:
             self._on_usage(1.0 - (len(cand) - len(got)) / max(n, 1))
 
-    def apply(self, txn: lmdb.Transaction, inc: np.ndarray, dec: np.ndarray) -> np.ndarray:
-        """Add ``+1`` per entry of ``inc`` and ``-1`` per entry of ``dec`` to the stored counts.
+    def apply(self, txn: lmdb.Transaction, inc: np.ndarray, dec: np.ndarray, db: str = "rc") -> np.ndarray:
+        """Add ``+1`` per entry of ``inc`` and ``-1`` per entry of ``dec`` to the stored counts
+        (``db``: ``rc``, or ``mrc`` for mirrored LUs' references).
 
         Returns the extents whose count fell to zero; the caller must hold them in a reservation
         (``commit`` does) until they are punched.
@@ -173,7 +218,7 @@ class Allocator:
         np.add.at(delta, inv, sign)
         keep = delta != 0
         ext, delta = ext[keep], delta[keep]
-        db = self.meta.db["rc"]
+        name, db = db, self.meta.db[db]
         freed = [np.zeros(0, np.int64)]
         for c, pos, off in _by_chunk(ext):
             raw = txn.get(fg_key(self.fg, c), db=db)
@@ -181,7 +226,7 @@ class Allocator:
             before = rc[off].copy()
             rc[off] += delta[pos]
             if (rc[off] < 0).any():
-                raise PoolCorrupt(f"reference count underflow in failure group {self.fg}")
+                raise PoolCorrupt(f"reference count ({name}) underflow in failure group {self.fg}")
             txn.put(fg_key(self.fg, c), rc.astype(np.uint32).tobytes(), db=db)
             freed.append(ext[pos][(before > 0) & (rc[off] == 0)])
         return np.concatenate(freed)
@@ -189,6 +234,7 @@ class Allocator:
     def commit(self, txn: lmdb.Transaction, extra_freed: np.ndarray | None = None) -> np.ndarray:
         """Store the pending count changes in ``txn``; return the extents to punch after commit."""
         freed = self.apply(txn, np.array(self._inc, np.int64), np.array(self._dec, np.int64))
+        self.unmirrored = self.apply(txn, np.array(self._minc, np.int64), np.array(self._mdec, np.int64), "mrc")
         used = np.array(self._used, np.int64)
         if len(used):
             rc = self.refcounts(txn)
@@ -199,7 +245,7 @@ class Allocator:
         to_punch = np.unique(np.concatenate(parts))
         held = np.concatenate([np.array(self._local, np.int64), to_punch])
         txn.put(self._key, held.astype(np.uint32).tobytes(), db=self.meta.db["resv"])
-        self._inc, self._dec, self._used = [], [], []
+        self._inc, self._dec, self._used, self._minc, self._mdec = [], [], [], [], []
         return to_punch
 
     def after_commit(self, to_punch: np.ndarray) -> None:

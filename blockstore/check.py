@@ -8,8 +8,9 @@ Result codes (a contract scripts may rely on, in the manner of ``qemu-img check`
 (1 and 2 stay the CLI's codes for a refused request and a usage error.)
 
 Repair recomputes reference counts from the maps, rebuilds the free bitmap from them and the
-live sessions' reservations, and drops dead reservations and orphaned map chunks. It never
-changes a map, so no LU's data changes.
+live sessions' reservations, and drops dead reservations, orphaned map chunks and checksum
+records of data that is not mirrored; mirrored extents without checksums get them from their
+copies (as ``scrub.settle`` does after a crash). It never changes a map, so no LU's data changes.
 """
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import numpy as np
 
-from .allocator import read_resv, set_free
+from .allocator import read_resv, set_free, store_counts
 from .extents import CHUNK, UNMAPPED, extents_for
 from .locks import is_held
-from .meta import fg_key
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -38,6 +38,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     leaks: list[str] = []
     n = cfg["groups"][0]["extents"]
     refs = np.zeros(n, np.int64)
+    mrefs = np.zeros(n, np.int64)
     records = pool._records(txn)
     ids = {r["id"] for r in records}
     names = {r["name"] for r in records}
@@ -59,6 +60,8 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
         if len(mapped) != r.get("allocated", -1):
             leaks.append(f"LU {r['name']!r}: record says {r.get('allocated')} extents, map has {len(mapped)}")
         np.add.at(refs, mapped.astype(np.int64), 1)
+        if r.get("mirrored"):
+            np.add.at(mrefs, mapped.astype(np.int64), 1)
         if r["kind"] in ("snapshot", "clone") and r["parent"] is not None:
             parent = r["parent"]
             if parent not in names:
@@ -103,7 +106,20 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     lost = np.flatnonzero(~free & (refs == 0) & ~live)
     if len(lost):
         leaks.append(f"{len(lost)} extent(s) are neither free, used nor reserved (leaked)")
-    return {"errors": errors, "leaks": leaks, "refs": refs, "live": live, "n": n,
+    mrc = meta.fg_array(txn, "mrc", 0, n, np.uint32, 0).astype(np.int64)
+    if (mrc != mrefs).any():
+        leaks.append(f"{int((mrc != mrefs).sum())} extent(s) have a wrong count of mirrored references")
+    mirrored = mrefs > 0
+    # A checksum record lives exactly as long as mirrored data it describes (checksums.py).
+    have = pool.sums.extents(txn)
+    stray = have[(have >= n) | ~mirrored[np.minimum(have, max(n - 1, 0))]] if n else have
+    if len(stray):
+        leaks.append(f"{len(stray)} checksum record(s) describe no mirrored data")
+    unsummed = np.setdiff1d(np.flatnonzero(mirrored), have) if len(cfg["groups"]) > 1 else np.zeros(0, np.int64)
+    if len(unsummed):
+        leaks.append(f"{len(unsummed)} mirrored extent(s) have no checksum record")
+    return {"errors": errors, "leaks": leaks, "refs": refs, "mrefs": mrefs, "live": live, "n": n,
+            "stray": stray, "unsummed": unsummed,
             "dead_keys": dead_keys, "orphan_keys": orphan_keys, "lus": len(records),
             "allocated_extents": int(np.count_nonzero(refs))}
 
@@ -128,12 +144,9 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
 
 
 def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
-    meta, n, refs, live = pool._meta, found["n"], found["refs"], found["live"]
-    for c in range(extents_for(n, CHUNK)):
-        part = refs[c * CHUNK:(c + 1) * CHUNK]
-        arr = np.zeros(CHUNK, np.uint32)
-        arr[: len(part)] = part
-        txn.put(fg_key(0, c), arr.tobytes(), db=meta.db["rc"])
+    meta, refs, live = pool._meta, found["refs"], found["live"]
+    store_counts(meta, txn, "rc", 0, refs)
+    store_counts(meta, txn, "mrc", 0, found["mrefs"])
     should_free = np.flatnonzero((refs == 0) & ~live)
     in_use = np.flatnonzero((refs > 0) | live)
     set_free(meta, txn, 0, should_free, True)
@@ -142,6 +155,10 @@ def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
         txn.delete(key, db=meta.db["resv"])
     for key in found["orphan_keys"]:
         txn.delete(key, db=meta.db["maps"])
+    pool.sums.delete(txn, found["stray"])
+    if len(found["unsummed"]) and pool._mirror is not None:
+        from .scrub import adopt
+        adopt(pool, txn, found["unsummed"])
     for r in pool._records(txn):
         mapped = sum(int(np.count_nonzero(np.frombuffer(raw, np.uint32) != UNMAPPED))
                      for _, raw in meta.map_chunks(txn, r["id"]))

@@ -304,8 +304,8 @@ class LU:
                 df.pwrite(data, q * E)
             else:
                 df.cow(p * E, q * E, E, data, start)
-            alloc.unref(p)
-        alloc.ref(q)
+            alloc.unref(p, self.mirrored)
+        alloc.ref(q, self.mirrored)
         m.set(ext, q, True)
 
     def share_extent(self, ext: int, phys: int) -> None:
@@ -315,8 +315,8 @@ class LU:
         with self._lock:
             old = self._map.table[ext]
             if old != UNMAPPED:
-                self._alloc.unref(old)
-            self._alloc.ref(phys)
+                self._alloc.unref(old, self.mirrored)
+            self._alloc.ref(phys, self.mirrored)
             self._map.set(ext, phys, False)
 
     def physical_extent(self, ext: int) -> int | None:
@@ -325,7 +325,7 @@ class LU:
         return None if p == UNMAPPED else p
 
     def _unmap(self, ext: int) -> None:
-        self._alloc.unref(self._map.table[ext])
+        self._alloc.unref(self._map.table[ext], self.mirrored)
         self._map.set(ext, UNMAPPED, False)
 
     def _copy_shared(self) -> int:
@@ -336,8 +336,8 @@ class LU:
             p = m.table[ext]
             q = self._alloc.take()
             self._df.cow(p * E, q * E, E, None, 0)
-            self._alloc.unref(p)
-            self._alloc.ref(q)
+            self._alloc.unref(p, self.mirrored)
+            self._alloc.ref(q, self.mirrored)
             m.set(ext, q, True)
         return len(shared)
 
@@ -346,7 +346,7 @@ class LU:
         n = extents_for(size, self._E)
         if n < len(self._map):
             tail = self._map.phys[n:]
-            self._alloc.unref_many(tail[tail != UNMAPPED])
+            self._alloc.unref_many(tail[tail != UNMAPPED], self.mirrored)
         with self._map.guard:  # resize gives the map new arrays: publish them before any I/O
             self._map.resize(n)
             self._size = size

@@ -6,6 +6,7 @@ Named databases:
   lus      name (utf-8) -> JSON LU record (id, size, kind, parent, allocated, gen, created)
   maps     >QI (lu id, chunk) -> CHUNK uint32 physical extents (extents.py)
   rc       >BI (failure group, chunk) -> CHUNK uint32 reference counts
+  mrc      >BI (failure group, chunk) -> CHUNK uint32 references held by mirrored LUs and snapshots
   free     >BI (failure group, chunk) -> CHUNK bits, packed, 1 = free
   resv     "session/fg" (ascii) -> uint32 extents held by a session
   sums     (no longer used: extent-wide checksums of format 1 pools, replaced by bsums)
@@ -33,7 +34,7 @@ import numpy as np
 from .errors import PoolCorrupt
 
 FORMAT = 1
-DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums")
+DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
 #: Address space reserved for the metadata; the file grows only as pages are used.
 MAP_SIZE = 1 << 38
 

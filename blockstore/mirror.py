@@ -168,19 +168,17 @@ class MirrorFile:
         for b in np.flatnonzero((want != 0) & (have != want)).tolist():
             mv[b * BLOCK:(b + 1) * BLOCK] = self.good_block(ext * self.B + b)
 
-    def commit_sums(self, txn: "lmdb.Transaction", freed: np.ndarray, keep: np.ndarray | None = None) -> None:
-        """Inside the flush's commit: delete the records of ``freed`` extents (and, with ``keep``,
-        of every extent not in it: no mirrored LU references them any more); store the pending
-        checksums of the rest over their committed records. Pending is cleared by ``flushed``."""
-        gone = set(np.asarray(freed, np.int64).tolist())
-        if keep is not None:
-            have = self.sums.extents(txn)
-            gone.update(have[~keep[have]].tolist())
-            gone.update(e for e in self.pending if not keep[e])
-        self.sums.delete(txn, sorted(gone))
-        for ext, p in self.pending.items():
-            if ext in gone:
-                continue
+    def commit_sums(self, txn: "lmdb.Transaction", gone: np.ndarray, mirrored: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Inside the flush's commit: delete the records of the extents in ``gone`` (no mirrored
+        LU references them any more: freed, unmirrored, unmapped) and store the pending checksums
+        of extents a mirrored LU still references (``mirrored``: bool per extent, after this
+        commit's count changes) over their committed records. ``flushed`` clears pending."""
+        self.sums.delete(txn, gone)
+        if not self.pending:
+            return
+        exts = np.fromiter(self.pending, np.int64, len(self.pending))
+        for ext in exts[mirrored(exts)].tolist():
+            p = self.pending[ext]
             rec = self.sums.get(txn, ext)
             if rec is None:
                 rec = np.zeros(self.B, np.uint64)

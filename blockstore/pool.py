@@ -314,17 +314,16 @@ class Pool:
         return any(a.pending for a in self._allocators.values()) or any(
             lu._map.dirty for lu in self._writers.values())
 
-    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None, *, prune_sums: bool = False) -> Any:
+    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
         """Sync data, then commit ``change`` with every pending map, count and checksum change,
-        atomically. ``prune_sums``: the change may have taken the last mirrored LU off some
-        extents (unmirror, remove), whose checksum records go in the same commit.
+        atomically.
 
         ``change`` must validate before it mutates in-memory state; if it or the commit fails,
         the pending changes it added are rolled back so memory matches the last commit.
         """
         with self._lock:
             self._sync_data()
-            marks = {fg: (len(a._inc), len(a._dec)) for fg, a in self._allocators.items()}
+            marks = {fg: a.marks() for fg, a in self._allocators.items()}
             saved = {name: set(lu._map.dirty) for name, lu in self._writers.items()}
             try:
                 with self._meta.write() as txn:
@@ -333,8 +332,8 @@ class Pool:
                         self._save_map(txn, lu)
                     punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
                     if self._mirror is not None:
-                        keep = self._mirrored_extents(txn) if prune_sums else None
-                        self._mirror.commit_sums(txn, punch[0], keep)
+                        a = self._allocators[0]
+                        self._mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
             except BaseException:
                 for fg, a in self._allocators.items():
                     a.truncate_pending(*marks[fg])
@@ -524,7 +523,7 @@ class Pool:
         for ext in holes.tolist():
             q = a.take()
             lu._df.punch(q * E, E)
-            a.ref(q)
+            a.ref(q, lu.mirrored)
             lu._map.set(ext, q, True)
 
     def snapshot(self, name: str, snap: str) -> dict[str, Any]:
@@ -572,7 +571,7 @@ class Pool:
         for no, raw in chunks:
             txn.put(map_key(rec["id"], no), raw, db=db)
         if phys:
-            self._allocators[0].ref_many(np.concatenate(phys))
+            self._allocators[0].ref_many(np.concatenate(phys), rec["mirrored"])
         return rec
 
     def rollback(self, name: str, snap: str) -> None:
@@ -585,8 +584,8 @@ class Pool:
             a = self._allocators[0]
 
             def change(txn: lmdb.Transaction) -> None:
-                a.unref_many(lu._map.mapped())
-                a.ref_many(smap.mapped())
+                a.unref_many(lu._map.mapped(), lu.mirrored)
+                a.ref_many(smap.mapped(), lu.mirrored)
                 smap.dirty = set(range(max(extents_for(len(lu._map), CHUNK), extents_for(len(smap), CHUNK))))
                 lu._replace_map(smap, srec["size"])
             old_map, old_size = lu._map, lu._size
@@ -654,16 +653,14 @@ class Pool:
             holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
             a = self._allocators[0]
 
-            mirrored = any(r.get("mirrored") for r in records if r["name"] in doomed)
-
             def change(txn: lmdb.Transaction) -> None:
                 for victim in doomed:
                     rec = self._record(txn, victim)
-                    a.unref_many(self._load_map(txn, rec).mapped())
+                    a.unref_many(self._load_map(txn, rec).mapped(), rec.get("mirrored", False))
                     self._meta.delete_map(txn, rec["id"])
                     txn.delete(victim.encode(), db=self._meta.db["lus"])
             try:
-                self._transaction(change, prune_sums=mirrored)
+                self._transaction(change)
                 if holder:
                     os.unlink(holder.path)
             finally:
@@ -781,12 +778,17 @@ class Pool:
                 self.flush()
                 repair_extents(self, exts)
 
+            a = self._allocators[0]
+
             def change(txn: lmdb.Transaction) -> None:
                 for f in family:
                     rec = self._record(txn, f)
+                    if rec.get("mirrored", False) != on:
+                        m = lu._map if f == name else self._load_map(txn, rec)
+                        a.set_mirrored_refs(m.mapped(), on)
                     rec["mirrored"] = on
                     self._meta.put_json(txn, "lus", f.encode(), rec)
-            self._transaction(change, prune_sums=not on)
+            self._transaction(change)
             with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
                 lu._df = self._mirror if on else self._datafiles[0]
                 lu.mirrored = on
@@ -795,15 +797,15 @@ class Pool:
                 self._drop_unmirrored_copies()
             return copied
 
-    def _mirrored_extents(self, txn: lmdb.Transaction) -> np.ndarray:
-        """Bool per physical extent: referenced by a mirrored LU or snapshot, as ``txn`` stores
-        them (callers have saved this process's maps into it, or flushed)."""
+    def mirrored_refs(self, txn: lmdb.Transaction) -> np.ndarray:
+        """How many references each physical extent has from mirrored LUs and snapshots, counted
+        from the maps ``txn`` stores (what the ``mrc`` counts must equal)."""
         n = self._meta.config(txn)["groups"][0]["extents"]
-        keep = np.zeros(n, bool)
+        counts = np.zeros(n, np.int64)
         for r in self._records(txn):
             if r.get("mirrored"):
-                keep[self._load_map(txn, r).mapped()] = True
-        return keep
+                np.add.at(counts, self._load_map(txn, r).mapped().astype(np.int64), 1)
+        return counts
 
     def _drop_unmirrored_copies(self) -> None:
         """Punch, in the second group, extents no mirrored LU references any more (space)."""
@@ -811,7 +813,7 @@ class Pool:
         if m is None or m.copies[1] is None:
             return
         with self._meta.read() as txn:
-            keep = self._mirrored_extents(txn)
+            keep = self._allocators[0].refcounts(txn, "mrc") > 0
             rc = self._allocators[0].refcounts(txn)
         E = self.extent_size
         for start, count in runs(np.flatnonzero(~keep & (rc > 0))):

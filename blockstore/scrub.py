@@ -26,7 +26,7 @@ import numpy as np
 
 from . import native
 from .activity import REGION, dead_logs
-from .allocator import set_bits
+from .allocator import set_bits, store_counts
 from .checksums import BLOCK, judge
 from .checksums import settle as settle_blocks
 from .datafile import DataFile
@@ -89,18 +89,16 @@ def settle(pool: "Pool", *, everything: bool = False) -> int:
         with pool._meta.write() as txn:  # one settler at a time, across processes
             logs = dead_logs(pool._locks_dir)
             if m is not None and m.copies != [None, None]:
-                if everything:
-                    exts = np.flatnonzero(pool._mirrored_extents(txn))
+                if everything:  # from before mirrored reference counts: count them now
+                    counts = pool.mirrored_refs(txn)
+                    store_counts(pool._meta, txn, "mrc", 0, counts)
+                    exts = np.flatnonzero(counts)
                 else:
                     regions = np.unique(np.concatenate([r for _, r in logs] + [np.zeros(0, np.int64)]))
                     per = max(1, REGION // E)
                     cand = np.unique((regions[:, None] * REGION // E + np.arange(per)[None, :]).ravel())
                     exts = np.intersect1d(cand, pool.sums.extents(txn))
-                for e in exts.tolist():
-                    _settle_extent(pool, m, txn, e)
-                for c in m.copies:
-                    if c is not None:
-                        c.sync()
+                adopt(pool, txn, exts)
                 done = len(exts)
             if everything:
                 cfg = pool._meta.config(txn)
@@ -112,6 +110,16 @@ def settle(pool: "Pool", *, everything: bool = False) -> int:
             except FileNotFoundError:
                 pass  # another process settled it first
     return done
+
+
+def adopt(pool: "Pool", txn: lmdb.Transaction, exts: np.ndarray) -> None:
+    """Give mirrored extents that have no checksums some, from their copies (made to agree)."""
+    m = _mirror(pool, healthy=False)
+    for e in np.asarray(exts, np.int64).tolist():
+        _settle_extent(pool, m, txn, e)
+    for c in m.copies:
+        if c is not None:
+            c.sync()
 
 
 def _settle_extent(pool: "Pool", m: "MirrorFile", txn: lmdb.Transaction, e: int) -> None:
@@ -206,7 +214,7 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         pool.flush()
         with pool._meta.read() as txn:
             cfg = pool._meta.config(txn)
-            keep = pool._mirrored_extents(txn)
+            keep = pool._allocators[0].refcounts(txn, "mrc") > 0
             n = cfg["groups"][0]["extents"]
         old_path = pool._group_path(cfg, group)
         path = os.path.join(os.path.abspath(directory), "data") if directory else old_path
@@ -387,7 +395,7 @@ def repair_extents(pool: "Pool", exts: np.ndarray) -> dict[str, Any]:
 def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress = None) -> dict[str, Any]:
     """Check both copies of every extent of ``name`` against their checksums and each other;
     with ``repair``, rewrite each provably bad block from the copy that is provably good."""
-    m = _mirror(pool)
+    _mirror(pool)
     E = pool.extent_size
     with pool._lock:
         pool.flush()
