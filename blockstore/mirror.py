@@ -60,6 +60,9 @@ class MirrorFile:
         self.touched: set[int] = set()
         #: extent -> checksum per block written since the last flush (0: not written).
         self.pending: dict[int, np.ndarray] = {}
+        # where the C write leaves the checksums of one extent's blocks (a write is within one)
+        self._sums = np.empty(self.B, np.uint64)
+        self._sums_c = native.sums_pointer(self._sums)
         self.sums = sums
         self.activity = activity
         self.persist_dirty = persist_dirty
@@ -133,6 +136,13 @@ class MirrorFile:
     def note_sums(self, offset: int, sums: np.ndarray) -> None:
         """Record the checksums of whole blocks written from ``offset`` (block-aligned)."""
         first = offset // BLOCK
+        ext, b = divmod(first, self.B)
+        if b + len(sums) <= self.B:  # within one extent: every write but a punch
+            p = self.pending.get(ext)
+            if p is None:
+                p = self.pending[ext] = np.zeros(self.B, np.uint64)
+            p[b:b + len(sums)] = sums
+            return
         pos = 0
         while pos < len(sums):
             ext, b = divmod(first + pos, self.B)
@@ -220,12 +230,19 @@ class MirrorFile:
 
     def _write_blocks(self, data: Buffer, offset: int) -> None:
         """Whole blocks at a block-aligned ``offset``, to every live copy, checksummed in C."""
-        sums = np.empty(len(data) // BLOCK, np.uint64) if self.checksums else None
+        nb = len(data) // BLOCK
+        if not self.checksums:
+            sums, sums_c = None, None
+        elif nb <= self.B:
+            sums, sums_c = self._sums[:nb], self._sums_c
+        else:
+            sums = np.empty(nb, np.uint64)
+            sums_c = native.sums_pointer(sums)
         c0, c1 = self.copies
         for c in (c0, c1):
             if c is not None:
                 c.dirty = True
-        r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums)
+        r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums_c=sums_c)
         if c0 is None and c1 is None:
             raise OSError(errno.EIO, "both copies of the mirror are missing")
         for i in (0, 1):

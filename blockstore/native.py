@@ -30,13 +30,31 @@ def is_zero(buf: Buffer) -> bool:
 SUM_BLOCK: int = lib.BS_SUM_BLOCK
 
 
-def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int, sums: np.ndarray | None = None) -> tuple[int, int]:
+def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int, sums: "np.ndarray | None" = None,
+            sums_c: object = None) -> tuple[int, int]:
     """Write ``buf`` at ``offset`` to both files (-1: skip one). Returns (result, failed bits).
-    ``sums`` (uint64, one per SUM_BLOCK of ``buf``) receives the checksums of ``buf``'s blocks."""
+    ``sums`` (uint64, one per SUM_BLOCK of ``buf``), or ``sums_c`` (a ``sums_pointer`` to such an
+    array), receives the checksums of ``buf``'s blocks."""
     failed = ffi.new("int *")
-    s = ffi.from_buffer("uint64_t[]", sums, require_writable=True) if sums is not None else ffi.NULL
-    r = lib.bs_pwrite2(fd0, fd1, ffi.from_buffer(buf), len(buf), offset, s, failed)
+    r = lib.bs_pwrite2(fd0, fd1, ffi.from_buffer(buf), len(buf), offset,
+                       sums_c if sums_c is not None else ffi.NULL if sums is None else sums_pointer(sums), failed)
     return r, failed[0]
+
+
+def sums_pointer(sums: np.ndarray):  # type: ignore[no-untyped-def]
+    """A C pointer into ``sums`` (uint64), to hand to ``pwrite2`` many times: making one costs
+    a small write more than the hash does."""
+    return ffi.from_buffer("uint64_t[]", sums, require_writable=True)
+
+
+def sum_file(fd: int, offset: int, length: int, path: str, block: int = SUM_BLOCK) -> np.ndarray:
+    """The checksums of the blocks of ``length`` bytes of ``fd`` at ``offset`` (in C, through a
+    buffer that stays in the CPU cache: no copy of the range is made in Python)."""
+    out = np.empty(length // block, np.uint64)
+    r = lib.bs_sum_file(fd, offset, len(out) * block, block, ffi.from_buffer("uint64_t[]", out))
+    if r < 0:
+        raise_errno(r, "read", path, offset)
+    return out
 
 
 def sum_blocks(buf: Buffer, block: int = SUM_BLOCK) -> np.ndarray:

@@ -57,22 +57,24 @@ def _extents_of(pool: "Pool", txn: lmdb.Transaction, name: str) -> np.ndarray:
     return np.unique(phys[phys != UNMAPPED]).astype(np.int64)
 
 
-def _read_copies(m: "MirrorFile", ext: int) -> dict[int, bytes]:
-    """Extent ``ext`` from every live copy (a copy that cannot be read leaves service)."""
-    out = {}
+def _hash_copies(m: "MirrorFile", ext: int) -> list[np.ndarray | None]:
+    """The block checksums of extent ``ext`` in each copy (None: the copy is missing, or could
+    not be read and has left service)."""
+    out: list[np.ndarray | None] = [None, None]
     for i, c in enumerate(m.copies):
         if c is None:
             continue
         try:
-            out[i] = c.pread(ext * m.E, m.E)
+            out[i] = native.sum_file(c.fd, ext * m.E, m.E, c.path)
         except OSError as e:
             m.fail(i, f"read at offset {ext * m.E}: {e.strerror}")
     return out
 
 
-def _hashes(datas: dict[int, bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    return (native.sum_blocks(datas[0]) if 0 in datas else None,
-            native.sum_blocks(datas[1]) if 1 in datas else None)
+def _copy_block(m: "MirrorFile", src: int, dst: int, block: int) -> None:
+    """Block number ``block`` from copy ``src`` into copy ``dst``."""
+    data = m.copies[src].pread(block * BLOCK, BLOCK)  # type: ignore[union-attr]
+    m.copies[dst].pwrite(data, block * BLOCK)  # type: ignore[union-attr]
 
 
 # -- after a crash -------------------------------------------------------------------------------
@@ -123,16 +125,16 @@ def adopt(pool: "Pool", txn: lmdb.Transaction, exts: np.ndarray) -> None:
 
 
 def _settle_extent(pool: "Pool", m: "MirrorFile", txn: lmdb.Transaction, e: int) -> None:
-    datas = _read_copies(m, e)
-    if not datas:
+    h0, h1 = _hash_copies(m, e)
+    if h0 is None and h1 is None:
         return
     rec = pool.sums.get(txn, e)
     if rec is None:
         rec = np.zeros(m.B, np.uint64)
-    direction, new = settle_blocks(*_hashes(datas), rec)
+    direction, new = settle_blocks(h0, h1, rec)
     for b in np.flatnonzero(direction).tolist():
         src, dst = (0, 1) if direction[b] == 1 else (1, 0)
-        m.copies[dst].pwrite(datas[src][b * BLOCK:(b + 1) * BLOCK], e * m.E + b * BLOCK)  # type: ignore[union-attr]
+        _copy_block(m, src, dst, e * m.B + b)
     for i in m.degraded:  # the missing copy gets this extent at resync
         set_bits(pool._meta, txn, "dirty", i, np.array([e]), True)
         m.dirty[i].add(e)
@@ -241,7 +243,7 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
             df.sync()
             for e in exts.tolist():  # read back: the new copy enters service only if it is whole
                 rec = pool.sums.load(e)
-                got = native.sum_blocks(df.pread(e * E, E))
+                got = native.sum_file(df.fd, e * E, E, df.path)
                 if rec is not None and e not in unrecoverable and ((rec != 0) & (got != rec)).any():
                     raise BlockstoreError(f"the rebuilt copy reads back wrong at extent {e}")
             os.replace(tmp, path)
@@ -320,28 +322,27 @@ class _Examiner:
             self._judge(e)
 
     def _judge(self, e: int) -> None:
-        m, E = self.m, self.m.E
-        datas = _read_copies(m, e)
+        m = self.m
+        hashes = _hash_copies(m, e)
         rec = self.pool.sums.load(e)
         if rec is None:
             rec = np.zeros(m.B, np.uint64)
-        h0, h1 = _hashes(datas)
-        g0, g1 = judge(h0, h1, rec)
-        good = {0: g0, 1: g1}
-        if not (g0 | g1).all():
-            lost = ~(g0 | g1)
+        good = judge(hashes[0], hashes[1], rec)
+        if not (good[0] | good[1]).all():
+            lost = ~(good[0] | good[1])
             (self.unrecoverable if (rec[lost] != 0).all() else self.undecided).append(e)
-        for i, data in datas.items():
+        for i in (0, 1):
+            if hashes[i] is None:
+                continue
             bad = ~good[i] & good[1 - i]
             if not bad.any():
                 continue
             self.bad.append({"extent": e, "copy": i, "blocks": int(bad.sum())})
             if self.repair:
-                other = datas[1 - i]
                 for b in np.flatnonzero(bad).tolist():
-                    m.copies[i].pwrite(other[b * BLOCK:(b + 1) * BLOCK], e * E + b * BLOCK)  # type: ignore[union-attr]
+                    _copy_block(m, 1 - i, i, e * m.B + b)
                     self.repaired += 1
-        if len(datas) == 2 and h0 is not None and h1 is not None and not np.array_equal(h0, h1):
+        if hashes[0] is not None and hashes[1] is not None and not np.array_equal(hashes[0], hashes[1]):
             self.mismatched.append(e)
 
     def report(self) -> dict[str, Any]:

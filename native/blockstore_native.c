@@ -6,8 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
+#if defined(__x86_64__)
+/* libxxhash picks the widest vector unit the CPU has at run time (AVX2 hashes 4 KiB blocks about
+ * twice as fast as the SSE2 a portable build gets) */
+#include <xxh_x86dispatch.h>
+#else
 #include <xxhash.h>
+#endif
 
 #include "blockstore_native.h"
 
@@ -78,6 +83,20 @@ void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums)
         uint64_t h = XXH3_64bits(buf + i * block, block);
         sums[i] = h ? h : 1;
     }
+}
+
+int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums)
+{
+    char buf[65536];
+    size_t step = sizeof buf / block * block;
+    for (size_t done = 0; done < len; done += step) {
+        size_t n = len - done < step ? len - done : step;
+        int r = bs_pread_all(fd, buf, n, off + (int64_t)done);
+        if (r < 0)
+            return r;
+        bs_sum_blocks(buf, n, block, sums + done / block);
+    }
+    return 0;
 }
 
 /* Both copies from one buffer; one failing copy does not stop the other. The checksums are taken
