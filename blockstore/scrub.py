@@ -365,7 +365,8 @@ class _held:
         self.lock.release()
 
 
-def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress) -> tuple[_Examiner, float]:
+def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
+         lu: str | None = None) -> tuple[_Examiner, float]:
     m = pool._mirror
     assert m is not None
     t = time.monotonic()
@@ -383,7 +384,8 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress) -> tu
                 c.sync()
     rep = ex.report()
     if rep["bad"] or rep["unrecoverable"] or rep["undecided"]:
-        pool._event("checksum_mismatch", {"bad": rep["bad"][:64], "unrecoverable": rep["unrecoverable"][:64],
+        pool._event("checksum_mismatch", {**({"lu": lu} if lu else {}), "bad": rep["bad"][:64],
+                                          "unrecoverable": rep["unrecoverable"][:64],
                                           "undecided": rep["undecided"][:64], "repaired": rep["repaired"]})
     return ex, time.monotonic() - t
 
@@ -405,7 +407,7 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
             if not rec.get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
             exts = _extents_of(pool, txn, name)
-        ex, secs = _run(pool, exts, repair, progress)
+        ex, secs = _run(pool, exts, repair, progress, lu=name)
     rep = ex.report()
     return {"lu": name, "extents": len(exts), "bytes": len(exts) * E, "mismatched": ex.mismatched, **rep,
             "seconds": secs, "mib_per_s": len(exts) * E / (1 << 20) / secs if secs else 0.0}
