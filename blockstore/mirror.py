@@ -60,9 +60,8 @@ class MirrorFile:
         self.touched: set[int] = set()
         #: extent -> checksum per block written since the last flush (0: not written).
         self.pending: dict[int, np.ndarray] = {}
-        # where the C write leaves the checksums of one extent's blocks (a write is within one)
-        self._sums = np.empty(self.B, np.uint64)
-        self._sums_c = native.sums_pointer(self._sums)
+        #: the same arrays as C pointers: the C write puts the checksums straight into them
+        self._pending_c: dict[int, object] = {}
         self.sums = sums
         self.activity = activity
         self.persist_dirty = persist_dirty
@@ -133,25 +132,22 @@ class MirrorFile:
             out = np.where(p != 0, p, out)
         return out
 
+    def _pending_of(self, ext: int) -> np.ndarray:
+        p = self.pending.get(ext)
+        if p is None:
+            p = self.pending[ext] = np.zeros(self.B, np.uint64)
+            self._pending_c[ext] = native.sums_pointer(p)
+        return p
+
     def note_sums(self, offset: int, sums: np.ndarray) -> None:
         """Record the checksums of whole blocks written from ``offset`` (block-aligned)."""
         first = offset // BLOCK
-        ext, b = divmod(first, self.B)
-        if b + len(sums) <= self.B:  # within one extent: every write but a punch
-            p = self.pending.get(ext)
-            if p is None:
-                p = self.pending[ext] = np.zeros(self.B, np.uint64)
-            p[b:b + len(sums)] = sums
-            return
         pos = 0
         while pos < len(sums):
             ext, b = divmod(first + pos, self.B)
-            n = min(self.B - b, len(sums) - pos)
-            p = self.pending.get(ext)
-            if p is None:
-                p = self.pending[ext] = np.zeros(self.B, np.uint64)
-            p[b:b + n] = sums[pos:pos + n]
-            pos += n
+            k = min(self.B - b, len(sums) - pos)
+            self._pending_of(ext)[b:b + k] = sums[pos:pos + k]
+            pos += k
 
     def good_block(self, block: int) -> bytes:
         """Block number ``block`` from a copy that matches its checksum (any copy when it has
@@ -200,7 +196,7 @@ class MirrorFile:
 
     def flushed(self) -> None:
         """The commit holding the pending checksums is durable."""
-        self.pending = {}
+        self.pending, self._pending_c = {}, {}
         self.touched = set()
         self.activity.flushed()
 
@@ -231,10 +227,16 @@ class MirrorFile:
     def _write_blocks(self, data: Buffer, offset: int) -> None:
         """Whole blocks at a block-aligned ``offset``, to every live copy, checksummed in C."""
         nb = len(data) // BLOCK
+        ext, b = divmod(offset // BLOCK, self.B)
+        sums = None
         if not self.checksums:
-            sums, sums_c = None, None
-        elif nb <= self.B:
-            sums, sums_c = self._sums[:nb], self._sums_c
+            sums_c = None
+        elif b + nb <= self.B:  # within one extent (every write): C fills the pending record
+            sums_c = self._pending_c.get(ext)
+            if sums_c is None:
+                self._pending_of(ext)
+                sums_c = self._pending_c[ext]
+            sums_c = sums_c + b  # type: ignore[operator]
         else:
             sums = np.empty(nb, np.uint64)
             sums_c = native.sums_pointer(sums)
@@ -311,6 +313,7 @@ class MirrorFile:
         self._punch_copies(offset, length)
         for e in self._extents(offset, length):
             self.pending.pop(e, None)
+            self._pending_c.pop(e, None)
 
     def _punch_copies(self, offset: int, length: int) -> None:
         for i, c in enumerate(self.copies):

@@ -64,11 +64,16 @@ struct second_copy {
     size_t len;
     int64_t off;
     int result;
+    const char *sum_buf; /* blocks this thread checksums (its half), or NULL */
+    size_t sum_len;
+    uint64_t *sums;
 };
 
 static void *write_second(void *arg)
 {
     struct second_copy *c = arg;
+    if (c->sum_buf)
+        bs_sum_blocks(c->sum_buf, c->sum_len, BS_SUM_BLOCK, c->sums);
     c->result = bs_pwrite_all(c->fd, c->buf, c->len, c->off);
     return NULL;
 }
@@ -85,10 +90,9 @@ void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums)
     }
 }
 
-int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums)
+int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, char *buf, size_t buf_len)
 {
-    char buf[65536];
-    size_t step = sizeof buf / block * block;
+    size_t step = buf_len / block * block;
     for (size_t done = 0; done < len; done += step) {
         size_t n = len - done < step ? len - done : step;
         int r = bs_pread_all(fd, buf, n, off + (int64_t)done);
@@ -105,10 +109,13 @@ int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint6
 {
     int r0, r1;
     pthread_t t;
-    struct second_copy c = {fd1, buf, len, off, 0};
+    /* with two threads, each checksums half the blocks before writing its copy */
+    size_t half = len / BS_SUM_BLOCK / 2 * BS_SUM_BLOCK;
+    struct second_copy c = {fd1, buf, len, off, 0, sums ? buf + half : NULL, len - half,
+                            sums ? sums + half / BS_SUM_BLOCK : NULL};
     if (fd0 >= 0 && fd1 >= 0 && len >= PARALLEL_FROM && pthread_create(&t, NULL, write_second, &c) == 0) {
         if (sums)
-            bs_sum_blocks(buf, len, BS_SUM_BLOCK, sums);
+            bs_sum_blocks(buf, half, BS_SUM_BLOCK, sums);
         r0 = bs_pwrite_all(fd0, buf, len, off);
         pthread_join(t, NULL);
         r1 = c.result;

@@ -24,9 +24,9 @@ int bs_pread_all(int fd, char *buf, size_t len, int64_t off);
 /* sums[i] = xxh3-64 of block i of buf (len / block of them; len a multiple of block), with 0
  * replaced by 1: 0 means "no checksum" to the caller. */
 void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums);
-/* As bs_sum_blocks over `len` bytes of `fd` at `off` (block <= 64 KiB, len a multiple of it),
- * read through a small buffer that stays in the CPU cache; errors as bs_pread_all. */
-int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums);
+/* As bs_sum_blocks over `len` bytes of `fd` at `off` (len a multiple of block), read through
+ * `buf` (at least one block; small enough to stay in the CPU cache); errors as bs_pread_all. */
+int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, char *buf, size_t buf_len);
 /* Both copies from one buffer. With `sums` not NULL, len is a multiple of BS_SUM_BLOCK and the
  * checksums of the buffer's blocks are computed while the second copy is written. */
 int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int *failed);
