@@ -397,17 +397,19 @@ def repair_extents(pool: "Pool", exts: np.ndarray) -> dict[str, Any]:
 
 def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress = None) -> dict[str, Any]:
     """Check both copies of every extent of ``name`` against their checksums and each other;
-    with ``repair``, rewrite each provably bad block from the copy that is provably good."""
+    with ``repair``, rewrite each provably bad block from the copy that is provably good.
+    Holds the LU for writing meanwhile: Busy, naming the holder, if another process writes it."""
     _mirror(pool)
     E = pool.extent_size
     with pool._lock:
-        pool.flush()
         with pool._meta.read() as txn:
-            rec = pool._record(txn, name)
-            if not rec.get("mirrored"):
+            if not pool._record(txn, name).get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
-            exts = _extents_of(pool, txn, name)
-        ex, secs = _run(pool, exts, repair, progress, lu=name)
+        with pool._writer(name):
+            pool.flush()
+            with pool._meta.read() as txn:
+                exts = _extents_of(pool, txn, name)
+            ex, secs = _run(pool, exts, repair, progress, lu=name)
     rep = ex.report()
     return {"lu": name, "extents": len(exts), "bytes": len(exts) * E, "mismatched": ex.mismatched, **rep,
             "seconds": secs, "mib_per_s": len(exts) * E / (1 << 20) / secs if secs else 0.0}

@@ -183,6 +183,27 @@ def test_a_deleted_mirror_is_seen_at_flush_and_replaced_from_scratch(tmp_path):
     assert r.stdout.count(b'"ok"') == 2
 
 
+def test_verify_refuses_an_lu_another_process_writes(tmp_path):
+    """Its copies may be mid-write: verify names the holder instead of calling it clean."""
+    pool = str(tmp_path / "pool")
+    with Pool.create(pool, "16M", extent_size=E, mirror_dir=str(tmp_path / "M")) as p:
+        p.create_lu("m", "1M", mirrored=True).close()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from blockstore import Pool
+        p = Pool.open({pool!r}); lu = p.open_lu("m"); lu.write(0, b"x" * 4096)
+        print("open", flush=True); time.sleep(60)
+    """)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"open\n"
+        r = run_cli("lu", "verify", "m", pool=pool, check_rc=1)
+        assert b"open for writing" in r.stderr or b"held" in r.stderr, r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    run_cli("lu", "verify", "m", pool=pool)
+
+
 def test_a_truncated_primary_is_read_from_the_mirror_not_as_zeros(tmp_path):
     pool = str(tmp_path / "pool")
     with Pool.create(pool, "16M", extent_size=E, mirror_dir=str(tmp_path / "M")) as p:
