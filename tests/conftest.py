@@ -27,6 +27,15 @@ def pool(pool_dir):
         assert check(p)["clean"], check(p)
 
 
+def flip(path: str, offset: int) -> None:
+    """Invert one byte of a file in place (damage a data file's copy)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
 def run_cli(*args: str, pool: str | None = None, stdin: bytes | None = None, check_rc: int | None = 0) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "blockstore"] + (["--pool", pool] if pool else []) + list(args)
     r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=120)

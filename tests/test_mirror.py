@@ -11,7 +11,7 @@ import pytest
 from blockstore import Pool
 from blockstore.check import check
 from blockstore.scrub import dirty_count, resync, scrub, verify
-from conftest import cli_json, run_cli
+from conftest import cli_json, flip, run_cli
 
 E = 64 << 10
 
@@ -26,14 +26,6 @@ def mpool(tmp_path):
 def phys_extents(pool: Pool, name: str) -> list[int]:
     with pool.lu(name, writable=False) as lu:
         return sorted(set(lu._map.mapped().tolist()))
-
-
-def flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def test_writes_land_in_both_copies(mpool, tmp_path):

@@ -16,17 +16,9 @@ import pytest
 from blockstore import Pool
 from blockstore.check import check
 from blockstore.scrub import replace, resync, scrub, verify
-from conftest import run_cli
+from conftest import flip, run_cli
 
 E = 64 << 10
-
-
-def flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def phys(pool: Pool, name: str) -> list[int]:

@@ -1,2 +1,2 @@
-"""The cluster layer (SEEDS.md 1-4). So far: the coordination store it is built on (store.py).
-Nodes, keep-alive, election, events and FFDC are not built yet."""
+"""The cluster layer: node processes with keep-alive, primary election, events to registered
+callers and FFDC, over a coordination store (store.py)."""

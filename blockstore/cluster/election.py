@@ -1,4 +1,4 @@
-"""Primary election and epoch fencing, on the coordination store alone (SEEDS.md 3).
+"""Primary election and epoch fencing, on the coordination store alone.
 
 The record ``primary`` holds the primary node's name and its epoch. It is never deleted: a
 resignation leaves the node empty and the epoch as it was, so the epoch only grows.

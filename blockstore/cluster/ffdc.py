@@ -1,4 +1,4 @@
-"""First-failure data capture (SEEDS.md 1): a compressed bundle of diagnostics, taken when a
+"""First-failure data capture: a compressed bundle of diagnostics, taken when a
 fault is first seen, written into the shared repository ``POOL/ffdc``.
 
 A bundle is ``ID.tar.gz`` holding ``manifest.json`` (id, node, condition, reason, time, files),

@@ -1,4 +1,4 @@
-"""The primary's notifier daemon (SEEDS.md 4): follows the payload directory and posts each event
+"""The primary's notifier daemon: follows the payload directory and posts each event
 to the TCP socket of every caller registered for its kind.
 
 One reader thread follows the log into a bounded in-memory window of encoded lines; each caller

@@ -1,4 +1,4 @@
-"""Image management (SEEDS.md 5): a captured image (a directory or a tar archive of files, with
+"""Image management: a captured image (a directory or a tar archive of files, with
 an optional ``manifest.json``) is imported into the pool as an Image Management Fileset (IMF): one
 read-only LU per file, each known by a stable image file handle. Partitions are deployed from an
 image by cloning every one of its LUs, so deployment takes the same time for any image size.

@@ -1,4 +1,4 @@
-"""Shared virtual memory (SEEDS.md 6): a thin paging LU per client partition (LPAR), of exactly
+"""Shared virtual memory: a thin paging LU per client partition (LPAR), of exactly
 the minimum capacity asked for, with a redundant LU kept as its real-time copy (a mirrored LU:
 every write lands in both failure groups). Partitions, CECs and the node serving each partition
 are recorded in the pool.
