@@ -413,6 +413,9 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
             bar.close()
             lines = [f"fg{rep['group']} rebuilt at {rep['path']}: {rep['extents']} extent(s) copied and verified"]
             lines += [f"unrecoverable: extent {e} (bad in the only copy left)" for e in rep["unrecoverable"]]
+            if rep["unmirrored_lost"]:
+                lines.append(f"lost: {rep['unmirrored_lost']} extent(s) of unmirrored LUs (no other copy; "
+                             "they now read as zeros)")
             _print(args, rep, "\n".join(lines))
             return 4 if rep["unrecoverable"] else 0
         rows = pool.failure_groups()

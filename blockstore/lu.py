@@ -51,7 +51,7 @@ class LU:
         self._map = emap
         self._E = pool.extent_size
         self.mirrored: bool = record.get("mirrored", False)
-        self._df = pool._mirror if self.mirrored and pool._mirror is not None else pool._datafiles[0]
+        self._df = pool._mirror if self.mirrored and pool._mirror is not None else pool.primary()
         self._alloc = pool._allocators[0]
         self._writable = writable
         # Reads may skip the lock when nothing else changes the map under them: this process
@@ -202,7 +202,7 @@ class LU:
         """Point the direct table at the current map (the caller holds the table, or no I/O can
         use it yet). A whole extent of zeros is left to ``write``, which unmaps it."""
         if self._direct is not None:
-            m, df = self._map, self._pool._datafiles[0]
+            m, df = self._map, self._pool.primary()
             # A read-only handle (a snapshot) is never written through the table.
             direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
             serve = not (self._closed or self.mirrored)

@@ -96,7 +96,13 @@ class Pool:
             if "id" not in cfg:  # a pool made before pools had ids
                 cfg = self._set_config(id=uuid.uuid4().hex)
             self.id: str = cfg["id"]
-            self._datafiles[0] = self._open_group(cfg, 0)
+            try:
+                self._datafiles[0] = self._open_group(cfg, 0)
+            except BlockstoreError as e:
+                if len(cfg["groups"]) < 2:
+                    raise
+                # mirrored LUs live on in group 1; 'pool failgrp replace --group 0' rebuilds
+                log.warning("failure group 0 is unavailable: %s; only mirrored LUs can be used", e)
             if len(cfg["groups"]) > 1:
                 self._attach_mirror(cfg)
             # One allocator: a mirrored extent sits at the same index in both groups' files.
@@ -170,11 +176,13 @@ class Pool:
             log.warning("failure group 1 is unavailable: %s; mirrored LUs run degraded", e)
             second = None
         paths = [self._group_path(cfg, 0), self._group_path(cfg, 1)]
-        self._mirror = MirrorFile(self._datafiles[0], second, paths, self.extent_size,
+        if second is None and 0 not in self._datafiles:
+            raise BlockstoreError(f"both failure groups are unavailable ({paths[0]}, {paths[1]})")
+        self._mirror = MirrorFile(self._datafiles.get(0), second, paths, self.extent_size,
                                   persist_dirty=self._persist_dirty, sums=self.sums, activity=self._activity,
                                   need=cfg["groups"][0]["extents"] * self.extent_size, on_event=self._event)
-        if second is None:
-            self._event("mirror_degraded", {"copy": 1, "path": paths[1], "why": "missing at open"})
+        for i in self._mirror.degraded:
+            self._event("mirror_degraded", {"copy": i, "path": paths[i], "why": "unavailable at open"})
         if hasattr(self, "_allocators") and 0 in self._allocators:
             self._allocators[0].df = self._mirror
 
@@ -502,6 +510,8 @@ class Pool:
         n = _check_lu_size(size, allow_empty)
         if mirrored and self._mirror is None:
             raise InvalidArgument("the pool has no second failure group for mirrored LUs (pool failgrp add DIR)")
+        if not mirrored:
+            self.primary()  # refused before anything is written when group 0 is gone
         with self._lock:
             def change(txn: lmdb.Transaction) -> None:
                 self._new_record(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
@@ -790,12 +800,20 @@ class Pool:
                     self._meta.put_json(txn, "lus", f.encode(), rec)
             self._transaction(change)
             with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
-                lu._df = self._mirror if on else self._datafiles[0]
+                lu._df = self._mirror if on else self.primary()
                 lu.mirrored = on
                 lu._publish_direct()
             if not on:
                 self._drop_unmirrored_copies()
             return copied
+
+    def primary(self) -> DataFile:
+        """Failure group 0's data file, where unmirrored LUs live."""
+        df = self._datafiles.get(0)
+        if df is None:
+            raise BlockstoreError("failure group 0 is unavailable: only mirrored LUs can be used "
+                                  "until 'pool failgrp replace --group 0' rebuilds it")
+        return df
 
     def mirrored_refs(self, txn: lmdb.Transaction) -> np.ndarray:
         """How many references each physical extent has from mirrored LUs and snapshots, counted

@@ -206,7 +206,8 @@ def dirty_count(pool: "Pool", name: str | None = None) -> dict[int, int]:
 def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress: Progress = None) -> dict[str, Any]:
     """Rebuild failure group ``group``'s copy from scratch in ``directory`` (default: where it
     was): every extent a mirrored LU references, block by block from the other copy where that
-    copy matches its checksum; then read back and verified before it enters service."""
+    copy matches its checksum; then read back and verified before it enters service. Rebuilding
+    group 0 cannot bring back unmirrored LUs' extents (``unmirrored_lost``): they read as zeros."""
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
     with pool._lock:
@@ -217,6 +218,8 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         with pool._meta.read() as txn:
             cfg = pool._meta.config(txn)
             keep = pool._allocators[0].refcounts(txn, "mrc") > 0
+            # the primary also held unmirrored LUs' extents: those have no other copy
+            lost = int(((pool._allocators[0].refcounts(txn) > 0) & ~keep).sum()) if group == 0 else 0
             n = cfg["groups"][0]["extents"]
         old_path = pool._group_path(cfg, group)
         path = os.path.join(os.path.abspath(directory), "data") if directory else old_path
@@ -274,7 +277,7 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         m.dirty[group].clear()
         m.attach(group, df)
     return {"group": group, "path": path, "extents": len(exts), "bytes": len(exts) * E,
-            "unrecoverable": unrecoverable, "old_path": old_path}
+            "unrecoverable": unrecoverable, "old_path": old_path, "unmirrored_lost": lost}
 
 
 # -- verify and scrub ----------------------------------------------------------------------------

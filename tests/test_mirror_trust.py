@@ -4,6 +4,7 @@ stale checksums nothing cleared, and a copied pool writing into the original's m
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -245,3 +246,52 @@ def test_a_mirror_inside_the_pool_is_stored_relative_and_travels_with_a_copy(tmp
             lu.write(0, os.urandom(1 << 20))
         assert verify(q, "m")["mismatched"] == [] and scrub(q)["clean"]
     assert open(a + "/fg1/data", "rb").read() == before
+
+
+def test_failures_under_a_mounted_mirrored_lu_are_seen(tmp_path):
+    """Through the real mount: the redundant copy's directory deleted while the LU is written
+    (seen at the next fsync: degraded, the writes since marked dirty, the log says why), and the
+    primary's file truncated under it (reads come from the mirror, not as zeros)."""
+    pool, mirror, mnt = str(tmp_path / "pool"), str(tmp_path / "M"), str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    run_cli("pool", "create", "--size", "256M", "--extent-size", "1M", "--mirror-dir", mirror, pool=pool)
+    run_cli("lu", "create", "d", "--size", "16M", "--mirrored", pool=pool)
+    data = os.urandom(16 << 20)
+    run_cli("mount", mnt, pool=pool)
+    try:
+        with open(f"{mnt}/d", "r+b") as f:
+            f.write(data[:8 << 20])
+            f.flush()
+            os.fsync(f.fileno())
+            shutil.rmtree(mirror)
+            f.write(data[8 << 20:])
+            f.flush()
+            os.fsync(f.fileno())
+        show = json.loads(run_cli("lu", "show", "d", "--json", pool=pool).stdout)
+        assert show["mirror"]["state"] == "degraded" and show["mirror"]["dirty_extents"] == 8
+        logs = os.path.join(pool, "mounts")
+        assert any("failure group 1" in open(os.path.join(logs, f)).read() for f in os.listdir(logs) if f.endswith(".log"))
+    finally:
+        run_cli("umount", mnt)
+    r = run_cli("pool", "failgrp", "replace", pool=pool)
+    assert b"16 extent(s) copied and verified" in r.stdout
+    run_cli("mount", mnt, pool=pool)
+    try:
+        with open(f"{mnt}/d", "rb") as f:
+            assert f.read(1 << 20) == data[: 1 << 20]
+            os.truncate(os.path.join(pool, "fg0", "data"), 4 << 20)  # cut under the mounted LU
+            f.seek(0)
+            assert f.read() == data
+    finally:
+        run_cli("umount", mnt)
+    rows = json.loads(run_cli("pool", "failgrp", "list", "--json", pool=pool).stdout)
+    assert [r["state"] for r in rows] == ["unavailable", "ok"]  # the cut file has no label left
+    run_cli("lu", "create", "plain", "--size", "1M", pool=pool, check_rc=1)  # unmirrored: refused
+    assert run_cli("lu", "read", "d", "--offset", "0", "--length", str(16 << 20), pool=pool).stdout == data
+    r = run_cli("pool", "failgrp", "replace", "--group", "0", pool=pool)
+    assert b"fg0 rebuilt" in r.stdout
+    with Pool.open(pool) as p:
+        assert [g["state"] for g in p.failure_groups()] == ["ok", "ok"]
+        assert verify(p, "d")["mismatched"] == [] and scrub(p)["clean"] and check(p)["clean"]
+        assert sha(p, "d") == hashlib.sha256(data).hexdigest()
+        assert [r["name"] for r in p.list_lus()] == ["d"]  # the refused create left nothing

@@ -244,7 +244,7 @@ class _Deduper:
             if phys not in self.maps[owner]:
                 return None
         E = self.pool.extent_size
-        stored = self.pool._datafiles[0].pread(phys * E, E)
+        stored = self.pool.primary().pread(phys * E, E)
         return phys if stored == data.ljust(E, b"\0") else None
 
     def add(self, digest: bytes, ext: int) -> None:
