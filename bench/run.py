@@ -415,7 +415,11 @@ class Bench:
         med = statistics.median
 
         def spread(name: str) -> str:
-            return "; rounds " + " vs ".join(f"{min(res[name, on]):,.0f}-{max(res[name, on]):,.0f}" for on in (True, False))
+            # each round ran both sides back to back: the median of the rounds' own ratios is
+            # less at the mercy of the machine's drift than the ratio of the two medians
+            paired = med(a / b for a, b in zip(res[name, True], res[name, False]))
+            return ("; rounds " + " vs ".join(f"{min(res[name, on]):,.0f}-{max(res[name, on]):,.0f}" for on in (True, False))
+                    + f"; median of the rounds' ratios {paired:.3f}")
         self.add("mirrored seq write 1M, checksums vs none", "mirror", "MiB/s", med(res["seq", True]),
                  med(res["seq", False]), 0.95, note="fresh LU, flushed, in-process" + spread("seq"))
         self.add("mirrored rand write 4K, checksums vs none", "mirror", "IOPS", med(res["rand", True]),
