@@ -53,9 +53,12 @@ class DataFile:
         except OSError as e:
             raise BlockstoreError(f"cannot open data file {path}: {e.strerror}") from None
         if create_size is not None:
+            # size, label and name durable before any metadata can name the file
             os.ftruncate(self.fd, create_size + LABEL)
             self.write_label(label or {})
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         self.dirty_flag = np.zeros(1, np.int32)
+        self._sync_error: str | None = None
         self._can_punch = True
         self._map: native.FileMap | None = None
 
@@ -183,9 +186,20 @@ class DataFile:
         return None
 
     def sync(self) -> None:
+        """Make every write so far durable. A failed sync stands: the kernel may have dropped the
+        pages it could not write and call them clean, so a later sync that "succeeds" proves
+        nothing; every sync after a failure fails too, until the file is opened again."""
+        if self._sync_error is not None:
+            raise OSError(errno.EIO, f"an earlier sync of {self.path} failed ({self._sync_error}); "
+                                     "writes acknowledged since may be lost", self.path)
         if self.dirty:
-            self.dirty = False
-            os.fdatasync(self.fd)
+            self.dirty = False  # before the sync: a write racing with it sets it again
+            try:
+                os.fdatasync(self.fd)
+            except OSError as e:
+                self.dirty = True
+                self._sync_error = e.strerror or str(e)
+                raise
 
     def close(self) -> None:
         """Every direct table that writes through ``mapping`` must have been retired."""
@@ -195,6 +209,15 @@ class DataFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (files made or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _scratch_buffers: dict[int, bytearray] = {}

@@ -26,7 +26,7 @@ import numpy as np
 from .activity import ActivityLog
 from .allocator import Allocator, init_free, runs, read_resv, set_bits, set_free
 from .checksums import SumStore
-from .datafile import DataFile
+from .datafile import DataFile, fsync_dir
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
 from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
@@ -222,6 +222,9 @@ class Pool:
             pool_id = uuid.uuid4().hex
             DataFile(os.path.join(path, "fg0", "data"), create_size=n * E,
                      label={"pool": pool_id, "group": 0, "owner": None}).close()
+            fsync_dir(path)
+            if made_dir:
+                fsync_dir(os.path.dirname(path))
             meta = Meta(os.path.join(path, "meta"), create=True)
             with meta.write() as txn:
                 meta.put_json(txn, "config", b"pool", {
@@ -231,6 +234,8 @@ class Pool:
                 })
                 init_free(meta, txn, 0, 0, n)
             meta.close()
+            fsync_dir(os.path.join(path, "meta"))
+            fsync_dir(path)
             if mirror_dir is not None:
                 with cls(path) as pool:
                     pool.add_failure_group(mirror_dir)
@@ -732,7 +737,10 @@ class Pool:
             _check_mirror_dir(directory, self.path)
             d = os.path.abspath(directory)
             n = cfg["groups"][0]["extents"]
+            made = not os.path.exists(d)
             os.makedirs(d, exist_ok=True)
+            if made:
+                fsync_dir(os.path.dirname(d))
             path = os.path.join(d, "data")
             DataFile(path, create_size=n * self.extent_size, label=self._label(1, path)).close()
 

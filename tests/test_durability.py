@@ -1,0 +1,103 @@
+"""What makes pool creation, growth and a new failure group survive a power loss: the order of
+the system calls (extend the data file, fsync it, fsync its directory, and only then the metadata
+commit), read off the real commands with strace; and a failed fsync that must keep failing (the
+kernel may drop pages it could not write and call them clean), injected by a FUSE passthrough
+under the data file."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blockstore import Pool
+from conftest import run_cli
+
+HERE = os.path.dirname(__file__)
+
+
+def traced(pool: str, *args: str) -> list[str]:
+    """The file system calls of one CLI command, each with the path of its descriptor."""
+    cmd = ["strace", "-f", "-y", "-qq", "-e", "trace=ftruncate,fsync,fdatasync,pwrite64,pwritev,writev",
+           sys.executable, "-m", "blockstore", "--pool", pool, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [line for line in r.stderr.splitlines() if "/locks/" not in line]
+
+
+def first(lines: list[str], *needles: str, after: int = -1) -> int:
+    for i, line in enumerate(lines):
+        if i > after and all(n in line for n in needles):
+            return i
+    raise AssertionError(f"no {needles} after line {after} in:\n" + "\n".join(lines))
+
+
+def check_order(lines: list[str], data: str, directory: str) -> None:
+    """extend ``data``, fsync it, fsync ``directory`` (when the file is new), then commit."""
+    grow = first(lines, "ftruncate(", f"<{data}>")
+    synced = first(lines, "fsync(", f"<{data}>", after=grow)
+    commit = first(lines, "meta/data.mdb>", after=grow)
+    assert synced < commit, "\n".join(lines)
+    if directory:
+        assert first(lines, "fsync(", f"<{directory}>", after=synced) < commit, "\n".join(lines)
+
+
+def test_create_grow_and_failgrp_add_make_the_data_file_durable_before_the_commit(tmp_path):
+    pool = str(tmp_path / "pool")
+    lines = traced(pool, "pool", "create", "--size", "64M")
+    check_order(lines, f"{pool}/fg0/data", f"{pool}/fg0")
+    assert first(lines, "fsync(", f"<{pool}>") < first(lines, "meta/data.mdb>")
+    check_order(traced(pool, "pool", "grow", "--size", "128M"), f"{pool}/fg0/data", "")
+    mirror = str(tmp_path / "M")
+    check_order(traced(pool, "pool", "failgrp", "add", mirror), f"{mirror}/data", mirror)
+    check_order(traced(pool, "pool", "grow", "--size", "192M"), f"{mirror}/data", "")
+
+
+@pytest.fixture
+def faulty(tmp_path):
+    """A directory served by the fault-injecting passthrough; fsync fails while ``ctl`` exists."""
+    backing, mnt, ctl = tmp_path / "backing", tmp_path / "faulty", tmp_path / "fail-fsync"
+    backing.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "faultfs.py"), str(backing), str(mnt), str(ctl)])
+    for _ in range(100):
+        if os.path.ismount(mnt):
+            break
+        time.sleep(0.05)
+    assert os.path.ismount(mnt)
+    yield str(mnt), ctl
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    proc.wait(timeout=10)
+
+
+def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, faulty):
+    mnt, ctl = faulty
+    pool = str(tmp_path / "pool")
+    Pool.create(pool, "64M", extent_size="64K").close()
+    shutil.move(f"{pool}/fg0/data", f"{mnt}/data")  # the data file now lives on the faulty fs
+    os.rmdir(f"{pool}/fg0")
+    os.symlink(mnt, f"{pool}/fg0")
+    p = Pool.open(pool)
+    lu = p.create_lu("d", "1M")
+    lu.write(0, b"a" * 4096)
+    lu.flush()
+    ctl.touch()
+    lu.write(4096, b"b" * 4096)
+    with pytest.raises(OSError) as e:
+        lu.flush()
+    assert e.value.errno == errno.EIO
+    ctl.unlink()  # the device "works" again, but what it dropped is gone
+    for _ in range(2):
+        with pytest.raises(OSError, match="earlier sync"):
+            lu.flush()
+    with pytest.raises(OSError, match="earlier sync"):
+        p.close()  # close flushes too; the pool is shut all the same
+    with Pool.open(pool) as p:  # a new open starts from the last commit
+        with p.lu("d", writable=False) as lu:
+            assert lu.read(0, 4096) == b"a" * 4096
+    r = run_cli("pool", "check", pool=pool)
+    assert b"clean" in r.stdout
