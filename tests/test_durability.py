@@ -70,7 +70,7 @@ def faulty(tmp_path):
         time.sleep(0.05)
     assert os.path.ismount(mnt)
     yield str(mnt), ctl
-    subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)  # lazily: a failed test may hold files open
     proc.wait(timeout=10)
 
 

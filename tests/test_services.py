@@ -271,7 +271,7 @@ def test_image_bad_input(spool, tmp_path):
     d.mkdir()
     (tmp_path / "secret").write_bytes(b"s")
     (d / "link").symlink_to(tmp_path / "secret")
-    refused(d, why=b"outside the image")
+    refused(d, why=b"symbolic link")
     t = tmp_path / "abs.tar"
     _tar(t, [("/etc/passwd", b"x", "file")])
     refused(t, why=b"absolute or escaping")
@@ -309,3 +309,43 @@ def test_image_bad_input(spool, tmp_path):
     run_cli("partition", "create", "q", "--image", "nosuch", pool=spool, check_rc=1)
     run_cli("partition", "create", "q", "--image", "x", "--cec", "nosuch", pool=spool, check_rc=1)
     run_cli("pool", "check", pool=spool)
+
+
+@pytest.mark.parametrize("attack", ["swap a directory for a link", "rewrite a file in place"])
+def test_an_image_changed_during_its_import_never_imports_other_bytes(spool, tmp_path, attack):
+    """The owner of the source changes it between discovery and copy (at the first progress
+    report of an earlier, bigger file: a real rename, symlink or write on the file system, at the
+    worst moment). Nothing outside the image may be imported, nor bytes the manifest's sha256
+    does not vouch for."""
+    src, outside = tmp_path / "R", tmp_path / "outside"
+    (src / "z").mkdir(parents=True)
+    outside.mkdir()
+    (src / "a_big").write_bytes(os.urandom(4 * MiB))
+    (src / "z" / "f").write_bytes(b"harmless")
+    (outside / "f").write_bytes(b"SECRET!!")
+    os.chmod(outside / "f", 0o600)
+    sums = {"z/f": {"sha256": hashlib.sha256(b"harmless").hexdigest()}}
+    (src / "manifest.json").write_text(json.dumps({"files": sums}))
+    done = []
+
+    def progress(path, *_):
+        if path == "a_big" and not done:
+            done.append(1)
+            if attack == "swap a directory for a link":
+                os.rename(src / "z", src / "z_old")
+                os.symlink(outside, src / "z")
+            else:
+                with open(src / "z" / "f", "r+b") as f:
+                    f.write(b"SECRET!!")
+    with Pool.open(spool) as p:
+        try:
+            images.import_image(p, str(src), "race", progress=progress)
+        except Exception as e:  # refusing is allowed; importing the secret is not
+            assert "checksum does not match" in str(e) or "replaced" in str(e), e
+            assert p.svc_get("image", "race") is None and not [r for r in p.list_lus() if "race" in r["name"]]
+        else:
+            assert attack == "swap a directory for a link"  # the held directory still had the file
+            (lu_name,) = [f["lu"] for f in images.show(p, "race")["file_list"] if f["path"] == "z/f"]
+            with p.lu(lu_name, writable=False) as lu:
+                assert lu.read(0, 8) == b"harmless"
+        assert done

@@ -40,6 +40,7 @@ from ..zero import is_zero
 
 MANIFEST = "manifest.json"
 MAX_IMAGE_NAME = 40
+MAX_MANIFEST = 16 << 20
 Progress = Callable[[str, int, int, int, int], None] | None  # file, done, size, total done, total
 
 
@@ -70,7 +71,12 @@ def part_lu(part: str, handle: str) -> str:
 def discover(src: str) -> Iterator[tuple[list[SourceFile], dict[str, Any] | None]]:
     """The files of a captured image and its manifest; refuses anything unsafe or unreadable."""
     if os.path.isdir(src):
-        yield _discover_dir(src)
+        dirs: list[int] = []
+        try:
+            yield _discover_dir(src, dirs)
+        finally:
+            for fd in dirs:
+                os.close(fd)
     elif os.path.isfile(src) and tarfile.is_tarfile(src):
         with tarfile.open(src) as tar:
             yield _discover_tar(tar)
@@ -90,35 +96,67 @@ def _manifest(raw: bytes) -> dict[str, Any]:
     return m
 
 
-def _discover_dir(src: str) -> tuple[list[SourceFile], dict[str, Any] | None]:
-    root = os.path.realpath(src)
-    files, manifest = [], None
-    for dirpath, dirnames, filenames in os.walk(src):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if os.path.islink(full) and not os.path.realpath(full).startswith(root + os.sep):
-                raise InvalidArgument(f"{os.path.relpath(full, src)} points outside the image")
-        for f in sorted(filenames):
-            full = os.path.join(dirpath, f)
-            rel = os.path.relpath(full, src).replace(os.sep, "/")
-            real = os.path.realpath(full)
-            if not real.startswith(root + os.sep):
-                raise InvalidArgument(f"{rel} points outside the image")
-            if not stat.S_ISREG(os.stat(real).st_mode):
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _discover_dir(src: str, dirs: list[int]) -> tuple[list[SourceFile], dict[str, Any] | None]:
+    """Walk the image by directory descriptors (``dirs``, kept open for the import), never by
+    path: whoever owns the source may swap a directory for a symbolic link at any moment, and a
+    held descriptor still names the directory that was checked. Links are not followed at all.
+    Each file is later reopened relative to its directory's descriptor, without following a link,
+    and must still be the same inode."""
+    try:
+        dirs.append(os.open(src, _DIR))
+    except OSError as e:
+        raise InvalidArgument(f"cannot read image source {src}: {e.strerror}") from None
+    files: list[SourceFile] = []
+    manifest = None
+
+    def walk(dfd: int, prefix: str) -> None:
+        nonlocal manifest
+        for name in sorted(e.name for e in os.scandir(dfd)):
+            rel = prefix + name
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidArgument(f"{rel} is a symbolic link: an image is read without following "
+                                      "links, so none can point outside the image")
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append(os.open(name, _DIR, dir_fd=dfd))
+                walk(dirs[-1], rel + "/")
+                continue
+            if not stat.S_ISREG(st.st_mode):
                 raise InvalidArgument(f"{rel} is not a regular file")
             try:
-                with open(real, "rb") as fh:
-                    fh.read(1)
-                    size = os.fstat(fh.fileno()).st_size
-                    ranges = list(data_ranges(fh.fileno(), size))
+                fd = _open_in(dfd, name, rel, (st.st_dev, st.st_ino))
+                try:
+                    size = os.fstat(fd).st_size
+                    ranges = list(data_ranges(fd, size))
+                    if rel == MANIFEST:
+                        if size > MAX_MANIFEST:
+                            raise InvalidArgument(f"{MANIFEST} is larger than {MAX_MANIFEST >> 20} MiB")
+                        manifest = _manifest(os.pread(fd, size, 0))
+                        continue
+                finally:
+                    os.close(fd)
             except OSError as e:
                 raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
-            if rel == MANIFEST:
-                with open(real, "rb") as fh:
-                    manifest = _manifest(fh.read())
-                continue
-            files.append(SourceFile(rel, size, ranges, lambda real=real: open(real, "rb")))
+            files.append(SourceFile(rel, size, ranges, lambda d=dfd, n=name, r=rel, i=(st.st_dev, st.st_ino):
+                                    os.fdopen(_open_in(d, n, r, i), "rb")))
+    walk(dirs[0], "")
     return files, manifest
+
+
+def _open_in(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> int:
+    """``name`` in directory ``dfd``, opened without following a link; it must be the regular
+    file ``ident`` (device, inode) that discovery saw."""
+    fd = os.open(name, _FILE, dir_fd=dfd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != ident or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InvalidArgument(f"{rel} was replaced during the import")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any] | None]:
@@ -163,15 +201,9 @@ def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | No
     unknown = set(listed) - {f.path for f in files}
     if unknown:
         raise InvalidArgument(f"{MANIFEST} lists files the image does not have: {', '.join(sorted(unknown))}")
-    for f in files:
-        want = listed.get(f.path, {}).get("sha256")
-        if want:
-            h = hashlib.sha256()
-            with f.opener() as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != want.lower():
-                raise InvalidArgument(f"{f.path}: checksum does not match {MANIFEST}")
+    for path, entry in listed.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256", ""), str):
+            raise InvalidArgument(f"{MANIFEST}: the entry of {path!r} must be an object with a string sha256")
     E = pool.extent_size
     need = sum(len({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))}) for f in files)
     free = pool.status()["free"] // E
@@ -206,7 +238,8 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
                 lu_name = image_lu(name, entry["handle"])
                 entry["lu"] = lu_name
                 with pool.create_lu(lu_name, max(SECTOR, -(-f.size // SECTOR) * SECTOR)) as lu:
-                    entry["xxh128"], entry["shared_extents"] = _copy(lu, f, deduper, progress, done, total)
+                    entry["xxh128"], entry["shared_extents"] = _copy(lu, f, deduper, progress, done, total,
+                                                                     listed.get(f.path, {}).get("sha256"))
                     lu.flush()
                     deduper.remember(lu)
                 pool.update_lu(lu_name, role="image", readonly=True, image=name, path=f.path)
@@ -259,8 +292,11 @@ class _Deduper:
         self.pending = []
 
 
-def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: int, total: int) -> tuple[str, int]:
+def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: int, total: int,
+          sha256: str | None = None) -> tuple[str, int]:
     """Copy one file into its LU extent by extent; returns (the file's checksum, extents shared).
+    With ``sha256`` (the manifest's), the bytes copied must hash to it, holes read as zeros:
+    checked over what was copied, so a file changed after discovery is refused, not imported.
 
     The checksum is xxh3-128 over the file size and, for each extent that is not all zeros, its
     index and the xxh3-128 of its bytes: equal files have equal checksums, and holes cost nothing
@@ -270,12 +306,16 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
     whole = xxhash.xxh3_128(struct.pack(">Q", f.size))
     shared = 0
     pos = 0
+    sha = hashlib.sha256() if sha256 else None
     with f.opener() as fh:
         exts = sorted({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))})
         for ext in exts:
             start = ext * E
             fh.seek(start)
             data = fh.read(min(E, f.size - start))
+            if sha is not None:
+                _hash_zeros(sha, start - pos)
+                sha.update(data)
             pos = start + len(data)
             if not is_zero(data):
                 digest = xxhash.xxh3_128_digest(data.ljust(E, b"\0"))
@@ -289,7 +329,19 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
                     dedup.add(digest, ext)
             if progress:
                 progress(f.path, pos, f.size, before + pos, total)
+    if sha is not None:
+        _hash_zeros(sha, f.size - pos)
+        if sha.hexdigest() != sha256.lower():  # type: ignore[union-attr]
+            raise InvalidArgument(f"{f.path}: checksum does not match {MANIFEST} (over the bytes copied)")
     return whole.hexdigest(), shared
+
+
+def _hash_zeros(h: "hashlib._Hash", n: int) -> None:
+    """Feed ``n`` zero bytes (a hole) to ``h``."""
+    zeros = bytes(min(max(n, 0), 1 << 20))
+    while n > 0:
+        h.update(zeros[:n])
+        n -= len(zeros)
 
 
 def _remove_present(pool: Pool, names: list[str]) -> None:
