@@ -54,10 +54,20 @@ def _check_extent_size(extent_size: int) -> int:
     return extent_size
 
 
-def _check_lu_size(size: int | str, allow_empty: bool = False) -> int:
+#: Logical extents an LU may have: its map is held in memory (5 bytes an extent), so 2^24 extents
+#: cost 80 MiB; with 1 MiB extents an LU may be 16 TiB.
+MAX_LU_EXTENTS = 1 << 24
+
+
+def _check_lu_size(size: int | str, allow_empty: bool = False, extent_size: int | None = None) -> int:
     n = parse_size(size, what="LU size", allow_zero=allow_empty)
     if n % SECTOR:
         raise InvalidArgument(f"LU size must be a multiple of {SECTOR} bytes, not {n}")
+    if extent_size and extents_for(n, extent_size) > MAX_LU_EXTENTS:
+        raise InvalidArgument(
+            f"an LU of {format_size(n)} is larger than this pool serves: at most "
+            f"{format_size(MAX_LU_EXTENTS * extent_size)} with its {format_size(extent_size)} extents "
+            "(an LU's map is held in memory)")
     return n
 
 
@@ -512,7 +522,7 @@ class Pool:
         ``allow_empty`` permits size 0 (a file created through a mount, sized by truncate next).
         """
         check_name(name)
-        n = _check_lu_size(size, allow_empty)
+        n = _check_lu_size(size, allow_empty, self.extent_size)
         if mirrored and self._mirror is None:
             raise InvalidArgument("the pool has no second failure group for mirrored LUs (pool failgrp add DIR)")
         if not mirrored:
@@ -629,7 +639,7 @@ class Pool:
 
     def resize(self, name: str, size: int | str, *, force: bool = False, allow_empty: bool = False) -> None:
         """Grow ``name`` to ``size`` bytes; shrinking needs ``force`` and frees the cut-off tail."""
-        n = _check_lu_size(size, allow_empty)
+        n = _check_lu_size(size, allow_empty, self.extent_size)
         if "@" in name:
             raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
         with self._lock, self._writer(name) as lu:
@@ -814,6 +824,10 @@ class Pool:
             if not on:
                 self._drop_unmirrored_copies()
             return copied
+
+    def check_lu_size(self, size: int | str) -> int:
+        """``size`` in bytes if an LU of that size can be created here; InvalidArgument if not."""
+        return _check_lu_size(size, extent_size=self.extent_size)
 
     def primary(self) -> DataFile:
         """Failure group 0's data file, where unmirrored LUs live."""

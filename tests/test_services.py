@@ -349,3 +349,39 @@ def test_an_image_changed_during_its_import_never_imports_other_bytes(spool, tmp
             with p.lu(lu_name, writable=False) as lu:
                 assert lu.read(0, 8) == b"harmless"
         assert done
+
+
+def _pax_sparse_tar(path, realsize: int, data: bytes) -> None:
+    """A tar whose one member is a PAX (GNU 1.0) sparse file of ``realsize`` bytes holding
+    ``data`` at offset 0: ten kilobytes that claim a petabyte."""
+    sparse_map = f"1\n0\n{len(data)}\n".encode().ljust(512, b"\0")
+    ti = tarfile.TarInfo("GNUSparseFile.0/big")
+    ti.size = len(sparse_map) + len(data)
+    ti.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "big",
+                      "GNU.sparse.realsize": str(realsize)}
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(ti, io.BytesIO(sparse_map + data))
+
+
+def test_a_tar_bomb_and_a_petabyte_lu_are_refused_quickly_and_change_nothing(spool, tmp_path):
+    before = fingerprint(spool)
+    bomb = tmp_path / "bomb.tar"
+    _pax_sparse_tar(bomb, 1 << 50, os.urandom(4096))
+    assert os.path.getsize(bomb) < 16 << 10
+    with tarfile.open(bomb) as t:  # what the import reads: a 2^50-byte member of 4 KiB of data
+        (m,) = t.getmembers()
+        assert m.size == 1 << 50 and m.sparse == [(0, 4096)]
+    limit = "ulimit -d 1500000; "  # 1.5 GB of heap: the old room check needed more
+    for args in (["image", "import", str(bomb), "--name", "bomb"], ["lu", "create", "sz", "--size", "64P"],
+                 ["lu", "create", "sz", "--size", "1P"]):
+        t = time.monotonic()
+        cmd = " ".join([sys.executable, "-m", "blockstore", "--pool", spool] + args)
+        r = subprocess.run(["bash", "-c", limit + cmd], capture_output=True, timeout=60)
+        assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and b"larger than this pool serves" in r.stderr, r.stderr
+        assert time.monotonic() - t < 20
+    run_cli("lu", "create", "ok", "--size", "1M", pool=spool)
+    r = run_cli("lu", "resize", "ok", "--size", "64P", pool=spool, check_rc=1)
+    assert b"larger than this pool serves" in r.stderr
+    run_cli("lu", "rm", "ok", pool=spool)
+    assert fingerprint(spool) == before

@@ -189,8 +189,10 @@ def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any
         if name == MANIFEST:
             manifest = _manifest(tar.extractfile(target).read())  # type: ignore[union-attr]
             continue
-        files.append(SourceFile(name, target.size, [(0, target.size)] if target.size else [],
-                                lambda t=target: tar.extractfile(t)))  # type: ignore[misc]
+        # a sparse member (GNU or PAX) holds data only where its map says: count it by that
+        ranges = [(o, o + n) for o, n in target.sparse if n] if target.sparse else \
+            ([(0, target.size)] if target.size else [])
+        files.append(SourceFile(name, target.size, ranges, lambda t=target: tar.extractfile(t)))  # type: ignore[misc]
     return files, manifest
 
 
@@ -204,8 +206,10 @@ def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | No
     for path, entry in listed.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256", ""), str):
             raise InvalidArgument(f"{MANIFEST}: the entry of {path!r} must be an object with a string sha256")
+    for f in files:
+        pool.check_lu_size(_lu_size(f.size))
     E = pool.extent_size
-    need = sum(len({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))}) for f in files)
+    need = sum(_count_extents(f.ranges, E) for f in files)  # arithmetic: a 2^50-byte member costs nothing
     free = pool.status()["free"] // E
     if need > free:
         raise PoolFull(f"the image needs up to {need} extents of {E} bytes and the pool has {free} free")
@@ -237,7 +241,7 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
             for f, entry in zip(files, rec["files"]):
                 lu_name = image_lu(name, entry["handle"])
                 entry["lu"] = lu_name
-                with pool.create_lu(lu_name, max(SECTOR, -(-f.size // SECTOR) * SECTOR)) as lu:
+                with pool.create_lu(lu_name, _lu_size(f.size)) as lu:
                     entry["xxh128"], entry["shared_extents"] = _copy(lu, f, deduper, progress, done, total,
                                                                      listed.get(f.path, {}).get("sha256"))
                     lu.flush()
@@ -308,8 +312,7 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
     pos = 0
     sha = hashlib.sha256() if sha256 else None
     with f.opener() as fh:
-        exts = sorted({e for s, t in f.ranges for e in range(s // E, extents_for(t, E))})
-        for ext in exts:
+        for ext in _extents_of(f.ranges, E):
             start = ext * E
             fh.seek(start)
             data = fh.read(min(E, f.size - start))
@@ -334,6 +337,31 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
         if sha.hexdigest() != sha256.lower():  # type: ignore[union-attr]
             raise InvalidArgument(f"{f.path}: checksum does not match {MANIFEST} (over the bytes copied)")
     return whole.hexdigest(), shared
+
+
+def _lu_size(size: int) -> int:
+    """The LU that holds a file of ``size`` bytes: whole sectors, at least one."""
+    return max(SECTOR, -(-size // SECTOR) * SECTOR)
+
+
+def _extents_of(ranges: list[tuple[int, int]], E: int) -> Iterator[int]:
+    """The extents that sorted, disjoint byte ranges touch, ascending, each once (lazily)."""
+    last = -1
+    for s, t in ranges:
+        for e in range(max(s // E, last + 1), extents_for(t, E)):
+            yield e
+            last = e
+
+
+def _count_extents(ranges: list[tuple[int, int]], E: int) -> int:
+    """How many extents ``_extents_of`` yields, without yielding them."""
+    n, last = 0, -1
+    for s, t in ranges:
+        first, end = max(s // E, last + 1), extents_for(t, E)
+        if end > first:
+            n += end - first
+            last = end - 1
+    return n
 
 
 def _hash_zeros(h: "hashlib._Hash", n: int) -> None:
