@@ -56,10 +56,10 @@ class Meta:
     def __init__(self, path: str, *, create: bool = False) -> None:
         try:
             if create:
-                os.makedirs(path, exist_ok=True)
+                os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
                 path, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
-                readahead=False, meminit=False, max_readers=256,
+                readahead=False, meminit=False, max_readers=256, mode=0o600,
             )
             # An explicit transaction: open_db's own one waits for the writer lock holding the GIL.
             with self.env.begin(write=True) as txn:

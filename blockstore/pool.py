@@ -227,8 +227,11 @@ class Pool:
         if mirror_dir is not None:
             _check_mirror_dir(mirror_dir, path)
         try:
-            os.makedirs(os.path.join(path, "fg0"), exist_ok=True)
-            os.makedirs(os.path.join(path, "locks"), exist_ok=True)
+            # private by default: the metadata names every LU, the data files hold their bytes
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+            os.makedirs(os.path.join(path, "fg0"), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(path, "locks"), mode=0o700, exist_ok=True)
             pool_id = uuid.uuid4().hex
             DataFile(os.path.join(path, "fg0", "data"), create_size=n * E,
                      label={"pool": pool_id, "group": 0, "owner": None}).close()
@@ -748,7 +751,7 @@ class Pool:
             d = os.path.abspath(directory)
             n = cfg["groups"][0]["extents"]
             made = not os.path.exists(d)
-            os.makedirs(d, exist_ok=True)
+            os.makedirs(d, mode=0o700, exist_ok=True)
             if made:
                 fsync_dir(os.path.dirname(d))
             path = os.path.join(d, "data")

@@ -101,3 +101,19 @@ def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, fault
             assert lu.read(0, 4096) == b"a" * 4096
     r = run_cli("pool", "check", pool=pool)
     assert b"clean" in r.stdout
+
+
+def test_a_pool_is_private_to_its_owner(tmp_path):
+    """The metadata names every LU (and the image dedup digests), the data files hold their bytes:
+    nothing of a pool is readable by other local users, whatever the umask."""
+    pool, mirror = str(tmp_path / "pool"), str(tmp_path / "M")
+    old = os.umask(0o022)
+    try:
+        run_cli("pool", "create", "--size", "64M", "--mirror-dir", mirror, pool=pool)
+        run_cli("lu", "create", "secret-name", "--size", "1M", "--mirrored", pool=pool)
+    finally:
+        os.umask(old)
+    for path in (pool, f"{pool}/meta", f"{pool}/fg0", f"{pool}/locks", mirror):
+        assert os.stat(path).st_mode & 0o777 == 0o700, path
+    for path in (f"{pool}/meta/data.mdb", f"{pool}/meta/lock.mdb", f"{pool}/fg0/data", f"{mirror}/data"):
+        assert os.stat(path).st_mode & 0o077 == 0, path

@@ -105,9 +105,10 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
                 "files": sorted(files)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
     d = repo(pool_path)
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(d, mode=0o700, exist_ok=True)
     tmp = os.path.join(d, f".tmp-{bid}")
-    with open(tmp, "wb") as raw:
+    # bundles name LUs and nodes: only the pool's owner reads them
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for name in ["manifest.json", *sorted(n for n in files if n != "manifest.json")]:
                 data = files[name].encode()

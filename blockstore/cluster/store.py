@@ -86,12 +86,12 @@ class LmdbStore:
     DBS = (b"kv", b"leases", b"log", b"meta")
 
     def __init__(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = os.path.realpath(path)
         with self._open_lock:
             env, dbs, users = self._open.get(self.path, (None, (), 0))
             if env is None:
-                env = lmdb.open(self.path, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True)
+                env = lmdb.open(self.path, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True, mode=0o600)
                 # An explicit transaction: open_db's own one waits for the writer lock holding
                 # the GIL, which deadlocks against a writer thread of this process.
                 with env.begin(write=True) as txn:
