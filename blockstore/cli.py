@@ -51,10 +51,13 @@ def _offset(text: str) -> int:
 
 
 def _fraction(text: str) -> float:
+    """``0.8`` or ``80%``: a bare number is a fraction, so ``1.5`` is refused, not read as 1.5%."""
     try:
-        v = float(text.rstrip("%")) / (100 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1)
+        v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1] or a percentage in (0%, 100%]")
     return v
 
 
@@ -502,7 +505,7 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("lu", "read"):
         with pool.lu(args.name, writable=False) as lu:
             end = lu.size if args.length is None else args.offset + args.length
-            if end > lu.size:
+            if end > lu.size or args.offset > lu.size:
                 raise InvalidArgument(f"read of {end - args.offset} bytes at {args.offset} is past the end of "
                                       f"{args.name} ({lu.size} bytes)")
             out = sys.stdout.buffer

@@ -7,7 +7,8 @@ import re
 from .errors import InvalidArgument
 
 MAX_NAME = 64
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+# fullmatch, not "$": "$" also matches before a final newline, which would let "x\n" in
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*", re.ASCII)
 
 
 def check_name(name: str, what: str = "LU name") -> str:
@@ -16,7 +17,7 @@ def check_name(name: str, what: str = "LU name") -> str:
         raise InvalidArgument(f"{what} must not be empty")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"{what} is longer than {MAX_NAME} characters")
-    if ".." in name or not _NAME_RE.match(name):
+    if ".." in name or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"{what} {name!r} is not valid: use letters, digits and . _ + - (no spaces, '/', '..' or '@')"
         )

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from .errors import InvalidArgument
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+# ASCII digits only (\d would take full-width ones), matched whole (no trailing newline)
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTP]?)(?:I?B)?\s*", re.IGNORECASE | re.ASCII)
 #: Larger than any pool or LU we accept (the extent index is 32 bits, the extent at most 16 MiB).
 MAX_SIZE = 1 << 56
 
@@ -18,14 +20,14 @@ def parse_size(value: str | int, *, what: str = "size", allow_zero: bool = False
     if isinstance(value, int):
         n = value
     else:
-        m = _SIZE_RE.match(str(value))
+        m = _SIZE_RE.fullmatch(str(value))
         if not m:
             raise InvalidArgument(f"{what}: not a size: {value!r} (use a number with an optional K, M, G, T suffix)")
         number, unit = m.groups()
-        n_float = float(number) * _UNITS[unit.upper()]
-        if n_float != int(n_float):
+        exact = Fraction(number) * _UNITS[unit.upper()]  # exact: a float rounds above 2^53
+        if exact.denominator != 1:
             raise InvalidArgument(f"{what}: {value!r} is not a whole number of bytes")
-        n = int(n_float)
+        n = int(exact)
     if n < 0:
         raise InvalidArgument(f"{what}: must not be negative: {value!r}")
     if n == 0 and not allow_zero:

@@ -155,3 +155,21 @@ def test_check_reports_and_repairs(cli_pool):
     r = run_cli("pool", "check", pool=cli_pool, check_rc=4)
     assert "marked free" in r.stdout.decode()
     run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)
+
+
+def test_input_that_looks_almost_right_is_refused(pool_dir):
+    """A name ending in a newline, full-width digits, a threshold of 1.5, an offset past the end:
+    each refused in one line, and the pool left as it was."""
+    from blockstore.sizes import parse_size
+    run_cli("pool", "create", "--size", "64M", pool=pool_dir)
+    run_cli("lu", "create", "d", "--size", "1M", pool=pool_dir)
+    before = fingerprint(pool_dir)
+    for args in (["lu", "create", "x\n", "--size", "1M"], ["lu", "snapshot", "d", "s\n"],
+                 ["lu", "clone", "d", "c\n"], ["lu", "create", "y", "--size", "\uff11\uff12M"],
+                 ["pool", "set", "--threshold", "1.5"], ["pool", "set", "--threshold", "150%"],
+                 ["lu", "read", "d", "--offset", "2M"]):
+        r = run_cli(*args, pool=pool_dir, check_rc=None)
+        assert r.returncode in (1, 2) and len(r.stderr.splitlines()) == 1 and b"Traceback" not in r.stderr, (args, r.stderr)
+    assert fingerprint(pool_dir) == before
+    assert parse_size(str((1 << 53) + 1)) == (1 << 53) + 1  # exact, not through a float
+    assert parse_size("1.5K") == 1536

@@ -31,7 +31,7 @@ from .store import CoordinationStore
 
 CONDITIONS = ("io_error", "checksum_mismatch", "mirror_degraded", "heartbeat_loss", "exception", "manual")
 # IDs sort by capture time (to the microsecond), which is what retention prunes by.
-_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}-[A-Za-z0-9._+-]+-[a-z_]+-[0-9a-f]{6}$")
+_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}-[A-Za-z0-9._+-]+-[a-z_]+-[0-9a-f]{6}\Z")
 
 
 def repo(pool_path: str) -> str:
