@@ -316,6 +316,8 @@ def test_bad_input_on_the_event_port(cluster):
     head = EventLog(cluster.pool).head()
     cases = [
         (b"this is not json\n", "not a JSON line"),
+        (b"9" * 60_000 + b"\n", "not a JSON line"),  # past Python's limit on an int's digits
+        (b"[" * 30_000 + b"]" * 30_000 + b"\n", "not a JSON line"),  # deeper than the parser goes
         (b"[1, 2]\n", "a line must be a JSON object"),
         (b"x" * (70 << 10), "line longer than"),
         (encode({"op": "register", "token": "wrong", "kinds": ["*"]}), "bad token"),
@@ -330,6 +332,8 @@ def test_bad_input_on_the_event_port(cluster):
     for data, message in cases:
         reply = _send(primary, data)
         assert reply is not None and message in reply["error"], (data[:60], reply)
+    ffdc_dir = os.path.join(cluster.pool, "ffdc")  # garbage from outside is no fault of the node
+    assert not os.path.isdir(ffdc_dir) or not os.listdir(ffdc_dir), os.listdir(ffdc_dir)
     reply = _send(member, encode({"op": "register", "token": token, "kinds": ["*"]}))
     assert reply["error"] == "not primary" and reply["address"] == primary
     # pruned history: a caller asking for it is told to resync

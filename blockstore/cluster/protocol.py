@@ -58,7 +58,9 @@ class LineReader:
             return None
         try:
             obj = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8, bad JSON and a number past Python's digit limit;
+            # RecursionError, nesting deeper than the parser goes: garbage, not a fault of ours
             raise ProtocolError("not a JSON line") from None
         if not isinstance(obj, dict):
             raise ProtocolError("a line must be a JSON object")
