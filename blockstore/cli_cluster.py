@@ -127,6 +127,7 @@ def _capture_here(pool: str, reason: str) -> str:
 
 def _events(args: argparse.Namespace, pool: str) -> int:
     from .cluster.events import check_kinds
+    config.require(pool)
     kinds = check_kinds(args.kind) if args.kind else None
     if args.since < 0:
         raise InvalidArgument("--since takes a sequence number >= 0")

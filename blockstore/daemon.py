@@ -18,6 +18,10 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
     Nothing that holds an LMDB environment may be opened before this call: the child must open
     its own after the fork.
     """
+    try:
+        log_start = os.path.getsize(logfile)
+    except OSError:
+        log_start = 0
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -45,4 +49,18 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
     with os.fdopen(r, "rb") as pipe:
         answer = pipe.readline().strip()
     if answer != b"ok":
-        raise BlockstoreError(answer.decode(errors="replace") or f"the {what} exited before it was ready")
+        why = answer.decode(errors="replace") or f"the {what} exited before it was ready"
+        said = _said(logfile, log_start)
+        raise BlockstoreError(f"{what} failed: {why}" + (f" ({said}; log: {logfile})" if said else f" (log: {logfile})"))
+
+
+def _said(logfile: str, start: int) -> str:
+    """What the service (or a library it uses, such as libfuse) wrote to its log while starting,
+    besides our own report of the failure: usually the cause, e.g. "/dev/fuse: Permission denied"."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(start)
+            lines = f.read(64 << 10).decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "; ".join(line.strip() for line in lines if line.strip() and " stopped: " not in line)[-400:]

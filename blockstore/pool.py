@@ -81,7 +81,8 @@ class Pool:
     def __init__(self, path: str) -> None:
         path = os.path.abspath(path)
         if not os.path.isdir(path):
-            raise NotAPool(f"no pool at {path}: directory does not exist")
+            raise NotAPool(f"no pool at {path}: " + ("it is not a directory" if os.path.exists(path)
+                                                    else "directory does not exist"))
         if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
             raise NotAPool(f"{path} is not a blockstore pool (no meta/data.mdb)")
         self.path = path

@@ -173,3 +173,27 @@ def test_input_that_looks_almost_right_is_refused(pool_dir):
     assert fingerprint(pool_dir) == before
     assert parse_size(str((1 << 53) + 1)) == (1 << 53) + 1  # exact, not through a float
     assert parse_size("1.5K") == 1536
+
+
+def test_a_daemon_that_fails_to_start_says_why(tmp_path):
+    """libfuse reports the cause of a failed mount on stderr (the daemon's log) and the binding
+    then raises only its return code: the caller must see the cause, not 'blockstore: 4'."""
+    from blockstore.daemon import daemonize
+    from blockstore.errors import BlockstoreError
+
+    def serve(ready):  # what a mount daemon's start looks like when /dev/fuse cannot be opened
+        os.write(2, b"fuse: failed to open /dev/fuse: Permission denied\n")  # as libfuse does, in C
+        raise RuntimeError(4)
+    log = str(tmp_path / "daemon.log")
+    with pytest.raises(BlockstoreError) as e:
+        daemonize(serve, log, "mount daemon")
+    assert "/dev/fuse: Permission denied" in str(e.value) and log in str(e.value), str(e.value)
+
+
+def test_wrong_places_are_named_as_they_are(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("lu", "list", pool=str(tmp_path / "afile"), check_rc=1)
+    assert b"not a directory" in r.stderr
+    run_cli("pool", "create", "--size", "64M", pool=str(tmp_path / "p"))
+    r = run_cli("cluster", "events", pool=str(tmp_path / "p"), check_rc=1)
+    assert b"has no cluster" in r.stderr and not os.path.exists(tmp_path / "p" / "cluster")

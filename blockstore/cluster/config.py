@@ -50,6 +50,13 @@ def _check_pool(pool_path: str) -> str:
     return path
 
 
+def require(pool_path: str) -> None:
+    """Refuse, in one line and without making anything, a pool that has no cluster."""
+    path = _check_pool(pool_path)
+    if not os.path.isdir(store_path(path)):
+        raise NotFound(f"the pool at {path} has no cluster: run `blockstore cluster create NAME` first")
+
+
 def open_store(pool_path: str) -> CoordinationStore:
     """The pool's coordination store (the embedded LMDB one: the only backend so far)."""
     return LmdbStore(store_path(_check_pool(pool_path)))
