@@ -183,10 +183,10 @@ class Bench:
             with p.create_lu("m", n * E) as lu:
                 for i in range(n):
                     lu.write(i * E, b"x")  # one byte allocates a whole (sparse) extent
-            with p._meta.read() as txn:
+            with p.meta.read() as txn:
                 pages = sum(sum(txn.stat(db)[k] for k in ("branch_pages", "leaf_pages", "overflow_pages"))
-                            for db in p._meta.db.values())
-                psize = txn.stat(p._meta.db["maps"])["psize"]
+                            for db in p.meta.db.values())
+                psize = txn.stat(p.meta.db["maps"])["psize"]
         shutil.rmtree(path)
         self.add("metadata per allocated extent", "core", "bytes", pages * psize / n, None, 64,
                  higher_is_better=False,

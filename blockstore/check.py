@@ -32,7 +32,7 @@ CLEAN, LEAKS, CORRUPT = 0, 3, 4
 
 
 def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
-    meta, E = pool._meta, pool.extent_size
+    meta, E = pool.meta, pool.extent_size
     cfg = meta.config(txn)
     errors: list[str] = []
     leaks: list[str] = []
@@ -128,15 +128,15 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
     """Check (and with ``repair``, fix what is safe to fix); returns the report with ``code``."""
     with pool._lock:
         pool.flush()
-        with pool._meta.read() as txn:
+        with pool.meta.read() as txn:
             found = _scan(pool, txn)
         repaired = []
         if repair and (found["leaks"] or found["errors"]):
-            with pool._meta.write() as txn:
+            with pool.meta.write() as txn:
                 found = _scan(pool, txn)
                 _repair(pool, txn, found)
             repaired = found["leaks"] + found["errors"]
-            with pool._meta.read() as txn:
+            with pool.meta.read() as txn:
                 found = _scan(pool, txn)
     code = CORRUPT if found["errors"] else LEAKS if found["leaks"] else CLEAN
     return {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
@@ -144,7 +144,7 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
 
 
 def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
-    meta, refs, live = pool._meta, found["refs"], found["live"]
+    meta, refs, live = pool.meta, found["refs"], found["live"]
     store_counts(meta, txn, "rc", 0, refs)
     store_counts(meta, txn, "mrc", 0, found["mrefs"])
     should_free = np.flatnonzero((refs == 0) & ~live)

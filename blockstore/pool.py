@@ -76,6 +76,9 @@ class Pool:
 
     Thread-safe: one re-entrant lock guards the in-memory state. Several processes may open one
     pool; each LU is writable by one process at a time (its holder lock).
+
+    Its parts: ``meta``, the metadata (meta.py: LMDB transactions and the key layout), and
+    ``sums``, the checksum records of mirrored data (checksums.py).
     """
 
     def __init__(self, path: str) -> None:
@@ -87,9 +90,9 @@ class Pool:
             raise NotAPool(f"{path} is not a blockstore pool (no meta/data.mdb)")
         self.path = path
         self._lock = threading.RLock()
-        self._meta = Meta(os.path.join(path, "meta"))
-        with self._meta.read() as txn:
-            cfg = self._meta.config(txn)
+        self.meta = Meta(os.path.join(path, "meta"))
+        with self.meta.read() as txn:
+            cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]
         self.session = uuid.uuid4().hex[:16]
         os.makedirs(self._locks_dir, exist_ok=True)
@@ -101,7 +104,7 @@ class Pool:
         self._over_threshold = False
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._mirror: MirrorFile | None = None
-        self.sums = SumStore(self._meta, self.extent_size)
+        self.sums = SumStore(self.meta, self.extent_size)
         self._activity = ActivityLog(self._locks_dir, self.session)
         try:
             if "id" not in cfg:  # a pool made before pools had ids
@@ -117,7 +120,7 @@ class Pool:
             if len(cfg["groups"]) > 1:
                 self._attach_mirror(cfg)
             # One allocator: a mirrored extent sits at the same index in both groups' files.
-            self._allocators[0] = Allocator(self._meta, 0, self.session, self._mirror or self._datafiles[0],
+            self._allocators[0] = Allocator(self.meta, 0, self.session, self._mirror or self._datafiles[0],
                                             self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             from .scrub import resync, settle
@@ -131,10 +134,10 @@ class Pool:
 
     def _set_config(self, **fields: Any) -> dict[str, Any]:
         """Set fields of the pool's config in a commit of their own (while opening)."""
-        with self._meta.write() as txn:
-            cfg = self._meta.config(txn)
+        with self.meta.write() as txn:
+            cfg = self.meta.config(txn)
             cfg.update(fields)
-            self._meta.put_json(txn, "config", b"pool", cfg)
+            self.meta.put_json(txn, "config", b"pool", cfg)
         return cfg
 
     def _group_path(self, cfg: dict[str, Any], fg: int) -> str:
@@ -199,8 +202,8 @@ class Pool:
 
     def _persist_dirty(self, copy: int, extents: list[int]) -> None:
         """Record, durably and at once, extents copy ``copy`` lacks (the mirror's write-ahead)."""
-        with self._meta.write() as txn:
-            set_bits(self._meta, txn, "dirty", copy, np.array(extents, np.int64), True)
+        with self.meta.write() as txn:
+            set_bits(self.meta, txn, "dirty", copy, np.array(extents, np.int64), True)
 
     def _event(self, kind: str, info: dict[str, Any]) -> None:
         for listener in self.listeners:
@@ -265,7 +268,7 @@ class Pool:
     def close(self) -> None:
         """Flush, release this session's reserved extents and every open LU."""
         with self._lock:
-            if self._meta is None:
+            if self.meta is None:
                 return
             try:
                 self.flush()
@@ -280,9 +283,9 @@ class Pool:
     def _teardown(self) -> None:
         for df in self._datafiles.values():
             df.close()
-        if self._meta is not None:
-            self._meta.close()
-            self._meta = None  # type: ignore[assignment]
+        if self.meta is not None:
+            self.meta.close()
+            self.meta = None  # type: ignore[assignment]
         self._session_lock.release()
         try:
             os.unlink(self._session_lock.path)
@@ -302,17 +305,17 @@ class Pool:
     def reclaim_dead_sessions(self) -> int:
         """Return to the free bitmap what sessions that died without closing had reserved."""
         reclaimed = 0
-        with self._lock, self._meta.write() as txn:
+        with self._lock, self.meta.write() as txn:
             rc = {fg: a.refcounts(txn) for fg, a in self._allocators.items()}
-            for key, _ in list(self._meta.iter_prefix(txn, "resv", b"")):
+            for key, _ in list(self.meta.iter_prefix(txn, "resv", b"")):
                 session, fg = key.decode().split("/")
                 lock = os.path.join(self._locks_dir, f"session-{session}")
                 if session == self.session or is_held(lock):
                     continue
-                held = read_resv(txn, self._meta, key)
+                held = read_resv(txn, self.meta, key)
                 held = held[rc[int(fg)][held] == 0]
-                set_free(self._meta, txn, int(fg), held, True)
-                txn.delete(key, db=self._meta.db["resv"])
+                set_free(self.meta, txn, int(fg), held, True)
+                txn.delete(key, db=self.meta.db["resv"])
                 reclaimed += len(held)
                 try:
                     os.unlink(lock)
@@ -353,7 +356,7 @@ class Pool:
             marks = {fg: a.marks() for fg, a in self._allocators.items()}
             saved = {name: set(lu._map.dirty) for name, lu in self._writers.items()}
             try:
-                with self._meta.write() as txn:
+                with self.meta.write() as txn:
                     result = change(txn) if change else None
                     for lu in self._writers.values():
                         self._save_map(txn, lu)
@@ -377,7 +380,7 @@ class Pool:
     def _save_map(self, txn: lmdb.Transaction, lu: LU) -> None:
         if not lu._map.dirty:
             return
-        db = self._meta.db["maps"]
+        db = self.meta.db["maps"]
         for no, raw in lu._map.take_dirty():
             if raw is None:
                 txn.delete(map_key(lu.id, no), db=db)
@@ -385,31 +388,31 @@ class Pool:
                 txn.put(map_key(lu.id, no), raw, db=db)
         rec = self._record(txn, lu.name)
         rec.update(size=lu.size, allocated=lu._map.allocated(), gen=rec["gen"] + 1)
-        self._meta.put_json(txn, "lus", lu.name.encode(), rec)
+        self.meta.put_json(txn, "lus", lu.name.encode(), rec)
         lu._gen = rec["gen"]
 
     # -- records ------------------------------------------------------------------------------
 
     def _record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
-        rec = self._meta.get_json(txn, "lus", name.encode())
+        rec = self.meta.get_json(txn, "lus", name.encode())
         if rec is None and not missing_ok:
             raise NotFound(f"no LU named {name!r}")
         return rec
 
     def _records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
-        return [self._meta.get_json(txn, "lus", key) for key, _ in self._meta.iter_prefix(txn, "lus", b"")]
+        return [self.meta.get_json(txn, "lus", key) for key, _ in self.meta.iter_prefix(txn, "lus", b"")]
 
     def _new_record(self, txn: lmdb.Transaction, name: str, size: int, kind: str,
                     parent: str | None, **extra: Any) -> dict[str, Any]:
         if self._record(txn, name, missing_ok=True) is not None:
             raise AlreadyExists(f"an LU named {name!r} already exists")
-        cfg = self._meta.config(txn)
+        cfg = self.meta.config(txn)
         lu_id = cfg["next_lu_id"]
         cfg["next_lu_id"] = lu_id + 1
-        self._meta.put_json(txn, "config", b"pool", cfg)
+        self.meta.put_json(txn, "config", b"pool", cfg)
         rec = {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,
                "allocated": 0, "gen": 1, "created": time.time(), **extra}
-        self._meta.put_json(txn, "lus", name.encode(), rec)
+        self.meta.put_json(txn, "lus", name.encode(), rec)
         return rec
 
     # -- opening LUs ----------------------------------------------------------------------------
@@ -432,14 +435,14 @@ class Pool:
                 writable = False
             holder = None
             if writable:
-                with self._meta.read() as txn:
+                with self.meta.read() as txn:
                     rec0 = self._record(txn, name)
                     lu_id = rec0["id"]
                 if rec0.get("readonly"):
                     raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
                 holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}")
             try:
-                with self._meta.read() as txn:
+                with self.meta.read() as txn:
                     rec = self._record(txn, name)
                     if holder and rec["id"] != lu_id:
                         raise Busy(f"LU {name!r} was replaced while opening; try again")
@@ -473,13 +476,13 @@ class Pool:
 
     def _load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
         return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
-                                     self._meta.map_chunks(txn, rec["id"]))
+                                     self.meta.map_chunks(txn, rec["id"]))
 
     def _refresh(self, lu: LU) -> None:
         """Re-read a read-only handle's map if its writer (maybe another process) committed."""
         if lu.kind == "snapshot":
             return
-        with self._meta.read() as txn:
+        with self.meta.read() as txn:
             rec = self._record(txn, lu.name)
             if rec["gen"] != lu._gen:
                 lu._map = self._load_map(txn, rec)
@@ -570,7 +573,7 @@ class Pool:
         check_name(new)
         base, snap = split_snapshot(source)
         with self._lock:
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 sealed = bool(self._record(txn, source).get("readonly"))
             if snap is not None or sealed:  # nothing writes it, so its stored map is the truth
                 def change(txn: lmdb.Transaction) -> dict[str, Any]:
@@ -592,11 +595,11 @@ class Pool:
         assert src is not None
         # The stored chunks (just saved) are the map: copying them costs O(allocated chunks), where
         # counting the in-memory map would cost O(size).
-        chunks = list(self._meta.map_chunks(txn, src["id"]))
+        chunks = list(self.meta.map_chunks(txn, src["id"]))
         phys = [arr[arr != UNMAPPED] for arr in (np.frombuffer(raw, np.uint32) for _, raw in chunks)]
         rec = self._new_record(txn, new, src["size"], kind, parent, allocated=sum(map(len, phys)),
                                thick=False, mirrored=src.get("mirrored", False))
-        db = self._meta.db["maps"]
+        db = self.meta.db["maps"]
         for no, raw in chunks:
             txn.put(map_key(rec["id"], no), raw, db=db)
         if phys:
@@ -607,7 +610,7 @@ class Pool:
         """Make ``name`` again what it was when ``name@snap`` was taken (size included)."""
         full = snapshot_name(name, snap)
         with self._lock, self._writer(name) as lu:
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 srec = self._record(txn, full)
                 smap = self._load_map(txn, srec)
             a = self._allocators[0]
@@ -637,7 +640,7 @@ class Pool:
                 rec["parent"] = None
                 if rec["kind"] == "clone":
                     rec["kind"] = "lu"
-                self._meta.put_json(txn, "lus", name.encode(), rec)
+                self.meta.put_json(txn, "lus", name.encode(), rec)
             self._transaction(change)
             return copied
 
@@ -666,7 +669,7 @@ class Pool:
         """
         base, snap = split_snapshot(name)
         with self._lock:
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 lu_id = self._record(txn, name)["id"]
                 records = self._records(txn)
             snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
@@ -686,8 +689,8 @@ class Pool:
                 for victim in doomed:
                     rec = self._record(txn, victim)
                     a.unref_many(self._load_map(txn, rec).mapped(), rec.get("mirrored", False))
-                    self._meta.delete_map(txn, rec["id"])
-                    txn.delete(victim.encode(), db=self._meta.db["lus"])
+                    self.meta.delete_map(txn, rec["id"])
+                    txn.delete(victim.encode(), db=self.meta.db["lus"])
             try:
                 self._transaction(change)
                 if holder:
@@ -705,7 +708,7 @@ class Pool:
         check_name(old)
         check_name(new)
         with self._lock:
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 rec = self._record(txn, old)
             if rec["kind"] == "snapshot":
                 raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
@@ -725,11 +728,11 @@ class Pool:
                         r["parent"] = renames[r["parent"]] if r["kind"] != "snapshot" else new
                         changed = True
                     if r["name"] in renames:
-                        txn.delete(r["name"].encode(), db=self._meta.db["lus"])
+                        txn.delete(r["name"].encode(), db=self.meta.db["lus"])
                         r["name"] = renames[r["name"]]
                         changed = True
                     if changed:
-                        self._meta.put_json(txn, "lus", r["name"].encode(), r)
+                        self.meta.put_json(txn, "lus", r["name"].encode(), r)
             try:
                 self._transaction(change)
             finally:
@@ -744,8 +747,8 @@ class Pool:
     def add_failure_group(self, directory: str) -> None:
         """Add the second failure group (a data file in ``directory``, ideally on another disk)."""
         with self._lock:
-            with self._meta.read() as txn:
-                cfg = self._meta.config(txn)
+            with self.meta.read() as txn:
+                cfg = self.meta.config(txn)
             if len(cfg["groups"]) > 1:
                 raise AlreadyExists(f"the pool already has a second failure group: {self._group_path(cfg, 1)}")
             _check_mirror_dir(directory, self.path)
@@ -759,9 +762,9 @@ class Pool:
             DataFile(path, create_size=n * self.extent_size, label=self._label(1, path)).close()
 
             def change(txn: lmdb.Transaction) -> dict[str, Any]:
-                c = self._meta.config(txn)
+                c = self.meta.config(txn)
                 c["groups"].append({"path": self._stored_path(path), "extents": n, "labelled": True})
-                self._meta.put_json(txn, "config", b"pool", c)
+                self.meta.put_json(txn, "config", b"pool", c)
                 return c
             try:
                 cfg = self._transaction(change)
@@ -778,8 +781,8 @@ class Pool:
 
     def failure_groups(self) -> list[dict[str, Any]]:
         from .scrub import dirty_count
-        with self._meta.read() as txn:
-            cfg = self._meta.config(txn)
+        with self.meta.read() as txn:
+            cfg = self.meta.config(txn)
         dirty = dirty_count(self) if self._mirror else {0: 0, 1: 0}
         out = []
         for fg in range(len(cfg["groups"])):
@@ -795,10 +798,10 @@ class Pool:
         from .scrub import _mirror, copy_to_mirror, repair_extents
         _mirror(self)
         with self._lock, self._writer(name) as lu:
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 records = self._records(txn)
             family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
-            with self._meta.read() as txn:
+            with self.meta.read() as txn:
                 exts = np.unique(np.concatenate(
                     [lu._map.mapped()] + [self._load_map(txn, self._record(txn, f)).mapped() for f in family[1:]]
                 )).astype(np.int64)
@@ -819,7 +822,7 @@ class Pool:
                         m = lu._map if f == name else self._load_map(txn, rec)
                         a.set_mirrored_refs(m.mapped(), on)
                     rec["mirrored"] = on
-                    self._meta.put_json(txn, "lus", f.encode(), rec)
+                    self.meta.put_json(txn, "lus", f.encode(), rec)
             self._transaction(change)
             with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
                 lu._df = self._mirror if on else self.primary()
@@ -844,7 +847,7 @@ class Pool:
     def mirrored_refs(self, txn: lmdb.Transaction) -> np.ndarray:
         """How many references each physical extent has from mirrored LUs and snapshots, counted
         from the maps ``txn`` stores (what the ``mrc`` counts must equal)."""
-        n = self._meta.config(txn)["groups"][0]["extents"]
+        n = self.meta.config(txn)["groups"][0]["extents"]
         counts = np.zeros(n, np.int64)
         for r in self._records(txn):
             if r.get("mirrored"):
@@ -856,7 +859,7 @@ class Pool:
         m = self._mirror
         if m is None or m.copies[1] is None:
             return
-        with self._meta.read() as txn:
+        with self.meta.read() as txn:
             keep = self._allocators[0].refcounts(txn, "mrc") > 0
             rc = self._allocators[0].refcounts(txn)
         E = self.extent_size
@@ -872,14 +875,14 @@ class Pool:
         def change(txn: lmdb.Transaction) -> None:
             rec = self._record(txn, name)
             rec.update(fields)
-            self._meta.put_json(txn, "lus", name.encode(), rec)
+            self.meta.put_json(txn, "lus", name.encode(), rec)
         self._transaction(change)
 
     # -- service records (paging, images, partitions): small JSON documents ------------------------
 
     def svc_get(self, kind: str, name: str) -> dict[str, Any] | None:
-        with self._meta.read() as txn:
-            return self._meta.get_json(txn, "svc", f"{kind}/{name}".encode())
+        with self.meta.read() as txn:
+            return self.meta.get_json(txn, "svc", f"{kind}/{name}".encode())
 
     def svc_put(self, kind: str, name: str, value: dict[str, Any] | None) -> None:
         """Store (or with None delete) a service record, in a commit of its own; listeners hear
@@ -887,16 +890,16 @@ class Pool:
         def change(txn: lmdb.Transaction) -> None:
             key = f"{kind}/{name}".encode()
             if value is None:
-                txn.delete(key, db=self._meta.db["svc"])
+                txn.delete(key, db=self.meta.db["svc"])
             else:
-                self._meta.put_json(txn, "svc", key, value)
+                self.meta.put_json(txn, "svc", key, value)
         with self._lock:
             self._transaction(change)
         self._event("record_changed", {"kind": kind, "name": name, "record": value})
 
     def svc_list(self, kind: str) -> list[dict[str, Any]]:
-        with self._meta.read() as txn:
-            return [self._meta.get_json(txn, "svc", k) for k, _ in self._meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
+        with self.meta.read() as txn:
+            return [self.meta.get_json(txn, "svc", k) for k, _ in self.meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
 
     def open_redundant(self, name: str) -> LU:
         """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):
@@ -917,12 +920,12 @@ class Pool:
 
     def list_lus(self) -> list[dict[str, Any]]:
         """Every LU and snapshot: name, size, allocated bytes, kind, parent (sorted by name)."""
-        with self._lock, self._meta.read() as txn:
+        with self._lock, self.meta.read() as txn:
             records = self._records(txn)
         return [self._describe(r) for r in records]
 
     def lu_info(self, name: str) -> dict[str, Any]:
-        with self._lock, self._meta.read() as txn:
+        with self._lock, self.meta.read() as txn:
             rec = self._record(txn, name)
             records = self._records(txn)
         info = self._describe(rec)
@@ -950,16 +953,16 @@ class Pool:
 
     def status(self) -> dict[str, Any]:
         """Capacity and use of the pool, in bytes, with the overcommit ratio and threshold."""
-        with self._lock, self._meta.read() as txn:
-            cfg = self._meta.config(txn)
+        with self._lock, self.meta.read() as txn:
+            cfg = self.meta.config(txn)
             groups = []
             n = cfg["groups"][0]["extents"]
-            rc = self._meta.fg_array(txn, "rc", 0, n, np.uint32, 0)
-            free = self._meta.fg_array(txn, "free", 0, n, bool, 0)
+            rc = self.meta.fg_array(txn, "rc", 0, n, np.uint32, 0)
+            free = self.meta.fg_array(txn, "free", 0, n, bool, 0)
             groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
             records = self._records(txn)
-            info = self._meta.env.info()
-            stat = self._meta.env.stat()
+            info = self.meta.env.info()
+            stat = self.meta.env.stat()
         E = self.extent_size
         n, used, free = groups[0]
         provisioned = sum(r["size"] for r in records if r["kind"] != "snapshot")
@@ -981,7 +984,7 @@ class Pool:
         n_new = parse_size(size, what="pool size") // self.extent_size
         with self._lock:
             def change(txn: lmdb.Transaction) -> None:
-                cfg = self._meta.config(txn)
+                cfg = self.meta.config(txn)
                 n_old = cfg["groups"][0]["extents"]
                 if n_new < n_old:
                     raise InvalidArgument(
@@ -995,8 +998,8 @@ class Pool:
                     self._mirror.need = n_new * self.extent_size
                 for group in cfg["groups"]:
                     group["extents"] = n_new
-                init_free(self._meta, txn, 0, n_old, n_new)
-                self._meta.put_json(txn, "config", b"pool", cfg)
+                init_free(self.meta, txn, 0, n_old, n_new)
+                self.meta.put_json(txn, "config", b"pool", cfg)
             self._transaction(change)
 
     def set_threshold(self, threshold: float) -> None:
@@ -1004,9 +1007,9 @@ class Pool:
             raise InvalidArgument("threshold must be a fraction in (0, 1]")
 
         def change(txn: lmdb.Transaction) -> None:
-            cfg = self._meta.config(txn)
+            cfg = self.meta.config(txn)
             cfg["threshold"] = threshold
-            self._meta.put_json(txn, "config", b"pool", cfg)
+            self.meta.put_json(txn, "config", b"pool", cfg)
         self._transaction(change)
         self._threshold = threshold
 

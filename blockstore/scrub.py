@@ -88,12 +88,12 @@ def settle(pool: "Pool", *, everything: bool = False) -> int:
     m, E = pool._mirror, pool.extent_size
     done = 0
     with pool._lock:
-        with pool._meta.write() as txn:  # one settler at a time, across processes
+        with pool.meta.write() as txn:  # one settler at a time, across processes
             logs = dead_logs(pool._locks_dir)
             if m is not None and m.copies != [None, None]:
                 if everything:  # from before mirrored reference counts: count them now
                     counts = pool.mirrored_refs(txn)
-                    store_counts(pool._meta, txn, "mrc", 0, counts)
+                    store_counts(pool.meta, txn, "mrc", 0, counts)
                     exts = np.flatnonzero(counts)
                 else:
                     regions = np.unique(np.concatenate([r for _, r in logs] + [np.zeros(0, np.int64)]))
@@ -103,9 +103,9 @@ def settle(pool: "Pool", *, everything: bool = False) -> int:
                 adopt(pool, txn, exts)
                 done = len(exts)
             if everything:
-                cfg = pool._meta.config(txn)
+                cfg = pool.meta.config(txn)
                 cfg["block_sums"] = True
-                pool._meta.put_json(txn, "config", b"pool", cfg)
+                pool.meta.put_json(txn, "config", b"pool", cfg)
         for path, _ in logs:
             try:
                 os.unlink(path)
@@ -136,7 +136,7 @@ def _settle_extent(pool: "Pool", m: "MirrorFile", txn: lmdb.Transaction, e: int)
         src, dst = (0, 1) if direction[b] == 1 else (1, 0)
         _copy_block(m, src, dst, e * m.B + b)
     for i in m.degraded:  # the missing copy gets this extent at resync
-        set_bits(pool._meta, txn, "dirty", i, np.array([e]), True)
+        set_bits(pool.meta, txn, "dirty", i, np.array([e]), True)
         m.dirty[i].add(e)
     if not np.array_equal(new, rec):
         pool.sums.put(txn, e, new)
@@ -155,8 +155,8 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
     with pool._lock:
         for i in list(m.degraded):
             try:
-                with pool._meta.read() as txn:
-                    df = pool._open_group(pool._meta.config(txn), i)
+                with pool.meta.read() as txn:
+                    df = pool._open_group(pool.meta.config(txn), i)
             except BlockstoreError as e:
                 raise BlockstoreError(f"failure group {i} is still unavailable: {e}") from None
             old = pool._datafiles.get(i)
@@ -165,9 +165,9 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
             pool._datafiles[i] = df
             m.attach(i, df)
         pool.flush()
-        with pool._meta.read() as txn:
-            n = pool._meta.config(txn)["groups"][0]["extents"]
-            dirty = [pool._meta.fg_array(txn, "dirty", i, n, bool, 0) for i in (0, 1)]
+        with pool.meta.read() as txn:
+            n = pool.meta.config(txn)["groups"][0]["extents"]
+            dirty = [pool.meta.fg_array(txn, "dirty", i, n, bool, 0) for i in (0, 1)]
             only = _extents_of(pool, txn, name) if name else None
         todo = [(i, np.flatnonzero(d)) for i, d in enumerate(dirty)]
         if only is not None:
@@ -184,21 +184,21 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
                     progress(done, total)
             dst.dirty = True
             dst.sync()
-        with pool._meta.write() as txn:
+        with pool.meta.write() as txn:
             for i, exts in todo:
-                set_bits(pool._meta, txn, "dirty", i, exts, False)
+                set_bits(pool.meta, txn, "dirty", i, exts, False)
         for i, exts in todo:
             m.dirty[i].difference_update(exts.tolist())
         return total
 
 
 def dirty_count(pool: "Pool", name: str | None = None) -> dict[int, int]:
-    with pool._meta.read() as txn:
-        n = pool._meta.config(txn)["groups"][0]["extents"]
+    with pool.meta.read() as txn:
+        n = pool.meta.config(txn)["groups"][0]["extents"]
         only = _extents_of(pool, txn, name) if name else None
         out = {}
         for i in (0, 1):
-            d = pool._meta.fg_array(txn, "dirty", i, n, bool, 0)
+            d = pool.meta.fg_array(txn, "dirty", i, n, bool, 0)
             out[i] = int(d[only].sum()) if only is not None else int(d.sum())
     return out
 
@@ -215,8 +215,8 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         if src is None:
             raise BlockstoreError(f"failure group {1 - group} is unavailable too: nothing to rebuild from")
         pool.flush()
-        with pool._meta.read() as txn:
-            cfg = pool._meta.config(txn)
+        with pool.meta.read() as txn:
+            cfg = pool.meta.config(txn)
             keep = pool._allocators[0].refcounts(txn, "mrc") > 0
             # the primary also held unmirrored LUs' extents: those have no other copy
             lost = int(((pool._allocators[0].refcounts(txn) > 0) & ~keep).sum()) if group == 0 else 0
@@ -263,11 +263,11 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
             raise
 
         def change(txn: lmdb.Transaction) -> None:
-            c = pool._meta.config(txn)
+            c = pool.meta.config(txn)
             c["groups"][group]["path"] = pool._stored_path(path)
             c["groups"][group]["labelled"] = True
-            pool._meta.put_json(txn, "config", b"pool", c)
-            set_bits(pool._meta, txn, "dirty", group, np.arange(n), False)
+            pool.meta.put_json(txn, "config", b"pool", c)
+            set_bits(pool.meta, txn, "dirty", group, np.arange(n), False)
         pool._transaction(change)
         old = pool._datafiles.get(group)
         if old is not None:
@@ -373,7 +373,7 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
     m = pool._mirror
     assert m is not None
     t = time.monotonic()
-    with pool._meta.read() as txn:
+    with pool.meta.read() as txn:
         owners = _owners(pool, txn)
     ex = _Examiner(pool, m, repair, owners)
     for k, e in enumerate(exts.tolist()):
@@ -405,12 +405,12 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
     _mirror(pool)
     E = pool.extent_size
     with pool._lock:
-        with pool._meta.read() as txn:
+        with pool.meta.read() as txn:
             if not pool._record(txn, name).get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
         with pool._writer(name):
             pool.flush()
-            with pool._meta.read() as txn:
+            with pool.meta.read() as txn:
                 exts = _extents_of(pool, txn, name)
             ex, secs = _run(pool, exts, repair, progress, lu=name)
     rep = ex.report()
@@ -425,7 +425,7 @@ def scrub(pool: "Pool", *, repair: bool = False, progress: Progress = None) -> d
     E = pool.extent_size
     with pool._lock:
         pool.flush()
-        with pool._meta.read() as txn:
+        with pool.meta.read() as txn:
             exts = pool.sums.extents(txn)
         ex, secs = _run(pool, exts, repair, progress)
     copies = [i for i, c in enumerate(m.copies) if c is not None]
@@ -442,7 +442,7 @@ def copy_to_mirror(pool: "Pool", exts: np.ndarray, progress: Progress = None) ->
     E = pool.extent_size
     c0, c1 = m.copies
     assert isinstance(c0, DataFile) and isinstance(c1, DataFile)
-    with pool._meta.read() as txn:
+    with pool.meta.read() as txn:
         have = pool.sums.extents(txn)
     todo = np.setdiff1d(exts, have)
     buf = bytearray(E)

@@ -139,19 +139,19 @@ def test_writer_lock_names_holder(cli_pool):
 def test_check_reports_and_repairs(cli_pool):
     from blockstore import Pool
     from blockstore.allocator import set_free
-    with Pool.open(cli_pool) as p, p._meta.write() as txn:
-        set_free(p._meta, txn, 0, __import__("numpy").array([500, 501]), False)  # leak two extents
+    with Pool.open(cli_pool) as p, p.meta.write() as txn:
+        set_free(p.meta, txn, 0, __import__("numpy").array([500, 501]), False)  # leak two extents
     r = run_cli("pool", "check", "--json", pool=cli_pool, check_rc=3)
     assert json.loads(r.stdout)["leaks"]
     run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)
     run_cli("pool", "check", pool=cli_pool, check_rc=0)
-    with Pool.open(cli_pool) as p, p._meta.write() as txn:
+    with Pool.open(cli_pool) as p, p.meta.write() as txn:
         rec = p._records(txn)
         first = next(r for r in rec if r["name"] == "a")
-        raw = next(iter(p._meta.map_chunks(txn, first["id"])))[1]
+        raw = next(iter(p.meta.map_chunks(txn, first["id"])))[1]
         import numpy as np
         phys = np.frombuffer(raw, np.uint32)
-        set_free(p._meta, txn, 0, phys[phys != 0xFFFFFFFF][:1].astype(np.int64), True)  # in use yet free
+        set_free(p.meta, txn, 0, phys[phys != 0xFFFFFFFF][:1].astype(np.int64), True)  # in use yet free
     r = run_cli("pool", "check", pool=cli_pool, check_rc=4)
     assert "marked free" in r.stdout.decode()
     run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)

@@ -266,8 +266,8 @@ class _Deduper:
         self.pending: list[tuple[bytes, int]] = []
 
     def find(self, digest: bytes, data: bytes) -> int | None:
-        with self.pool._meta.read() as txn:
-            raw = txn.get(digest, db=self.pool._meta.db["dedup"])
+        with self.pool.meta.read() as txn:
+            raw = txn.get(digest, db=self.pool.meta.db["dedup"])
             if raw is None:
                 return None
             phys, = struct.unpack(">I", raw[:4])
@@ -288,11 +288,11 @@ class _Deduper:
         self.pending.append((digest, ext))
 
     def remember(self, lu: LU) -> None:
-        with self.pool._meta.write() as txn:
+        with self.pool.meta.write() as txn:
             for digest, ext in self.pending:
                 phys = lu.physical_extent(ext)
                 if phys is not None:
-                    txn.put(digest, struct.pack(">I", phys) + lu.name.encode(), db=self.pool._meta.db["dedup"])
+                    txn.put(digest, struct.pack(">I", phys) + lu.name.encode(), db=self.pool.meta.db["dedup"])
         self.pending = []
 
 
