@@ -44,4 +44,24 @@ grep -h "requests:" "$POOL"/mounts/*.log | tail -1 | sed 's/.*requests:/requests
 "$BS" --pool "$POOL" lu list
 "$BS" --pool "$POOL" pool status
 "$BS" --pool "$POOL" pool check
+step "a mirrored LU: a byte of its primary copy damaged on disk, found and repaired by scrub"
+"$BS" --pool "$POOL" pool failgrp add "$POOL/fg1"
+"$BS" --pool "$POOL" lu create vault --size 64M --mirrored
+head -c 64M "$DATA" | "$BS" --pool "$POOL" lu write vault
+.venv/bin/python - "$POOL" <<'PY'
+import sys
+from blockstore import Pool
+with Pool.open(sys.argv[1]) as p, p.lu("vault", writable=False) as lu:
+    at = lu.physical_extent(0) * p.extent_size + 12345
+with open(f"{sys.argv[1]}/fg0/data", "r+b") as f:  # what a failing disk does, silently
+    f.seek(at)
+    b = f.read(1)
+    f.seek(at)
+    f.write(bytes([b[0] ^ 0xFF]))
+print(f"flipped the byte at offset {at} of {sys.argv[1]}/fg0/data")
+PY
+"$BS" --pool "$POOL" pool scrub || echo "(scrub exit $?: a bad block, and which copy holds it)"
+"$BS" --pool "$POOL" pool scrub --repair
+"$BS" --pool "$POOL" lu read vault | cmp - <(head -c 64M "$DATA") && echo "the mirrored LU reads back intact"
+"$BS" --pool "$POOL" pool failgrp list
 printf '\nThe pool is in ./%s; mount it again with: %s --pool %s mount %s\n' "$POOL" "$BS" "$POOL" "$MNT"
