@@ -413,3 +413,25 @@ def test_engine_changes_reach_the_event_log(cluster):
     assert [k for k, *_ in got].count("pool_threshold") == 1
     moved = [e["data"] for e in log.events(base) if e["kind"] == "paging_changed"][2]
     assert moved["cec"] == "cec2" and moved["node"] == "v2"
+
+
+def test_a_killed_node_restarts_at_once_on_its_fixed_port(cluster):
+    """Its port is free again the moment it dies; the record of the dead process names the very
+    address the new one now listens on, so the new one takes its place at the first try, without
+    waiting for the old lease to run out (it took 3 to 5 tries before)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def dead(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+    rec = cluster.start("fixed", "--listen", f"127.0.0.1:{port}")
+    for _ in range(5):
+        cluster.wait(lambda: cluster.status()["state"] == "OK")
+        admin.kill_nodes([rec["pid"]])
+        cluster.wait(lambda: dead(rec["pid"]))
+        rec = cluster.start("fixed", "--listen", f"127.0.0.1:{port}")  # exit 0 at the first try

@@ -140,7 +140,10 @@ class Node:
             if held is None:
                 continue
             who = json.loads(held.value)
-            if not self._gone(who["address"]) or not self.store.delete(key, expected=held.revision):
+            # Our own listening socket holds its address now, so a record naming that address
+            # is a dead process's (a port has one listener): no need to wait for its lease.
+            gone = who["address"] == self.address or self._gone(who["address"])
+            if not gone or not self.store.delete(key, expected=held.revision):
                 self.store.revoke(self.lease)
                 raise AlreadyExists(f"node {self.name} is already running (pid {who['pid']} at {who['address']})")
             log.info("node %s: the previous process under this name is gone; taking its place", self.name)
