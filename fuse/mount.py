@@ -137,6 +137,9 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
         "default_permissions": True, "direct_io": True, "nothreads": threads == 0,
+        # unlink an open file for real (the engine refuses: EBUSY), instead of libfuse renaming it
+        # to ".fuse_hidden...", which is no LU name and came back as EINVAL
+        "hard_remove": True,
     }
     if binding.LIBFUSE == 2:
         options.update(big_writes=True, max_write=128 << 10, max_read=128 << 10)

@@ -334,3 +334,13 @@ def test_sigterm_unmounts_with_everything_flushed(mnt, pool_path):
         with p.lu("disk", writable=False) as lu:
             assert lu.read(0, len(blob)) == blob
         assert check(p)["clean"]
+
+
+def test_removing_an_open_lu_file_is_refused_as_busy(mnt, pool_path):
+    with open(f"{mnt}/disk", "rb"):
+        with pytest.raises(OSError) as e:
+            os.unlink(f"{mnt}/disk")
+        assert e.value.errno == errno.EBUSY
+    assert "disk" in os.listdir(mnt) and not [n for n in os.listdir(mnt) if n.startswith(".fuse_hidden")]
+    os.unlink(f"{mnt}/disk")  # closed: removed
+    assert "disk" not in os.listdir(mnt)
