@@ -517,6 +517,7 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -536,6 +537,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"blockstore: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 1
+    except Exception as e:  # a promise of one line, kept even for what nobody foresaw
+        if args is not None and args.verbose:
+            raise
+        import lmdb
+        what = "the pool's metadata cannot be read (damaged?)" if isinstance(e, lmdb.Error) else "internal error"
+        print(f"blockstore: {what}: {type(e).__name__}: {e} (-v shows where)", file=sys.stderr)
+        return 4 if isinstance(e, lmdb.Error) else 1
 
 
 if __name__ == "__main__":

@@ -394,7 +394,8 @@ class Pool:
     # -- records ------------------------------------------------------------------------------
 
     def _record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
-        rec = self.meta.get_json(txn, "lus", name.encode())
+        # LMDB refuses an empty or over-long key with an error of its own: no such LU either way
+        rec = self.meta.get_json(txn, "lus", name.encode()) if 0 < len(name.encode()) <= 511 else None
         if rec is None and not missing_ok:
             raise NotFound(f"no LU named {name!r}")
         return rec

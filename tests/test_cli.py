@@ -197,3 +197,10 @@ def test_wrong_places_are_named_as_they_are(tmp_path):
     run_cli("pool", "create", "--size", "64M", pool=str(tmp_path / "p"))
     r = run_cli("cluster", "events", pool=str(tmp_path / "p"), check_rc=1)
     assert b"has no cluster" in r.stderr and not os.path.exists(tmp_path / "p" / "cluster")
+
+
+def test_an_empty_name_is_no_such_lu_not_a_traceback(pool_dir):
+    run_cli("pool", "create", "--size", "64M", pool=pool_dir)
+    for args in (["lu", "show", ""], ["lu", "read", ""], ["lu", "rm", ""]):
+        r = run_cli(*args, pool=pool_dir, check_rc=None)
+        assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and b"Traceback" not in r.stderr, (args, r.stderr)
