@@ -40,6 +40,13 @@ class HolderLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
 
+    def __enter__(self) -> "HolderLock":
+        """``with HolderLock(p).acquire(what):`` holds it for the block."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 def is_held(path: str) -> bool:
     """True while some live process holds ``path``'s lock."""

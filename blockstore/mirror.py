@@ -232,21 +232,18 @@ class MirrorFile:
         if not self.checksums:
             sums_c = None
         elif b + nb <= self.B:  # within one extent (every write): C fills the pending record
-            sums_c = self._pending_c.get(ext)
-            if sums_c is None:
-                self._pending_of(ext)
-                sums_c = self._pending_c[ext]
-            sums_c = sums_c + b  # type: ignore[operator]
+            self._pending_of(ext)
+            sums_c = self._pending_c[ext] + b  # type: ignore[operator]
         else:
             sums = np.empty(nb, np.uint64)
             sums_c = native.sums_pointer(sums)
         c0, c1 = self.copies
+        if c0 is None and c1 is None:
+            raise OSError(errno.EIO, "both copies of the mirror are missing")
         for c in (c0, c1):
             if c is not None:
                 c.dirty = True
         r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums_c=sums_c)
-        if c0 is None and c1 is None:
-            raise OSError(errno.EIO, "both copies of the mirror are missing")
         for i in (0, 1):
             if failed & (1 << i):
                 self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")

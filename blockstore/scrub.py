@@ -232,10 +232,11 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         df = DataFile(tmp, create_size=n * E, label=pool._label(group, path))
         exts = np.flatnonzero(keep)
         unrecoverable: list[int] = []
+        recs: dict[int, np.ndarray | None] = {}
         try:
             for k, e in enumerate(exts.tolist()):
                 data = bytearray(src.pread(e * E, E))
-                rec = pool.sums.load(e)
+                rec = recs[e] = pool.sums.load(e)
                 if rec is not None:
                     bad = (rec != 0) & (native.sum_blocks(data) != rec)
                     if bad.any():
@@ -245,7 +246,7 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
                     progress(k + 1, len(exts))
             df.sync()
             for e in exts.tolist():  # read back: the new copy enters service only if it is whole
-                rec = pool.sums.load(e)
+                rec = recs[e]
                 got = native.sum_file(df.fd, e * E, E, df.path)
                 if rec is not None and e not in unrecoverable and ((rec != 0) & (got != rec)).any():
                     raise BlockstoreError(f"the rebuilt copy reads back wrong at extent {e}")
@@ -318,7 +319,7 @@ class _Examiner:
                         return
                 else:
                     try:  # held for the repair: nobody writes the extent meanwhile
-                        stack.enter_context(_held(HolderLock(lock).acquire(f"LU {owner[0]!r}")))
+                        stack.enter_context(HolderLock(lock).acquire(f"LU {owner[0]!r}"))
                     except Busy:
                         self.in_use.append(e)
                         return
@@ -353,19 +354,6 @@ class _Examiner:
         clean = not self.unrecoverable and not self.undecided and (not self.bad or self.repair)
         return {"bad": self.bad, "repaired": self.repaired, "unrecoverable": self.unrecoverable,
                 "undecided": self.undecided, "in_use": self.in_use, "clean": clean}
-
-
-class _held:
-    """A held holder lock as a context manager (released on exit)."""
-
-    def __init__(self, lock: HolderLock) -> None:
-        self.lock = lock
-
-    def __enter__(self) -> HolderLock:
-        return self.lock
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
 
 
 def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
