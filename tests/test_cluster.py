@@ -435,3 +435,101 @@ def test_a_killed_node_restarts_at_once_on_its_fixed_port(cluster):
         admin.kill_nodes([rec["pid"]])
         cluster.wait(lambda: dead(rec["pid"]))
         rec = cluster.start("fixed", "--listen", f"127.0.0.1:{port}")  # exit 0 at the first try
+
+
+class _Flood:
+    """Token-less connections to every address, each holding a partial first line and sending
+    one more byte every 2 s, topped up as the nodes drop them: what one local user can do."""
+
+    def __init__(self, addresses: list[str], per_node: int) -> None:
+        self.addresses, self.per_node = addresses, per_node
+        self.socks: dict[str, list[socket.socket]] = {a: [] for a in addresses}
+        self.opened = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last_drip = 0.0
+        while not self.stop.is_set():
+            for a, socks in self.socks.items():
+                while len(socks) < self.per_node and not self.stop.is_set():
+                    try:
+                        s = socket.create_connection(parse_address(a), timeout=1)
+                        s.sendall(b'{"op": "reg')
+                    except OSError:
+                        break  # a killed node refuses: leave it
+                    socks.append(s)
+                    self.opened += 1
+            if time.monotonic() - last_drip >= 2:
+                last_drip = time.monotonic()
+                for socks in self.socks.values():
+                    for s in list(socks):
+                        try:
+                            s.send(b"i")
+                        except OSError:
+                            s.close()
+                            socks.remove(s)
+            self.stop.wait(0.2)
+        for socks in self.socks.values():
+            for s in socks:
+                s.close()
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+
+def test_a_flood_of_tokenless_connections_does_not_stop_failover(cluster):
+    """Issue 14, item 2: thousands of half-open, token-less connections. Each node keeps at most
+    a bounded number waiting (one thread for all of them), its status still answers at once,
+    and SIGKILL of the primary still brings a new one within a few intervals."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    names = ["f1", "f2", "f3"]
+    for n in names:
+        cluster.start(n)
+    old, epoch = cluster.wait(lambda: cluster.views_agree(names, settled=True))
+    addresses = [admin.node_record(cluster.pool, n)["address"] for n in names]
+    per_node = min(1500, (min(hard, 8192) - 200) // len(names))
+    flood = _Flood(addresses, per_node)
+    flood.thread.start()
+    try:
+        cluster.wait(lambda: flood.opened >= 2 * per_node, timeout=30)
+        time.sleep(2 * INTERVAL)
+        for n in names:
+            assert _threads(cluster.pids[n]) < 30, _threads(cluster.pids[n])
+            t0 = time.monotonic()
+            view = admin.node_view(cluster.pool, n)
+            assert time.monotonic() - t0 < 1.0, time.monotonic() - t0
+            assert view["door"]["waiting"] <= 256, view["door"]
+        assert cluster.views_agree(names, settled=True) == (old, epoch)
+        t0 = time.monotonic()
+        os.kill(cluster.pids[old], signal.SIGKILL)
+        rest = [n for n in names if n != old]
+        new, new_epoch = cluster.wait(lambda: (v := cluster.views_agree(rest)) and v[1] > epoch and v, timeout=15)
+        took = time.monotonic() - t0
+        assert new != old and new_epoch == epoch + 1 and took < 10 * INTERVAL, took
+        opened = flood.opened
+        cluster.wait(lambda: flood.opened > opened + 100)  # still flooding the survivors
+        assert all(admin.node_view(cluster.pool, n)["door"]["dropped"] > 0 for n in rest)
+    finally:
+        flood.stop.set()
+        flood.thread.join()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for n in rest:
+        assert "unhandled" not in cluster.log(n) and "going on" not in cluster.log(n), cluster.log(n)[-2000:]
+
+
+def test_an_election_with_an_expired_lease_is_lost_not_a_crash(cluster):
+    """A node stopped or starved past its lease tried to elect itself and its monitor thread died
+    of the store's NotFound; now it simply is no candidate."""
+    store = open_store(cluster.pool)
+    try:
+        lease = store.grant_lease(5)
+        store.revoke(lease)
+        assert election.elect(store, "late", "127.0.0.1:1", election.current(store), lease) is None
+        assert store.get(election.LOCK) is None and election.current(store).node is None
+    finally:
+        store.close()

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BlockstoreError
+from ..errors import BlockstoreError, NotFound
 from .store import CoordinationStore
 
 KEY = "primary"
@@ -56,8 +56,11 @@ def elect(store: CoordinationStore, node: str, address: str, seen: Primary, leas
     """Try to become primary, replacing the record ``seen``. Returns the new record, or None if
     another node holds the lock or changed the record first."""
     lock = store.get(LOCK)
-    if lock is not None or store.compare_and_set(LOCK, 0, node.encode(), lease=lease) is None:
-        return None
+    try:
+        if lock is not None or store.compare_and_set(LOCK, 0, node.encode(), lease=lease) is None:
+            return None
+    except NotFound:
+        return None  # our lease ran out (we were stopped or starved): not a candidate any more
     try:
         rec = {"node": node, "epoch": seen.epoch + 1, "address": address}
         rev = store.compare_and_set(KEY, seen.revision, json.dumps(rec).encode())

@@ -27,7 +27,7 @@ compare-and-set alone.
 from __future__ import annotations
 
 import collections
-import hmac
+import functools
 import json
 import logging
 import os
@@ -36,12 +36,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, NotFound
 from ..names import check_name
 from . import election, ffdc
 from .bridge import take_faults
+from .doorman import Doorman
 from .config import ClusterConfig, load_config, open_store, read_token
 from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
@@ -105,8 +107,11 @@ class Node:
         self.need_since: float | None = None
         self.ffdc_seen: list[dict[str, Any]] = []
         self.refused_writes = 0
+        self.last_duties = 0.0                  # monotonic time of the primary's last duty round
+        self.duty_faults: set[tuple[str, str]] = set()  # (thread, exception) already captured
         self._ffdc_queue: queue.Queue[tuple[str, str, BaseException | None]] = queue.Queue()
         self.server: socket.socket | None = None
+        self.doorman: Doorman | None = None
         self.address = ""
 
     # -- joining and leaving -------------------------------------------------------------------
@@ -125,17 +130,26 @@ class Node:
             self.server.close()
             raise
         threading.excepthook = self._thread_crashed
-        for target, tname in ((self._accept_loop, "accept"), (self._keepalive_loop, "keepalive"),
+        self.doorman = Doorman(self.server, self.token, self._serve)
+        for target, tname in ((self.doorman.serve, "doorman"), (self._keepalive_loop, "keepalive"),
                               (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
             threading.Thread(target=target, name=tname, daemon=True).start()
         log.info("node %s up at %s (cluster %s, interval %.2fs, down after %d misses)",
                  self.name, self.address, self.cfg.name, self.cfg.interval, self.cfg.misses)
 
     def _register(self) -> None:
-        self.lease = self.store.grant_lease(self.cfg.timeout)
         alive = json.dumps({"pid": os.getpid(), "address": self.address, "incarnation": self.incarnation}).encode()
         key = f"alive/{self.name}"
-        while self.store.compare_and_set(key, 0, alive, lease=self.lease) is None:
+        self.lease = self.store.grant_lease(self.cfg.timeout)
+        while True:
+            try:
+                if self.store.compare_and_set(key, 0, alive, lease=self.lease) is not None:
+                    break
+            except NotFound:
+                # the new lease ran out before its first use (this process was stopped or
+                # starved for the whole timeout in between): take a fresh one
+                self.lease = self.store.grant_lease(self.cfg.timeout)
+                continue
             held = self.store.get(key)
             if held is None:
                 continue
@@ -186,6 +200,8 @@ class Node:
             for p in self.peers.values():
                 if p.link:
                     p.link.close()
+        if self.doorman:
+            self.doorman.close()
         if self.server:
             self.server.close()
         log.info("node %s left the cluster", self.name)
@@ -193,20 +209,39 @@ class Node:
 
     # -- keep-alive ----------------------------------------------------------------------------
 
+    def _duty(self, thread: str, step: Callable[[], Any]) -> None:
+        """One round of a duty thread (keep-alive, monitor, FFDC). Whatever it raises is logged,
+        captured as FFDC once per thread and kind of exception, and the thread goes on: a node
+        whose keep-alive or monitor had died would look alive to its peers while doing nothing."""
+        try:
+            step()
+        except Exception as e:
+            if self.stopping.is_set():
+                return  # the store is closing under the threads as the node leaves
+            log.error("%s in thread %s: %s; going on", type(e).__name__, thread, e)
+            key = (thread, type(e).__name__)
+            if key not in self.duty_faults:
+                self.duty_faults.add(key)
+                self._ffdc_queue.put(("exception", f"{type(e).__name__} in thread {thread}", e))
+            self.stopping.wait(min(1.0, self.cfg.interval))  # not a hot loop if it fails again
+
     def _keepalive_loop(self) -> None:
         while not self.stopping.is_set():
             t0 = time.monotonic()
-            self._renew()
-            self._refresh_peers()
-            with self.lock:
-                line = encode({"op": "hb", "node": self.name, "incarnation": self.incarnation,
-                               "primary": self.primary.node, "epoch": self.primary.epoch})
-                peers = list(self.peers.values())
-            for p in peers:
-                if not p.stopped:
-                    self._send(p, line)
-            self._write_view()
+            self._duty("keepalive", self._keepalive_round)
             self.stopping.wait(max(0.0, self.cfg.interval - (time.monotonic() - t0)))
+
+    def _keepalive_round(self) -> None:
+        self._renew()
+        self._refresh_peers()
+        with self.lock:
+            line = encode({"op": "hb", "node": self.name, "incarnation": self.incarnation,
+                           "primary": self.primary.node, "epoch": self.primary.epoch})
+            peers = list(self.peers.values())
+        for p in peers:
+            if not p.stopped:
+                self._send(p, line)
+        self._write_view()
 
     def _renew(self) -> None:
         if self.stopping.is_set():
@@ -335,23 +370,25 @@ class Node:
     # -- the monitor: election, deposition, primary duties ---------------------------------------
 
     def _monitor_loop(self) -> None:
-        last_duties = 0.0
         while not self.stopping.is_set():
             self.wake.wait(min(0.1, self.cfg.interval / 5))
             self.wake.clear()
             if self.stopping.is_set():
                 return
-            for p, old, new in self._update_states():
-                log.info("peer %s: %s -> %s", p.name, old, new)
-                if old == "up" and new == "down":
-                    self._ffdc_queue.put(("heartbeat_loss", f"no keep-alive from {p.name}", None))
-            self.primary = election.current(self.store)
-            self._check_deposed()
-            if self.me is None:
-                self._maybe_elect()
-            if self.me is not None and time.monotonic() - last_duties >= self.cfg.interval / 4:
-                last_duties = time.monotonic()
-                self._primary_duties()
+            self._duty("monitor", self._monitor_round)
+
+    def _monitor_round(self) -> None:
+        for p, old, new in self._update_states():
+            log.info("peer %s: %s -> %s", p.name, old, new)
+            if old == "up" and new == "down":
+                self._ffdc_queue.put(("heartbeat_loss", f"no keep-alive from {p.name}", None))
+        self.primary = election.current(self.store)
+        self._check_deposed()
+        if self.me is None:
+            self._maybe_elect()
+        if self.me is not None and time.monotonic() - self.last_duties >= self.cfg.interval / 4:
+            self.last_duties = time.monotonic()
+            self._primary_duties()
 
     def _check_deposed(self) -> None:
         if self.me is not None and self.primary.revision != self.me.revision:
@@ -459,7 +496,9 @@ class Node:
                 "role": "primary" if self.me else "member", "primary": self.primary.node,
                 "epoch": self.primary.epoch, "time": time.time(), "peers": peers,
                 "ffdc_seen": self.ffdc_seen[-20:], "refused_writes": self.refused_writes,
-                "event_head": self.events.head() if self.me else None}
+                "event_head": self.events.head() if self.me else None,
+                "door": None if self.doorman is None else {"waiting": len(self.doorman.waiting),
+                                                           "dropped": self.doorman.dropped}}
 
     def _write_view(self) -> None:
         self.store.put(f"views/{self.name}", json.dumps(self.view()).encode())
@@ -469,7 +508,7 @@ class Node:
     def _ffdc_loop(self) -> None:
         while True:
             condition, reason, exc = self._ffdc_queue.get()
-            self.capture(condition, reason, exc)
+            self._duty("ffdc", functools.partial(self.capture, condition, reason, exc))
 
     def capture(self, condition: str, reason: str = "", exc: BaseException | None = None) -> str | None:
         """Capture FFDC here; tell every other node and the callers. None when rate-limited."""
@@ -498,25 +537,11 @@ class Node:
 
     # -- the listener --------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self.server is not None
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), name="conn", daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, first: dict[str, Any], reader: LineReader) -> None:
+        """One authenticated connection (the doorman checked its first line and token)."""
         handed_over = False
         try:
-            conn.settimeout(5.0)  # the first line must come promptly
-            reader = LineReader(conn)
-            first = reader.read_json()
-            if first is None:
-                return
-            if not hmac.compare_digest(str(first.get("token", "")).encode(), self.token.encode()):
-                raise ProtocolError("bad token")
+            conn.settimeout(5.0)
             op = first.get("op")
             if op == "hello":
                 conn.settimeout(None)

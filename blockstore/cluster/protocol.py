@@ -29,9 +29,9 @@ def encode(obj: dict[str, Any]) -> bytes:
 class LineReader:
     """Bounded line reads from a socket (a caller cannot make us buffer an endless line)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, buf: bytes = b"") -> None:
         self.sock = sock
-        self.buf = b""
+        self.buf = buf  # bytes already read from the socket (the doorman's rest after a first line)
         self.pos = 0  # where the next line starts in buf (slicing buf per line would copy its rest)
 
     def readline(self) -> bytes | None:
@@ -54,17 +54,22 @@ class LineReader:
 
     def read_json(self) -> dict[str, Any] | None:
         line = self.readline()
-        if line is None:
-            return None
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            # ValueError covers bad UTF-8, bad JSON and a number past Python's digit limit;
-            # RecursionError, nesting deeper than the parser goes: garbage, not a fault of ours
-            raise ProtocolError("not a JSON line") from None
-        if not isinstance(obj, dict):
-            raise ProtocolError("a line must be a JSON object")
-        return obj
+        return None if line is None else parse_line(line)
+
+
+def parse_line(line: bytes) -> dict[str, Any]:
+    """One protocol line (without its newline) as a JSON object, or ProtocolError."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"line longer than {MAX_LINE} bytes")
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and a number past Python's digit limit;
+        # RecursionError, nesting deeper than the parser goes: garbage, not a fault of ours
+        raise ProtocolError("not a JSON line") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a line must be a JSON object")
+    return obj
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
