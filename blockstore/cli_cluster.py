@@ -118,10 +118,10 @@ def _capture_here(pool: str, reason: str) -> str:
     assert bid is not None  # manual captures are never rate-limited
     EventLog(pool).publish("ffdc_captured", {"id": bid, "node": "cli", "condition": "manual", "reason": reason},
                            node="cli")
-    token = config.read_token(pool)
+    key = config.read_key(pool)
     for n in nodes:
         if not n.get("stopped"):
-            tell(n["address"], token, "cli", {"op": "ffdc", "id": bid, "node": "cli", "condition": "manual"})
+            tell(n["address"], key, {"what": "ffdc", "id": bid, "node": "cli", "condition": "manual"})
     return bid
 
 

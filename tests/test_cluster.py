@@ -17,7 +17,7 @@ import pytest
 
 from blockstore import Pool
 from blockstore.cluster import admin, election
-from blockstore.cluster.config import open_store, read_token
+from blockstore.cluster.config import open_store, read_key, read_token
 from blockstore.cluster.election import Deposed
 from blockstore.cluster.events import EventLog, Gone
 from blockstore.cluster.protocol import LineReader, encode, parse_address
@@ -134,7 +134,21 @@ def test_sigstop_primary_is_deposed_and_fenced(cluster):
         rest = [n for n in names if n != old]
         new, new_epoch = cluster.wait(lambda: (v := cluster.views_agree(rest)) and v[1] > epoch and v)
         assert time.monotonic() - t0 >= 2 * INTERVAL  # a stopped process is only found by the timeout
+        # requests queued while it is stopped are the first it answers when continued: none may
+        # find it still acting as primary (its monitor has not looked at the record yet)
+        address = admin.node_record(cluster.pool, old)["address"]
+        queued = []
+        for i in range(20):
+            q = socket.create_connection(parse_address(address), timeout=5)
+            q.sendall(encode({"op": "status", "token": read_token(cluster.pool)} if i % 2 else
+                             {"op": "register", "token": read_token(cluster.pool), "kinds": ["*"]}))
+            queued.append(q)
         os.kill(cluster.pids[old], signal.SIGCONT)
+        replies = [LineReader(q).read_json() for q in queued]
+        for q in queued:
+            q.close()
+        assert all(r.get("role") == "member" and r["primary"] == new for r in replies[1::2]), replies
+        assert all(r.get("error") == "not primary" for r in replies[0::2]), replies
         # it learns it was deposed, and sees the new primary like everyone else
         assert cluster.wait(lambda: cluster.views_agree(names)) == (new, new_epoch)
         cluster.wait(lambda: "deposed: my epoch" in cluster.log(old))
@@ -312,7 +326,7 @@ def test_bad_input_on_the_event_port(cluster):
     cluster.wait(lambda: cluster.views_agree(names))
     primary = cluster.status()["primary_address"]
     member = next(n["address"] for n in cluster.status()["nodes"] if n["role"] == "member")
-    token = read_token(cluster.pool)
+    token, key = read_token(cluster.pool), read_key(cluster.pool)
     head = EventLog(cluster.pool).head()
     cases = [
         (b"this is not json\n", "not a JSON line"),
@@ -328,6 +342,13 @@ def test_bad_input_on_the_event_port(cluster):
         (encode({"op": "register", "token": token, "kinds": ["*"], "since": "7"}), "since must be"),
         (encode({"op": "register", "token": token, "kinds": ["*"], "since": head + 100}), "past the last event"),
         (encode({"op": "launch", "token": token}), "unknown op 'launch'"),
+        # the callers' token is not a node's: no keep-alives under a member's name, no stop
+        (encode({"op": "hello", "token": token, "node": "p2"}), "takes the node key"),
+        (encode({"op": "stop", "token": token}), "takes the node key"),
+        (encode({"op": "ffdc", "token": token, "reason": "x"}), "takes the node key"),
+        # and with the key, a link must speak for the registered process, not a stale one
+        (encode({"op": "hello", "token": key, "node": "p2", "incarnation": 1}), "not a running node"),
+        (encode({"op": "hello", "token": key, "node": "ghost", "incarnation": 1}), "not a running node"),
     ]
     for data, message in cases:
         reply = _send(primary, data)

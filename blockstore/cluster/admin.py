@@ -13,7 +13,7 @@ from ..daemon import daemonize
 from ..errors import BlockstoreError, NotFound
 from ..names import check_name
 from . import election
-from .config import load_config, open_store, read_token
+from .config import load_config, open_store, read_key, read_token
 from .protocol import ProtocolError, request
 
 
@@ -106,7 +106,7 @@ def stop_node(pool_path: str, name: str, timeout: float = 15.0) -> None:
     """Ask node ``name`` to leave (a primary resigns first) and wait for its process to end."""
     rec = node_record(pool_path, name)
     try:
-        request(rec["address"], {"op": "stop", "token": read_token(pool_path)})
+        request(rec["address"], {"op": "stop", "token": read_key(pool_path)})
     except (OSError, ProtocolError):
         raise BlockstoreError(f"node {name} is not running (nothing answers at {rec['address']})") from None
     deadline = time.monotonic() + timeout
@@ -119,7 +119,7 @@ def stop_node(pool_path: str, name: str, timeout: float = 15.0) -> None:
 def ask_ffdc(pool_path: str, name: str, reason: str) -> str | None:
     rec = node_record(pool_path, name)
     try:
-        reply = request(rec["address"], {"op": "ffdc", "token": read_token(pool_path), "reason": reason}, timeout=60)
+        reply = request(rec["address"], {"op": "ffdc", "token": read_key(pool_path), "reason": reason}, timeout=60)
     except (OSError, ProtocolError):
         raise BlockstoreError(f"node {name} is not running (nothing answers at {rec['address']})") from None
     if "error" in reply:

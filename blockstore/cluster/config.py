@@ -1,8 +1,12 @@
-"""The cluster's record in a pool: its name, timings, retention limits, and the callers' token.
+"""The cluster's record in a pool: its name, timings, retention limits, and its two secrets.
 
-A pool holds at most one cluster. The record lives in the coordination store under ``cluster``;
-the shared token (what an event caller or a peer node must present) is a file readable only by
-the pool's owner, ``POOL/cluster.token``, so possession of the pool directory is the credential.
+A pool holds at most one cluster. The record lives in the coordination store under ``cluster``.
+Two secrets, each a file readable only by the pool's owner:
+- the callers' token, ``POOL/cluster.token``: what an event caller presents; it lets a caller
+  register for events and ask a node's status, nothing else;
+- the node key, ``POOL/cluster.key``: what the nodes and the administrator's commands present
+  for everything else (peer keep-alive links, stop, FFDC). A caller handed the token therefore
+  cannot send keep-alives under a node's name or stop a node.
 """
 from __future__ import annotations
 
@@ -37,6 +41,10 @@ class ClusterConfig:
 
 def token_path(pool_path: str) -> str:
     return os.path.join(pool_path, "cluster.token")
+
+
+def key_path(pool_path: str) -> str:
+    return os.path.join(pool_path, "cluster.key")
 
 
 def store_path(pool_path: str) -> str:
@@ -75,13 +83,8 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3)
     try:
         if store.get(KEY) is not None:
             raise AlreadyExists(f"the pool already has cluster {load_config(store).name!r}")
-        tok = token_path(path)
-        fd = os.open(tok + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tok + ".tmp", tok)
+        for secret in (token_path(path), key_path(path)):
+            os.replace(_secret_file(secret + ".tmp"), secret)
         if store.compare_and_set(KEY, 0, json.dumps(asdict(cfg)).encode()) is None:
             raise AlreadyExists("another process created the pool's cluster first")
         for d in ("payloads", "ffdc", "faults", "nodes"):
@@ -99,9 +102,41 @@ def load_config(store: CoordinationStore, pool_path: str = "") -> ClusterConfig:
     return ClusterConfig(**json.loads(e.value))
 
 
+def _secret_file(tmp: str) -> str:
+    """A new secret in the file ``tmp`` (0600, synced), to be renamed or linked into place."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(16) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 def read_token(pool_path: str) -> str:
+    """The callers' token."""
     try:
         with open(token_path(pool_path)) as f:
             return f.read().strip()
     except FileNotFoundError:
         raise NotFound(f"no cluster token in {pool_path}: create the cluster first") from None
+
+
+def read_key(pool_path: str) -> str:
+    """The node key; a cluster made before there was one gets it now (the first reader makes it,
+    atomically, so every node reads the same)."""
+    path = key_path(pool_path)
+    read_token(pool_path)  # no cluster, no key
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    tmp = _secret_file(f"{path}.{os.getpid()}")
+    try:
+        os.link(tmp, path)  # fails if another process made it first: theirs stands
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip()

@@ -6,15 +6,15 @@ thread watches every waiting connection with a selector. At most ``limit`` conne
 time, and each has ``deadline`` seconds in all for its first line (a byte every two seconds does
 not keep it open). When the door is full the connection that has waited longest is dropped for the
 newcomer: a flood pushes out its own connections, while a real caller, which sends its whole first
-line with the connect, is served as soon as the selector sees it. A line that is garbage or
-carries a wrong token is answered with one error line and closed here. Only an authenticated
-first request is handed on (``admit(conn, first, reader)``) to a thread of its own, so the
-number of threads is bounded by the callers that know the token, not by whoever can connect.
+line with the connect, is served as soon as the selector sees it. A first line that is garbage or
+that ``authorize`` refuses (a wrong token) is answered with one error line and closed here. Only
+an authorized first request is handed on (``admit(conn, first, reader)``) to a thread of its
+own, so the number of threads is bounded by the callers that hold a secret, not by whoever can
+connect.
 """
 from __future__ import annotations
 
 import collections
-import hmac
 import logging
 import selectors
 import socket
@@ -28,13 +28,14 @@ from .protocol import MAX_LINE, LineReader, ProtocolError, encode, parse_line
 log = logging.getLogger("blockstore.cluster.doorman")
 
 Admit = Callable[[socket.socket, dict[str, Any], LineReader], None]
+Authorize = Callable[[dict[str, Any]], None]  # raises ProtocolError to refuse a first line
 
 
 class Doorman:
-    def __init__(self, server: socket.socket, token: str, admit: Admit, *,
+    def __init__(self, server: socket.socket, authorize: Authorize, admit: Admit, *,
                  limit: int = 256, deadline: float = 5.0) -> None:
         self.server = server
-        self.token = token.encode()
+        self.authorize = authorize
         self.admit = admit
         self.limit = limit
         self.deadline = deadline
@@ -112,8 +113,7 @@ class Doorman:
             return
         try:
             first = parse_line(bytes(buf[:i]))
-            if not hmac.compare_digest(str(first.get("token", "")).encode(), self.token):
-                raise ProtocolError("bad token")
+            self.authorize(first)
         except ProtocolError as e:
             self._refuse(conn, str(e))
             return

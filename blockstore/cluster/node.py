@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hmac
 import json
 import logging
 import os
@@ -44,13 +45,14 @@ from ..names import check_name
 from . import election, ffdc
 from .bridge import take_faults
 from .doorman import Doorman
-from .config import ClusterConfig, load_config, open_store, read_token
+from .config import ClusterConfig, load_config, open_store, read_key, read_token
 from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
 from .notifier import Notifier
 from .protocol import LineReader, ProtocolError, encode, parse_address
 
 log = logging.getLogger("blockstore.cluster.node")
+NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc"})  # the node key's alone
 
 
 @dataclass
@@ -87,7 +89,8 @@ class Node:
         self.store = open_store(self.pool_path)
         try:
             self.cfg: ClusterConfig = load_config(self.store, self.pool_path)
-            self.token = read_token(self.pool_path)
+            self.token = read_token(self.pool_path).encode()
+            self.key = read_key(self.pool_path)
         except BaseException:
             self.store.close()
             raise
@@ -130,7 +133,7 @@ class Node:
             self.server.close()
             raise
         threading.excepthook = self._thread_crashed
-        self.doorman = Doorman(self.server, self.token, self._serve)
+        self.doorman = Doorman(self.server, self._authorize, self._serve)
         for target, tname in ((self.doorman.serve, "doorman"), (self._keepalive_loop, "keepalive"),
                               (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
             threading.Thread(target=target, name=tname, daemon=True).start()
@@ -276,7 +279,7 @@ class Node:
     def _connect(self, p: Peer) -> socket.socket | None:
         try:
             s = socket.create_connection(parse_address(p.address), timeout=self.cfg.interval / 2)
-            s.sendall(encode({"op": "hello", "token": self.token, "node": self.name}))
+            s.sendall(encode({"op": "hello", "token": self.key, "node": self.name, "incarnation": self.incarnation}))
             return s
         except ConnectionRefusedError:
             with self.lock:
@@ -486,17 +489,28 @@ class Node:
 
     # -- views ---------------------------------------------------------------------------------
 
+    def _confirmed(self) -> tuple[Primary, Primary | None]:
+        """(the primary record now, my election if the record is still mine). A reply that claims
+        the primary role is checked against the store when it is made: a primary stopped past its
+        lease and then continued would otherwise answer as primary until its monitor's next round."""
+        now, me = election.current(self.store), self.me
+        if me is not None and now.revision != me.revision:
+            self.wake.set()  # the monitor steps down
+            me = None
+        return now, me
+
     def view(self) -> dict[str, Any]:
+        record, me = self._confirmed()
         now = time.monotonic()
         with self.lock:
             peers = {p.name: {"state": p.state, "address": p.address,
                               "last_heard_s": None if p.heard is None else round(now - p.heard, 3)}
                      for p in self.peers.values()}
         return {"node": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
-                "role": "primary" if self.me else "member", "primary": self.primary.node,
-                "epoch": self.primary.epoch, "time": time.time(), "peers": peers,
+                "role": "primary" if me else "member", "primary": record.node,
+                "epoch": record.epoch, "time": time.time(), "peers": peers,
                 "ffdc_seen": self.ffdc_seen[-20:], "refused_writes": self.refused_writes,
-                "event_head": self.events.head() if self.me else None,
+                "event_head": self.events.head() if me else None,
                 "door": None if self.doorman is None else {"waiting": len(self.doorman.waiting),
                                                            "dropped": self.doorman.dropped}}
 
@@ -537,15 +551,29 @@ class Node:
 
     # -- the listener --------------------------------------------------------------------------
 
+    def _authorize(self, first: dict[str, Any]) -> None:
+        """The doorman's check of a first line: the node key allows every op, the callers' token
+        all but the nodes' own."""
+        token = str(first.get("token", "")).encode()
+        if hmac.compare_digest(token, self.key.encode()):
+            return
+        if not hmac.compare_digest(token, self.token):
+            raise ProtocolError("bad token")
+        if first.get("op") in NODE_OPS:
+            raise ProtocolError(f"op {first.get('op')!r} takes the node key, not the callers' token")
+
     def _serve(self, conn: socket.socket, first: dict[str, Any], reader: LineReader) -> None:
-        """One authenticated connection (the doorman checked its first line and token)."""
+        """One authorized connection (the doorman has checked its first line)."""
         handed_over = False
         try:
             conn.settimeout(5.0)
             op = first.get("op")
             if op == "hello":
+                name = self._check_peer(first)
                 conn.settimeout(None)
-                self._peer_link(str(first.get("node")), reader)
+                self._peer_link(name, reader)
+            elif op == "notice":
+                self._notice(first)
             elif op == "register":
                 handed_over = self._register_caller(conn, first)
             elif op == "status":
@@ -573,6 +601,26 @@ class Node:
             if not handed_over:
                 conn.close()
 
+    def _check_peer(self, hello: dict[str, Any]) -> str:
+        """A keep-alive link speaks for the process the store has registered under its name now:
+        a stale incarnation (a process that was replaced) or a name that is not a live node
+        is refused."""
+        name = str(hello.get("node"))
+        rec = self.store.get(f"nodes/{name}")
+        info = json.loads(rec.value) if rec is not None else {}
+        if name == self.name or info.get("stopped", True) or info.get("incarnation") != hello.get("incarnation"):
+            raise ProtocolError(f"{name!r} is not a running node of this cluster (or not this incarnation of it)")
+        return name
+
+    def _notice(self, msg: dict[str, Any]) -> None:
+        """A one-off message from the administrator's commands (today: an FFDC they captured)."""
+        if msg.get("what") == "ffdc":
+            self._seen_ffdc(msg)
+
+    def _seen_ffdc(self, msg: dict[str, Any]) -> None:
+        self.ffdc_seen.append({"id": msg.get("id"), "node": msg.get("node"), "condition": msg.get("condition")})
+        log.warning("peer %s captured FFDC %s (%s)", msg.get("node"), msg.get("id"), msg.get("condition"))
+
     def _peer_link(self, name: str, reader: LineReader) -> None:
         try:
             while True:
@@ -586,20 +634,19 @@ class Node:
                     self._heard(name)
                     self.wake.set()
                 elif op == "ffdc":
-                    self.ffdc_seen.append({"id": msg.get("id"), "node": msg.get("node"),
-                                           "condition": msg.get("condition")})
-                    log.warning("peer %s captured FFDC %s (%s)", msg.get("node"), msg.get("id"), msg.get("condition"))
+                    self._seen_ffdc(msg)
         except (ProtocolError, OSError):
             pass
         if not self.stopping.is_set():
             self._link_lost(name)
 
     def _register_caller(self, conn: socket.socket, req: dict[str, Any]) -> bool:
+        record, me = self._confirmed()
         with self.lock:
-            notifier, me = self.notifier, self.me
+            notifier = self.notifier
         if notifier is None or me is None:
-            conn.sendall(encode({"error": "not primary", "primary": self.primary.node,
-                                 "address": self.primary.address, "epoch": self.primary.epoch}))
+            conn.sendall(encode({"error": "not primary", "primary": record.node,
+                                 "address": record.address, "epoch": record.epoch}))
             return False
         kinds = check_kinds(req.get("kinds", ["*"]))
         since = req.get("since", 0)

@@ -1,11 +1,13 @@
 """The line protocol every node listens with: one JSON object per line, UTF-8, at most MAX_LINE
-bytes. The first line of a connection says what it is (``op``) and carries the cluster token:
+bytes. The first line of a connection says what it is (``op``) and carries a secret: the
+callers' token (T) for the first two, the node key (K) for the rest (config.py):
 
     {"op": "register", "token": T, "kinds": ["*"], "since": 0}   an event caller (primary only)
-    {"op": "hello", "token": T, "node": N}                         a peer's keep-alive link
     {"op": "status", "token": T}                                   this node's view, one reply
-    {"op": "ffdc", "token": T, "reason": TEXT}                     capture FFDC on this node
-    {"op": "stop", "token": T}                                     leave the cluster and exit
+    {"op": "hello", "token": K, "node": N, "incarnation": I}      a peer's keep-alive link
+    {"op": "notice", "token": K, "what": "ffdc", ...}             a command's one-off message
+    {"op": "ffdc", "token": K, "reason": TEXT}                     capture FFDC on this node
+    {"op": "stop", "token": K}                                     leave the cluster and exit
 
 A refusal is one line ``{"error": TEXT, ...}`` and the connection is closed.
 """
@@ -96,11 +98,11 @@ def request(address: str, obj: dict[str, Any], timeout: float = 5.0) -> dict[str
     return reply
 
 
-def tell(address: str, token: str, sender: str, msg: dict[str, Any]) -> bool:
-    """Send one message to a node as a peer would (a hello line, then the message); best effort."""
+def tell(address: str, key: str, msg: dict[str, Any]) -> bool:
+    """Send a node one notice line (``msg`` names its ``what``); best effort."""
     try:
         with socket.create_connection(parse_address(address), timeout=1) as s:
-            s.sendall(encode({"op": "hello", "token": token, "node": sender}) + encode(msg))
+            s.sendall(encode({**msg, "op": "notice", "token": key}))
         return True
     except OSError:
         return False
