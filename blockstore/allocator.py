@@ -20,6 +20,7 @@ Crash safety comes from the order of things:
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import lmdb
@@ -87,7 +88,17 @@ def init_free(meta: Meta, txn: lmdb.Transaction, fg: int, first: int, last: int)
 
 def read_resv(txn: lmdb.Transaction, meta: Meta, key: bytes) -> np.ndarray:
     raw = txn.get(key, db=meta.db["resv"])
+    if raw and len(raw) % 4:
+        raise PoolCorrupt(f"pool metadata damaged: the reservation {key!r} holds {len(raw)} bytes")
     return np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(0, np.int64)
+
+
+def resv_owner(key: bytes) -> tuple[str, int]:
+    """(session, failure group) of a reservation key ``SESSION/FG``."""
+    m = re.fullmatch(rb"([0-9a-f]{1,64})/([01])", key)
+    if m is None:
+        raise PoolCorrupt(f"pool metadata damaged: a reservation key {key!r}")
+    return m.group(1).decode(), int(m.group(2))
 
 
 class Allocator:

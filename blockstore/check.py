@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import numpy as np
 
-from .allocator import read_resv, set_free, store_counts
+from .allocator import read_resv, resv_owner, set_free, store_counts
 from .extents import CHUNK, UNMAPPED, extents_for
+from .errors import PoolCorrupt
 from .locks import is_held
 
 if TYPE_CHECKING:
@@ -39,11 +40,23 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     n = cfg["groups"][0]["extents"]
     refs = np.zeros(n, np.int64)
     mrefs = np.zeros(n, np.int64)
-    records = pool._records(txn)
+    records, damaged = [], []
+    for key, raw in meta.iter_prefix(txn, "lus", b""):
+        try:
+            records.append(meta.lu_record(key, raw))
+        except PoolCorrupt as e:
+            damaged.append(key)
+            errors.append(str(e).removeprefix("pool metadata damaged: "))
     ids = {r["id"] for r in records}
     names = {r["name"] for r in records}
     for r in records:
-        chunks = list(meta.map_chunks(txn, r["id"]))
+        chunks = []
+        for no, raw in meta.map_chunks(txn, r["id"]):
+            if len(raw) != 4 * CHUNK:
+                damaged.append(r["name"].encode())
+                errors.append(f"LU {r['name']!r}: map chunk {no} holds {len(raw)} bytes, not {4 * CHUNK}")
+            else:
+                chunks.append((no, raw))
         want = extents_for(r["size"], E)
         phys = [np.frombuffer(raw, np.uint32)[: max(0, min(CHUNK, want - no * CHUNK))] for no, raw in chunks]
         beyond = [no for no, raw in chunks if no * CHUNK >= want]
@@ -84,7 +97,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     dead_keys = []
     owner = np.zeros(n, np.int64)
     for key, _ in list(meta.iter_prefix(txn, "resv", b"")):
-        session, fg = key.decode().split("/")
+        session, _ = resv_owner(key)
         held = read_resv(txn, meta, key)
         held = held[held < n]
         alive = session == pool.session or is_held(os.path.join(pool.path, "locks", f"session-{session}"))
@@ -119,6 +132,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     if len(unsummed):
         leaks.append(f"{len(unsummed)} mirrored extent(s) have no checksum record")
     return {"errors": errors, "leaks": leaks, "refs": refs, "mrefs": mrefs, "live": live, "n": n,
+            "damaged": damaged,
             "stray": stray, "unsummed": unsummed,
             "dead_keys": dead_keys, "orphan_keys": orphan_keys, "lus": len(records),
             "allocated_extents": int(np.count_nonzero(refs))}
@@ -128,10 +142,21 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
     """Check (and with ``repair``, fix what is safe to fix); returns the report with ``code``."""
     with pool._lock:
         pool.flush()
-        with pool.meta.read() as txn:
-            found = _scan(pool, txn)
-        repaired = []
-        if repair and (found["leaks"] or found["errors"]):
+        try:
+            with pool.meta.read() as txn:
+                found = _scan(pool, txn)
+        except (PoolCorrupt, lmdb.Error) as e:
+            # unreadable beyond one record (the configuration, LMDB's own pages): nothing to count
+            return {"code": CORRUPT, "clean": False, "errors": [f"{type(e).__name__}: {e}"], "leaks": [],
+                    "repaired": [], "not_repaired": "the metadata cannot be read", "lus": None,
+                    "allocated_extents": None}
+        repaired: list[str] = []
+        refused = None
+        if repair and found["damaged"]:
+            # Counts rebuilt without a damaged LU's map would free the extents it holds: its data
+            # would be lost to the next allocation. Nothing is changed; the damage is reported.
+            refused = "damaged LU records or maps: repairing the counts would free their data"
+        elif repair and (found["leaks"] or found["errors"]):
             with pool.meta.write() as txn:
                 found = _scan(pool, txn)
                 _repair(pool, txn, found)
@@ -139,8 +164,11 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
             with pool.meta.read() as txn:
                 found = _scan(pool, txn)
     code = CORRUPT if found["errors"] else LEAKS if found["leaks"] else CLEAN
-    return {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
-            "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"]}
+    report = {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
+              "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"]}
+    if refused:
+        report["not_repaired"] = refused
+    return report
 
 
 def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:

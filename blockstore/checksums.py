@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import lmdb
 import numpy as np
 
+from .errors import PoolCorrupt
 from .native import SUM_BLOCK, sum_blocks
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class SumStore:
 
     def get(self, txn: lmdb.Transaction, ext: int) -> np.ndarray | None:
         raw = txn.get(_KEY.pack(ext), db=self.meta.db["bsums"])
+        if raw is not None and len(raw) != 8 * self.blocks:
+            raise PoolCorrupt(f"pool metadata damaged: the checksum record of extent {ext} holds {len(raw)} bytes")
         return None if raw is None else np.frombuffer(raw, np.uint64).copy()
 
     def load(self, ext: int) -> np.ndarray | None:
@@ -56,8 +59,10 @@ class SumStore:
 
     def extents(self, txn: lmdb.Transaction) -> np.ndarray:
         """Every physical extent that has a record, ascending."""
-        cur = txn.cursor(db=self.meta.db["bsums"])
-        return np.array([_KEY.unpack(k)[0] for k in cur.iternext(keys=True, values=False)], np.int64)
+        keys = list(txn.cursor(db=self.meta.db["bsums"]).iternext(keys=True, values=False))
+        if any(len(k) != _KEY.size for k in keys):
+            raise PoolCorrupt("pool metadata damaged: a checksum record's key is not an extent number")
+        return np.array([_KEY.unpack(k)[0] for k in keys], np.int64)
 
 
 def judge(h0: np.ndarray | None, h1: np.ndarray | None, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from .check import check
 from .cluster.bridge import attach
-from .errors import BlockstoreError, InvalidArgument
+from .errors import BlockstoreError, InvalidArgument, PoolCorrupt
 from .pool import Pool
 from .progress import Progress
 from .sizes import format_size, parse_size
@@ -402,6 +402,7 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         rep = check(pool, repair=args.repair)
         lines = [f"error: {e}" for e in rep["errors"]] + [f"leak: {e}" for e in rep["leaks"]]
         lines += [f"repaired: {e}" for e in rep["repaired"]]
+        lines += [f"not repaired: {rep['not_repaired']}"] if "not_repaired" in rep else []
         lines.append("clean" if rep["clean"] else f"not clean (code {rep['code']})")
         _print(args, rep, "\n".join(lines))
         return int(rep["code"])
@@ -516,6 +517,9 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .native import fault_exit
+    fault_exit("blockstore: memory fault reading the pool (SIGBUS/SIGSEGV): its metadata may be damaged; "
+               "run `blockstore pool check`\n", 4)
     parser = build_parser()
     args = None
     try:
@@ -528,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BlockstoreError as e:
         print(f"blockstore: {e}", file=sys.stderr)
-        return 1
+        return 4 if isinstance(e, PoolCorrupt) else 1
     except BrokenPipeError:
         return 1
     except KeyboardInterrupt:

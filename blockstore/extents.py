@@ -84,10 +84,18 @@ class ExtentMap:
         self.exclusive = np.frombuffer(owned, dtype=np.bool_) if len(owned) else np.zeros(0, np.bool_)
 
     @classmethod
-    def from_chunks(cls, n_extents: int, chunks: Iterable[tuple[int, bytes]]) -> "ExtentMap":
+    def from_chunks(cls, n_extents: int, chunks: Iterable[tuple[int, bytes]], limit: int) -> "ExtentMap":
+        """The map from its stored chunks; ValueError when a chunk is not CHUNK entries or an
+        entry is neither UNMAPPED nor below ``limit`` (the pool's physical extents): a damaged map
+        must not read as holes or reach outside the data file."""
         m = cls(n_extents)
         for no, raw in chunks:
+            if len(raw) != 4 * CHUNK:
+                raise ValueError(f"chunk {no} holds {len(raw)} bytes, not {4 * CHUNK}")
             arr = np.frombuffer(raw, dtype=np.uint32)
+            bad = (arr >= limit) & (arr != UNMAPPED)
+            if bad.any():
+                raise ValueError(f"{int(bad.sum())} entries of chunk {no} are outside the pool")
             lo = no * CHUNK
             hi = min(lo + len(arr), n_extents)
             if hi > lo:

@@ -38,7 +38,52 @@ DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "d
 #: Address space reserved for the metadata; the file grows only as pages are used.
 MAP_SIZE = 1 << 38
 
+LU_KINDS = ("lu", "snapshot", "clone")
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _config_problem(cfg: dict[str, Any]) -> str | None:
+    """What is wrong with the pool configuration record, or None."""
+    es = cfg.get("extent_size")
+    if not _count(es) or es < 4096 or es & (es - 1):
+        return "has no valid extent size"
+    groups = cfg.get("groups")
+    if not isinstance(groups, list) or not 1 <= len(groups) <= 2 or not all(
+            isinstance(g, dict) and _count(g.get("extents")) and isinstance(g.get("path"), str) for g in groups):
+        return "has no valid failure groups"
+    if not _count(cfg.get("next_lu_id")):
+        return "has no valid next LU id"
+    t = cfg.get("threshold", 0.8)
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t <= 1:
+        return "has no valid threshold"
+    return None
+
+
+def _image_files(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("handle"), str)
+        and isinstance(f.get("size"), int) and not isinstance(f.get("size"), bool) for f in v)
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+#: What each kind of service record must hold (field -> accepted types, or a test); every record
+#: also carries its own name. Checked on every read, as LU records are.
+SVC_SHAPES: dict[str, dict[str, Any]] = {
+    "cec": {"nodes": _strings},
+    "lpar": {"lu": str, "min_size": int, "cec": str, "node": str, "state": str},
+    "image": {"state": str, "files": _image_files},
+    "partition": {"image": str, "state": str, "lus": dict, "cec": (str, type(None))},
+}
+
 _MAPKEY = struct.Struct(">QI")
+#: The length of every key of the databases whose keys are packed numbers.
+KEY_LEN = {"maps": 12, "rc": 5, "mrc": 5, "free": 5, "dirty": 5, "bsums": 4}
 _FGKEY = struct.Struct(">BI")
 
 
@@ -61,6 +106,14 @@ class Meta:
                 path, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
                 readahead=False, meminit=False, max_readers=256, mode=0o600,
             )
+            # LMDB reads its file through a mapping and trusts it: a file cut short (a partial copy,
+            # a restore that stopped) would be read past its end, a SIGBUS in the middle of a command
+            end = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+            have = os.path.getsize(os.path.join(path, "data.mdb"))
+            if have < end:
+                self.env.close()
+                raise PoolCorrupt(f"pool metadata damaged: {path}/data.mdb holds {have} bytes, its last page "
+                                  f"ends at {end}: the file was cut short")
             # An explicit transaction: open_db's own one waits for the writer lock holding the GIL.
             with self.env.begin(write=True) as txn:
                 # create=True: a pool made before a database existed gets it empty
@@ -95,19 +148,77 @@ class Meta:
     def put_json(self, txn: lmdb.Transaction, db: str, key: bytes, value: Any) -> None:
         txn.put(key, json.dumps(value, sort_keys=True).encode(), db=self.db[db])
 
+    def lu_record(self, key: bytes, raw: bytes | None) -> dict[str, Any] | None:
+        """The LU record stored under ``key`` (None if ``raw`` is), or PoolCorrupt saying what is
+        wrong with it: every field the engine relies on is checked here, once, so no command
+        trips over a damaged record with a KeyError halfway through its work."""
+        if raw is None:
+            return None
+        name = key.decode(errors="replace")
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} is not a JSON object")
+        problem = None
+        for field in ("id", "size", "allocated", "gen"):
+            v = rec.get(field)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                problem = f"has no valid {field}"
+        if not isinstance(rec.get("created"), (int, float)) or isinstance(rec.get("created"), bool):
+            problem = "has no valid created time"
+        if rec.get("name") != name:
+            problem = "has the wrong name"
+        elif rec.get("kind") not in LU_KINDS:
+            problem = "has no valid kind"
+        elif "parent" not in rec or not (rec["parent"] is None or isinstance(rec["parent"], str)) or \
+                (rec["kind"] != "lu" and not isinstance(rec.get("parent"), str)):
+            problem = "has no valid parent"
+        if problem:
+            raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} {problem}")
+        return rec
+
+    def svc_record(self, key: bytes, raw: bytes | None) -> dict[str, Any] | None:
+        """The service record under ``key`` ("kind/name"), checked against SVC_SHAPES like an LU
+        record; PoolCorrupt names the record and the field."""
+        if raw is None:
+            return None
+        kind, _, name = key.decode(errors="replace").partition("/")
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("name") != name:
+            raise PoolCorrupt(f"pool metadata damaged: {kind} record {name!r} is not a record of that name")
+        for field, ok in SVC_SHAPES.get(kind, {}).items():
+            v = rec.get(field)
+            typed = isinstance(ok, (type, tuple))
+            if not (isinstance(v, ok) and not isinstance(v, bool) if typed else ok(v)):
+                raise PoolCorrupt(f"pool metadata damaged: {kind} record {name!r} has no valid {field}")
+        return rec
+
     def config(self, txn: lmdb.Transaction) -> dict[str, Any]:
         cfg = self.get_json(txn, "config", b"pool")
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
             raise PoolCorrupt("pool metadata damaged: no valid pool configuration")
+        problem = _config_problem(cfg)
+        if problem:
+            raise PoolCorrupt(f"pool metadata damaged: the pool configuration {problem}")
         return cfg
 
     def iter_prefix(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The records of ``db`` whose keys start with ``prefix``; a key of the wrong length for
+        its database is damage (PoolCorrupt), not a struct.error wherever it is unpacked."""
         cur = txn.cursor(db=self.db[db])
         if not cur.set_range(prefix):
             return
+        want = KEY_LEN.get(db)
         for key, value in cur:
             if not key.startswith(prefix):
                 break
+            if want is not None and len(key) != want:
+                raise PoolCorrupt(f"pool metadata damaged: a key of {len(key)} bytes in database {db}")
             yield key, value
 
     def map_chunks(self, txn: lmdb.Transaction, lu_id: int) -> Iterator[tuple[int, bytes]]:
@@ -124,10 +235,14 @@ class Meta:
         from .extents import CHUNK
 
         out = np.full(n, fill, dtype=dtype)
+        bitmap = db in ("free", "dirty")
+        size = -(-CHUNK // 8) if bitmap else CHUNK * np.dtype(dtype).itemsize
         for key, value in self.iter_prefix(txn, db, struct.pack(">B", fg)):
             no = _FGKEY.unpack(key)[1]
+            if len(value) != size:
+                raise PoolCorrupt(f"pool metadata damaged: chunk {no} of {db} holds {len(value)} bytes, not {size}")
             arr = np.unpackbits(np.frombuffer(value, np.uint8), bitorder="little").astype(bool) \
-                if db in ("free", "dirty") else np.frombuffer(value, dtype=dtype)
+                if bitmap else np.frombuffer(value, dtype=dtype)
             lo = no * CHUNK
             hi = min(lo + CHUNK, n)
             if hi > lo:

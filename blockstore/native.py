@@ -23,6 +23,11 @@ def raise_errno(r: int, what: str, path: str, offset: int) -> NoReturn:
     raise OSError(e, f"{what} {path} at offset {offset}: {os.strerror(e)}", path)
 
 
+def fault_exit(line: str, code: int) -> None:
+    """From now on a SIGBUS or SIGSEGV ends the process with ``line`` on stderr and ``code``."""
+    lib.bs_fault_exit(line.encode(), code)
+
+
 def is_zero(buf: Buffer) -> bool:
     return bool(lib.bs_is_zero(ffi.from_buffer(buf), len(buf)))
 

@@ -24,10 +24,11 @@ import lmdb
 import numpy as np
 
 from .activity import ActivityLog
-from .allocator import Allocator, init_free, runs, read_resv, set_bits, set_free
+from .allocator import Allocator, init_free, read_resv, resv_owner, runs, set_bits, set_free
 from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
-from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, ReadOnly
+from .errors import (AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, PoolCorrupt,
+                     ReadOnly)
 from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
@@ -308,13 +309,13 @@ class Pool:
         with self._lock, self.meta.write() as txn:
             rc = {fg: a.refcounts(txn) for fg, a in self._allocators.items()}
             for key, _ in list(self.meta.iter_prefix(txn, "resv", b"")):
-                session, fg = key.decode().split("/")
+                session, fg = resv_owner(key)
                 lock = os.path.join(self._locks_dir, f"session-{session}")
                 if session == self.session or is_held(lock):
                     continue
                 held = read_resv(txn, self.meta, key)
-                held = held[rc[int(fg)][held] == 0]
-                set_free(self.meta, txn, int(fg), held, True)
+                held = held[rc[fg][held] == 0]
+                set_free(self.meta, txn, fg, held, True)
                 txn.delete(key, db=self.meta.db["resv"])
                 reclaimed += len(held)
                 try:
@@ -395,13 +396,14 @@ class Pool:
 
     def _record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
         # LMDB refuses an empty or over-long key with an error of its own: no such LU either way
-        rec = self.meta.get_json(txn, "lus", name.encode()) if 0 < len(name.encode()) <= 511 else None
+        key = name.encode()
+        rec = self.meta.lu_record(key, txn.get(key, db=self.meta.db["lus"])) if 0 < len(key) <= 511 else None
         if rec is None and not missing_ok:
             raise NotFound(f"no LU named {name!r}")
         return rec
 
     def _records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
-        return [self.meta.get_json(txn, "lus", key) for key, _ in self.meta.iter_prefix(txn, "lus", b"")]
+        return [self.meta.lu_record(key, raw) for key, raw in self.meta.iter_prefix(txn, "lus", b"")]
 
     def _new_record(self, txn: lmdb.Transaction, name: str, size: int, kind: str,
                     parent: str | None, **extra: Any) -> dict[str, Any]:
@@ -476,8 +478,14 @@ class Pool:
         return os.path.join(self._locks_dir, f"lu-{lu_id}")
 
     def _load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
-        return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
-                                     self.meta.map_chunks(txn, rec["id"]))
+        if extents_for(rec["size"], self.extent_size) > MAX_LU_EXTENTS:
+            raise PoolCorrupt(f"pool metadata damaged: LU {rec['name']!r} is larger than any LU can be")
+        try:
+            return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
+                                         self.meta.map_chunks(txn, rec["id"]),
+                                         self.meta.config(txn)["groups"][0]["extents"])
+        except ValueError as e:
+            raise PoolCorrupt(f"pool metadata damaged: the map of LU {rec['name']!r}: {e}") from None
 
     def _refresh(self, lu: LU) -> None:
         """Re-read a read-only handle's map if its writer (maybe another process) committed."""
@@ -882,8 +890,9 @@ class Pool:
     # -- service records (paging, images, partitions): small JSON documents ------------------------
 
     def svc_get(self, kind: str, name: str) -> dict[str, Any] | None:
+        key = f"{kind}/{name}".encode()
         with self.meta.read() as txn:
-            return self.meta.get_json(txn, "svc", f"{kind}/{name}".encode())
+            return self.meta.svc_record(key, txn.get(key, db=self.meta.db["svc"]))
 
     def svc_put(self, kind: str, name: str, value: dict[str, Any] | None) -> None:
         """Store (or with None delete) a service record, in a commit of its own; listeners hear
@@ -900,7 +909,7 @@ class Pool:
 
     def svc_list(self, kind: str) -> list[dict[str, Any]]:
         with self.meta.read() as txn:
-            return [self.meta.get_json(txn, "svc", k) for k, _ in self.meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
+            return [self.meta.svc_record(k, raw) for k, raw in self.meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
 
     def open_redundant(self, name: str) -> LU:
         """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):

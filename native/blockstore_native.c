@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -207,4 +208,28 @@ int bs_pread_multi(int fd, char *buf, const int64_t *offs, const size_t *lens, s
         buf += lens[i];
     }
     return 0;
+}
+
+/* -- last words ----------------------------------------------------------------------------- */
+
+static char fault_line[512];
+static size_t fault_len;
+static int fault_code;
+
+static void on_fault(int sig)
+{
+    ssize_t r = write(2, fault_line, fault_len); /* write and _exit: async-signal-safe */
+    (void)r, (void)sig;
+    _exit(fault_code);
+}
+
+void bs_fault_exit(const char *line, int code)
+{
+    fault_len = strnlen(line, sizeof fault_line - 1);
+    memcpy(fault_line, line, fault_len);
+    fault_code = code;
+    struct sigaction sa = {.sa_handler = on_fault};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGSEGV, &sa, NULL);
 }

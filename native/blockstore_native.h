@@ -36,4 +36,11 @@ int bs_copy(int src, int64_t src_off, int dst, int64_t dst_off, size_t len);
 int bs_is_zero(const char *buf, size_t len);
 int bs_pread_multi(int fd, char *buf, const int64_t *offs, const size_t *lens, size_t n);
 
+/* Last words for a memory fault nobody catches: on SIGBUS or SIGSEGV, write `line` (copied, at
+ * most 511 bytes) to fd 2 and _exit(code). For a command-line process: its faults come from files
+ * it reads through mappings (LMDB trusts its pages, and a damaged one can send it past the end of
+ * data.mdb), and one line with an exit code says more than "Bus error". A handler installed
+ * later (bs_map_file's) passes the faults that are not its own on to this one. */
+void bs_fault_exit(const char *line, int code);
+
 #endif
