@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -194,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: a daemon)")
     m.add_argument("--read-only", action="store_true")
-    m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users reach the mount (what they may do: --uid, --gid, --mode)")
+    m.add_argument("--uid", help="owner of the LU files: a user name or id (default: you)")
+    m.add_argument("--gid", help="group of the LU files: a group name or id (default: yours)")
+    m.add_argument("--mode", default="0600", help="permission bits of the LU files, octal (default 0600; "
+                   "read-only files lose their w bits, directories get x where files have r)")
     m.add_argument("--threads", type=int, default=None, metavar="N",
                    help="serve with up to N threads (default: one per core, 2 at least; 0: one loop)")
     m.add_argument("--no-direct", action="store_true",
@@ -298,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("blockstore mount: --threads takes 0 to 64")
         mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
                    allow_other=args.allow_other, threads=threads, direct=not args.no_direct,
-                   map_writes=not args.no_write_map)
+                   map_writes=not args.no_write_map, access=_access(args))
         if not args.foreground:
             print(f"mounted {os.path.abspath(args.pool)} at {mp}")
         return 0
@@ -514,6 +520,28 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
                 out.write(lu.read(pos, min(STDIN_STEP, end - pos)))
             out.flush()
     return 0
+
+
+def _access(args: argparse.Namespace) -> Any:
+    """The mount's --uid, --gid and --mode as an Access."""
+    import grp
+    import pwd
+
+    from blockstore_fuse.ops import Access
+
+    def ident(text: str | None, lookup: Any, what: str, default: int) -> int:
+        if text is None:
+            return default
+        if re.fullmatch(r"[0-9]{1,10}", text):
+            return int(text)
+        try:
+            return int(lookup(text)[2])
+        except KeyError:
+            raise UsageError(f"blockstore mount: no {what} named {text!r}") from None
+    if not re.fullmatch(r"0?[0-7]{3}", args.mode):
+        raise UsageError(f"blockstore mount: --mode takes octal permission bits such as 0640, not {args.mode!r}")
+    return Access(ident(args.uid, pwd.getpwnam, "user", os.getuid()),
+                  ident(args.gid, grp.getgrnam, "group", os.getgid()), int(args.mode, 8))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -465,6 +465,15 @@ class Pool:
                 self._writers[name] = lu
             return lu
 
+    def held_lu(self, name: str) -> LU | None:
+        """This process's writable handle of ``name`` opened once more (close it as any handle),
+        or None when this process does not hold the LU: never takes the writer lock."""
+        with self._lock:
+            lu = self._writers.get(name)
+            if lu is not None:
+                lu._opens += 1
+            return lu
+
     @contextmanager
     def lu(self, name: str, *, writable: bool = True) -> Iterator[LU]:
         h = self.open_lu(name, writable=writable)

@@ -28,6 +28,11 @@ Operations = _fusemod.Operations
 FuseOSError = _fusemod.FuseOSError
 
 
+def caller_uid() -> int:
+    """The user id of the process whose request is being served (inside a callback)."""
+    return int(_fusemod.fuse_get_context()[0])
+
+
 @contextmanager
 def callbacks_replaced(install: Callable[[dict[str, int]], dict[str, int]]) -> Iterator[None]:
     """While mounting, let ``install`` swap callbacks in the operations table the binding hands

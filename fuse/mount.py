@@ -19,7 +19,7 @@ from blockstore.daemon import daemonize
 
 from . import binding
 from .direct import DirectPath
-from .ops import LUFilesystem
+from .ops import Access, LUFilesystem
 
 log = logging.getLogger("blockstore.fuse")
 PR_SET_IO_FLUSHER = 57
@@ -112,7 +112,7 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
           threads: int = THREADS, direct: bool = True, map_writes: bool = True,
-          on_ready: Callable[[], None] | None = None) -> None:
+          access: Access | None = None, on_ready: Callable[[], None] | None = None) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
@@ -121,7 +121,8 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     only help large requests (handing the GIL over costs more than a 4 KiB request).
     ``map_writes``: the direct path copies whole 256 KiB pieces of writes whose pages are in
     memory into a mapping of the data file (LU.direct_table). How the defaults were chosen:
-    README, "FUSE".
+    README, "FUSE". ``access``: the files' owner, group and mode (default: the mounting user,
+    0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.
     """
     _io_flusher()
     _steady_malloc()
@@ -132,7 +133,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     with open(pidfile, "w") as f:
         f.write(f"{os.getpid()}\n")
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
-    ops = LUFilesystem(pool, read_only=read_only, direct=fast)
+    ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)
     ops.on_ready = on_ready
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
@@ -170,15 +171,15 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
           allow_other: bool = False, threads: int = THREADS, direct: bool = True,
-          map_writes: bool = True) -> str:
+          map_writes: bool = True, access: Access | None = None) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
-    ``threads``, ``direct`` and ``map_writes``: see ``serve``."""
+    ``threads``, ``direct``, ``map_writes`` and ``access``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                            direct=direct, map_writes=map_writes)
+                            direct=direct, map_writes=map_writes, access=access)
     if foreground:
         run()
         return mp

@@ -12,6 +12,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from blockstore import LU, BlockstoreError, Busy, Pool
 from blockstore.names import check_name
 
-from .binding import FuseOSError, Operations
+from .binding import FuseOSError, Operations, caller_uid
 
 log = logging.getLogger("blockstore.fuse")
 SNAPDIR = ".snapshots"
@@ -44,10 +45,27 @@ def errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may use the mount's files: their owner, group and permission bits, which the kernel
+    checks (the mount uses ``default_permissions``). Directories get x wherever files have r.
+    Read-only files (snapshots, a read-only mount) lose their w bits."""
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    mode: int = 0o600
+
+    def file_mode(self, read_only: bool) -> int:
+        return self.mode & ~0o222 if read_only else self.mode
+
+    def dir_mode(self) -> int:
+        return self.mode | (self.mode & 0o444) >> 2
+
+
 class LUFilesystem(Operations):  # type: ignore[misc]
     use_ns = True
 
-    def __init__(self, pool: Pool, *, read_only: bool = False, direct: Any = None) -> None:
+    def __init__(self, pool: Pool, *, read_only: bool = False, direct: Any = None,
+                 access: Access | None = None) -> None:
         """``direct``: a DirectPath (direct.py) told of every handle opened and released."""
         self.pool = pool
         self.read_only = read_only
@@ -55,7 +73,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         self.handles: dict[int, LU] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
-        self.uid, self.gid = os.getuid(), os.getgid()
+        self.access = access or Access()
+        self.uid, self.gid = self.access.uid, self.access.gid
+        self.server_uid = os.getuid()
         self.started = time.time_ns()
         self.on_ready: Callable[[], None] | None = None
 
@@ -118,11 +138,11 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         if kind in ("root", "snapdir", "lusnaps"):
             if kind == "lusnaps":
                 self.pool.lu_info(name)  # ENOENT for no such LU
-            return {**base, "st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+            return {**base, "st_mode": stat.S_IFDIR | self.access.dir_mode(), "st_nlink": 2}
         info = self._info(name)
         ro = kind == "snap" or self.read_only
         mtime = int(info["created"] * 1e9)
-        return {**base, "st_mode": stat.S_IFREG | (0o444 if ro else 0o644), "st_nlink": 1,
+        return {**base, "st_mode": stat.S_IFREG | self.access.file_mode(ro), "st_nlink": 1,
                 "st_size": info["size"], "st_blocks": info["allocated"] // 512, "st_blksize": 1 << 20,
                 "st_mtime": mtime, "st_ctime": mtime}
 
@@ -175,9 +195,15 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EROFS)
         if kind == "snap" or self.read_only:
             return self._add(self.pool.open_lu(name, writable=False))
+        if not wants_write and caller_uid() != self.server_uid:
+            # Another user's reader never takes the LU's writer lock (it would keep the pool's
+            # owner from writing or snapshotting the LU); it shares the mount's writer handle
+            # when there is one, else reads through a read-only handle.
+            return self._add(self.pool.held_lu(name) or self.pool.open_lu(name, writable=False))
         try:
-            # A writer handle even for O_RDONLY: its reads take the fast path, and every open of
-            # the LU in this mount then shares one handle, so reads see the mount's own writes.
+            # The owner's O_RDONLY takes a writer handle too: its reads take the direct path,
+            # and every open of the LU in this mount then shares one handle, so reads see the
+            # mount's own writes.
             lu = self.pool.open_lu(name, writable=True)
         except Busy:
             if wants_write:

@@ -344,3 +344,59 @@ def test_removing_an_open_lu_file_is_refused_as_busy(mnt, pool_path):
     assert "disk" in os.listdir(mnt) and not [n for n in os.listdir(mnt) if n.startswith(".fuse_hidden")]
     os.unlink(f"{mnt}/disk")  # closed: removed
     assert "disk" not in os.listdir(mnt)
+
+
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
+def test_allow_other_gives_other_users_what_uid_gid_and_mode_say(pool_path):
+    """Issue 14, item 6: with --allow-other every LU was 0644 to every local user, and any of them
+    holding a file open for reading kept root from writing or snapshotting the LU."""
+    import tempfile
+    base = tempfile.mkdtemp(prefix="bs-other-")  # under /tmp: pytest's own directory is root's alone
+    os.chmod(base, 0o755)
+    mp = os.path.join(base, "mnt")
+    os.mkdir(mp, 0o755)
+    try:
+        run_cli("lu", "write", "disk", pool=pool_path, stdin=b"first!")
+        run_cli("mount", mp, "--allow-other", pool=pool_path)
+        assert os.stat(f"{mp}/disk").st_mode & 0o777 == 0o600 and os.stat(mp).st_mode & 0o777 == 0o700
+        r = subprocess.run(NOBODY + ["cat", f"{mp}/disk"], capture_output=True)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        run_cli("umount", mp)
+
+        run_cli("mount", mp, "--allow-other", "--mode", "0644", pool=pool_path)
+        assert os.stat(f"{mp}/disk").st_mode & 0o777 == 0o644 and os.stat(mp).st_mode & 0o777 == 0o755
+        reader = subprocess.Popen(NOBODY + ["/usr/bin/python3", "-c",
+                                            f"f = open({mp + '/disk'!r}, 'rb', buffering=0); print(f.read(6), flush=True); "
+                                            "input(); f.seek(0); print(f.read(6), flush=True)"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout.readline().strip() == "b'first!'"
+            # the other user's open file keeps the LU from no one
+            run_cli("lu", "write", "disk", pool=pool_path, stdin=b"second")
+            run_cli("lu", "snapshot", "disk", "s2", pool=pool_path)
+            out, _ = reader.communicate("\n", timeout=60)
+            assert out.strip() == "b'second'"  # and it reads what was committed since
+        finally:
+            reader.kill()
+        r = subprocess.run(NOBODY + ["sh", "-c", f"echo x > {mp}/disk"], capture_output=True)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr
+        with pytest.raises(OSError) as e:
+            os.chmod(f"{mp}/disk", 0o666)
+        assert e.value.errno == errno.EPERM
+        run_cli("umount", mp)
+
+        run_cli("mount", mp, "--allow-other", "--uid", "65534", "--gid", "65534", pool=pool_path)
+        st = os.stat(f"{mp}/disk")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+        subprocess.run(NOBODY + ["sh", "-c", f"printf third > {mp}/disk"], check=True)
+        run_cli("umount", mp)
+        assert run_cli("lu", "read", "disk", "--length", "6", pool=pool_path).stdout == b"thirdd"
+        for bad, message in ((("--mode", "0999"), "octal"), (("--uid", "no-such-user-x"), "no user named")):
+            r = run_cli("mount", mp, "--allow-other", *bad, pool=pool_path, check_rc=2)
+            assert message in r.stderr.decode() and not os.path.ismount(mp)
+    finally:
+        if os.path.ismount(mp):
+            run_cli("umount", mp, check_rc=None)
+        shutil.rmtree(base, ignore_errors=True)
