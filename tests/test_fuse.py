@@ -400,3 +400,28 @@ def test_allow_other_gives_other_users_what_uid_gid_and_mode_say(pool_path):
         if os.path.ismount(mp):
             run_cli("umount", mp, check_rc=None)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_o_trunc_keeps_the_size_and_shared_mappings_are_refused(mnt, pool_path):
+    """Issue 14, item 12, as decided: LU files keep their size under O_TRUNC as block devices do,
+    and a shared mapping is refused with ENODEV (README, "The FUSE mount", says why)."""
+    with open(f"{mnt}/disk", "r+b") as f:
+        f.write(b"0123456789")
+    subprocess.run(["sh", "-c", f"echo hi > {mnt}/disk"], check=True)
+    assert os.path.getsize(f"{mnt}/disk") == 256 * MiB
+    with open(f"{mnt}/disk", "rb") as f:
+        assert f.read(10) == b"hi\n3456789"
+    sh("dd", "if=/dev/zero", f"of={mnt}/disk", "bs=4096", "count=1", "status=none")  # no conv=notrunc
+    assert os.path.getsize(f"{mnt}/disk") == 256 * MiB
+    with open(f"{mnt}/disk", "r+b") as f:
+        with pytest.raises(OSError) as e:
+            mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED)
+        assert e.value.errno == errno.ENODEV
+        f.seek(8192)
+        f.write(b"private view")
+        f.flush()
+        m = mmap.mmap(f.fileno(), 16384, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+        assert m[8192:8204] == b"private view"
+        m[8192:8199] = b"changed"  # a private copy: the LU keeps its bytes
+        m.close()
+    assert run_cli("lu", "read", "disk", "--offset", "8192", "--length", "12", pool=pool_path).stdout == b"private view"
