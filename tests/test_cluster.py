@@ -311,6 +311,10 @@ def test_ffdc_rate_limit_and_retention(cluster):
     bundles = ffdc.list_bundles(cluster.pool)
     assert len(bundles) == cfg.ffdc_keep
     assert bundles[-1]["reason"] == str(cfg.ffdc_keep + 2)
+    # the first bundle of each node and condition is the first failure's evidence: repeats that
+    # filled the repository did not push it out (they pushed out the older repeats instead)
+    reasons = [b["reason"] for b in bundles]
+    assert reasons[:4] == ["1", "3", "0"] + [str(cfg.ffdc_keep + 3 - (cfg.ffdc_keep - 3))], reasons
 
 
 def _send(address: str, data: bytes) -> dict | None:

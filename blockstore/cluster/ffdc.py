@@ -8,8 +8,13 @@ exception's trace, else every thread's stack). It is written under a temporary n
 renamed, so the repository only ever holds whole bundles.
 
 Rate limit: one bundle per node and condition per ``ffdc_interval`` seconds (a fault that repeats
-does not fill the disk); an explicit capture asked for by a user is never limited. Retention:
-the newest ``ffdc_keep`` bundles are kept.
+does not fill the disk); an explicit capture asked for by a user is never limited. Captures are
+for faults of the node and the engine (its own exceptions, a lost keep-alive, I/O and checksum
+faults, a degraded mirror) and for a user's request; garbage sent to a node's port is refused
+there and captures nothing. Retention: ``ffdc_keep`` bundles, the newest ones, except that the
+first bundle of each node and condition is never pushed out by later ones: it is the evidence
+of the first failure, which a fault that repeats every minute would otherwise replace within
+``ffdc_keep`` minutes.
 """
 from __future__ import annotations
 
@@ -135,9 +140,23 @@ def _bundles(pool_path: str) -> list[str]:
     return sorted(n[:-7] for n in names if n.endswith(".tar.gz") and not n.startswith("."))
 
 
+def _kind(bid: str) -> tuple[str, str]:
+    """(node, condition) of a bundle id ``STAMP-NODE-CONDITION-HEX`` (a node name may hold '-')."""
+    head, condition, _ = bid.rsplit("-", 2)
+    return head[23:], condition
+
+
 def prune(pool_path: str, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` bundles (ids sort by time)."""
-    gone = _bundles(pool_path)[:-keep] if keep > 0 else []
+    """Remove bundles beyond ``keep``, oldest first (ids sort by time), never the first of each
+    node and condition; returns the ids removed."""
+    bundles = _bundles(pool_path)
+    first: dict[tuple[str, str], str] = {}
+    for bid in bundles:
+        first.setdefault(_kind(bid), bid)
+    firsts = set(first.values())
+    others = [b for b in bundles if b not in firsts]
+    room = max(0, keep - len(firsts))
+    gone = others[:max(0, len(others) - room)] if keep > 0 else []
     for bid in gone:
         try:
             os.unlink(os.path.join(repo(pool_path), f"{bid}.tar.gz"))
