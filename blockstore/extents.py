@@ -30,6 +30,9 @@ class _NoGuard:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def chunk_made(self, c: int) -> None:
+        return None
+
 
 NO_GUARD = _NoGuard()
 
@@ -56,32 +59,30 @@ def extents_for(size: int, extent_size: int) -> int:
 
 
 class ExtentMap:
-    """Logical extent -> physical extent of one LU (uint32, UNMAPPED for holes).
+    """Logical extent -> physical extent of one LU (UNMAPPED for holes), in chunks of CHUNK
+    entries, each made on the first write into it: a thin LU's map costs memory in proportion to
+    the chunks that map something (4 KiB + 1 KiB each) plus 16 bytes of directory per chunk, so a
+    1 PiB LU with a few GiB of data costs what its data costs, not gigabytes. Every whole-map
+    operation visits only the chunks that exist.
 
-    ``exclusive[i]`` is True when this LU alone references ``phys[i]``, so a write may go in
-    place; anything else (shared with a snapshot or clone, or not known) is copied on write.
-    ``dirty`` holds the chunk numbers changed since the last save. ``guard`` is held (``with``)
-    around every change of an entry: the LU sets it to the table the C direct path reads this map
-    through, so no direct I/O uses an entry while it changes.
-
-    Each array has two views of the same memory: ``table``/``owned`` (array.array, bytearray)
-    for the per-request path, where indexing them costs a third of a numpy scalar lookup, and
-    ``phys``/``exclusive`` (numpy) for whole-map work.
+    Per chunk: ``tabs[c]`` (array("I"): physical extents) and ``owns[c]`` (bytearray: 1 where this
+    LU alone references the extent, so a write may go in place; anything else, shared with a
+    snapshot or clone or not known, is copied on write). Entries at or past ``n`` are always
+    UNMAPPED. ``dirty`` holds the chunk numbers changed since the last save. ``guard`` is held
+    (``with``) around every change of an entry and is told of every chunk made (``chunk_made``);
+    whoever resizes the map republishes it. The LU sets it to the table the C direct path reads this map through,
+    so no direct I/O uses an entry while it changes.
     """
 
-    __slots__ = ("table", "owned", "phys", "exclusive", "dirty", "guard")
+    __slots__ = ("n", "tabs", "owns", "dirty", "guard")
 
     def __init__(self, n_extents: int) -> None:
-        table = array("I", bytes(4 * n_extents))
-        self._bind(table, bytearray(n_extents))
-        self.phys[:] = UNMAPPED
+        self.n = n_extents
+        k = extents_for(n_extents, CHUNK)
+        self.tabs: list[array | None] = [None] * k
+        self.owns: list[bytearray | None] = [None] * k
         self.dirty: set[int] = set()
         self.guard: Any = NO_GUARD
-
-    def _bind(self, table: array, owned: bytearray) -> None:
-        self.table, self.owned = table, owned
-        self.phys = np.frombuffer(table, dtype=np.uint32) if len(table) else np.zeros(0, np.uint32)
-        self.exclusive = np.frombuffer(owned, dtype=np.bool_) if len(owned) else np.zeros(0, np.bool_)
 
     @classmethod
     def from_chunks(cls, n_extents: int, chunks: Iterable[tuple[int, bytes]], limit: int) -> "ExtentMap":
@@ -96,41 +97,106 @@ class ExtentMap:
             bad = (arr >= limit) & (arr != UNMAPPED)
             if bad.any():
                 raise ValueError(f"{int(bad.sum())} entries of chunk {no} are outside the pool")
-            lo = no * CHUNK
-            hi = min(lo + len(arr), n_extents)
-            if hi > lo:
-                m.phys[lo:hi] = arr[: hi - lo]
+            if no < len(m.tabs):
+                tab = array("I", raw)
+                np.frombuffer(tab, np.uint32)[max(0, n_extents - no * CHUNK):] = UNMAPPED
+                m.tabs[no], m.owns[no] = tab, bytearray(CHUNK)
         return m
 
     def __len__(self) -> int:
-        return len(self.phys)
+        return self.n
+
+    # -- one entry (the per-request path: no numpy scalars) --------------------------------------
+
+    def get(self, ext: int) -> int:
+        tab = self.tabs[ext // CHUNK]
+        return UNMAPPED if tab is None else tab[ext % CHUNK]
+
+    def owned(self, ext: int) -> bool:
+        own = self.owns[ext // CHUNK]
+        return own is not None and own[ext % CHUNK] != 0
 
     def set(self, ext: int, phys: int, exclusive: bool) -> None:
+        c, i = divmod(ext, CHUNK)
         with self.guard:
-            self.table[ext] = phys
-            self.owned[ext] = exclusive
-        self.dirty.add(ext // CHUNK)
+            if self.tabs[c] is None:
+                if phys == UNMAPPED:
+                    return
+                self.tabs[c], self.owns[c] = array("I", _HOLES), bytearray(CHUNK)
+                self.guard.chunk_made(c)
+            self.tabs[c][i] = phys  # type: ignore[index]
+            self.owns[c][i] = exclusive  # type: ignore[index]
+        self.dirty.add(c)
+
+    # -- the whole map (numpy over the chunks that exist) ----------------------------------------
+
+    def _present(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for c, tab in enumerate(self.tabs):
+            if tab is not None:
+                yield c, np.frombuffer(tab, np.uint32), np.frombuffer(self.owns[c], np.bool_)  # type: ignore[arg-type]
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(logical extents, physical extents) of every mapped entry, ascending by logical."""
+        logical, phys = [np.zeros(0, np.int64)], [np.zeros(0, np.uint32)]
+        for c, tab, _ in self._present():
+            at = np.flatnonzero(tab != UNMAPPED)
+            logical.append(at + c * CHUNK)
+            phys.append(tab[at])
+        return np.concatenate(logical), np.concatenate(phys)
+
+    def mapped(self) -> np.ndarray:
+        """The physical extents this map references (uint32 array)."""
+        return self.items()[1]
+
+    def mapped_logical(self) -> np.ndarray:
+        """The logical extents that hold data (int64, ascending)."""
+        return self.items()[0]
+
+    def shared_logical(self) -> np.ndarray:
+        """The logical extents mapped to an extent this LU does not own alone (int64, ascending)."""
+        out = [np.zeros(0, np.int64)]
+        for c, tab, own in self._present():
+            out.append(np.flatnonzero((tab != UNMAPPED) & ~own) + c * CHUNK)
+        return np.concatenate(out)
+
+    def allocated(self) -> int:
+        return sum(int(np.count_nonzero(tab != UNMAPPED)) for _, tab, _ in self._present())
+
+    def phys_range(self, first: int, last: int) -> np.ndarray:
+        """The physical extents of logical ``first`` to ``last`` inclusive (uint32, UNMAPPED for holes)."""
+        out = np.full(last - first + 1, UNMAPPED, np.uint32)
+        for c in range(first // CHUNK, last // CHUNK + 1):
+            tab = self.tabs[c]
+            if tab is not None:
+                lo, hi = max(first, c * CHUNK), min(last + 1, (c + 1) * CHUNK)
+                out[lo - first:hi - first] = np.frombuffer(tab, np.uint32)[lo - c * CHUNK:hi - c * CHUNK]
+        return out
+
+    def writable_in_place(self, exts: np.ndarray) -> np.ndarray:
+        """For each logical extent of ``exts``: mapped and owned alone (a write goes in place)."""
+        return np.array([self.owned(int(e)) and self.get(int(e)) != UNMAPPED for e in exts], bool)
 
     def share_all(self) -> None:
         """Every extent is now shared (a snapshot or clone was taken): none is written in place."""
         with self.guard:
-            self.exclusive[:] = False
+            for own in self.owns:
+                if own is not None:
+                    own[:] = bytes(CHUNK)
 
-    def mapped(self) -> np.ndarray:
-        """The physical extents this map references (uint32 array)."""
-        return self.phys[self.phys != UNMAPPED]
-
-    def allocated(self) -> int:
-        return int(np.count_nonzero(self.phys != UNMAPPED))
+    def own_where(self, refcounts: np.ndarray) -> None:
+        """Mark owned exactly the mapped extents whose reference count is 1."""
+        with self.guard:
+            for _, tab, own in self._present():
+                mapped = tab != UNMAPPED
+                own[:] = False
+                own[mapped] = refcounts[tab[mapped]] == 1
 
     def chunk(self, no: int) -> bytes | None:
         """Chunk ``no`` as stored, or None when every entry in it is a hole."""
-        part = self.phys[no * CHUNK : (no + 1) * CHUNK]
-        if not (part != UNMAPPED).any():
+        tab = self.tabs[no] if no < len(self.tabs) else None
+        if tab is None or not (np.frombuffer(tab, np.uint32) != UNMAPPED).any():
             return None
-        if len(part) < CHUNK:
-            part = np.concatenate([part, np.full(CHUNK - len(part), UNMAPPED, np.uint32)])
-        return part.tobytes()
+        return tab.tobytes()
 
     def take_dirty(self) -> Iterator[tuple[int, bytes | None]]:
         """Yield and forget the changed chunks."""
@@ -138,12 +204,26 @@ class ExtentMap:
         for no in dirty:
             yield no, self.chunk(no)
 
+    def tail(self, n_extents: int) -> np.ndarray:
+        """The physical extents mapped at logical ``n_extents`` and beyond (what a shrink frees)."""
+        logical, phys = self.items()
+        return phys[logical >= n_extents]
+
     def resize(self, n_extents: int) -> None:
-        """Grow with holes or cut the tail (the caller has released what the tail referenced)."""
-        old = len(self.phys)
-        keep = min(old, n_extents)
-        table = array("I", self.phys[:keep].tobytes() + np.full(n_extents - keep, UNMAPPED, np.uint32).tobytes())
-        self._bind(table, bytearray(self.exclusive[:keep].tobytes()) + bytearray(n_extents - keep))
+        """Grow with holes or cut the tail (the caller has released what the tail referenced,
+        holds the guard, and republishes the map to it)."""
+        old_n, old_k, k = self.n, len(self.tabs), extents_for(n_extents, CHUNK)
+        if k < old_k:
+            del self.tabs[k:], self.owns[k:]
+        else:
+            self.tabs.extend([None] * (k - old_k))
+            self.owns.extend([None] * (k - old_k))
+        if n_extents % CHUNK and self.tabs[-1] is not None:
+            np.frombuffer(self.tabs[-1], np.uint32)[n_extents % CHUNK:] = UNMAPPED
+            self.owns[-1][n_extents % CHUNK:] = bytes(CHUNK - n_extents % CHUNK)  # type: ignore[index]
+        self.n = n_extents
         # Every chunk from the old end's chunk onwards may have changed or vanished.
-        first = min(old, n_extents) // CHUNK
-        self.dirty.update(range(first, extents_for(max(old, n_extents), CHUNK) + 1))
+        self.dirty.update(range(min(old_n, n_extents) // CHUNK, extents_for(max(old_n, n_extents), CHUNK) + 1))
+
+
+_HOLES = bytes([0xFF]) * (4 * CHUNK)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import OutOfRange, ReadOnly
-from .extents import NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
+from .extents import CHUNK, NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
 from .native import NO_MAP, DirectTable
 from .zero import is_zero
 
@@ -88,7 +88,7 @@ class LU:
         with self._lock:
             if not self._writable:
                 self._pool._refresh(self)
-            return np.flatnonzero(self._map.phys != UNMAPPED)
+            return self._map.mapped_logical()
 
     def read(self, offset: int, length: int) -> bytes:
         E = self._E
@@ -99,7 +99,8 @@ class LU:
             # if that happened meanwhile, read again under the lock.
             alloc = self._alloc
             seen = alloc.recycled
-            p = self._map.table[ext]
+            tab = self._map.tabs[ext // CHUNK]
+            p = UNMAPPED if tab is None else tab[ext % CHUNK]
             if p == UNMAPPED:
                 return bytes(length)
             try:
@@ -114,7 +115,7 @@ class LU:
                 self._pool._refresh(self)
             ext, start = divmod(offset, E)
             if start + length <= E:
-                p = self._map.table[ext]
+                p = self._map.get(ext)
                 return bytes(length) if p == UNMAPPED else self._df.pread(p * E + start, length)
             buf = bytearray(length)
             self._readinto(memoryview(buf), offset)
@@ -127,7 +128,8 @@ class LU:
         ext, start = divmod(offset, E)
         if self._fast and offset >= 0 and start + n <= E and offset + n <= self._size:
             seen = self._alloc.recycled
-            p = self._map.table[ext]
+            tab = self._map.tabs[ext // CHUNK]
+            p = UNMAPPED if tab is None else tab[ext % CHUNK]
             if p == UNMAPPED:
                 mv[:] = bytes(n)
                 return
@@ -152,7 +154,7 @@ class LU:
         starts[0] = offset - first * E
         ends = np.full(last - first + 1, E, np.int64)
         ends[-1] = offset + n - last * E
-        p = self._map.phys[first:last + 1].astype(np.int64)
+        p = self._map.phys_range(first, last).astype(np.int64)
         offsets = np.where(p == UNMAPPED, -1, p * E + starts)
         self._df.read_multi(mv, offsets, ends - starts)
 
@@ -166,10 +168,11 @@ class LU:
             ext, start = divmod(offset, E)
             if start + n <= E:
                 # One extent: the common case, kept short.
-                m = self._map
-                p = m.table[ext]
+                c, i = divmod(ext, CHUNK)
+                tab, own = self._map.tabs[c], self._map.owns[c]
+                p = UNMAPPED if tab is None else tab[i]
                 # A whole extent of zeros is worth unmapping, so it goes the long way.
-                if p != UNMAPPED and m.owned[ext] and (n < E or self.thick or not is_zero(data)):
+                if p != UNMAPPED and own[i] and (n < E or self.thick or not is_zero(data)):  # type: ignore[index]
                     self._df.pwrite(data, p * E + start)
                 else:
                     self._write_extent(ext, start, data)
@@ -203,12 +206,11 @@ class LU:
         use it yet). A whole extent of zeros is left to ``write``, which unmaps it."""
         if self._direct is not None:
             m, df = self._map, self._pool.primary()
-            # A read-only handle (a snapshot) is never written through the table.
-            direct = m.exclusive if self._writable else np.zeros(len(m), np.bool_)
             serve = not (self._closed or self.mirrored)
             mapping = df.mapping() if serve and self._writable and self._map_writes else NO_MAP
-            self._direct.publish(df.fd if serve else -1, mapping, self._E, self._size,
-                                 m.phys, direct, not self.thick, df.dirty_flag)
+            # A read-only handle (a snapshot) is never written through the table.
+            self._direct.publish(df.fd if serve else -1, mapping, self._E, self._size, CHUNK,
+                                 m.tabs, m.owns if self._writable else None, not self.thick, df.dirty_flag)
 
     def _retire_direct(self) -> None:
         """The handle is closing: the table serves nothing from now on."""
@@ -231,12 +233,12 @@ class LU:
         E = self._E
         with self._lock:
             for ext, start, n, _ in split(offset, length, E):
-                p = self._map.table[ext]
+                p = self._map.get(ext)
                 if p == UNMAPPED:
                     continue
                 if n == E and not self.thick:
                     self._unmap(ext)
-                elif self._map.owned[ext]:
+                elif self._map.owned(ext):
                     self._df.punch(p * E + start, n)
                 else:
                     self._write_extent(ext, start, bytes(n), zero_ok=True)
@@ -275,14 +277,14 @@ class LU:
     def _reserve_for(self, pieces: list[tuple[int, int, int, int]]) -> None:
         """Take every extent a multi-extent write may need up front, so ENOSPC leaves it unapplied."""
         exts = np.array([p[0] for p in pieces], np.int64)
-        need = int(np.count_nonzero(~self._map.exclusive[exts] | (self._map.phys[exts] == UNMAPPED)))
+        need = int(np.count_nonzero(~self._map.writable_in_place(exts)))
         if need:
             self._alloc.ensure(need)
 
     def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False) -> None:
         """Write within one extent: drop or unmap zeros, write in place, fill a hole, or copy on write."""
         E, m, df, alloc = self._E, self._map, self._df, self._alloc
-        p = m.table[ext]
+        p = m.get(ext)
         n = len(data)
         whole = n == E
         if (zero_ok or is_zero(data)) and not self.thick:
@@ -291,7 +293,7 @@ class LU:
             if whole:
                 self._unmap(ext)
                 return
-        if p != UNMAPPED and m.owned[ext]:
+        if p != UNMAPPED and m.owned(ext):
             df.pwrite(data, p * E + start)
             return
         q = alloc.take()
@@ -313,7 +315,7 @@ class LU:
         sharing: the caller has confirmed the bytes match). Both sides then copy on write."""
         self._check_writable()
         with self._lock:
-            old = self._map.table[ext]
+            old = self._map.get(ext)
             if old != UNMAPPED:
                 self._alloc.unref(old, self.mirrored)
             self._alloc.ref(phys, self.mirrored)
@@ -321,19 +323,19 @@ class LU:
 
     def physical_extent(self, ext: int) -> int | None:
         """The physical extent behind logical extent ``ext``, or None for a hole."""
-        p = self._map.table[ext]
+        p = self._map.get(ext)
         return None if p == UNMAPPED else p
 
     def _unmap(self, ext: int) -> None:
-        self._alloc.unref(self._map.table[ext], self.mirrored)
+        self._alloc.unref(self._map.get(ext), self.mirrored)
         self._map.set(ext, UNMAPPED, False)
 
     def _copy_shared(self) -> int:
         """Give this LU its own copy of every extent it shares (flatten). Returns extents copied."""
         E, m = self._E, self._map
-        shared = np.flatnonzero((m.phys != UNMAPPED) & ~m.exclusive)
+        shared = m.shared_logical()
         for ext in shared.tolist():
-            p = m.table[ext]
+            p = m.get(ext)
             q = self._alloc.take()
             self._df.cow(p * E, q * E, E, None, 0)
             self._alloc.unref(p, self.mirrored)
@@ -345,8 +347,7 @@ class LU:
         """Set the size in bytes; the caller has already discarded what a shrink cuts off."""
         n = extents_for(size, self._E)
         if n < len(self._map):
-            tail = self._map.phys[n:]
-            self._alloc.unref_many(tail[tail != UNMAPPED], self.mirrored)
+            self._alloc.unref_many(self._map.tail(n), self.mirrored)
         with self._map.guard:  # resize gives the map new arrays: publish them before any I/O
             self._map.resize(n)
             self._size = size

@@ -149,15 +149,32 @@ class DirectTable:
     def __exit__(self, *exc: object) -> None:
         lib.bs_table_unlock(self.ptr)
 
-    def publish(self, fd: int, mapping: FileMap, unit: int, size: int, phys: np.ndarray, direct: np.ndarray,
+    def publish(self, fd: int, mapping: FileMap, unit: int, size: int, chunk: int, phys: list, direct: list | None,
                 zero_slow: bool, dirty: np.ndarray) -> None:
-        """Point the table at ``phys`` (uint32 per unit) and ``direct`` (bool per unit) of ``fd``,
-        mapped by ``mapping`` (which must outlive its use here); ``fd`` -1 serves nothing. Hold
-        the table (``with``) unless no I/O can use it yet."""
-        self._keep = (phys, direct, dirty)  # C holds pointers into these arrays
-        lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size,
-                             ffi.from_buffer("uint32_t[]", phys), ffi.from_buffer("uint8_t[]", direct), len(phys),
-                             int(zero_slow), ffi.from_buffer("int[]", dirty))
+        """Point the table at ``phys`` (per chunk of ``chunk`` units: a uint32 buffer, or None
+        for all holes) and ``direct`` (per chunk: a byte buffer, nonzero where a unit may be
+        written in place, or None; ``direct`` None: nothing is) of ``fd``, mapped by ``mapping``
+        (which must outlive its use here); ``fd`` -1 serves nothing. The lists are the owner's
+        and are followed by ``chunk_made``. Hold the table (``with``) unless no I/O can use it yet."""
+        k = max(1, len(phys))
+        self._lists = (phys, direct)
+        self._dirs = (ffi.new("uint32_t *[]", k), ffi.new("uint8_t *[]", k))
+        self._bufs: dict[int, tuple] = {}  # C holds pointers into these buffers
+        self._keep = dirty
+        for c, tab in enumerate(phys):
+            if tab is not None:
+                self.chunk_made(c)
+        lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, self._dirs[0], self._dirs[1],
+                             chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty))
+
+    def chunk_made(self, c: int) -> None:
+        """Chunk ``c`` of the published lists now exists: point its directory slots at it (hold
+        the table, as every change of an entry does)."""
+        phys, direct = self._lists
+        p = ffi.from_buffer("uint32_t[]", phys[c])
+        d = ffi.from_buffer("uint8_t[]", direct[c]) if direct is not None and direct[c] is not None else ffi.NULL
+        self._bufs[c] = (p, d)
+        self._dirs[0][c], self._dirs[1][c] = p, d
 
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""

@@ -55,9 +55,10 @@ def _check_extent_size(extent_size: int) -> int:
     return extent_size
 
 
-#: Logical extents an LU may have: its map is held in memory (5 bytes an extent), so 2^24 extents
-#: cost 80 MiB; with 1 MiB extents an LU may be 16 TiB.
-MAX_LU_EXTENTS = 1 << 24
+#: Logical extents an LU may have. Its map costs memory by the chunks that map something
+#: (extents.py) plus a directory of 32 bytes per chunk of 1020 extents whatever the LU holds, so
+#: 2^30 extents (1 PiB with 1 MiB extents) cost 32 MiB of directory when thin.
+MAX_LU_EXTENTS = 1 << 30
 
 
 def _check_lu_size(size: int | str, allow_empty: bool = False, extent_size: int | None = None) -> int:
@@ -454,8 +455,7 @@ class Pool:
                         # Fresh counts: only this holder can add sharers of its extents from now on,
                         # so "referenced once" stays true until this handle shares them itself.
                         rc = self._allocators[0].refcounts(txn)
-                        mapped = emap.phys != UNMAPPED
-                        emap.exclusive[mapped] = rc[emap.phys[mapped]] == 1
+                        emap.own_where(rc)
             except BaseException:
                 if holder:
                     holder.release()
@@ -568,7 +568,9 @@ class Pool:
     def _fill_thick(self, lu: LU, first: int) -> None:
         """Map every hole from logical extent ``first`` on to a zeroed extent (thick LUs)."""
         a, E = self._allocators[0], self.extent_size
-        holes = np.flatnonzero(lu._map.phys[first:] == UNMAPPED) + first
+        is_hole = np.ones(len(lu._map), bool)  # a thick LU maps everything: its size in memory is due
+        is_hole[lu._map.mapped_logical()] = False
+        holes = np.flatnonzero(is_hole[first:]) + first
         a.ensure(len(holes))
         for ext in holes.tolist():
             q = a.take()

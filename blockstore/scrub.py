@@ -31,7 +31,6 @@ from .checksums import BLOCK, judge
 from .checksums import settle as settle_blocks
 from .datafile import DataFile
 from .errors import BlockstoreError, Busy, InvalidArgument
-from .extents import UNMAPPED
 from .locks import HolderLock, is_held
 
 if TYPE_CHECKING:
@@ -53,8 +52,8 @@ def _mirror(pool: "Pool", *, healthy: bool = True) -> "MirrorFile":
 
 def _extents_of(pool: "Pool", txn: lmdb.Transaction, name: str) -> np.ndarray:
     lu = pool._writers.get(name)  # an open writer's map may be ahead of the stored one
-    phys = lu._map.phys if lu is not None else pool._load_map(txn, pool._record(txn, name)).phys
-    return np.unique(phys[phys != UNMAPPED]).astype(np.int64)
+    emap = lu._map if lu is not None else pool._load_map(txn, pool._record(txn, name))
+    return np.unique(emap.mapped()).astype(np.int64)
 
 
 def _hash_copies(m: "MirrorFile", ext: int) -> list[np.ndarray | None]:

@@ -301,7 +301,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             if not len(later):
                 raise FuseOSError(errno.ENXIO)
             return max(offset, int(later[0]) * E)
-        is_mapped = np.zeros(-(-lu.size // E) + 1, bool)
-        is_mapped[mapped] = True
-        holes = np.flatnonzero(~is_mapped[first:]) + first
-        return min(lu.size, max(offset, int(holes[0]) * E))
+        # the first hole at or after `first`: where the run of mapped extents from it breaks
+        # (no array of the LU's size: a thin LU may be a petabyte)
+        run = mapped[mapped >= first]
+        breaks = np.flatnonzero(run != first + np.arange(len(run)))
+        hole = first + (int(breaks[0]) if len(breaks) else len(run))
+        return min(lu.size, max(offset, hole * E))

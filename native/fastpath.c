@@ -17,9 +17,9 @@ struct bs_table {
     int fd;
     char *map;
     uint64_t map_len;
-    uint64_t unit, size, n;
-    const uint32_t *phys;
-    const uint8_t *direct;
+    uint64_t unit, size, n, chunk;
+    uint32_t *const *phys;
+    uint8_t *const *direct;
     int zero_slow;
     int *dirty;
 };
@@ -51,7 +51,8 @@ void bs_table_lock(bs_table *t) { pthread_rwlock_wrlock(&t->lock); }
 void bs_table_unlock(bs_table *t) { pthread_rwlock_unlock(&t->lock); }
 
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
-                      const uint32_t *phys, const uint8_t *direct, uint64_t n, int zero_slow, int *dirty)
+                      uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
+                      int zero_slow, int *dirty)
 {
     t->fd = fd;
     t->map = map;
@@ -60,21 +61,35 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->size = size;
     t->phys = phys;
     t->direct = direct;
-    t->n = n;
+    t->chunk = chunk;
+    t->n = chunk * chunks;
     t->zero_slow = zero_slow;
     t->dirty = dirty;
+}
+
+/* Unit i's physical unit, and whether it may be written in place (i < n). */
+static inline uint32_t phys_of(const bs_table *t, uint64_t i)
+{
+    const uint32_t *c = t->phys[i / t->chunk];
+    return c == NULL ? (uint32_t)BS_UNMAPPED : c[i % t->chunk];
+}
+
+static inline int direct_of(const bs_table *t, uint64_t i)
+{
+    const uint8_t *c = t->direct[i / t->chunk];
+    return c != NULL && c[i % t->chunk];
 }
 
 /* The whole request is checked before any byte moves, so BS_SLOW always means "nothing done". */
 static int servable(const bs_table *t, size_t len, uint64_t off, int write, const char *buf)
 {
-    if (t->fd < 0 || t->unit == 0 || off > t->size || len > t->size - off || t->size > t->n * t->unit)
+    if (t->fd < 0 || t->unit == 0 || t->chunk == 0 || off > t->size || len > t->size - off || t->size > t->n * t->unit)
         return 0;
     if (!write || len == 0)
         return 1;
     uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
     for (uint64_t i = first; i <= last; i++) {
-        if (t->phys[i] == (uint32_t)BS_UNMAPPED || !t->direct[i])
+        if (phys_of(t, i) == (uint32_t)BS_UNMAPPED || !direct_of(t, i))
             return 0;
         if (t->zero_slow) {
             uint64_t start = i * t->unit;
@@ -193,7 +208,7 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
     for (size_t done = 0; done < len && r == 0;) {
         uint64_t i = (off + done) / t->unit, in = (off + done) % t->unit;
         size_t step = t->unit - in < len - done ? (size_t)(t->unit - in) : len - done;
-        uint32_t p = t->phys[i]; /* i < n: servable kept the range within size */
+        uint32_t p = phys_of(t, i); /* i < n: servable kept the range within size */
         int64_t at = (int64_t)((uint64_t)p * t->unit + in);
         if (wbuf != NULL)
             r = write_at(t, wbuf + done, step, at);

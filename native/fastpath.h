@@ -1,9 +1,11 @@
 /* The direct path: file I/O through a translation table, without the GIL, and the FUSE read and
  * write callbacks that use it before falling back to the caller's own (Python) callbacks.
  *
- * A table says where each unit (`unit` bytes) of a logical byte range lives in one file:
- * phys[i] * unit, or nowhere (BS_UNMAPPED: reads as zeros); direct[i] != 0 allows writing unit i
- * in place. The owner publishes the table's arrays and keeps them alive and unchanged except
+ * A table says where each unit (`unit` bytes) of a logical byte range lives in one file, in
+ * chunks of `chunk` units: phys[c][j] * unit for unit c * chunk + j, or nowhere (BS_UNMAPPED, or
+ * phys[c] NULL: reads as zeros); direct[c][j] != 0 allows writing that unit in place (direct[c]
+ * NULL: none of chunk c). So a sparse map costs a pointer per chunk where it has no data. The
+ * owner publishes the directories and the chunks and keeps them alive and unchanged except
  * while it holds the table exclusively (bs_table_lock / bs_table_unlock); I/O through the table
  * holds it shared for the whole of its translate-and-copy, so an owner that changes an entry
  * knows no I/O is still using the old one once it has the lock.
@@ -42,7 +44,8 @@ void bs_table_lock(bs_table *t);
 void bs_table_unlock(bs_table *t);
 /* Call while holding the table exclusively (or before any I/O uses it). */
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
-                      const uint32_t *phys, const uint8_t *direct, uint64_t n, int zero_slow, int *dirty);
+                      uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
+                      int zero_slow, int *dirty);
 /* A shared read-write mapping of `len` bytes of `fd` (it may reach past the file's end, where
  * nothing is ever copied: such pages are not in memory), or NULL; the first call also installs the
  * SIGBUS handler of bs_copy_to_map. */

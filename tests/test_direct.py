@@ -56,7 +56,7 @@ def test_in_place_writes_and_reads(pool):
         lu.write(5 * E, os.urandom(2 * E))
         pool.flush()
         os.posix_fadvise(df.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        p = int(lu._map.phys[5]) * E
+        p = lu.physical_extent(5) * E
         assert not page_cached(df.fd, p)
         data = os.urandom(E)
         assert t.pwrite(data, 5 * E + 100) == 0 and df.dirty

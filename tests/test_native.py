@@ -121,14 +121,13 @@ def _table(fd: int, unit: int, n: int) -> Iterator[tuple[native.DirectTable, nat
     place, and the mapping; the table is retired before the mapping goes."""
     m = native.FileMap(fd, n * unit)
     t = native.DirectTable()
-    t.publish(fd, m, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_), False,
-              np.zeros(1, np.int32))
+    phys, direct = [np.arange(n, dtype=np.uint32)], [np.ones(n, np.uint8)]  # one chunk of n units
+    t.publish(fd, m, unit, n * unit, n, phys, direct, False, np.zeros(1, np.int32))
     try:
         yield t, m
     finally:
         with t:
-            t.publish(-1, native.NO_MAP, unit, n * unit, np.arange(n, dtype=np.uint32), np.ones(n, np.bool_),
-                      False, np.zeros(1, np.int32))
+            t.publish(-1, native.NO_MAP, unit, n * unit, n, phys, direct, False, np.zeros(1, np.int32))
         m.close()
 
 

@@ -277,7 +277,7 @@ class _Deduper:
             if rec is None or not rec.get("readonly"):
                 return None
             if owner not in self.maps:
-                self.maps[owner] = self.pool._load_map(txn, rec).phys
+                self.maps[owner] = self.pool._load_map(txn, rec).mapped()
             if phys not in self.maps[owner]:
                 return None
         E = self.pool.extent_size
