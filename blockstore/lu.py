@@ -230,9 +230,14 @@ class LU:
         nothing references them; partial ones are zeroed."""
         self._check(offset, length)
         self._check_writable()
-        E = self._E
+        E, end = self._E, offset + length
+        lo = min(end, -(-offset // E) * E)  # the whole extents in between: only mapped ones matter,
+        hi = max(lo, end // E * E)          # so a discard costs what the range holds, not its size
         with self._lock:
-            for ext, start, n, _ in split(offset, length, E):
+            whole = self._map.mapped_logical()
+            whole = whole[(whole >= lo // E) & (whole < hi // E)]
+            pieces = split(offset, lo - offset, E) + [(int(e), 0, E, 0) for e in whole] + split(hi, end - hi, E)
+            for ext, start, n, _ in pieces:
                 p = self._map.get(ext)
                 if p == UNMAPPED:
                     continue

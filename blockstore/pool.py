@@ -29,7 +29,7 @@ from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
 from .errors import (AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, PoolCorrupt,
                      ReadOnly)
-from .extents import CHUNK, UNMAPPED, ExtentMap, extents_for
+from .extents import UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
 from .mirror import MirrorFile
@@ -638,7 +638,8 @@ class Pool:
             def change(txn: lmdb.Transaction) -> None:
                 a.unref_many(lu._map.mapped(), lu.mirrored)
                 a.ref_many(smap.mapped(), lu.mirrored)
-                smap.dirty = set(range(max(extents_for(len(lu._map), CHUNK), extents_for(len(smap), CHUNK))))
+                # every stored chunk of either map is rewritten or deleted: the chunks that exist
+                smap.dirty = {c for m in (lu._map, smap) for c, tab in enumerate(m.tabs) if tab is not None}
                 lu._replace_map(smap, srec["size"])
             old_map, old_size = lu._map, lu._size
             try:
