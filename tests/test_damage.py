@@ -16,7 +16,7 @@ import pytest
 
 from blockstore import Pool
 
-from conftest import fingerprint, run_cli
+from conftest import run_cli
 
 READ_ONLY = [
     ("pool", "status"), ("pool", "check"), ("pool", "failgrp", "list"), ("pool", "scrub"),
