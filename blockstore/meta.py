@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import lmdb
 import numpy as np
 
-from .errors import PoolCorrupt
+from .errors import BlockstoreError, NotAPool, PoolCorrupt
 
 FORMAT = 1
 DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
@@ -93,6 +93,21 @@ def map_key(lu_id: int, chunk: int) -> bytes:
 
 def fg_key(fg: int, chunk: int) -> bytes:
     return _FGKEY.pack(fg, chunk)
+
+
+def meta_dir(pool_path: str) -> str:
+    """The metadata directory of the pool at ``pool_path`` (absolute), or the one-line reason there
+    is none to use: no such directory, not a directory, not ours to read, not a pool."""
+    path = os.path.abspath(pool_path)
+    if not os.path.isdir(path):
+        raise NotAPool(f"no pool at {path}: " + ("it is not a directory" if os.path.exists(path)
+                                                else "directory does not exist"))
+    meta = os.path.join(path, "meta")
+    if any(os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK) for d in (path, meta)):
+        raise BlockstoreError(f"no access to the pool at {path}: permission denied (a pool is private to its owner)")
+    if not os.path.exists(os.path.join(meta, "data.mdb")):
+        raise NotAPool(f"{path} is not a blockstore pool (no meta/data.mdb)")
+    return meta
 
 
 class Meta:

@@ -27,13 +27,12 @@ from .activity import ActivityLog
 from .allocator import Allocator, init_free, read_resv, resv_owner, runs, set_bits, set_free
 from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
-from .errors import (AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, PoolCorrupt,
-                     ReadOnly)
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolCorrupt, ReadOnly
 from .extents import UNMAPPED, ExtentMap, extents_for
 from .locks import HolderLock, is_held
 from .lu import LU
 from .mirror import MirrorFile
-from .meta import FORMAT, Meta, map_key
+from .meta import FORMAT, Meta, map_key, meta_dir
 from .names import check_name, snapshot_name, split_snapshot
 from .sizes import format_size, parse_size
 
@@ -84,15 +83,10 @@ class Pool:
     """
 
     def __init__(self, path: str) -> None:
-        path = os.path.abspath(path)
-        if not os.path.isdir(path):
-            raise NotAPool(f"no pool at {path}: " + ("it is not a directory" if os.path.exists(path)
-                                                    else "directory does not exist"))
-        if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
-            raise NotAPool(f"{path} is not a blockstore pool (no meta/data.mdb)")
-        self.path = path
+        meta = meta_dir(path)
+        self.path = os.path.dirname(meta)
         self._lock = threading.RLock()
-        self.meta = Meta(os.path.join(path, "meta"))
+        self.meta = Meta(meta)
         with self.meta.read() as txn:
             cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]

@@ -128,9 +128,9 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     _steady_malloc()
     pool = Pool.open(pool_path)
     attach(pool, origin=f"mount {mountpoint}")
-    os.makedirs(os.path.join(pool.path, "mounts"), exist_ok=True)
+    os.makedirs(os.path.join(pool.path, "mounts"), mode=0o700, exist_ok=True)
     pidfile = _state_path(pool.path, mountpoint, "pid")
-    with open(pidfile, "w") as f:
+    with os.fdopen(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(f"{os.getpid()}\n")
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
     ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)
@@ -183,7 +183,7 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
     if foreground:
         run()
         return mp
-    os.makedirs(os.path.join(pool_path, "mounts"), exist_ok=True)
+    os.makedirs(os.path.join(pool_path, "mounts"), mode=0o700, exist_ok=True)
     daemonize(lambda ready: run(on_ready=ready), _state_path(pool_path, mp, "log"), "mount daemon")
     return mp
 

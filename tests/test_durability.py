@@ -110,10 +110,40 @@ def test_a_pool_is_private_to_its_owner(tmp_path):
     old = os.umask(0o022)
     try:
         run_cli("pool", "create", "--size", "64M", "--mirror-dir", mirror, pool=pool)
-        run_cli("lu", "create", "secret-name", "--size", "1M", "--mirrored", pool=pool)
+        run_cli("cluster", "create", "c1", pool=pool)
+        run_cli("lu", "create", "secret-name", "--size", "1M", "--mirrored", pool=pool)  # an event
+        from blockstore.cluster.bridge import report_fault
+        report_fault(pool, "io_error", {"lu": "secret-name"})
+        run_cli("ffdc", "capture", "--reason", "look", pool=pool)
     finally:
         os.umask(old)
     for path in (pool, f"{pool}/meta", f"{pool}/fg0", f"{pool}/locks", mirror):
         assert os.stat(path).st_mode & 0o777 == 0o700, path
     for path in (f"{pool}/meta/data.mdb", f"{pool}/meta/lock.mdb", f"{pool}/fg0/data", f"{mirror}/data"):
         assert os.stat(path).st_mode & 0o077 == 0, path
+    opened = [os.path.join(d, n) for d, dirs, files in os.walk(pool) for n in dirs + files]
+    assert any("payloads" in p for p in opened) and any("faults" in p for p in opened)
+    assert not [p for p in opened if os.lstat(p).st_mode & 0o077], [
+        (p, oct(os.lstat(p).st_mode)) for p in opened if os.lstat(p).st_mode & 0o077]
+
+
+def test_another_user_is_told_the_pool_is_private(tmp_path):
+    """`cluster status` by a user without access failed with lmdb.ReadonlyError, and `lu list`
+    said there was no pool: it is there, and it is not theirs."""
+    import tempfile
+    base = tempfile.mkdtemp(prefix="bs-private-")  # pytest's own directory is root's alone
+    try:
+        os.chmod(base, 0o755)
+        pool = os.path.join(base, "pool")
+        run_cli("pool", "create", "--size", "64M", pool=pool)
+        run_cli("cluster", "create", "c1", pool=pool)
+        for mode in (0o700, 0o755):  # the pool as made, and opened up by its owner but for meta/
+            os.chmod(pool, mode)
+            for args in (("cluster", "status"), ("lu", "list"), ("pool", "status")):
+                r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                    sys.executable, "-m", "blockstore", "--pool", pool, *args],
+                                   capture_output=True, cwd=base)
+                assert r.returncode == 1 and r.stderr.decode().splitlines() == [
+                    f"blockstore: no access to the pool at {pool}: permission denied (a pool is private to its owner)"], r
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -37,7 +37,7 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         node.run()
         return {"name": name, "address": node.address}
-    os.makedirs(os.path.join(pool_path, "nodes"), exist_ok=True)
+    os.makedirs(os.path.join(pool_path, "nodes"), mode=0o700, exist_ok=True)
 
     def serve(ready) -> None:  # type: ignore[no-untyped-def]
         node = Node(pool_path, name, listen=listen, cec=cec)

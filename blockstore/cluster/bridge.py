@@ -36,10 +36,10 @@ def faults_dir(pool_path: str) -> str:
 def report_fault(pool_path: str, condition: str, detail: dict[str, Any]) -> str:
     """Leave a fault report for the primary (written whole: temporary name, then rename)."""
     d = faults_dir(pool_path)
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(d, mode=0o700, exist_ok=True)
     name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(d, f".{name}")
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump({"condition": condition, "detail": detail, "time": time.time(), "pid": os.getpid()}, f, default=str)
     os.rename(tmp, os.path.join(d, name))
     return name

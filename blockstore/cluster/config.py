@@ -16,7 +16,8 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
-from ..errors import AlreadyExists, InvalidArgument, NotAPool, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..meta import meta_dir
 from ..names import check_name
 from .store import CoordinationStore, LmdbStore
 
@@ -52,10 +53,7 @@ def store_path(pool_path: str) -> str:
 
 
 def _check_pool(pool_path: str) -> str:
-    path = os.path.abspath(pool_path)
-    if not os.path.exists(os.path.join(path, "meta", "data.mdb")):
-        raise NotAPool(f"no pool at {path}")
-    return path
+    return os.path.dirname(meta_dir(pool_path))
 
 
 def require(pool_path: str) -> None:
@@ -88,7 +86,7 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3)
         if store.compare_and_set(KEY, 0, json.dumps(asdict(cfg)).encode()) is None:
             raise AlreadyExists("another process created the pool's cluster first")
         for d in ("payloads", "ffdc", "faults", "nodes"):
-            os.makedirs(os.path.join(path, d), exist_ok=True)
+            os.makedirs(os.path.join(path, d), mode=0o700, exist_ok=True)
     finally:
         store.close()
     return cfg

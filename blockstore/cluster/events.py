@@ -44,7 +44,7 @@ def check_kinds(kinds: list[str] | tuple[str, ...]) -> frozenset[str]:
 class EventLog:
     def __init__(self, pool_path: str) -> None:
         self.dir = os.path.join(pool_path, "payloads")
-        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self._guess = 0  # a number known to exist (or 0): where probing for the head starts
 
     def _path(self, seq: int) -> str:
