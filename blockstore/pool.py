@@ -633,7 +633,8 @@ class Pool:
                 a.unref_many(lu._map.mapped(), lu.mirrored)
                 a.ref_many(smap.mapped(), lu.mirrored)
                 # every stored chunk of either map is rewritten or deleted: the chunks that exist
-                smap.dirty = {c for m in (lu._map, smap) for c, tab in enumerate(m.tabs) if tab is not None}
+                # (and chunk 0 even when none does: a dirty map is what makes the save record the size)
+                smap.dirty = {0} | {c for m in (lu._map, smap) for c, tab in enumerate(m.tabs) if tab is not None}
                 lu._replace_map(smap, srec["size"])
             old_map, old_size = lu._map, lu._size
             try:
