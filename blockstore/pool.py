@@ -29,6 +29,7 @@ from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolCorrupt, ReadOnly
 from .extents import UNMAPPED, ExtentMap, extents_for
+from .listeners import Listeners
 from .locks import HolderLock, is_held
 from .lu import LU
 from .mirror import MirrorFile
@@ -98,7 +99,8 @@ class Pool:
         self._allocators: dict[int, Allocator] = {}
         self._writers: dict[str, LU] = {}
         self._over_threshold = False
-        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # called with (kind, info) for every engine event, from a thread of their own (listeners.py)
+        self.listeners = Listeners()
         self._mirror: MirrorFile | None = None
         self.sums = SumStore(self.meta, self.extent_size)
         self._activity = ActivityLog(self._locks_dir, self.session)
@@ -202,8 +204,7 @@ class Pool:
             set_bits(self.meta, txn, "dirty", copy, np.array(extents, np.int64), True)
 
     def _event(self, kind: str, info: dict[str, Any]) -> None:
-        for listener in self.listeners:
-            listener(kind, info)
+        self.listeners.emit(kind, info)
 
     # -- creation and lifetime -----------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class Pool:
                 self._activity.close()  # flushed: nothing is in flight
             finally:
                 self._teardown()
+        self.listeners.drain()  # outside the lock: a listener may call back into the pool
 
     def _teardown(self) -> None:
         for df in self._datafiles.values():

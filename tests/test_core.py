@@ -340,3 +340,26 @@ def test_rename_moves_snapshots_and_keeps_clones(pool):
         assert lu.read(0, 4) == b"DATA"
     with pytest.raises(Busy):
         pool.remove("d", recursive=True)  # d@s has the clone c
+
+
+def test_a_slow_listener_never_holds_up_a_write(pool_dir):
+    """Events go to listeners from a thread of their own (issue 15, item 3): the cluster bridge
+    fsyncs a payload file per event, and the threshold event used to be published by the
+    allocator under the pool lock, in the middle of the write that crossed the threshold."""
+    import threading
+    import time
+    with Pool.create(pool_dir, "16M", extent_size="64K", threshold=0.5) as p:
+        release, heard = threading.Event(), []
+
+        def slow(kind: str, info: dict) -> None:
+            release.wait(30)  # a listener stuck on a slow disk
+            heard.append(kind)
+        p.listeners.append(slow)
+        p.create_lu("a", "12M")
+        t = time.monotonic()
+        with p.lu("a") as lu:
+            lu.write(0, b"x" * (10 << 20))  # crosses the 50% threshold
+            lu.flush()
+        assert time.monotonic() - t < 5 and heard == []  # done while the listener still waits
+        release.set()
+    assert heard == ["lu_created", "pool_threshold"]  # close delivered them, in order
