@@ -68,20 +68,26 @@ class ExtentMap:
     Per chunk: ``tabs[c]`` (array("I"): physical extents) and ``owns[c]`` (bytearray: 1 where this
     LU alone references the extent, so a write may go in place; anything else, shared with a
     snapshot or clone or not known, is copied on write). Entries at or past ``n`` are always
-    UNMAPPED. ``dirty`` holds the chunk numbers changed since the last save. ``guard`` is held
+    UNMAPPED. ``made`` holds the numbers of the chunks that exist (what whole-map work visits, so
+    it never walks the directory of an LU that is mostly holes). ``dirty`` holds the chunk numbers
+    changed since the last save, and ``resized`` whether the size did: either makes the map
+    ``unsaved``, which is what tells the pool to save it with its LU's record. ``guard`` is held
     (``with``) around every change of an entry and is told of every chunk made (``chunk_made``);
     whoever resizes the map republishes it. The LU sets it to the table the C direct path reads this map through,
     so no direct I/O uses an entry while it changes.
     """
 
-    __slots__ = ("n", "tabs", "owns", "dirty", "guard")
+    __slots__ = ("n", "tabs", "owns", "made", "dirty", "resized", "guard")
 
     def __init__(self, n_extents: int) -> None:
         self.n = n_extents
+        self.resized = True
         k = extents_for(n_extents, CHUNK)
         self.tabs: list[array | None] = [None] * k
         self.owns: list[bytearray | None] = [None] * k
+        self.made: set[int] = set()
         self.dirty: set[int] = set()
+        self.resized = False
         self.guard: Any = NO_GUARD
 
     @classmethod
@@ -101,6 +107,7 @@ class ExtentMap:
                 tab = array("I", raw)
                 np.frombuffer(tab, np.uint32)[max(0, n_extents - no * CHUNK):] = UNMAPPED
                 m.tabs[no], m.owns[no] = tab, bytearray(CHUNK)
+                m.made.add(no)
         return m
 
     def __len__(self) -> int:
@@ -123,6 +130,7 @@ class ExtentMap:
                 if phys == UNMAPPED:
                     return
                 self.tabs[c], self.owns[c] = array("I", _HOLES), bytearray(CHUNK)
+                self.made.add(c)
                 self.guard.chunk_made(c)
             self.tabs[c][i] = phys  # type: ignore[index]
             self.owns[c][i] = exclusive  # type: ignore[index]
@@ -130,27 +138,32 @@ class ExtentMap:
 
     # -- the whole map (numpy over the chunks that exist) ----------------------------------------
 
-    def _present(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        for c, tab in enumerate(self.tabs):
-            if tab is not None:
-                yield c, np.frombuffer(tab, np.uint32), np.frombuffer(self.owns[c], np.bool_)  # type: ignore[arg-type]
+    def _present(self, first: int = 0, last: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The chunks that exist and hold any of logical extents ``first`` to ``last`` inclusive
+        (default: all), ascending, as numpy views."""
+        lo, hi = first // CHUNK, len(self.tabs) if last is None else last // CHUNK + 1
+        for c in sorted(c for c in self.made if lo <= c < hi):
+            yield c, np.frombuffer(self.tabs[c], np.uint32), np.frombuffer(self.owns[c], np.bool_)  # type: ignore[arg-type]
 
-    def items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(logical extents, physical extents) of every mapped entry, ascending by logical."""
+    def items(self, first: int = 0, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logical extents, physical extents) of every mapped entry from logical ``first`` to
+        ``last`` inclusive (default: the whole map), ascending by logical."""
         logical, phys = [np.zeros(0, np.int64)], [np.zeros(0, np.uint32)]
-        for c, tab, _ in self._present():
-            at = np.flatnonzero(tab != UNMAPPED)
-            logical.append(at + c * CHUNK)
-            phys.append(tab[at])
+        for c, tab, _ in self._present(first, last):
+            at = np.flatnonzero(tab != UNMAPPED) + c * CHUNK
+            at = at[(at >= first) & (at <= (self.n if last is None else last))]
+            logical.append(at)
+            phys.append(tab[at - c * CHUNK])
         return np.concatenate(logical), np.concatenate(phys)
 
     def mapped(self) -> np.ndarray:
         """The physical extents this map references (uint32 array)."""
         return self.items()[1]
 
-    def mapped_logical(self) -> np.ndarray:
-        """The logical extents that hold data (int64, ascending)."""
-        return self.items()[0]
+    def mapped_logical(self, first: int = 0, last: int | None = None) -> np.ndarray:
+        """The logical extents that hold data, from ``first`` to ``last`` inclusive (default: all;
+        int64, ascending)."""
+        return self.items(first, last)[0]
 
     def shared_logical(self) -> np.ndarray:
         """The logical extents mapped to an extent this LU does not own alone (int64, ascending)."""
@@ -198,23 +211,31 @@ class ExtentMap:
             return None
         return tab.tobytes()
 
+    @property
+    def unsaved(self) -> bool:
+        """Whether anything changed since the last save (chunks or size)."""
+        return bool(self.dirty) or self.resized
+
     def take_dirty(self) -> Iterator[tuple[int, bytes | None]]:
-        """Yield and forget the changed chunks."""
-        dirty, self.dirty = sorted(self.dirty), set()
+        """Yield and forget the changed chunks (the map counts as saved from now on)."""
+        dirty, self.dirty, self.resized = sorted(self.dirty), set(), False
         for no in dirty:
             yield no, self.chunk(no)
 
     def tail(self, n_extents: int) -> np.ndarray:
         """The physical extents mapped at logical ``n_extents`` and beyond (what a shrink frees)."""
-        logical, phys = self.items()
-        return phys[logical >= n_extents]
+        return self.items(n_extents)[1]
 
     def resize(self, n_extents: int) -> None:
         """Grow with holes or cut the tail (the caller has released what the tail referenced,
         holds the guard, and republishes the map to it)."""
-        old_n, old_k, k = self.n, len(self.tabs), extents_for(n_extents, CHUNK)
+        old_k, k = len(self.tabs), extents_for(n_extents, CHUNK)
+        # What changes in storage: the existing chunks from the new end's on (cut or gone); a
+        # grown map only gains holes, which are stored as nothing.
+        self.dirty.update(c for c in self.made if c >= n_extents // CHUNK)
         if k < old_k:
             del self.tabs[k:], self.owns[k:]
+            self.made = {c for c in self.made if c < k}
         else:
             self.tabs.extend([None] * (k - old_k))
             self.owns.extend([None] * (k - old_k))
@@ -222,8 +243,7 @@ class ExtentMap:
             np.frombuffer(self.tabs[-1], np.uint32)[n_extents % CHUNK:] = UNMAPPED
             self.owns[-1][n_extents % CHUNK:] = bytes(CHUNK - n_extents % CHUNK)  # type: ignore[index]
         self.n = n_extents
-        # Every chunk from the old end's chunk onwards may have changed or vanished.
-        self.dirty.update(range(min(old_n, n_extents) // CHUNK, extents_for(max(old_n, n_extents), CHUNK) + 1))
+        self.resized = True
 
 
 _HOLES = bytes([0xFF]) * (4 * CHUNK)

@@ -234,8 +234,7 @@ class LU:
         lo = min(end, -(-offset // E) * E)  # the whole extents in between: only mapped ones matter,
         hi = max(lo, end // E * E)          # so a discard costs what the range holds, not its size
         with self._lock:
-            whole = self._map.mapped_logical()
-            whole = whole[(whole >= lo // E) & (whole < hi // E)]
+            whole = self._map.mapped_logical(lo // E, hi // E - 1)
             pieces = split(offset, lo - offset, E) + [(int(e), 0, E, 0) for e in whole] + split(hi, end - hi, E)
             for ext, start, n, _ in pieces:
                 p = self._map.get(ext)

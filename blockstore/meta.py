@@ -41,6 +41,15 @@ MAP_SIZE = 1 << 38
 LU_KINDS = ("lu", "snapshot", "clone")
 
 
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """A stored JSON object, or None when the bytes are not one (damage, for the caller to name)."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -170,11 +179,8 @@ class Meta:
         if raw is None:
             return None
         name = key.decode(errors="replace")
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
+        rec = _json_object(raw)
+        if rec is None:
             raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} is not a JSON object")
         problem = None
         for field in ("id", "size", "allocated", "gen"):
@@ -200,11 +206,8 @@ class Meta:
         if raw is None:
             return None
         kind, _, name = key.decode(errors="replace").partition("/")
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict) or rec.get("name") != name:
+        rec = _json_object(raw)
+        if rec is None or rec.get("name") != name:
             raise PoolCorrupt(f"pool metadata damaged: {kind} record {name!r} is not a record of that name")
         for field, ok in SVC_SHAPES.get(kind, {}).items():
             v = rec.get(field)

@@ -340,7 +340,7 @@ class Pool:
 
     def _pending(self) -> bool:
         return any(a.pending for a in self._allocators.values()) or any(
-            lu._map.dirty for lu in self._writers.values())
+            lu._map.unsaved for lu in self._writers.values())
 
     def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
         """Sync data, then commit ``change`` with every pending map, count and checksum change,
@@ -352,7 +352,7 @@ class Pool:
         with self._lock:
             self._sync_data()
             marks = {fg: a.marks() for fg, a in self._allocators.items()}
-            saved = {name: set(lu._map.dirty) for name, lu in self._writers.items()}
+            saved = {name: (set(lu._map.dirty), lu._map.resized) for name, lu in self._writers.items()}
             try:
                 with self.meta.write() as txn:
                     result = change(txn) if change else None
@@ -365,9 +365,10 @@ class Pool:
             except BaseException:
                 for fg, a in self._allocators.items():
                     a.truncate_pending(*marks[fg])
-                for name, dirty in saved.items():
+                for name, (dirty, resized) in saved.items():
                     if name in self._writers:
                         self._writers[name]._map.dirty |= dirty
+                        self._writers[name]._map.resized |= resized
                 raise
             if self._mirror is not None:
                 self._mirror.flushed()
@@ -376,7 +377,7 @@ class Pool:
             return result
 
     def _save_map(self, txn: lmdb.Transaction, lu: LU) -> None:
-        if not lu._map.dirty:
+        if not lu._map.unsaved:
             return
         db = self.meta.db["maps"]
         for no, raw in lu._map.take_dirty():
@@ -634,9 +635,9 @@ class Pool:
             def change(txn: lmdb.Transaction) -> None:
                 a.unref_many(lu._map.mapped(), lu.mirrored)
                 a.ref_many(smap.mapped(), lu.mirrored)
-                # every stored chunk of either map is rewritten or deleted: the chunks that exist
-                # (and chunk 0 even when none does: a dirty map is what makes the save record the size)
-                smap.dirty = {0} | {c for m in (lu._map, smap) for c, tab in enumerate(m.tabs) if tab is not None}
+                # every stored chunk of either map is rewritten or deleted (the chunks that exist),
+                # and the record takes the snapshot's size
+                smap.dirty, smap.resized = lu._map.made | smap.made, True
                 lu._replace_map(smap, srec["size"])
             old_map, old_size = lu._map, lu._size
             try:

@@ -74,7 +74,6 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
         self.access = access or Access()
-        self.uid, self.gid = self.access.uid, self.access.gid
         self.server_uid = os.getuid()
         self.started = time.time_ns()
         self.on_ready: Callable[[], None] | None = None
@@ -134,7 +133,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         kind, name = self._parse(path)
         t = self.started
-        base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
+        base = {"st_uid": self.access.uid, "st_gid": self.access.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
         if kind in ("root", "snapdir", "lusnaps"):
             if kind == "lusnaps":
                 self.pool.lu_info(name)  # ENOENT for no such LU
