@@ -62,6 +62,11 @@ class ActivityLog:
         os.fdatasync(self.fd)
         self.hot.update(new)
 
+    def covers(self, offset: int, length: int) -> bool:
+        """Whether every region of bytes ``[offset, offset + length)`` is logged already."""
+        first, last = offset // REGION, (offset + max(length, 1) - 1) // REGION
+        return all(r in self.hot for r in range(first, last + 1))
+
     def flushed(self) -> None:
         """Every write so far is durable and its checksums committed: forget the regions if too
         many are hot (the next writes log their regions again)."""

@@ -78,6 +78,16 @@ class DataFile:
             self._map = native.FileMap(self.fd, max(self.size(), MAP_RESERVE))
         return self._map
 
+    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list,
+                      direct: list | None, zero_slow: bool, map_writes: bool, serve: bool,
+                      republish: object = None) -> None:
+        """Point ``table`` (held by the caller) at this file: the units ``phys`` maps, written in
+        place where ``direct`` allows, whole pieces through the mapping if ``map_writes``;
+        ``serve`` False: nothing. A single file never changes under its tables, so ``republish``
+        is not kept."""
+        mapping = self.mapping() if serve and map_writes and direct is not None else native.NO_MAP
+        table.publish(self.fd if serve else -1, mapping, unit, size, chunk, phys, direct, zero_slow, self.dirty_flag)
+
     def pread(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes; a read the file's end cuts short is EIO (a data file is
         never shorter than what is read from it: a short one was truncated under us)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import OutOfRange, ReadOnly
 from .extents import CHUNK, NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
-from .native import NO_MAP, DirectTable
+from .native import DirectTable
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -185,13 +185,14 @@ class LU:
 
     def direct_table(self, *, map_writes: bool = True) -> DirectTable | None:
         """The table through which the C direct path (native/fastpath.h) reads this LU and writes
-        its own extents in place, without the GIL; it follows every change of the map. None for
-        a handle the table cannot serve: a mirrored LU (two copies to write) or a read-only
-        handle of an LU that another process writes (its map is re-read behind its back).
+        its own extents in place, without the GIL; it follows every change of the map and, for a
+        mirrored LU, of its copies (mirror.py says which writes it takes). None for a handle the
+        table cannot serve: a read-only handle of an LU that another process writes (its map is
+        re-read behind its back).
         ``map_writes``: write whole 256 KiB pieces whose pages are in memory by copying into a
         mapping of the data file (the rest is pwritten either way; so is everything in extents
         smaller than a piece); given by the first call."""
-        if self.mirrored or not self._fast or self._closed:
+        if not self._fast or self._closed:
             return None
         with self._lock:
             if self._direct is None:
@@ -205,12 +206,12 @@ class LU:
         """Point the direct table at the current map (the caller holds the table, or no I/O can
         use it yet). A whole extent of zeros is left to ``write``, which unmaps it."""
         if self._direct is not None:
-            m, df = self._map, self._pool.primary()
-            serve = not (self._closed or self.mirrored)
-            mapping = df.mapping() if serve and self._writable and self._map_writes else NO_MAP
+            m = self._map
             # A read-only handle (a snapshot) is never written through the table.
-            self._direct.publish(df.fd if serve else -1, mapping, self._E, self._size, CHUNK,
-                                 m.tabs, m.owns if self._writable else None, not self.thick, df.dirty_flag)
+            self._df.publish_table(self._direct, unit=self._E, size=self._size, chunk=CHUNK, phys=m.tabs,
+                                   direct=m.owns if self._writable else None, zero_slow=not self.thick,
+                                   map_writes=self._map_writes, serve=not self._closed,
+                                   republish=self._publish_direct)
 
     def _retire_direct(self) -> None:
         """The handle is closing: the table serves nothing from now on."""

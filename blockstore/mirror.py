@@ -15,6 +15,14 @@ The mirror owns three records of what it wrote (checksums.py, activity.py):
 
 A copy fails on an I/O error, on a short read, and at a flush that finds its file deleted,
 replaced or truncated (``DataFile.problem``); the mirror then carries on degraded on the survivor.
+
+The C direct path (native/fastpath.h) reads a mirrored LU from its first live copy and writes
+both copies in place, storing the checksums into ``pending`` itself, but only into extents that
+are *armed*: the first write into an extent after each flush comes here, does the write-ahead
+work (activity log, ``touched``) and arms it. A flush disarms every extent before it syncs (so a
+write it did not see is never dropped with the pending checksums), and so does a change of the
+copies (a failure, a copy back in service): a degraded mirror arms nothing, its writes mark the
+dirty bitmap here.
 """
 from __future__ import annotations
 
@@ -22,13 +30,15 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import native
-from .activity import ActivityLog
+from .activity import AHEAD, REGION, ActivityLog
 from .checksums import BLOCK, SumStore
 from .datafile import LABEL, DataFile
 
@@ -69,6 +79,10 @@ class MirrorFile:
         #: False only to measure what checksums cost (the bench): writes then record none, and
         #: the pool's records no longer describe its data.
         self.checksums = True
+        #: extents the direct path may write (see the module's docstring)
+        self.armed = native.ArmedUnits(need // extent_size)
+        #: the direct tables that read and write this mirror -> how to republish each
+        self._tables: "weakref.WeakKeyDictionary[native.DirectTable, weakref.WeakMethod]" = weakref.WeakKeyDictionary()
 
     @property
     def degraded(self) -> list[int]:
@@ -93,10 +107,70 @@ class MirrorFile:
         if self.on_event:
             self.on_event("mirror_degraded", {"copy": i, "path": self.paths[i], "why": why})
         self._dirty_for(i, self.touched)
+        self._repoint()
 
     def attach(self, i: int, df: DataFile) -> None:
         """Put copy ``i`` back in service (resync or replace has made it whole)."""
         self.copies[i] = df
+        self._repoint()
+
+    # -- the direct path -------------------------------------------------------------------------
+
+    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list,
+                      direct: list | None, zero_slow: bool, map_writes: bool, serve: bool,
+                      republish: Callable[[], None]) -> None:
+        """Point ``table`` at these copies (the caller holds it): reads from the first live copy,
+        writes to both, of armed extents only; ``republish`` (a bound method) is called, with the
+        table held, whenever the copies change. ``map_writes`` is ignored: two copies are written
+        by pwrite."""
+        i, first = self._one() if serve else (0, None)
+        other = self.copies[1] if i == 0 else None
+        writes = direct if self.checksums and not self.degraded else None
+        table.publish(first.fd if first is not None else -1, native.NO_MAP, unit, size, chunk, phys, writes,
+                      zero_slow, first.dirty_flag if first is not None else np.zeros(1, np.int32))
+        table.mirror(other.fd if other is not None else -1, other.dirty_flag if other is not None else None,
+                     self.armed)
+        self._tables[table] = weakref.WeakMethod(republish)  # type: ignore[arg-type]
+
+    @contextmanager
+    def _tables_held(self) -> Iterator[list]:
+        """Every direct table of this mirror held: no direct I/O is in flight until the end."""
+        with ExitStack() as stack:
+            held = list(self._tables.items())
+            for table, _ in held:
+                stack.enter_context(table)
+            yield held
+
+    def _disarm_all(self) -> None:
+        with self._tables_held():
+            self.armed.disarm()
+
+    def _repoint(self) -> None:
+        """The copies changed: nothing stays armed, every table follows."""
+        with self._tables_held() as held:
+            self.armed.disarm()
+            for _, method in held:
+                fn = method()
+                if fn is not None:
+                    fn()
+
+    def _arm(self, exts: range) -> None:
+        """Let the direct path write ``exts`` until the next flush (their write-ahead records
+        are durable: the caller's ``_before_write``), and with them every extent after them whose
+        regions are logged already, up to AHEAD regions on: a writer going through its extents
+        in order then comes here once per AHEAD regions, not once per extent."""
+        if not self.checksums or self.degraded or not self._tables or exts[-1] in self.armed:
+            return
+        E = self.E
+        self.activity.cover(exts[0] * E, len(exts) * E)
+        end = min(self.need // E, max(exts[-1] + 1, (exts[0] * E + AHEAD * REGION) // E))
+        for e in range(exts[0], end):
+            if e not in self.armed:
+                if not self.activity.covers(e * E, E):
+                    break
+                self.touched.add(e)  # what a copy failing later may have missed
+                self._pending_of(e)
+                self.armed.arm(e, self._pending_c[e])
 
     def _dirty_for(self, i: int, extents: set[int] | range) -> None:
         new = [e for e in extents if e not in self.dirty[i]]
@@ -114,6 +188,7 @@ class MirrorFile:
         for i in self.degraded:
             self._dirty_for(i, exts)
         self.touched.update(exts)
+        self._arm(exts)
 
     def _one(self) -> tuple[int, DataFile]:
         for i, c in enumerate(self.copies):
@@ -188,6 +263,8 @@ class MirrorFile:
         exts = np.fromiter(self.pending, np.int64, len(self.pending))
         for ext in exts[mirrored(exts)].tolist():
             p = self.pending[ext]
+            if not p.any():
+                continue  # armed for the direct path, never written
             rec = self.sums.get(txn, ext)
             if rec is None:
                 rec = np.zeros(self.B, np.uint64)
@@ -229,9 +306,10 @@ class MirrorFile:
         nb = len(data) // BLOCK
         ext, b = divmod(offset // BLOCK, self.B)
         sums = None
+        one = b + nb <= self.B  # within one extent (every write): C fills the pending record
         if not self.checksums:
             sums_c = None
-        elif b + nb <= self.B:  # within one extent (every write): C fills the pending record
+        elif one:
             self._pending_of(ext)
             sums_c = self._pending_c[ext] + b  # type: ignore[operator]
         else:
@@ -243,7 +321,8 @@ class MirrorFile:
         for c in (c0, c1):
             if c is not None:
                 c.dirty = True
-        r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums_c=sums_c)
+        r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums_c=sums_c,
+                                   stripe=ext if one else -1)
         for i in (0, 1):
             if failed & (1 << i):
                 self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")
@@ -308,7 +387,9 @@ class MirrorFile:
         """Drop the data of extents nothing references any more: punched in every copy, their
         pending checksums forgotten (the commit that freed them deleted their records)."""
         self._punch_copies(offset, length)
-        for e in self._extents(offset, length):
+        exts = self._extents(offset, length)
+        self.armed.disarm(exts)  # no table maps them any more: no direct write is in flight
+        for e in exts:
             self.pending.pop(e, None)
             self._pending_c.pop(e, None)
 
@@ -324,6 +405,7 @@ class MirrorFile:
         """Check that each copy's file is still the one at its path, whole, then sync both at
         once: the second on a thread (fdatasync releases the GIL), so a flush waits for the
         slower disk, not for the two in turn."""
+        self._disarm_all()  # from here to the commit's end, every write is one this flush sees
         for i, c in enumerate(self.copies):
             if c is not None:
                 why = c.problem(self.need + LABEL)
@@ -351,6 +433,12 @@ class MirrorFile:
 
     def size(self) -> int:
         return self._one()[1].size()
+
+    def grow(self, need: int) -> None:
+        """The files now hold ``need`` bytes of extents (the pool grew)."""
+        self.need = need
+        self.armed.grow(need // self.E)
+        self._repoint()  # the armed directory may have moved
 
 
 _ZERO_SUM = int(native.sum_blocks(bytes(BLOCK))[0])

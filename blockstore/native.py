@@ -39,13 +39,15 @@ SUM_BLOCK: int = lib.BS_SUM_BLOCK
 
 
 def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int, sums: "np.ndarray | None" = None,
-            sums_c: object = None) -> tuple[int, int]:
+            sums_c: object = None, stripe: int = -1) -> tuple[int, int]:
     """Write ``buf`` at ``offset`` to both files (-1: skip one). Returns (result, failed bits).
     ``sums`` (uint64, one per SUM_BLOCK of ``buf``), or ``sums_c`` (a ``sums_pointer`` to such an
-    array), receives the checksums of ``buf``'s blocks."""
+    array), receives the checksums of ``buf``'s blocks. ``stripe``: the extent written, when
+    another writer (the direct path) may write it at the same time (bs_pwrite2)."""
     failed = ffi.new("int *")
     r = lib.bs_pwrite2(fd0, fd1, ffi.from_buffer(buf), len(buf), offset,
-                       sums_c if sums_c is not None else ffi.NULL if sums is None else sums_pointer(sums), failed)
+                       sums_c if sums_c is not None else ffi.NULL if sums is None else sums_pointer(sums),
+                       stripe, failed)
     return r, failed[0]
 
 
@@ -167,6 +169,13 @@ class DirectTable:
         lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, self._dirs[0], self._dirs[1],
                              chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty))
 
+    def mirror(self, fd2: int, dirty2: np.ndarray | None, armed: "ArmedUnits") -> None:
+        """Make the table just published mirrored: ``fd2`` the second copy (-1: none), and only the
+        units ``armed`` names are written (native/fastpath.h). Hold the table, as for publish."""
+        self._keep2 = (dirty2, armed)
+        lib.bs_table_mirror(self.ptr, fd2, ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
+                            armed.directory, armed.chunk, len(armed.directory))
+
     def chunk_made(self, c: int) -> None:
         """Chunk ``c`` of the published lists now exists: point its directory slots at it (hold
         the table, as every change of an entry does)."""
@@ -183,6 +192,51 @@ class DirectTable:
     def pwrite(self, buf: Buffer, offset: int) -> int:
         """0 when written, 1 when the table cannot serve it (nothing written), or a negative errno."""
         return lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset)
+
+
+class ArmedUnits:
+    """Which physical units a mirrored table may write, each pointing at the array its checksums
+    go to (native/fastpath.h, bs_table_mirror): a directory of chunks of ``chunk`` pointers, made
+    for ``units`` units and grown by ``grow`` (republish the tables after). Changing an entry
+    from a pointer to NULL needs every table that uses it held; arming needs nothing (a write
+    that does not see it yet takes the slow path)."""
+
+    def __init__(self, units: int, chunk: int = 1 << 14) -> None:
+        self.chunk = chunk
+        self.directory = ffi.new("uint64_t **[]", max(1, -(-units // chunk)))
+        self._chunks: dict[int, object] = {}
+        self._armed: set[int] = set()
+
+    def grow(self, units: int) -> None:
+        k = max(1, -(-units // self.chunk))
+        if k > len(self.directory):
+            old, self.directory = self.directory, ffi.new("uint64_t **[]", k)
+            for c in range(len(old)):
+                self.directory[c] = old[c]
+
+    def arm(self, unit: int, sums: object) -> None:
+        """Let unit ``unit`` be written, its checksums going to ``sums`` (a ``sums_pointer``,
+        which the caller keeps alive until the unit is disarmed)."""
+        c, j = divmod(unit, self.chunk)
+        if c >= len(self.directory):
+            return  # past the published directory: it stays on the slow path until a grow
+        tab = self._chunks.get(c)
+        if tab is None:
+            tab = self._chunks[c] = ffi.new("uint64_t *[]", self.chunk)
+            self.directory[c] = tab
+        tab[j] = sums  # type: ignore[index]
+        self._armed.add(unit)
+
+    def disarm(self, units: "list[int] | set[int] | None" = None) -> None:
+        """Disarm ``units`` (default: every unit armed)."""
+        for unit in list(self._armed) if units is None else units:
+            if unit in self._armed:
+                c, j = divmod(unit, self.chunk)
+                self._chunks[c][j] = ffi.NULL  # type: ignore[index]
+                self._armed.discard(unit)
+
+    def __contains__(self, unit: int) -> bool:
+        return unit in self._armed
 
 
 # -- the FUSE callbacks of the direct path (native/fastpath.h) --------------------------------

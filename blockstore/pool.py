@@ -1015,7 +1015,7 @@ class Pool:
                 for fg, df in self._datafiles.items():
                     df.grow(n_new * self.extent_size)
                 if self._mirror is not None:
-                    self._mirror.need = n_new * self.extent_size
+                    self._mirror.grow(n_new * self.extent_size)
                 for group in cfg["groups"]:
                     group["extents"] = n_new
                 init_free(self.meta, txn, 0, n_old, n_new)

@@ -106,8 +106,14 @@ int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, c
 
 /* Both copies from one buffer; one failing copy does not stop the other. The checksums are taken
  * from the caller's buffer, never from a copy read back, so they describe what the client wrote. */
-int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int *failed)
+static pthread_mutex_t stripes[BS_STRIPES] = {[0 ... BS_STRIPES - 1] = PTHREAD_MUTEX_INITIALIZER};
+
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int64_t stripe,
+               int *failed)
 {
+    pthread_mutex_t *held = stripe >= 0 ? &stripes[stripe % BS_STRIPES] : NULL;
+    if (held)
+        pthread_mutex_lock(held);
     int r0, r1;
     pthread_t t;
     /* with two threads, each checksums half the blocks before writing its copy */
@@ -126,6 +132,8 @@ int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint6
         r0 = fd0 >= 0 ? bs_pwrite_all(fd0, buf, len, off) : 0;
         r1 = fd1 >= 0 ? bs_pwrite_all(fd1, buf, len, off) : 0;
     }
+    if (held)
+        pthread_mutex_unlock(held);
     *failed = (r0 < 0 ? 1 : 0) | (r1 < 0 ? 2 : 0);
     return r0 < 0 ? r0 : r1;
 }
@@ -181,7 +189,7 @@ int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t
         return r;
     if (len)
         memcpy(scratch + start, data, len);
-    return bs_pwrite2(dst0, dst1, scratch, extent, dst_off, NULL, failed);
+    return bs_pwrite2(dst0, dst1, scratch, extent, dst_off, NULL, -1, failed);
 }
 
 int bs_is_zero(const char *buf, size_t len)

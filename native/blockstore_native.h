@@ -28,8 +28,14 @@ void bs_sum_blocks(const char *buf, size_t len, size_t block, uint64_t *sums);
  * `buf` (at least one block; small enough to stay in the CPU cache); errors as bs_pread_all. */
 int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, char *buf, size_t buf_len);
 /* Both copies from one buffer. With `sums` not NULL, len is a multiple of BS_SUM_BLOCK and the
- * checksums of the buffer's blocks are computed while the second copy is written. */
-int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int *failed);
+ * checksums of the buffer's blocks are computed while the second copy is written. With `stripe`
+ * >= 0 the write holds the lock of that stripe number (one of BS_STRIPES, by remainder): writers
+ * that may overlap (the callers pass the number of the extent written) then land in both copies,
+ * and store their checksums, in one order, so the copies never disagree and the last checksum
+ * stored is the last write's. */
+#define BS_STRIPES 256
+int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int64_t stripe,
+               int *failed);
 int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,
            const char *data, size_t start, size_t len, char *scratch, int *failed);
 int bs_copy(int src, int64_t src_off, int dst, int64_t dst_off, size_t len);

@@ -22,6 +22,11 @@ struct bs_table {
     uint8_t *const *direct;
     int zero_slow;
     int *dirty;
+    /* mirrored tables only (mirror != 0) */
+    int mirror, fd2;
+    int *dirty2;
+    uint64_t **const *sums;
+    uint64_t sums_chunk, sums_chunks;
 };
 
 bs_table *bs_table_new(void)
@@ -65,6 +70,20 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->n = chunk * chunks;
     t->zero_slow = zero_slow;
     t->dirty = dirty;
+    t->mirror = 0;
+    t->fd2 = -1;
+    t->sums = NULL;
+}
+
+void bs_table_mirror(bs_table *t, int fd2, int *dirty2, uint64_t **const *sums, uint64_t sums_chunk,
+                     uint64_t sums_chunks)
+{
+    t->mirror = 1;
+    t->fd2 = fd2;
+    t->dirty2 = dirty2;
+    t->sums = sums;
+    t->sums_chunk = sums_chunk;
+    t->sums_chunks = sums_chunks;
 }
 
 /* Unit i's physical unit, and whether it may be written in place (i < n). */
@@ -80,6 +99,15 @@ static inline int direct_of(const bs_table *t, uint64_t i)
     return c != NULL && c[i % t->chunk];
 }
 
+/* The checksum array of physical unit p of a mirrored table, or NULL when p is not armed. */
+static inline uint64_t *sums_of(const bs_table *t, uint32_t p)
+{
+    if (t->sums == NULL || t->sums_chunk == 0 || p / t->sums_chunk >= t->sums_chunks)
+        return NULL;
+    uint64_t **const c = t->sums[p / t->sums_chunk];
+    return c == NULL ? NULL : c[p % t->sums_chunk];
+}
+
 /* The whole request is checked before any byte moves, so BS_SLOW always means "nothing done". */
 static int servable(const bs_table *t, size_t len, uint64_t off, int write, const char *buf)
 {
@@ -87,9 +115,12 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
         return 0;
     if (!write || len == 0)
         return 1;
+    if (t->mirror && (off % BS_SUM_BLOCK || len % BS_SUM_BLOCK || t->unit % BS_SUM_BLOCK))
+        return 0; /* a partial block is completed from a copy proven good: the owner's work */
     uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
     for (uint64_t i = first; i <= last; i++) {
-        if (phys_of(t, i) == (uint32_t)BS_UNMAPPED || !direct_of(t, i))
+        uint32_t p = phys_of(t, i);
+        if (p == (uint32_t)BS_UNMAPPED || !direct_of(t, i) || (t->mirror && sums_of(t, p) == NULL))
             return 0;
         if (t->zero_slow) {
             uint64_t start = i * t->unit;
@@ -210,7 +241,10 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         size_t step = t->unit - in < len - done ? (size_t)(t->unit - in) : len - done;
         uint32_t p = phys_of(t, i); /* i < n: servable kept the range within size */
         int64_t at = (int64_t)((uint64_t)p * t->unit + in);
-        if (wbuf != NULL)
+        if (wbuf != NULL && t->mirror) {
+            int failed;
+            r = bs_pwrite2(t->fd, t->fd2, wbuf + done, step, at, sums_of(t, p) + in / BS_SUM_BLOCK, p, &failed);
+        } else if (wbuf != NULL)
             r = write_at(t, wbuf + done, step, at);
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
@@ -218,10 +252,13 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
             r = bs_pread_all(t->fd, rbuf + done, step, at);
         done += step;
     }
-    if (wbuf != NULL)
+    if (wbuf != NULL) {
         *t->dirty = 1; /* even after a failure part-way: some bytes may have reached the file */
+        if (t->mirror && t->fd2 >= 0)
+            *t->dirty2 = 1;
+    }
     pthread_rwlock_unlock(&t->lock);
-    return r;
+    return r < 0 && t->mirror ? BS_SLOW : r;
 }
 
 int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off)

@@ -15,6 +15,17 @@
  * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
  * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
+ * A mirrored table (bs_table_mirror) writes every unit to two files from one buffer (bs_pwrite2,
+ * under the stripe of the physical unit) and is acknowledged when both have it. It writes only
+ * whole, aligned checksum blocks of units that are "armed": sums[c][j] (per chunk of `sums_chunk`
+ * physical units) points at that unit's array of block checksums, where the write stores the
+ * checksums of what it wrote; a NULL entry (not armed) is BS_SLOW. The owner arms a unit only
+ * after everything that must precede a write to it is durable (the mirror's write-ahead records)
+ * and disarms while it holds every table that points at the array. On a mirrored table an I/O
+ * error is BS_SLOW too, so the owner's path (which knows which copy failed) does the request
+ * again: a BS_SLOW write of a mirrored table may have written some of its bytes, and the fallback
+ * writes all of them again, the same bytes to the same places.
+ *
  * Whole aligned pieces of BS_WRITE_PIECE of a write (within one unit: units smaller than a piece
  * are always pwritten) go through `map`, a shared mapping of the file (bs_map_file), when every
  * page they touch is in the page cache: a copy into mapped pages takes neither a system call nor
@@ -46,6 +57,11 @@ void bs_table_unlock(bs_table *t);
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
                       uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
                       int zero_slow, int *dirty);
+/* Make the published table mirrored (after bs_table_publish, which makes it single again): `fd2`
+ * is the second copy (-1: none, a degraded mirror), `dirty2` its flag; `sums` the directory of
+ * armed units described above, `sums_chunks` entries long. */
+void bs_table_mirror(bs_table *t, int fd2, int *dirty2, uint64_t **const *sums, uint64_t sums_chunk,
+                     uint64_t sums_chunks);
 /* A shared read-write mapping of `len` bytes of `fd` (it may reach past the file's end, where
  * nothing is ever copied: such pages are not in memory), or NULL; the first call also installs the
  * SIGBUS handler of bs_copy_to_map. */

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from blockstore import Pool
 from blockstore.check import check
 
 SLOW = os.environ.get("BLOCKSTORE_SLOW") == "1"
+HERE = os.path.dirname(__file__)
 
 
 @pytest.fixture
@@ -80,3 +82,39 @@ def page_cached(fd: int, offset: int) -> bool:
     assert libc.mincore(p, 4096, vec) == 0
     libc.munmap(p, 4096)
     return bool(vec.raw[0] & 1)
+
+
+@pytest.fixture
+def faulty(tmp_path):
+    """A directory served by the fault-injecting passthrough (faultfs.py): fsync fails while
+    ``ctl`` exists, and writes while ``ctl`` with ".write" added exists."""
+    backing, mnt, ctl = tmp_path / "backing", tmp_path / "faulty", tmp_path / "fail-fsync"
+    backing.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "faultfs.py"), str(backing), str(mnt), str(ctl)])
+    for _ in range(100):
+        if os.path.ismount(mnt):
+            break
+        time.sleep(0.05)
+    assert os.path.ismount(mnt)
+    yield str(mnt), ctl
+    subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)  # lazily: a failed test may hold files open
+    proc.wait(timeout=10)
+
+
+def daemon_pid(pool_path: str) -> int:
+    """The pid of the one mount daemon serving the pool."""
+    (pidfile,) = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".pid")]
+    with open(os.path.join(pool_path, "mounts", pidfile)) as f:
+        return int(f.read())
+
+
+def mount_log(pool_path: str) -> str:
+    logs = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".log")]
+    return "".join(open(os.path.join(pool_path, "mounts", f)).read() for f in logs)
+
+
+def direct_counts(pool_path: str) -> dict[str, int]:
+    """The direct path's request counts the last unmount logged ("read direct", "write passed"...)."""
+    line = mount_log(pool_path).rsplit("requests: ", 1)[1].splitlines()[0]
+    return {what: int(n) for n, what in (part.split(" ", 1) for part in line.strip().split(", "))}

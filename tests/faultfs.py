@@ -1,6 +1,7 @@
-"""A FUSE passthrough whose fsync fails with EIO while a control file exists: a fault injector
-for the tests (the engine runs unchanged on top of it). ``python faultfs.py BACKING MOUNT CTL``
-serves BACKING at MOUNT in the foreground until unmounted."""
+"""A FUSE passthrough whose fsync fails with EIO while a control file exists, and whose writes
+fail with EIO while that name with ".write" added exists: a fault injector for the tests (the
+engine runs unchanged on top of it). ``python faultfs.py BACKING MOUNT CTL`` serves BACKING at
+MOUNT in the foreground until unmounted."""
 from __future__ import annotations
 
 import errno
@@ -41,6 +42,8 @@ class Passthrough(Operations):
         return self._call(os.pread, fh, size, offset)
 
     def write(self, path, data, offset, fh):  # type: ignore[no-untyped-def]
+        if os.path.exists(self.ctl + ".write"):
+            raise FuseOSError(errno.EIO)
         return self._call(os.pwrite, fh, data, offset)
 
     def truncate(self, path, length, fh=None):  # type: ignore[no-untyped-def]

@@ -88,18 +88,125 @@ def test_table_follows_snapshots_resizes_rollback_and_close(pool):
     assert t.pread(bytearray(10), 0) == SLOW     # a closed handle serves nothing
 
 
-def test_mirrored_lus_are_never_written_directly(pool):
+def copies_of(pool, lu, ext):
+    """Logical extent ``ext`` of ``lu`` as each failure group's file holds it."""
+    p = lu.physical_extent(ext)
+    return [os.pread(pool._datafiles[i].fd, E, p * E) for i in (0, 1)]
+
+
+def test_mirrored_lus_are_written_directly_to_both_copies(pool):
+    """A mirrored LU's table reads the first copy and writes both, storing the checksums of what
+    it wrote, but only whole blocks of extents the engine armed since the last flush."""
     with pool.create_lu("d", 4 * E) as lu:
         lu.write(0, os.urandom(E))
         t = lu.direct_table()
-        assert t.pwrite(b"a", 0) == 0
-        pool.set_mirrored("d", True)             # both copies from now on: the engine writes them
-        assert t.pwrite(b"a", 0) == SLOW and t.pread(bytearray(1), 0) == SLOW
-        assert lu.direct_table() is None
-    with pool.lu("d") as lu:
-        assert lu.direct_table() is None
+        assert t.pwrite(b"a" * 4096, 0) == 0     # unmirrored: the primary's own
+        pool.set_mirrored("d", True)
+        buf = bytearray(E)
+        assert t.pread(buf, 0) == 0 and bytes(buf) == lu.read(0, E)
+        pool.flush()
+        assert t.pwrite(os.urandom(4096), 0) == SLOW   # not armed since the flush
+        lu.write(0, os.urandom(4096))            # the engine's write arms the extent
+        data = os.urandom(8192)
+        assert t.pwrite(data, 4096) == 0
+        a, b = copies_of(pool, lu, 0)
+        assert a == b and a[4096:12288] == data
+        assert t.pwrite(os.urandom(100), 4096) == SLOW    # a partial block: the engine completes it
+        assert t.pwrite(os.urandom(4096), 100) == SLOW
+        assert t.pwrite(os.urandom(4096), E) == SLOW      # a hole
+        before = copies_of(pool, lu, 0)
+        pool.flush()                             # checksums of the direct write are committed
+        assert copies_of(pool, lu, 0) == before
+        from blockstore.scrub import verify
+        rep = verify(pool, "d")
+        assert rep["clean"] and not rep["bad"] and not rep["mismatched"], rep
+        assert t.pwrite(os.urandom(4096), 0) == SLOW   # disarmed by the flush
     with pool.create_lu("m", 4 * E, mirrored=True) as m:
-        assert m.direct_table() is None
+        t = m.direct_table()
+        m.write(0, os.urandom(E))
+        assert t is not None and t.pwrite(os.urandom(E), 0) == 0
+        assert len(set(copies_of(pool, m, 0))) == 1
+        pool.set_mirrored("m", False)            # the primary alone from now on
+        assert t.pwrite(os.urandom(100), 5) == 0
+        a, b = copies_of(pool, m, 0)
+        assert a != b or pool._mirror.copies[1] is None
+
+
+def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
+    """When a copy fails the tables are re-pointed at the survivor (reads) and write nothing
+    directly: the engine's writes mark what the lost copy misses."""
+    with pool.create_lu("m", 4 * E, mirrored=True) as m:
+        t = m.direct_table()
+        m.write(0, os.urandom(2 * E))            # arms what it writes (a table is there to use it)
+        assert t.pwrite(os.urandom(4096), 0) == 0
+        pool._mirror.fail(1, "test: the second disk is gone")
+        assert t.pwrite(os.urandom(4096), 0) == SLOW
+        data = os.urandom(4096)
+        m.write(0, data)                         # degraded: the engine writes copy 0 alone
+        assert t.pwrite(os.urandom(4096), 0) == SLOW     # and arms nothing
+        buf = bytearray(4096)
+        assert t.pread(buf, 0) == 0 and bytes(buf) == data
+        assert m.physical_extent(0) in pool._mirror.dirty[1]
+    from blockstore.scrub import resync
+    resync(pool)
+    with pool.lu("m") as m:
+        t = m.direct_table()
+        m.write(0, os.urandom(4096))             # healthy again: armed, written to both
+        assert t.pwrite(os.urandom(4096), 4096) == 0
+        assert len(set(copies_of(pool, m, 0))) == 1
+
+
+def test_direct_mirrored_writers_and_snapshots(pool):
+    """C threads write a mirrored LU in place while snapshots are taken and flushes disarm: every
+    snapshot reads what it read when taken, both copies of everything agree, verify is clean."""
+    lu = pool.create_lu("d", 16 * E, mirrored=True)
+    lu.write(0, os.urandom(16 * E))
+    t = lu.direct_table()
+    stop = threading.Event()
+    served = [0, 0]
+
+    def writer(k: int) -> None:
+        rng = np.random.default_rng(k)
+        while not stop.is_set():
+            off = int(rng.integers(0, 16 * E // 4096 - 1)) * 4096
+            data = rng.bytes(4096)
+            r = t.pwrite(data, off)
+            served[r] += 1
+            if r == SLOW:
+                lu.write(off, data)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    taken = {}
+    try:
+        for i in range(20):
+            pool.snapshot("d", f"s{i}")
+            with pool.lu(f"d@s{i}", writable=False) as s:
+                taken[i] = s.read(0, 16 * E)
+            if i % 3 == 0:
+                pool.flush()
+            seen = served[0]
+            for _ in range(1000):
+                if served[0] >= seen + 20:
+                    break
+                stop.wait(0.001)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    pool.flush()
+    for i, before in taken.items():
+        with pool.lu(f"d@s{i}", writable=False) as s:
+            assert s.read(0, 16 * E) == before, i
+    for ext in range(16):
+        a, b = copies_of(pool, lu, ext)
+        assert a == b, ext
+    assert served[0] > 100 and served[1] > 0, served
+    lu.close()
+    from blockstore.scrub import scrub
+    rep = scrub(pool)
+    assert rep["clean"] and not rep["bad"], rep
 
 
 def test_snapshots_stay_frozen_under_direct_writes(pool):

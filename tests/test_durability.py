@@ -10,14 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from blockstore import Pool
 from conftest import run_cli
 
-HERE = os.path.dirname(__file__)
 
 
 def traced(pool: str, *args: str) -> list[str]:
@@ -55,23 +53,6 @@ def test_create_grow_and_failgrp_add_make_the_data_file_durable_before_the_commi
     mirror = str(tmp_path / "M")
     check_order(traced(pool, "pool", "failgrp", "add", mirror), f"{mirror}/data", mirror)
     check_order(traced(pool, "pool", "grow", "--size", "192M"), f"{mirror}/data", "")
-
-
-@pytest.fixture
-def faulty(tmp_path):
-    """A directory served by the fault-injecting passthrough; fsync fails while ``ctl`` exists."""
-    backing, mnt, ctl = tmp_path / "backing", tmp_path / "faulty", tmp_path / "fail-fsync"
-    backing.mkdir()
-    mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "faultfs.py"), str(backing), str(mnt), str(ctl)])
-    for _ in range(100):
-        if os.path.ismount(mnt):
-            break
-        time.sleep(0.05)
-    assert os.path.ismount(mnt)
-    yield str(mnt), ctl
-    subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)  # lazily: a failed test may hold files open
-    proc.wait(timeout=10)
 
 
 def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, faulty):

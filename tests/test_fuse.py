@@ -16,7 +16,7 @@ import pytest
 from blockstore import Pool
 from blockstore.check import check
 from blockstore_fuse.mount import BACKGROUND
-from conftest import cli_json, run_cli
+from conftest import cli_json, daemon_pid, direct_counts, mount_log, run_cli
 
 MiB = 1 << 20
 
@@ -43,12 +43,6 @@ def mnt(tmp_path, pool_path):
     yield mp
     if os.path.ismount(mp):
         run_cli("umount", mp, check_rc=None)
-
-
-def daemon_pid(pool_path: str) -> int:
-    (pidfile,) = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".pid")]
-    with open(os.path.join(pool_path, "mounts", pidfile)) as f:
-        return int(f.read())
 
 
 def test_dd_roundtrip_and_export_agree(mnt, pool_path, tmp_path):
@@ -104,11 +98,6 @@ def test_fio_verify_all_in_python(pool_path, tmp_path):
     assert "requests:" not in mount_log(pool_path)  # no direct path was installed to count them
 
 
-def mount_log(pool_path: str) -> str:
-    logs = [f for f in os.listdir(os.path.join(pool_path, "mounts")) if f.endswith(".log")]
-    return "".join(open(os.path.join(pool_path, "mounts", f)).read() for f in logs)
-
-
 def fuse_connection(mp: str) -> str:
     """The kernel's control folder of the FUSE connection behind ``mp`` (fusectl, mounted here
     if the machine has not)."""
@@ -144,8 +133,7 @@ def test_direct_path_serves_in_place_writes(mnt, pool_path, tmp_path):
     assert cli_json("lu", "show", "disk", pool=pool_path)["allocated"] == 7 * MiB
     assert data_file_mapped(pool_path)  # for in-place writes of whole pieces
     run_cli("umount", mnt)
-    counts = dict((what, int(n)) for n, what in
-                  (part.split(" ", 1) for part in mount_log(pool_path).rsplit("requests: ", 1)[1].strip().split(", ")))
+    counts = direct_counts(pool_path)
     assert counts["write passed"] >= 8 and counts["write direct"] >= 8 and counts["read direct"] >= 8, counts
     out = tmp_path / "out"
     run_cli("lu", "export", "disk", str(out), pool=pool_path)

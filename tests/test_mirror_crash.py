@@ -19,7 +19,7 @@ import time
 from blockstore import Pool
 from blockstore.check import check
 from blockstore.scrub import scrub, verify
-from conftest import SLOW, run_cli
+from conftest import SLOW, daemon_pid, run_cli
 
 KILLS = 200 if SLOW else 8
 MiB = 1 << 20
@@ -49,12 +49,6 @@ WRITER = textwrap.dedent("""
 
 def version(seed: int, c: int, seq: int) -> bytes:
     return random.Random(f"{seed}/{c}/{seq}").randbytes(PIECE)
-
-
-def daemon_pid(pool: str) -> int:
-    (pidfile,) = [f for f in os.listdir(os.path.join(pool, "mounts")) if f.endswith(".pid")]
-    with open(os.path.join(pool, "mounts", pidfile)) as f:
-        return int(f.read())
 
 
 def read_all(pool: Pool, name: str) -> bytes:
