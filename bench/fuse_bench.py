@@ -35,6 +35,18 @@ def fio(path: str, rw: str, bs: str, size: int, runtime: int) -> float:
     return side["iops"] if bs == "4k" else side["bw_bytes"] / (1 << 20)
 
 
+def first_write(path: str, rw: str, bs: str, size: int, runtime: int) -> float:
+    """A fresh target's first writes: fio over ``size`` bytes once (at most ``runtime`` seconds,
+    never wrapping around), fsynced at the end, one job; MiB/s for 1M, IOPS for 4K."""
+    r = subprocess.run(["fio", "--name=first", f"--filename={path}", f"--size={size}", f"--rw={rw}", f"--bs={bs}",
+                        "--direct=1", "--ioengine=libaio", "--iodepth=16", "--end_fsync=1", f"--runtime={runtime}",
+                        "--randrepeat=0", "--output-format=json"], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio {rw} on {path}: {r.stderr.strip()[-500:]}")
+    side = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]["write"]
+    return side["iops"] if bs == "4k" else side["bw_bytes"] / (1 << 20)
+
+
 def fill(path: str, size: int) -> None:
     """Write every byte once, untimed: all targets are then measured in the same steady state
     (allocated, data to read), not on first-allocation costs that differ by who ran first."""
@@ -55,22 +67,34 @@ def plain_target(workdir: str, size: int) -> Iterator[str]:
 
 
 @contextmanager
-def blockstore_target(workdir: str, size: int, **options: Any) -> Iterator[str]:
+def mounted_pool(workdir: str, size: int, lus: dict[str, bool], **options: Any) -> Iterator[dict[str, str]]:
+    """A fresh pool (with a second failure group when an LU is mirrored) holding ``lus`` (name:
+    mirrored), each ``size`` bytes, mounted; yields name -> file in the mount."""
     from blockstore import Pool
     from blockstore_fuse.mount import mount, umount
 
     pool = os.path.join(workdir, "fuse-pool")
-    with Pool.create(pool, 2 * size) as p:
-        p.create_lu("disk", size).close()
+    mirror = os.path.join(workdir, "fuse-pool-fg1") if any(lus.values()) else None
+    with Pool.create(pool, len(lus) * size + size, mirror_dir=mirror) as p:
+        for name, mirrored in lus.items():
+            p.create_lu(name, size, mirrored=mirrored).close()
     mp = os.path.join(workdir, "mnt")
     os.mkdir(mp)
     mount(pool, mp, **options)
     try:
-        yield os.path.join(mp, "disk")
+        yield {name: os.path.join(mp, name) for name in lus}
     finally:
         umount(mp)
         os.rmdir(mp)
         shutil.rmtree(pool)
+        if mirror:
+            shutil.rmtree(mirror)
+
+
+@contextmanager
+def blockstore_target(workdir: str, size: int, **options: Any) -> Iterator[str]:
+    with mounted_pool(workdir, size, {"disk": False}, **options) as files:
+        yield files["disk"]
 
 
 @contextmanager
@@ -131,3 +155,26 @@ def run(workdir: str, quick: bool) -> tuple[dict[str, dict[str, float]], dict[st
                     out[target][name].append(fio(path, rw, bs, size, runtime))
     medians = {t: {p: statistics.median(v) for p, v in pats.items()} for t, pats in out.items()}
     return medians, out
+
+
+#: The mirror's rows: the first write of a fresh LU, then the patterns in place.
+MIRROR_PATTERNS = [("seq write 1M, first write", "write", "1M")] + [
+    (name.replace("seq write 1M", "seq write 1M, in place"), rw, bs) for name, rw, bs in PATTERNS]
+
+
+def mirror_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
+    """A mirrored LU against an unmirrored one in the same pool and the same mount: each round
+    a fresh pool; the first write (fio over the whole LU, fsynced) and then each pattern, the two
+    LUs in turn, who goes first alternating by round and pattern. {"mirrored" | "unmirrored":
+    {pattern: [each round]}}."""
+    size = (512 if quick else 1024) << 20
+    runtime = 2 if quick else 4
+    out: dict[str, dict[str, list[float]]] = {k: {p[0]: [] for p in MIRROR_PATTERNS} for k in ("mirrored", "unmirrored")}
+    for r in range(3 if quick else 5):
+        with mounted_pool(workdir, size, {"mirrored": True, "unmirrored": False}) as files:
+            for k, (name, rw, bs) in enumerate(MIRROR_PATTERNS):
+                order = ["mirrored", "unmirrored"][::(-1) ** (r + k)]
+                for who in order:
+                    out[who][name].append(first_write(files[who], rw, bs, size, 60) if k == 0 else
+                                          fio(files[who], rw, bs, size, runtime))
+    return out

@@ -9,7 +9,8 @@ JSON shape (version 1):
   {"version": 1, "quick": bool, "when": ISO time, "machine": {...}, "params": {...},
    "results": [{"name", "group", "unit", "ours", "baseline", "ratio", "target", "ok", "note"}],
    "fuse": {target: {pattern: median}} or null when fio or qemu-storage-daemon is missing,
-   "fuse_samples": {target: {pattern: [the figure of each round]}} or null}
+   "fuse_samples": {target: {pattern: [the figure of each round]}} or null,
+   "fuse_mirror_samples": {"mirrored" | "unmirrored": {pattern: [each round]}} or null}
 ``ratio`` is baseline-time / our-time for speeds (higher is better) and is null where there is
 no baseline; ``target`` is the ratio (or bound) the issue sets, ``ok`` whether it was met.
 """
@@ -37,7 +38,7 @@ MiB = 1 << 20
 #: The measurements (Bench methods) by group, in the order they run; ``--only`` picks groups.
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
-    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",),
+    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
 }
 
 
@@ -505,6 +506,23 @@ class Bench:
             self.results.append(r)
             print(_row(r), flush=True)
 
+    def fuse_mirror(self) -> None:
+        """Mirrored against unmirrored LUs through one mount (fio, same run, medians of rounds)."""
+        from . import fuse_bench
+        if "fio" in fuse_bench.missing_tools():
+            print("FUSE mirror runs skipped: fio is not installed (make deps)")
+            return
+        runs = fuse_bench.mirror_run(self.dir, self.quick)
+        targets = {"rand read 4K": 0.9, "seq read 1M": 0.9, "rand write 4K": 0.6, "seq write 1M, in place": 0.6,
+                   "seq write 1M, first write": 0.5}
+        for name, _, bs in fuse_bench.MIRROR_PATTERNS:
+            m, u = runs["mirrored"][name], runs["unmirrored"][name]
+            self.add(f"fuse mirrored {name} vs unmirrored", "fuse", "MiB/s" if bs == "1M" else "IOPS",
+                     statistics.median(m), statistics.median(u), targets[name],
+                     note=f"same mount, fio direct iodepth 16; rounds: mirrored {min(m):,.0f}-{max(m):,.0f}, "
+                          f"unmirrored {min(u):,.0f}-{max(u):,.0f}")
+        self.fuse_mirror_samples = runs
+
     def cluster(self) -> None:
         from . import cluster_bench
         cluster_bench.run(self, self.dir, self.quick)
@@ -581,7 +599,8 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
            "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,
                       "extent_size": b.pool.extent_size},
            "results": b.results, "fuse": getattr(b, "fuse_results", None),
-           "fuse_samples": getattr(b, "fuse_samples", None)}
+           "fuse_samples": getattr(b, "fuse_samples", None),
+           "fuse_mirror_samples": getattr(b, "fuse_mirror_samples", None)}
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, "w") as f:

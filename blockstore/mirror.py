@@ -120,16 +120,17 @@ class MirrorFile:
                       direct: list | None, zero_slow: bool, map_writes: bool, serve: bool,
                       republish: Callable[[], None]) -> None:
         """Point ``table`` at these copies (the caller holds it): reads from the first live copy,
-        writes to both, of armed extents only; ``republish`` (a bound method) is called, with the
-        table held, whenever the copies change. ``map_writes`` is ignored: two copies are written
-        by pwrite."""
+        writes to both (each through its mapping if ``map_writes``), of armed extents only;
+        ``republish`` (a bound method) is called, with the table held, whenever the copies change."""
         i, first = self._one() if serve else (0, None)
         other = self.copies[1] if i == 0 else None
         writes = direct if self.checksums and not self.degraded else None
-        table.publish(first.fd if first is not None else -1, native.NO_MAP, unit, size, chunk, phys, writes,
-                      zero_slow, first.dirty_flag if first is not None else np.zeros(1, np.int32))
-        table.mirror(other.fd if other is not None else -1, other.dirty_flag if other is not None else None,
-                     self.armed)
+        mapped = serve and map_writes and writes is not None
+        table.publish(first.fd if first is not None else -1, first.mapping() if mapped else native.NO_MAP,
+                      unit, size, chunk, phys, writes, zero_slow,
+                      first.dirty_flag if first is not None else np.zeros(1, np.int32))
+        table.mirror(other.fd if other is not None else -1, other.mapping() if mapped and other else native.NO_MAP,
+                     other.dirty_flag if other is not None else None, self.armed)
         self._tables[table] = weakref.WeakMethod(republish)  # type: ignore[arg-type]
 
     @contextmanager

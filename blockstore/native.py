@@ -169,11 +169,13 @@ class DirectTable:
         lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, self._dirs[0], self._dirs[1],
                              chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty))
 
-    def mirror(self, fd2: int, dirty2: np.ndarray | None, armed: "ArmedUnits") -> None:
-        """Make the table just published mirrored: ``fd2`` the second copy (-1: none), and only the
-        units ``armed`` names are written (native/fastpath.h). Hold the table, as for publish."""
+    def mirror(self, fd2: int, mapping2: FileMap, dirty2: np.ndarray | None, armed: "ArmedUnits") -> None:
+        """Make the table just published mirrored: ``fd2`` the second copy (-1: none) mapped by
+        ``mapping2``, and only the units ``armed`` names are written (native/fastpath.h). Hold
+        the table, as for publish."""
         self._keep2 = (dirty2, armed)
-        lib.bs_table_mirror(self.ptr, fd2, ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
+        lib.bs_table_mirror(self.ptr, fd2, mapping2.ptr, mapping2.length,
+                            ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
                             armed.directory, armed.chunk, len(armed.directory))
 
     def chunk_made(self, c: int) -> None:

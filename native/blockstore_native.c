@@ -108,12 +108,14 @@ int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, c
  * from the caller's buffer, never from a copy read back, so they describe what the client wrote. */
 static pthread_mutex_t stripes[BS_STRIPES] = {[0 ... BS_STRIPES - 1] = PTHREAD_MUTEX_INITIALIZER};
 
+void bs_stripe_lock(int64_t stripe) { pthread_mutex_lock(&stripes[stripe % BS_STRIPES]); }
+void bs_stripe_unlock(int64_t stripe) { pthread_mutex_unlock(&stripes[stripe % BS_STRIPES]); }
+
 int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int64_t stripe,
                int *failed)
 {
-    pthread_mutex_t *held = stripe >= 0 ? &stripes[stripe % BS_STRIPES] : NULL;
-    if (held)
-        pthread_mutex_lock(held);
+    if (stripe >= 0)
+        bs_stripe_lock(stripe);
     int r0, r1;
     pthread_t t;
     /* with two threads, each checksums half the blocks before writing its copy */
@@ -132,8 +134,8 @@ int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint6
         r0 = fd0 >= 0 ? bs_pwrite_all(fd0, buf, len, off) : 0;
         r1 = fd1 >= 0 ? bs_pwrite_all(fd1, buf, len, off) : 0;
     }
-    if (held)
-        pthread_mutex_unlock(held);
+    if (stripe >= 0)
+        bs_stripe_unlock(stripe);
     *failed = (r0 < 0 ? 1 : 0) | (r1 < 0 ? 2 : 0);
     return r0 < 0 ? r0 : r1;
 }

@@ -34,6 +34,8 @@ int bs_sum_file(int fd, int64_t off, size_t len, size_t block, uint64_t *sums, c
  * and store their checksums, in one order, so the copies never disagree and the last checksum
  * stored is the last write's. */
 #define BS_STRIPES 256
+void bs_stripe_lock(int64_t stripe);
+void bs_stripe_unlock(int64_t stripe);
 int bs_pwrite2(int fd0, int fd1, const char *buf, size_t len, int64_t off, uint64_t *sums, int64_t stripe,
                int *failed);
 int bs_cow(int src, int64_t src_off, int dst0, int dst1, int64_t dst_off, size_t extent,

@@ -24,6 +24,8 @@ struct bs_table {
     int *dirty;
     /* mirrored tables only (mirror != 0) */
     int mirror, fd2;
+    char *map2;
+    uint64_t map2_len;
     int *dirty2;
     uint64_t **const *sums;
     uint64_t sums_chunk, sums_chunks;
@@ -75,11 +77,13 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->sums = NULL;
 }
 
-void bs_table_mirror(bs_table *t, int fd2, int *dirty2, uint64_t **const *sums, uint64_t sums_chunk,
-                     uint64_t sums_chunks)
+void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
+                     uint64_t sums_chunk, uint64_t sums_chunks)
 {
     t->mirror = 1;
     t->fd2 = fd2;
+    t->map2 = map2;
+    t->map2_len = map2 != NULL ? map2_len : 0;
     t->dirty2 = dirty2;
     t->sums = sums;
     t->sums_chunk = sums_chunk;
@@ -206,7 +210,7 @@ static int resident(const char *p, size_t len)
  * write into a 256 KiB folio would have writeback write all of it (64 times the bytes), where
  * pwrite dirties the bytes it wrote. Folios are at most a piece as long as writes go in pieces
  * (blockstore_native.c). */
-static int write_at(bs_table *t, const char *buf, size_t len, int64_t at)
+static int write_at(int fd, char *map, uint64_t map_len, const char *buf, size_t len, int64_t at)
 {
     size_t from = 0; /* [from, done) is still to be pwritten */
     for (size_t done = 0; done < len;) {
@@ -215,16 +219,16 @@ static int write_at(bs_table *t, const char *buf, size_t len, int64_t at)
         size_t step = head != 0 ? head : BS_WRITE_PIECE;
         if (step > len - done)
             step = len - done;
-        if (head == 0 && step == BS_WRITE_PIECE && t->map != NULL && pos + step <= t->map_len &&
-            resident(t->map + pos, step) && bs_copy_to_map(t->map + pos, buf + done, step) == 0) {
-            int r = from < done ? bs_pwrite_all(t->fd, buf + from, done - from, at + (int64_t)from) : 0;
+        if (head == 0 && step == BS_WRITE_PIECE && map != NULL && pos + step <= map_len &&
+            resident(map + pos, step) && bs_copy_to_map(map + pos, buf + done, step) == 0) {
+            int r = from < done ? bs_pwrite_all(fd, buf + from, done - from, at + (int64_t)from) : 0;
             if (r != 0)
                 return r;
             from = done + step;
         }
         done += step;
     }
-    return from < len ? bs_pwrite_all(t->fd, buf + from, len - from, at + (int64_t)from) : 0;
+    return from < len ? bs_pwrite_all(fd, buf + from, len - from, at + (int64_t)from) : 0;
 }
 
 /* One request through the table: a read into rbuf, or a write from wbuf. */
@@ -242,10 +246,14 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         uint32_t p = phys_of(t, i); /* i < n: servable kept the range within size */
         int64_t at = (int64_t)((uint64_t)p * t->unit + in);
         if (wbuf != NULL && t->mirror) {
-            int failed;
-            r = bs_pwrite2(t->fd, t->fd2, wbuf + done, step, at, sums_of(t, p) + in / BS_SUM_BLOCK, p, &failed);
+            bs_stripe_lock(p);
+            bs_sum_blocks(wbuf + done, step, BS_SUM_BLOCK, sums_of(t, p) + in / BS_SUM_BLOCK);
+            r = write_at(t->fd, t->map, t->map_len, wbuf + done, step, at);
+            if (r == 0 && t->fd2 >= 0)
+                r = write_at(t->fd2, t->map2, t->map2_len, wbuf + done, step, at);
+            bs_stripe_unlock(p);
         } else if (wbuf != NULL)
-            r = write_at(t, wbuf + done, step, at);
+            r = write_at(t->fd, t->map, t->map_len, wbuf + done, step, at);
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
         else

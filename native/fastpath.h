@@ -15,8 +15,9 @@
  * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
  * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
- * A mirrored table (bs_table_mirror) writes every unit to two files from one buffer (bs_pwrite2,
- * under the stripe of the physical unit) and is acknowledged when both have it. It writes only
+ * A mirrored table (bs_table_mirror) writes every unit to two files from one buffer, one after
+ * the other (each as above: through its mapping where it can), under the stripe lock of the
+ * physical unit (bs_stripe_lock), and is acknowledged when both have it. It writes only
  * whole, aligned checksum blocks of units that are "armed": sums[c][j] (per chunk of `sums_chunk`
  * physical units) points at that unit's array of block checksums, where the write stores the
  * checksums of what it wrote; a NULL entry (not armed) is BS_SLOW. The owner arms a unit only
@@ -58,10 +59,10 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
                       uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
                       int zero_slow, int *dirty);
 /* Make the published table mirrored (after bs_table_publish, which makes it single again): `fd2`
- * is the second copy (-1: none, a degraded mirror), `dirty2` its flag; `sums` the directory of
- * armed units described above, `sums_chunks` entries long. */
-void bs_table_mirror(bs_table *t, int fd2, int *dirty2, uint64_t **const *sums, uint64_t sums_chunk,
-                     uint64_t sums_chunks);
+ * is the second copy (-1: none, a degraded mirror), `map2` its mapping (or NULL), `dirty2` its
+ * flag; `sums` the directory of armed units described above, `sums_chunks` entries long. */
+void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
+                     uint64_t sums_chunk, uint64_t sums_chunks);
 /* A shared read-write mapping of `len` bytes of `fd` (it may reach past the file's end, where
  * nothing is ever copied: such pages are not in memory), or NULL; the first call also installs the
  * SIGBUS handler of bs_copy_to_map. */
