@@ -371,7 +371,7 @@ class Bench:
         total = self.seq_total // 2
         path = os.path.join(self.dir, "cpool")
         cp = Pool.create(path, 3 * total, mirror_dir=os.path.join(self.dir, "cfg1"))
-        mirror = cp._mirror  # the measurement switch lives on the pool's mirror layer
+        mirror = cp.mirror  # the measurement switch lives on the pool's mirror layer
         span, ops = min(self.rand_span, total), self.offsets
         ops = [o % span for o in ops]
         blob = self.buf[:4096]

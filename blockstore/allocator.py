@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import lmdb
 import numpy as np
 
-from .datafile import DataFile
+from .storage.datafile import DataFile
 from .errors import PoolCorrupt, PoolFull
-from .extents import CHUNK
-from .meta import Meta, fg_key
+from .extents import CHUNK, runs
+from .meta import Meta, by_chunk, fg_key, set_bits
 from .sizes import format_size
 
 if TYPE_CHECKING:
@@ -47,38 +47,9 @@ def resv_key(session: str, fg: int) -> bytes:
     return f"{session}/{fg}".encode()
 
 
-def _by_chunk(extents: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Group sorted-or-not extent numbers by stored chunk: (chunk, positions in input, offsets)."""
-    chunks = extents // CHUNK
-    out = []
-    for c in np.unique(chunks):
-        pos = np.flatnonzero(chunks == c)
-        out.append((int(c), pos, (extents[pos] % CHUNK).astype(np.int64)))
-    return out
-
-
 def set_free(meta: Meta, txn: lmdb.Transaction, fg: int, extents: np.ndarray, value: bool) -> None:
     """Set the free bits of ``extents`` to ``value`` inside ``txn``."""
     set_bits(meta, txn, "free", fg, extents, value)
-
-
-def set_bits(meta: Meta, txn: lmdb.Transaction, dbname: str, fg: int, extents: np.ndarray, value: bool) -> None:
-    """Set one bit per extent in a chunked bitmap database (free, dirty) inside ``txn``."""
-    db = meta.db[dbname]
-    for c, _, off in _by_chunk(np.asarray(extents, np.int64)):
-        raw = txn.get(fg_key(fg, c), db=db)
-        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little") if raw else np.zeros(CHUNK, np.uint8)
-        bits[off] = value
-        txn.put(fg_key(fg, c), np.packbits(bits, bitorder="little").tobytes(), db=db)
-
-
-def store_counts(meta: Meta, txn: lmdb.Transaction, db: str, fg: int, counts: np.ndarray) -> None:
-    """Write a whole array of counts (``rc`` or ``mrc``) of failure group ``fg`` inside ``txn``."""
-    for c in range(-(-len(counts) // CHUNK)):
-        part = counts[c * CHUNK:(c + 1) * CHUNK]
-        arr = np.zeros(CHUNK, np.uint32)
-        arr[: len(part)] = part
-        txn.put(fg_key(fg, c), arr.tobytes(), db=meta.db[db])
 
 
 def init_free(meta: Meta, txn: lmdb.Transaction, fg: int, first: int, last: int) -> None:
@@ -187,7 +158,7 @@ class Allocator:
     def counts_of(self, txn: lmdb.Transaction, extents: np.ndarray, db: str = "mrc") -> np.ndarray:
         """The counts of some extents, reading only the chunks that hold them."""
         out = np.zeros(len(extents), np.int64)
-        for c, pos, off in _by_chunk(np.asarray(extents, np.int64)):
+        for c, pos, off in by_chunk(np.asarray(extents, np.int64)):
             raw = txn.get(fg_key(self.fg, c), db=self.meta.db[db])
             if raw:
                 out[pos] = np.frombuffer(raw, np.uint32)[off]
@@ -231,7 +202,7 @@ class Allocator:
         ext, delta = ext[keep], delta[keep]
         name, db = db, self.meta.db[db]
         freed = [np.zeros(0, np.int64)]
-        for c, pos, off in _by_chunk(ext):
+        for c, pos, off in by_chunk(ext):
             raw = txn.get(fg_key(self.fg, c), db=db)
             rc = np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(CHUNK, np.int64)
             before = rc[off].copy()
@@ -283,10 +254,3 @@ class Allocator:
                 set_free(self.meta, txn, self.fg, held, True)
             txn.delete(self._key, db=self.meta.db["resv"])
         self._local = []
-
-
-def runs(extents: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted unique extents -> (first, count) runs of consecutive numbers."""
-    e = np.sort(np.asarray(extents, np.int64))
-    breaks = np.flatnonzero(np.diff(e) != 1) + 1
-    return [(int(r[0]), len(r)) for r in np.split(e, breaks) if len(r)]

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import numpy as np
 
-from .allocator import read_resv, resv_owner, set_free, store_counts
+from .allocator import read_resv, resv_owner, set_free
+from .meta import store_counts
 from .extents import CHUNK, UNMAPPED, extents_for
 from .errors import PoolCorrupt
 from .locks import is_held
@@ -140,7 +141,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
 
 def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
     """Check (and with ``repair``, fix what is safe to fix); returns the report with ``code``."""
-    with pool._lock:
+    with pool.lock:
         pool.flush()
         try:
             with pool.meta.read() as txn:
@@ -184,10 +185,10 @@ def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
     for key in found["orphan_keys"]:
         txn.delete(key, db=meta.db["maps"])
     pool.sums.delete(txn, found["stray"])
-    if len(found["unsummed"]) and pool._mirror is not None:
+    if len(found["unsummed"]) and pool.mirror is not None:
         from .scrub import adopt
         adopt(pool, txn, found["unsummed"])
-    for r in pool._records(txn):
+    for r in pool.records(txn):
         mapped = sum(int(np.count_nonzero(np.frombuffer(raw, np.uint32) != UNMAPPED))
                      for _, raw in meta.map_chunks(txn, r["id"]))
         if r.get("allocated") != mapped:

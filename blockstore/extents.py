@@ -247,3 +247,10 @@ class ExtentMap:
 
 
 _HOLES = bytes([0xFF]) * (4 * CHUNK)
+
+
+def runs(extents: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique extents -> (first, count) runs of consecutive numbers."""
+    e = np.sort(np.asarray(extents, np.int64))
+    breaks = np.flatnonzero(np.diff(e) != 1) + 1
+    return [(int(r[0]), len(r)) for r in np.split(e, breaks) if len(r)]

@@ -13,7 +13,8 @@ then commits them in one LMDB transaction (pool.py).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,11 +24,27 @@ from .native import DirectTable
 from .zero import is_zero
 
 if TYPE_CHECKING:
+    from .allocator import Allocator
     from .locks import HolderLock
-    from .pool import Pool
+    from .storage.datafile import DataFile
+    from .storage.mirror import MirrorFile
 
 Buffer = bytes | bytearray | memoryview
 _pread, _preadv = os.pread, os.preadv
+
+
+class Host(Protocol):
+    """What an LU needs of whoever opened it (the pool): the lock that guards every map and
+    count, a fresh map for a read-only handle, the commit that makes its writes durable, and the
+    last close of a handle."""
+
+    lock: threading.RLock
+
+    def flush(self) -> None: ...
+
+    def refresh_lu(self, lu: "LU") -> None: ...
+
+    def close_lu(self, lu: "LU") -> None: ...
 
 
 class LU:
@@ -36,12 +53,16 @@ class LU:
     A writable handle holds the LU's holder lock: one process at a time. Read-only handles of an
     LU another process writes see each committed state of it (they re-read the map when the
     LU's generation changes).
+
+    The LU reads and writes ``store`` (storage/: a data file, or the mirror over two) at
+    physical extent offsets, and takes extents from ``allocator``; the pool re-points it
+    (``restack``) when the LU becomes mirrored or stops being so.
     """
 
-    def __init__(self, pool: "Pool", record: dict[str, Any], emap: ExtentMap, *, writable: bool,
-                 holder: "HolderLock | None" = None) -> None:
-        self._pool = pool
-        self._lock = pool._lock
+    def __init__(self, host: Host, record: dict[str, Any], emap: ExtentMap, store: "DataFile | MirrorFile",
+                 allocator: "Allocator", *, writable: bool, holder: "HolderLock | None" = None) -> None:
+        self._host = host
+        self._lock = host.lock
         self.name: str = record["name"]
         self.id: int = record["id"]
         self.kind: str = record["kind"]
@@ -49,10 +70,10 @@ class LU:
         self._size: int = record["size"]
         self._gen: int = record["gen"]
         self._map = emap
-        self._E = pool.extent_size
+        self._E = allocator.E
         self.mirrored: bool = record.get("mirrored", False)
-        self._df = pool._mirror if self.mirrored and pool._mirror is not None else pool.primary()
-        self._alloc = pool._allocators[0]
+        self._df = store
+        self._alloc = allocator
         self._writable = writable
         # Reads may skip the lock when nothing else changes the map under them: this process
         # writes it, or it is a snapshot (read-only handles of live LUs re-read the map).
@@ -87,7 +108,7 @@ class LU:
         """Logical extent numbers that hold data (everything else reads as zeros)."""
         with self._lock:
             if not self._writable:
-                self._pool._refresh(self)
+                self._host.refresh_lu(self)
             return self._map.mapped_logical()
 
     def read(self, offset: int, length: int) -> bytes:
@@ -112,7 +133,7 @@ class LU:
         self._check(offset, length)
         with self._lock:
             if not self._writable:
-                self._pool._refresh(self)
+                self._host.refresh_lu(self)
             ext, start = divmod(offset, E)
             if start + length <= E:
                 p = self._map.get(ext)
@@ -141,7 +162,7 @@ class LU:
         self._check(offset, n)
         with self._lock:
             if not self._writable:
-                self._pool._refresh(self)
+                self._host.refresh_lu(self)
             self._readinto(mv, offset)
 
     def _readinto(self, mv: memoryview, offset: int) -> None:
@@ -221,13 +242,6 @@ class LU:
             with self._direct:
                 self._publish_direct()
 
-    def _replace_map(self, emap: ExtentMap, size: int) -> None:
-        """Take another map (rollback) and size, in step with the direct table."""
-        with self._map.guard:
-            self._map, self._size = emap, size
-            emap.guard = self._direct or NO_GUARD
-            self._publish_direct()
-
     def discard(self, offset: int, length: int) -> None:
         """Zero ``[offset, offset+length)``: whole extents are unmapped (thin LUs) and freed once
         nothing references them; partial ones are zeroed."""
@@ -252,10 +266,10 @@ class LU:
 
     def flush(self) -> None:
         """Make every write acknowledged so far durable (pool-wide commit)."""
-        self._pool.flush()
+        self._host.flush()
 
     def close(self) -> None:
-        self._pool._close_lu(self)
+        self._host.close_lu(self)
 
     def __enter__(self) -> "LU":
         return self
@@ -265,6 +279,106 @@ class LU:
 
     def __repr__(self) -> str:
         return f"<LU {self.name} {self._size} bytes {'rw' if self._writable else 'ro'}>"
+
+    # -- for the pool that opened it ----------------------------------------------------------
+
+    @property
+    def extent_map(self) -> ExtentMap:
+        """The LU's map as this handle has it (ahead of the stored one until the pool saves it)."""
+        return self._map
+
+    @property
+    def gen(self) -> int:
+        """The generation of the LU's record this handle's map matches."""
+        return self._gen
+
+    @property
+    def holder(self) -> "HolderLock | None":
+        return self._holder
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def saved(self, gen: int) -> None:
+        """The pool stored this handle's map as generation ``gen``."""
+        self._gen = gen
+
+    def reload(self, emap: ExtentMap, size: int, gen: int) -> None:
+        """A read-only handle takes the map and size another writer committed."""
+        self._map, self._size, self._gen = emap, size, gen
+
+    def add_open(self) -> None:
+        """One more user shares this handle (each closes it once)."""
+        self._opens += 1
+
+    def drop_open(self) -> bool:
+        """One user closed it: whether that was the last (the pool then retires it)."""
+        self._opens -= 1
+        return self._opens <= 0
+
+    def retire(self) -> None:
+        """The handle serves nothing from now on (its writer lock is the pool's to release)."""
+        self._closed = True
+        self._fast = False
+        self._retire_direct()
+
+    def restack(self, store: "DataFile | MirrorFile", mirrored: bool) -> None:
+        """Read and write ``store`` from now on (the LU became mirrored, or stopped being so);
+        the direct table follows before any I/O can use the old store."""
+        with self._map.guard:
+            self._df = store
+            self.mirrored = mirrored
+            self._publish_direct()
+
+    def read_from(self, store: "DataFile") -> None:
+        """A read-only handle reads ``store`` (one copy of a mirror: read redirection), always
+        under the lock."""
+        self._df = store
+        self._fast = False
+
+    def replace_map(self, emap: ExtentMap, size: int) -> None:
+        """Take another map (rollback) and size, in step with the direct table."""
+        with self._map.guard:
+            self._map, self._size = emap, size
+            emap.guard = self._direct or NO_GUARD
+            self._publish_direct()
+
+    def copy_shared(self) -> int:
+        """Give this LU its own copy of every extent it shares (flatten). Returns extents copied."""
+        E, m = self._E, self._map
+        shared = m.shared_logical()
+        for ext in shared.tolist():
+            p = m.get(ext)
+            q = self._alloc.take()
+            self._df.cow(p * E, q * E, E, None, 0)
+            self._alloc.unref(p, self.mirrored)
+            self._alloc.ref(q, self.mirrored)
+            m.set(ext, q, True)
+        return len(shared)
+
+    def resize_map(self, size: int) -> None:
+        """Set the size in bytes; the caller has already discarded what a shrink cuts off."""
+        n = extents_for(size, self._E)
+        if n < len(self._map):
+            self._alloc.unref_many(self._map.tail(n), self.mirrored)
+        with self._map.guard:  # resize gives the map new arrays: publish them before any I/O
+            self._map.resize(n)
+            self._size = size
+            self._publish_direct()
+
+    def fill_holes(self, first: int) -> None:
+        """Map every hole from logical extent ``first`` on to a zeroed extent (thick LUs)."""
+        a, E = self._alloc, self._E
+        is_hole = np.ones(len(self._map), bool)  # a thick LU maps everything: its size in memory is due
+        is_hole[self._map.mapped_logical()] = False
+        holes = np.flatnonzero(is_hole[first:]) + first
+        a.ensure(len(holes))
+        for ext in holes.tolist():
+            q = a.take()
+            self._df.punch(q * E, E)
+            a.ref(q, self.mirrored)
+            self._map.set(ext, q, True)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -338,26 +452,3 @@ class LU:
     def _unmap(self, ext: int) -> None:
         self._alloc.unref(self._map.get(ext), self.mirrored)
         self._map.set(ext, UNMAPPED, False)
-
-    def _copy_shared(self) -> int:
-        """Give this LU its own copy of every extent it shares (flatten). Returns extents copied."""
-        E, m = self._E, self._map
-        shared = m.shared_logical()
-        for ext in shared.tolist():
-            p = m.get(ext)
-            q = self._alloc.take()
-            self._df.cow(p * E, q * E, E, None, 0)
-            self._alloc.unref(p, self.mirrored)
-            self._alloc.ref(q, self.mirrored)
-            m.set(ext, q, True)
-        return len(shared)
-
-    def _resize_map(self, size: int) -> None:
-        """Set the size in bytes; the caller has already discarded what a shrink cuts off."""
-        n = extents_for(size, self._E)
-        if n < len(self._map):
-            self._alloc.unref_many(self._map.tail(n), self.mirrored)
-        with self._map.guard:  # resize gives the map new arrays: publish them before any I/O
-            self._map.resize(n)
-            self._size = size
-            self._publish_direct()

@@ -32,6 +32,7 @@ import lmdb
 import numpy as np
 
 from .errors import BlockstoreError, NotAPool, PoolCorrupt
+from .extents import CHUNK
 
 FORMAT = 1
 DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
@@ -250,8 +251,6 @@ class Meta:
 
     def fg_array(self, txn: lmdb.Transaction, db: str, fg: int, n: int, dtype: Any, fill: int) -> np.ndarray:
         """A whole per-failure-group array (refcounts or unpacked free bits) of ``n`` entries."""
-        from .extents import CHUNK
-
         out = np.full(n, fill, dtype=dtype)
         bitmap = db in ("free", "dirty")
         size = -(-CHUNK // 8) if bitmap else CHUNK * np.dtype(dtype).itemsize
@@ -266,3 +265,34 @@ class Meta:
             if hi > lo:
                 out[lo:hi] = arr[: hi - lo]
         return out
+
+
+# -- per-extent arrays of a failure group, stored in chunks of CHUNK extents --------------------
+
+def by_chunk(extents: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Group sorted-or-not extent numbers by stored chunk: (chunk, positions in input, offsets)."""
+    chunks = extents // CHUNK
+    out = []
+    for c in np.unique(chunks):
+        pos = np.flatnonzero(chunks == c)
+        out.append((int(c), pos, (extents[pos] % CHUNK).astype(np.int64)))
+    return out
+
+
+def set_bits(meta: Meta, txn: lmdb.Transaction, dbname: str, fg: int, extents: np.ndarray, value: bool) -> None:
+    """Set one bit per extent in a chunked bitmap database (free, dirty) inside ``txn``."""
+    db = meta.db[dbname]
+    for c, _, off in by_chunk(np.asarray(extents, np.int64)):
+        raw = txn.get(fg_key(fg, c), db=db)
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little") if raw else np.zeros(CHUNK, np.uint8)
+        bits[off] = value
+        txn.put(fg_key(fg, c), np.packbits(bits, bitorder="little").tobytes(), db=db)
+
+
+def store_counts(meta: Meta, txn: lmdb.Transaction, db: str, fg: int, counts: np.ndarray) -> None:
+    """Write a whole array of counts (``rc`` or ``mrc``) of failure group ``fg`` inside ``txn``."""
+    for c in range(-(-len(counts) // CHUNK)):
+        part = counts[c * CHUNK:(c + 1) * CHUNK]
+        arr = np.zeros(CHUNK, np.uint32)
+        arr[: len(part)] = part
+        txn.put(fg_key(fg, c), arr.tobytes(), db=meta.db[db])

@@ -23,16 +23,17 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .activity import ActivityLog
-from .allocator import Allocator, init_free, read_resv, resv_owner, runs, set_bits, set_free
-from .checksums import SumStore
-from .datafile import DataFile, fsync_dir
+from .storage.activity import ActivityLog
+from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
+from .storage.checksums import SumStore
+from .storage.datafile import DataFile, fsync_dir
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolCorrupt, ReadOnly
 from .extents import UNMAPPED, ExtentMap, extents_for
 from .listeners import Listeners
 from .locks import HolderLock, is_held
 from .lu import LU
-from .mirror import MirrorFile
+from .storage.groups import FailureGroups, check_second_dir
+from .storage.mirror import MirrorFile
 from .meta import FORMAT, Meta, map_key, meta_dir
 from .names import check_name, snapshot_name, split_snapshot
 from .sizes import format_size, parse_size
@@ -92,39 +93,32 @@ class Pool:
             cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]
         self.session = uuid.uuid4().hex[:16]
-        os.makedirs(self._locks_dir, exist_ok=True)
-        self._session_lock = HolderLock(os.path.join(self._locks_dir, f"session-{self.session}"))
+        os.makedirs(self.locks_dir, exist_ok=True)
+        self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"))
         self._session_lock.acquire("session")
-        self._datafiles: dict[int, DataFile] = {}
         self._allocators: dict[int, Allocator] = {}
         self._writers: dict[str, LU] = {}
         self._over_threshold = False
         # called with (kind, info) for every engine event, from a thread of their own (listeners.py)
         self.listeners = Listeners()
-        self._mirror: MirrorFile | None = None
         self.sums = SumStore(self.meta, self.extent_size)
-        self._activity = ActivityLog(self._locks_dir, self.session)
+        self._activity = ActivityLog(self.locks_dir, self.session)
+        self.groups: FailureGroups | None = None
         try:
             if "id" not in cfg:  # a pool made before pools had ids
                 cfg = self._set_config(id=uuid.uuid4().hex)
             self.id: str = cfg["id"]
-            try:
-                self._datafiles[0] = self._open_group(cfg, 0)
-            except BlockstoreError as e:
-                if len(cfg["groups"]) < 2:
-                    raise
-                # mirrored LUs live on in group 1; 'pool failgrp replace --group 0' rebuilds
-                log.warning("failure group 0 is unavailable: %s; only mirrored LUs can be used", e)
-            if len(cfg["groups"]) > 1:
-                self._attach_mirror(cfg)
+            self.groups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
+                                        self._activity, self.emit)
+            self.groups.open(cfg)
             # One allocator: a mirrored extent sits at the same index in both groups' files.
-            self._allocators[0] = Allocator(self.meta, 0, self.session, self._mirror or self._datafiles[0],
+            self._allocators[0] = Allocator(self.meta, 0, self.session, self.groups.allocation_store(),
                                             self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             from .scrub import resync, settle
             settle(self, everything=not cfg.get("block_sums"))  # before any I/O: copies agree
             self.reclaim_dead_sessions()
-            if self._mirror is not None and not self._mirror.degraded:
+            if self.mirror is not None and not self.mirror.degraded:
                 resync(self)  # a group that is back gets what it missed
         except BaseException:
             self._teardown()
@@ -138,72 +132,12 @@ class Pool:
             self.meta.put_json(txn, "config", b"pool", cfg)
         return cfg
 
-    def _group_path(self, cfg: dict[str, Any], fg: int) -> str:
-        p = cfg["groups"][fg]["path"]
-        return p if os.path.isabs(p) else os.path.join(self.path, p)
+    @property
+    def mirror(self) -> MirrorFile | None:
+        """The mirror layer (None without a second failure group)."""
+        return self.groups.mirror if self.groups else None
 
-    def _label(self, fg: int, path: str) -> dict[str, Any]:
-        """What a data file of group ``fg`` at ``path`` says of itself: the pool's id, and for a
-        group outside the pool's directory, the pool's path (a copied pool is another pool)."""
-        inside = not os.path.relpath(path, self.path).startswith("..")
-        return {"pool": self.id, "group": fg, "owner": None if inside else self.path}
-
-    def _open_group(self, cfg: dict[str, Any], fg: int) -> DataFile:
-        """Open group ``fg``'s data file, refusing one that is not this pool's or is too short."""
-        path = self._group_path(cfg, fg)
-        need = cfg["groups"][fg]["extents"] * self.extent_size
-        df = DataFile(path)
-        try:
-            size = df.size()
-            if size == need and not cfg["groups"][fg].get("labelled"):
-                # made before data files had labels: give it one past the extents
-                df.grow(need)
-                df.write_label(self._label(fg, path))
-                cfg["groups"][fg]["labelled"] = True
-                self._set_config(groups=cfg["groups"])
-            label = df.label()
-            if label is None or label.get("pool") != self.id or label.get("group") != fg:
-                raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "
-                                      f"'pool failgrp replace' makes a new one")
-            owner = label.get("owner")
-            if owner is not None and owner != self.path:
-                if _holds_pool(owner, self.id):
-                    raise BlockstoreError(f"{path} belongs to the pool at {owner} (this pool is a copy of it); "
-                                          f"'pool failgrp replace DIR' gives this pool its own")
-                df.write_label(self._label(fg, path))  # the pool was moved: the file follows it
-            why = df.problem(need)
-            if why:
-                raise BlockstoreError(f"data file {why}: damaged pool")
-        except BaseException:
-            df.close()
-            raise
-        return df
-
-    def _attach_mirror(self, cfg: dict[str, Any]) -> None:
-        """Open failure group 1 beside 0; a missing one leaves the mirror degraded, not the pool shut."""
-        try:
-            second: DataFile | None = self._open_group(cfg, 1)
-            self._datafiles[1] = second  # type: ignore[assignment]
-        except BlockstoreError as e:
-            log.warning("failure group 1 is unavailable: %s; mirrored LUs run degraded", e)
-            second = None
-        paths = [self._group_path(cfg, 0), self._group_path(cfg, 1)]
-        if second is None and 0 not in self._datafiles:
-            raise BlockstoreError(f"both failure groups are unavailable ({paths[0]}, {paths[1]})")
-        self._mirror = MirrorFile(self._datafiles.get(0), second, paths, self.extent_size,
-                                  persist_dirty=self._persist_dirty, sums=self.sums, activity=self._activity,
-                                  need=cfg["groups"][0]["extents"] * self.extent_size, on_event=self._event)
-        for i in self._mirror.degraded:
-            self._event("mirror_degraded", {"copy": i, "path": paths[i], "why": "unavailable at open"})
-        if hasattr(self, "_allocators") and 0 in self._allocators:
-            self._allocators[0].df = self._mirror
-
-    def _persist_dirty(self, copy: int, extents: list[int]) -> None:
-        """Record, durably and at once, extents copy ``copy`` lacks (the mirror's write-ahead)."""
-        with self.meta.write() as txn:
-            set_bits(self.meta, txn, "dirty", copy, np.array(extents, np.int64), True)
-
-    def _event(self, kind: str, info: dict[str, Any]) -> None:
+    def emit(self, kind: str, info: dict[str, Any]) -> None:
         self.listeners.emit(kind, info)
 
     # -- creation and lifetime -----------------------------------------------------------------
@@ -226,7 +160,7 @@ class Pool:
             raise AlreadyExists(f"{path} already exists and is not an empty directory")
         made_dir = not os.path.exists(path)
         if mirror_dir is not None:
-            _check_mirror_dir(mirror_dir, path)
+            check_second_dir(mirror_dir, path)
         try:
             # private by default: the metadata names every LU, the data files hold their bytes
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -279,8 +213,8 @@ class Pool:
         self.listeners.drain()  # outside the lock: a listener may call back into the pool
 
     def _teardown(self) -> None:
-        for df in self._datafiles.values():
-            df.close()
+        if self.groups is not None:
+            self.groups.close()
         if self.meta is not None:
             self.meta.close()
             self.meta = None  # type: ignore[assignment]
@@ -297,7 +231,7 @@ class Pool:
         self.close()
 
     @property
-    def _locks_dir(self) -> str:
+    def locks_dir(self) -> str:
         return os.path.join(self.path, "locks")
 
     def reclaim_dead_sessions(self) -> int:
@@ -307,7 +241,7 @@ class Pool:
             rc = {fg: a.refcounts(txn) for fg, a in self._allocators.items()}
             for key, _ in list(self.meta.iter_prefix(txn, "resv", b"")):
                 session, fg = resv_owner(key)
-                lock = os.path.join(self._locks_dir, f"session-{session}")
+                lock = os.path.join(self.locks_dir, f"session-{session}")
                 if session == self.session or is_held(lock):
                     continue
                 held = read_resv(txn, self.meta, key)
@@ -326,23 +260,14 @@ class Pool:
     def flush(self) -> None:
         """Make every acknowledged write of every LU open in this pool durable."""
         with self._lock:
-            if self._data_dirty() or self._pending():
-                self._transaction(None)
-
-    def _data_dirty(self) -> bool:
-        return self._mirror.dirty_data if self._mirror else self._datafiles[0].dirty
-
-    def _sync_data(self) -> None:
-        if self._mirror:
-            self._mirror.sync()
-        else:
-            self._datafiles[0].sync()
+            if self.groups.dirty or self._pending():
+                self.commit(None)
 
     def _pending(self) -> bool:
         return any(a.pending for a in self._allocators.values()) or any(
-            lu._map.unsaved for lu in self._writers.values())
+            lu.extent_map.unsaved for lu in self._writers.values())
 
-    def _transaction(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
+    def commit(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
         """Sync data, then commit ``change`` with every pending map, count and checksum change,
         atomically.
 
@@ -350,49 +275,50 @@ class Pool:
         the pending changes it added are rolled back so memory matches the last commit.
         """
         with self._lock:
-            self._sync_data()
+            self.groups.sync()
             marks = {fg: a.marks() for fg, a in self._allocators.items()}
-            saved = {name: (set(lu._map.dirty), lu._map.resized) for name, lu in self._writers.items()}
+            saved = {name: (set(lu.extent_map.dirty), lu.extent_map.resized) for name, lu in self._writers.items()}
             try:
                 with self.meta.write() as txn:
                     result = change(txn) if change else None
                     for lu in self._writers.values():
                         self._save_map(txn, lu)
                     punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
-                    if self._mirror is not None:
+                    if self.mirror is not None:
                         a = self._allocators[0]
-                        self._mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
+                        self.mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
             except BaseException:
                 for fg, a in self._allocators.items():
                     a.truncate_pending(*marks[fg])
                 for name, (dirty, resized) in saved.items():
                     if name in self._writers:
-                        self._writers[name]._map.dirty |= dirty
-                        self._writers[name]._map.resized |= resized
+                        self._writers[name].extent_map.dirty |= dirty
+                        self._writers[name].extent_map.resized |= resized
                 raise
-            if self._mirror is not None:
-                self._mirror.flushed()
+            if self.mirror is not None:
+                self.mirror.flushed()
             for fg, a in self._allocators.items():
                 a.after_commit(punch[fg])
             return result
 
     def _save_map(self, txn: lmdb.Transaction, lu: LU) -> None:
-        if not lu._map.unsaved:
+        emap = lu.extent_map
+        if not emap.unsaved:
             return
         db = self.meta.db["maps"]
-        for no, raw in lu._map.take_dirty():
+        for no, raw in emap.take_dirty():
             if raw is None:
                 txn.delete(map_key(lu.id, no), db=db)
             else:
                 txn.put(map_key(lu.id, no), raw, db=db)
-        rec = self._record(txn, lu.name)
-        rec.update(size=lu.size, allocated=lu._map.allocated(), gen=rec["gen"] + 1)
+        rec = self.record(txn, lu.name)
+        rec.update(size=lu.size, allocated=emap.allocated(), gen=rec["gen"] + 1)
         self.meta.put_json(txn, "lus", lu.name.encode(), rec)
-        lu._gen = rec["gen"]
+        lu.saved(rec["gen"])
 
     # -- records ------------------------------------------------------------------------------
 
-    def _record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
+    def record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
         # LMDB refuses an empty or over-long key with an error of its own: no such LU either way
         key = name.encode()
         rec = self.meta.lu_record(key, txn.get(key, db=self.meta.db["lus"])) if 0 < len(key) <= 511 else None
@@ -400,12 +326,12 @@ class Pool:
             raise NotFound(f"no LU named {name!r}")
         return rec
 
-    def _records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
+    def records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
         return [self.meta.lu_record(key, raw) for key, raw in self.meta.iter_prefix(txn, "lus", b"")]
 
     def _new_record(self, txn: lmdb.Transaction, name: str, size: int, kind: str,
                     parent: str | None, **extra: Any) -> dict[str, Any]:
-        if self._record(txn, name, missing_ok=True) is not None:
+        if self.record(txn, name, missing_ok=True) is not None:
             raise AlreadyExists(f"an LU named {name!r} already exists")
         cfg = self.meta.config(txn)
         lu_id = cfg["next_lu_id"]
@@ -428,7 +354,7 @@ class Pool:
         with self._lock:
             if name in self._writers:
                 lu = self._writers[name]
-                lu._opens += 1
+                lu.add_open()
                 return lu
             from .scrub import settle
             settle(self)  # a session that died since this pool opened may have left copies apart
@@ -437,17 +363,17 @@ class Pool:
             holder = None
             if writable:
                 with self.meta.read() as txn:
-                    rec0 = self._record(txn, name)
+                    rec0 = self.record(txn, name)
                     lu_id = rec0["id"]
                 if rec0.get("readonly"):
                     raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
-                holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}")
+                holder = HolderLock(self.holder_path(lu_id)).acquire(f"LU {name!r}")
             try:
                 with self.meta.read() as txn:
-                    rec = self._record(txn, name)
+                    rec = self.record(txn, name)
                     if holder and rec["id"] != lu_id:
                         raise Busy(f"LU {name!r} was replaced while opening; try again")
-                    emap = self._load_map(txn, rec)
+                    emap = self.load_map(txn, rec)
                     if writable:
                         # Fresh counts: only this holder can add sharers of its extents from now on,
                         # so "referenced once" stays true until this handle shares them itself.
@@ -457,7 +383,8 @@ class Pool:
                 if holder:
                     holder.release()
                 raise
-            lu = LU(self, rec, emap, writable=writable, holder=holder)
+            lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
+                    writable=writable, holder=holder)
             if writable:
                 self._writers[name] = lu
             return lu
@@ -468,7 +395,7 @@ class Pool:
         with self._lock:
             lu = self._writers.get(name)
             if lu is not None:
-                lu._opens += 1
+                lu.add_open()
             return lu
 
     @contextmanager
@@ -479,11 +406,21 @@ class Pool:
         finally:
             h.close()
 
-    def _holder_path(self, lu_id: int) -> str:
-        """The holder lock of an LU, by id so that a rename keeps it."""
-        return os.path.join(self._locks_dir, f"lu-{lu_id}")
+    def writing(self, name: str) -> LU | None:
+        """This process's writable handle of ``name`` if it has one (not opened again: do not
+        close it), else None."""
+        return self._writers.get(name)
 
-    def _load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
+    def refcounts(self, txn: lmdb.Transaction, db: str = "rc") -> np.ndarray:
+        """Every physical extent's reference count (``rc``), or the references mirrored LUs hold
+        (``mrc``), as ``txn`` stores them."""
+        return self._allocators[0].refcounts(txn, db)
+
+    def holder_path(self, lu_id: int) -> str:
+        """The holder lock of an LU, by id so that a rename keeps it."""
+        return os.path.join(self.locks_dir, f"lu-{lu_id}")
+
+    def load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
         if extents_for(rec["size"], self.extent_size) > MAX_LU_EXTENTS:
             raise PoolCorrupt(f"pool metadata damaged: LU {rec['name']!r} is larger than any LU can be")
         try:
@@ -493,46 +430,45 @@ class Pool:
         except ValueError as e:
             raise PoolCorrupt(f"pool metadata damaged: the map of LU {rec['name']!r}: {e}") from None
 
-    def _refresh(self, lu: LU) -> None:
+    @property
+    def lock(self) -> threading.RLock:
+        """The pool's one lock: held, nothing else in this process changes a map or a count."""
+        return self._lock
+
+    def refresh_lu(self, lu: LU) -> None:
         """Re-read a read-only handle's map if its writer (maybe another process) committed."""
         if lu.kind == "snapshot":
             return
         with self.meta.read() as txn:
-            rec = self._record(txn, lu.name)
-            if rec["gen"] != lu._gen:
-                lu._map = self._load_map(txn, rec)
-                lu._size, lu._gen = rec["size"], rec["gen"]
+            rec = self.record(txn, lu.name)
+            if rec["gen"] != lu.gen:
+                lu.reload(self.load_map(txn, rec), rec["size"], rec["gen"])
 
-    def _close_lu(self, lu: LU) -> None:
+    def close_lu(self, lu: LU) -> None:
+        """A user of ``lu`` closed it; the last close of a writable handle flushes and lets the
+        LU go (its writer lock)."""
         with self._lock:
-            if lu._closed:
+            if lu.closed or not lu.drop_open():
                 return
-            lu._opens -= 1
-            if lu._opens > 0:
-                return
-            if lu._writable:
+            if not lu.readonly:
                 self.flush()
                 self._release(lu)
-            lu._closed = True
-            lu._fast = False
-            lu._retire_direct()
+            lu.retire()
 
     def _release(self, lu: LU) -> None:
-        lu._fast = False
         self._writers.pop(lu.name, None)
-        if lu._holder:
-            lu._holder.release()
-        lu._closed = True
-        lu._retire_direct()
+        if lu.holder:
+            lu.holder.release()
+        lu.retire()
 
     @contextmanager
-    def _writer(self, name: str) -> Iterator[LU]:
+    def writer(self, name: str) -> Iterator[LU]:
         """This process's writable handle of ``name``, opened for the operation if need be."""
         lu = self.open_lu(name, writable=True)
         try:
             yield lu
         finally:
-            self._close_lu(lu)
+            self.close_lu(lu)
 
     # -- LU lifecycle ---------------------------------------------------------------------------
 
@@ -545,7 +481,7 @@ class Pool:
         """
         check_name(name)
         n = _check_lu_size(size, allow_empty, self.extent_size)
-        if mirrored and self._mirror is None:
+        if mirrored and self.mirror is None:
             raise InvalidArgument("the pool has no second failure group for mirrored LUs (pool failgrp add DIR)")
         if not mirrored:
             self.primary()  # refused before anything is written when group 0 is gone
@@ -554,35 +490,22 @@ class Pool:
                 self._new_record(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
             if thick:
                 self._allocators[0].ensure(extents_for(n, self.extent_size))
-            self._transaction(change)
+            self.commit(change)
             lu = self.open_lu(name)
             if thick:
-                self._fill_thick(lu, 0)
+                lu.fill_holes(0)
                 self.flush()
-            self._event("lu_created", {"name": name, "size": n, "thick": thick, "mirrored": mirrored})
+            self.emit("lu_created", {"name": name, "size": n, "thick": thick, "mirrored": mirrored})
             return lu
-
-    def _fill_thick(self, lu: LU, first: int) -> None:
-        """Map every hole from logical extent ``first`` on to a zeroed extent (thick LUs)."""
-        a, E = self._allocators[0], self.extent_size
-        is_hole = np.ones(len(lu._map), bool)  # a thick LU maps everything: its size in memory is due
-        is_hole[lu._map.mapped_logical()] = False
-        holes = np.flatnonzero(is_hole[first:]) + first
-        a.ensure(len(holes))
-        for ext in holes.tolist():
-            q = a.take()
-            lu._df.punch(q * E, E)
-            a.ref(q, lu.mirrored)
-            lu._map.set(ext, q, True)
 
     def snapshot(self, name: str, snap: str) -> dict[str, Any]:
         """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks))."""
         full = snapshot_name(name, snap)
-        with self._lock, self._writer(name) as lu:
+        with self._lock, self.writer(name) as lu:
             def change(txn: lmdb.Transaction) -> dict[str, Any]:
                 return self._share(txn, lu, full, "snapshot", name)
-            rec = self._transaction(change)
-            lu._map.share_all()
+            rec = self.commit(change)
+            lu.extent_map.share_all()
             return self._describe(rec)
 
     def clone(self, source: str, new: str) -> dict[str, Any]:
@@ -591,22 +514,22 @@ class Pool:
         base, snap = split_snapshot(source)
         with self._lock:
             with self.meta.read() as txn:
-                sealed = bool(self._record(txn, source).get("readonly"))
+                sealed = bool(self.record(txn, source).get("readonly"))
             if snap is not None or sealed:  # nothing writes it, so its stored map is the truth
                 def change(txn: lmdb.Transaction) -> dict[str, Any]:
-                    src = self._record(txn, source)
+                    src = self.record(txn, source)
                     return self._share(txn, None, new, "clone", source, src=src)
-                return self._describe(self._transaction(change))
-            with self._writer(source) as lu:
-                rec = self._transaction(lambda txn: self._share(txn, lu, new, "clone", source))
-                lu._map.share_all()
+                return self._describe(self.commit(change))
+            with self.writer(source) as lu:
+                rec = self.commit(lambda txn: self._share(txn, lu, new, "clone", source))
+                lu.extent_map.share_all()
                 return self._describe(rec)
 
     def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
                src: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create ``new`` with the same map as ``lu`` (or the stored ``src``), counting the shares."""
         if lu is not None:
-            src = self._record(txn, lu.name)
+            src = self.record(txn, lu.name)
             src["size"] = lu.size
             self._save_map(txn, lu)  # the handle's pending map is part of what is shared
         assert src is not None
@@ -626,24 +549,24 @@ class Pool:
     def rollback(self, name: str, snap: str) -> None:
         """Make ``name`` again what it was when ``name@snap`` was taken (size included)."""
         full = snapshot_name(name, snap)
-        with self._lock, self._writer(name) as lu:
+        with self._lock, self.writer(name) as lu:
             with self.meta.read() as txn:
-                srec = self._record(txn, full)
-                smap = self._load_map(txn, srec)
+                srec = self.record(txn, full)
+                smap = self.load_map(txn, srec)
             a = self._allocators[0]
 
             def change(txn: lmdb.Transaction) -> None:
-                a.unref_many(lu._map.mapped(), lu.mirrored)
+                a.unref_many(lu.extent_map.mapped(), lu.mirrored)
                 a.ref_many(smap.mapped(), lu.mirrored)
                 # every stored chunk of either map is rewritten or deleted (the chunks that exist),
                 # and the record takes the snapshot's size
-                smap.dirty, smap.resized = lu._map.made | smap.made, True
-                lu._replace_map(smap, srec["size"])
-            old_map, old_size = lu._map, lu._size
+                smap.dirty, smap.resized = lu.extent_map.made | smap.made, True
+                lu.replace_map(smap, srec["size"])
+            old_map, old_size = lu.extent_map, lu.size
             try:
-                self._transaction(change)
+                self.commit(change)
             except BaseException:
-                lu._replace_map(old_map, old_size)
+                lu.replace_map(old_map, old_size)
                 raise
 
     def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
@@ -651,16 +574,16 @@ class Pool:
 
         Returns the number of extents copied.
         """
-        with self._lock, self._writer(name) as lu:
-            copied = lu._copy_shared()
+        with self._lock, self.writer(name) as lu:
+            copied = lu.copy_shared()
 
             def change(txn: lmdb.Transaction) -> None:
-                rec = self._record(txn, name)
+                rec = self.record(txn, name)
                 rec["parent"] = None
                 if rec["kind"] == "clone":
                     rec["kind"] = "lu"
                 self.meta.put_json(txn, "lus", name.encode(), rec)
-            self._transaction(change)
+            self.commit(change)
             return copied
 
     def resize(self, name: str, size: int | str, *, force: bool = False, allow_empty: bool = False) -> None:
@@ -668,18 +591,18 @@ class Pool:
         n = _check_lu_size(size, allow_empty, self.extent_size)
         if "@" in name:
             raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
-        with self._lock, self._writer(name) as lu:
+        with self._lock, self.writer(name) as lu:
             if n < lu.size:
                 if not force:
                     raise InvalidArgument(
                         f"shrinking {name!r} from {lu.size} to {n} bytes loses data; add --force")
                 lu.discard(n, lu.size - n)
             old_size = lu.size
-            lu._resize_map(n)
+            lu.resize_map(n)
             if lu.thick:
-                self._fill_thick(lu, 0)
-            self._transaction(None)
-        self._event("lu_resized", {"name": name, "size": n, "old_size": old_size})
+                lu.fill_holes(0)
+            self.commit(None)
+        self.emit("lu_resized", {"name": name, "size": n, "old_size": old_size})
 
     def remove(self, name: str, *, recursive: bool = False) -> list[str]:
         """Remove an LU (with its snapshots if ``recursive``) or a snapshot ``LU@SNAP``.
@@ -689,8 +612,8 @@ class Pool:
         base, snap = split_snapshot(name)
         with self._lock:
             with self.meta.read() as txn:
-                lu_id = self._record(txn, name)["id"]
-                records = self._records(txn)
+                lu_id = self.record(txn, name)["id"]
+                records = self.records(txn)
             snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
             if snaps and not recursive:
                 raise Busy(f"LU {name!r} has snapshots ({', '.join(snaps)}); remove them first or use --recursive")
@@ -701,24 +624,24 @@ class Pool:
             if name in self._writers:
                 raise Busy(f"LU {name!r} is open in this process; close it first")
             # A snapshot never changes, so only a live LU needs its holder lock for removal.
-            holder = HolderLock(self._holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
+            holder = HolderLock(self.holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
             a = self._allocators[0]
 
             def change(txn: lmdb.Transaction) -> None:
                 for victim in doomed:
-                    rec = self._record(txn, victim)
-                    a.unref_many(self._load_map(txn, rec).mapped(), rec.get("mirrored", False))
+                    rec = self.record(txn, victim)
+                    a.unref_many(self.load_map(txn, rec).mapped(), rec.get("mirrored", False))
                     self.meta.delete_map(txn, rec["id"])
                     txn.delete(victim.encode(), db=self.meta.db["lus"])
             try:
-                self._transaction(change)
+                self.commit(change)
                 if holder:
                     os.unlink(holder.path)
             finally:
                 if holder:
                     holder.release()
         for victim in doomed:
-            self._event("lu_removed", {"name": victim})
+            self.emit("lu_removed", {"name": victim})
         return doomed
 
     def rename(self, old: str, new: str) -> None:
@@ -728,20 +651,20 @@ class Pool:
         check_name(new)
         with self._lock:
             with self.meta.read() as txn:
-                rec = self._record(txn, old)
+                rec = self.record(txn, old)
             if rec["kind"] == "snapshot":
                 raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
             mine = self._writers.get(old)
-            holder = None if mine else HolderLock(self._holder_path(rec["id"])).acquire(f"LU {old!r}")
+            holder = None if mine else HolderLock(self.holder_path(rec["id"])).acquire(f"LU {old!r}")
 
             def change(txn: lmdb.Transaction) -> None:
-                if self._record(txn, new, missing_ok=True) is not None:
+                if self.record(txn, new, missing_ok=True) is not None:
                     raise AlreadyExists(f"an LU named {new!r} already exists")
                 renames = {old: new}
-                for r in self._records(txn):
+                for r in self.records(txn):
                     if r["kind"] == "snapshot" and r["parent"] == old:
                         renames[r["name"]] = f"{new}@{r['name'].split('@', 1)[1]}"
-                for r in self._records(txn):
+                for r in self.records(txn):
                     changed = False
                     if r["parent"] in renames:
                         r["parent"] = renames[r["parent"]] if r["kind"] != "snapshot" else new
@@ -753,7 +676,7 @@ class Pool:
                     if changed:
                         self.meta.put_json(txn, "lus", r["name"].encode(), r)
             try:
-                self._transaction(change)
+                self.commit(change)
             finally:
                 if holder:
                     holder.release()
@@ -769,46 +692,28 @@ class Pool:
             with self.meta.read() as txn:
                 cfg = self.meta.config(txn)
             if len(cfg["groups"]) > 1:
-                raise AlreadyExists(f"the pool already has a second failure group: {self._group_path(cfg, 1)}")
-            _check_mirror_dir(directory, self.path)
-            d = os.path.abspath(directory)
-            n = cfg["groups"][0]["extents"]
-            made = not os.path.exists(d)
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            if made:
-                fsync_dir(os.path.dirname(d))
-            path = os.path.join(d, "data")
-            DataFile(path, create_size=n * self.extent_size, label=self._label(1, path)).close()
+                raise AlreadyExists(f"the pool already has a second failure group: {self.groups.path(cfg, 1)}")
+            path, entry = self.groups.create_second(directory, cfg["groups"][0]["extents"])
 
             def change(txn: lmdb.Transaction) -> dict[str, Any]:
                 c = self.meta.config(txn)
-                c["groups"].append({"path": self._stored_path(path), "extents": n, "labelled": True})
+                c["groups"].append(entry)
                 self.meta.put_json(txn, "config", b"pool", c)
                 return c
             try:
-                cfg = self._transaction(change)
+                cfg = self.commit(change)
             except BaseException:
-                os.unlink(os.path.join(d, "data"))
+                os.unlink(path)
                 raise
-            self._attach_mirror(cfg)
-
-    def _stored_path(self, path: str) -> str:
-        """A group's path as the config keeps it: relative where it lies inside the pool's
-        directory, so a copied or moved pool takes its own files along."""
-        rel = os.path.relpath(path, self.path)
-        return path if rel.startswith("..") else rel
+            self.groups.attach_second(cfg)
+            self._allocators[0].df = self.groups.allocation_store()
 
     def failure_groups(self) -> list[dict[str, Any]]:
         from .scrub import dirty_count
         with self.meta.read() as txn:
             cfg = self.meta.config(txn)
-        dirty = dirty_count(self) if self._mirror else {0: 0, 1: 0}
-        out = []
-        for fg in range(len(cfg["groups"])):
-            ok = self._mirror.copies[fg] is not None if self._mirror else fg == 0
-            out.append({"group": fg, "path": self._group_path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
-                        "state": "ok" if ok else "unavailable", "dirty_extents": dirty[fg]})
-        return out
+        dirty = dirty_count(self) if self.mirror else {0: 0, 1: 0}
+        return self.groups.describe(cfg, dirty)
 
     def set_mirrored(self, name: str, on: bool, progress: Callable[[int, int], None] | None = None) -> int:
         """Give ``name`` (and its snapshots) a redundant copy, or take it away. Returns extents
@@ -816,13 +721,13 @@ class Pool:
         from it, so the copy that stays is the good one."""
         from .scrub import _mirror, copy_to_mirror, repair_extents
         _mirror(self)
-        with self._lock, self._writer(name) as lu:
+        with self._lock, self.writer(name) as lu:
             with self.meta.read() as txn:
-                records = self._records(txn)
+                records = self.records(txn)
             family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
             with self.meta.read() as txn:
                 exts = np.unique(np.concatenate(
-                    [lu._map.mapped()] + [self._load_map(txn, self._record(txn, f)).mapped() for f in family[1:]]
+                    [lu.extent_map.mapped()] + [self.load_map(txn, self.record(txn, f)).mapped() for f in family[1:]]
                 )).astype(np.int64)
             copied = 0
             if on:
@@ -836,17 +741,14 @@ class Pool:
 
             def change(txn: lmdb.Transaction) -> None:
                 for f in family:
-                    rec = self._record(txn, f)
+                    rec = self.record(txn, f)
                     if rec.get("mirrored", False) != on:
-                        m = lu._map if f == name else self._load_map(txn, rec)
+                        m = lu.extent_map if f == name else self.load_map(txn, rec)
                         a.set_mirrored_refs(m.mapped(), on)
                     rec["mirrored"] = on
                     self.meta.put_json(txn, "lus", f.encode(), rec)
-            self._transaction(change)
-            with lu._map.guard:  # direct I/O (native/fastpath.h) serves unmirrored LUs only
-                lu._df = self._mirror if on else self.primary()
-                lu.mirrored = on
-                lu._publish_direct()
+            self.commit(change)
+            lu.restack(self.groups.store(on), on)
             if not on:
                 self._drop_unmirrored_copies()
             return copied
@@ -857,33 +759,24 @@ class Pool:
 
     def primary(self) -> DataFile:
         """Failure group 0's data file, where unmirrored LUs live."""
-        df = self._datafiles.get(0)
-        if df is None:
-            raise BlockstoreError("failure group 0 is unavailable: only mirrored LUs can be used "
-                                  "until 'pool failgrp replace --group 0' rebuilds it")
-        return df
+        return self.groups.primary()
 
     def mirrored_refs(self, txn: lmdb.Transaction) -> np.ndarray:
         """How many references each physical extent has from mirrored LUs and snapshots, counted
         from the maps ``txn`` stores (what the ``mrc`` counts must equal)."""
         n = self.meta.config(txn)["groups"][0]["extents"]
         counts = np.zeros(n, np.int64)
-        for r in self._records(txn):
+        for r in self.records(txn):
             if r.get("mirrored"):
-                np.add.at(counts, self._load_map(txn, r).mapped().astype(np.int64), 1)
+                np.add.at(counts, self.load_map(txn, r).mapped().astype(np.int64), 1)
         return counts
 
     def _drop_unmirrored_copies(self) -> None:
         """Punch, in the second group, extents no mirrored LU references any more (space)."""
-        m = self._mirror
-        if m is None or m.copies[1] is None:
-            return
         with self.meta.read() as txn:
-            keep = self._allocators[0].refcounts(txn, "mrc") > 0
-            rc = self._allocators[0].refcounts(txn)
-        E = self.extent_size
-        for start, count in runs(np.flatnonzero(~keep & (rc > 0))):
-            m.copies[1].punch(start * E, count * E)
+            keep = self.refcounts(txn, "mrc") > 0
+            rc = self.refcounts(txn)
+        self.groups.punch_second(~keep & (rc > 0))
 
     def update_lu(self, name: str, **fields: Any) -> None:
         """Set descriptive fields of an LU's record (role, readonly, owner...). Not size or map."""
@@ -892,10 +785,10 @@ class Pool:
             raise InvalidArgument(f"cannot set {', '.join(sorted(bad))} this way")
 
         def change(txn: lmdb.Transaction) -> None:
-            rec = self._record(txn, name)
+            rec = self.record(txn, name)
             rec.update(fields)
             self.meta.put_json(txn, "lus", name.encode(), rec)
-        self._transaction(change)
+        self.commit(change)
 
     # -- service records (paging, images, partitions): small JSON documents ------------------------
 
@@ -914,8 +807,8 @@ class Pool:
             else:
                 self.meta.put_json(txn, "svc", key, value)
         with self._lock:
-            self._transaction(change)
-        self._event("record_changed", {"kind": kind, "name": name, "record": value})
+            self.commit(change)
+        self.emit("record_changed", {"kind": kind, "name": name, "record": value})
 
     def svc_list(self, kind: str) -> list[dict[str, Any]]:
         with self.meta.read() as txn:
@@ -932,8 +825,7 @@ class Pool:
         if not lu.mirrored:
             lu.close()
             raise InvalidArgument(f"LU {name!r} has no redundant copy")
-        lu._df = m.copies[1]
-        lu._fast = False
+        lu.read_from(m.copies[1])
         return lu
 
     # -- queries --------------------------------------------------------------------------------
@@ -941,20 +833,20 @@ class Pool:
     def list_lus(self) -> list[dict[str, Any]]:
         """Every LU and snapshot: name, size, allocated bytes, kind, parent (sorted by name)."""
         with self._lock, self.meta.read() as txn:
-            records = self._records(txn)
+            records = self.records(txn)
         return [self._describe(r) for r in records]
 
     def lu_info(self, name: str) -> dict[str, Any]:
         with self._lock, self.meta.read() as txn:
-            rec = self._record(txn, name)
-            records = self._records(txn)
+            rec = self.record(txn, name)
+            records = self.records(txn)
         info = self._describe(rec)
         info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
         info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
-        info["open_for_writing"] = name in self._writers or is_held(self._holder_path(rec["id"]))
+        info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
         if info["mirrored"]:
             from .scrub import dirty_count
-            m = self._mirror
+            m = self.mirror
             missing = m.degraded if m else [0, 1]
             dirty = dirty_count(self, name) if m else {0: 0, 1: 0}
             info["mirror"] = {"state": "degraded" if missing else "resyncing" if any(dirty.values()) else "in-sync",
@@ -964,7 +856,7 @@ class Pool:
 
     def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:
         lu = self._writers.get(rec["name"])
-        allocated = lu._map.allocated() if lu else rec["allocated"]
+        allocated = lu.extent_map.allocated() if lu else rec["allocated"]
         size = lu.size if lu else rec["size"]
         return {"name": rec["name"], "size": size, "allocated": allocated * self.extent_size,
                 "kind": rec["kind"], "parent": rec["parent"], "thick": rec.get("thick", False),
@@ -980,7 +872,7 @@ class Pool:
             rc = self.meta.fg_array(txn, "rc", 0, n, np.uint32, 0)
             free = self.meta.fg_array(txn, "free", 0, n, bool, 0)
             groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
-            records = self._records(txn)
+            records = self.records(txn)
             info = self.meta.env.info()
             stat = self.meta.env.stat()
         E = self.extent_size
@@ -1012,15 +904,12 @@ class Pool:
                         f"current {format_size(n_old * self.extent_size)}")
                 if n_new > MAX_EXTENTS:
                     raise InvalidArgument("pool size is too large for its extent size")
-                for fg, df in self._datafiles.items():
-                    df.grow(n_new * self.extent_size)
-                if self._mirror is not None:
-                    self._mirror.grow(n_new * self.extent_size)
+                self.groups.grow(n_new)
                 for group in cfg["groups"]:
                     group["extents"] = n_new
                 init_free(self.meta, txn, 0, n_old, n_new)
                 self.meta.put_json(txn, "config", b"pool", cfg)
-            self._transaction(change)
+            self.commit(change)
 
     def set_threshold(self, threshold: float) -> None:
         if not 0.0 < threshold <= 1.0:
@@ -1030,7 +919,7 @@ class Pool:
             cfg = self.meta.config(txn)
             cfg["threshold"] = threshold
             self.meta.put_json(txn, "config", b"pool", cfg)
-        self._transaction(change)
+        self.commit(change)
         self._threshold = threshold
 
     def _usage(self, fraction: float) -> None:
@@ -1039,31 +928,8 @@ class Pool:
         if over and not self._over_threshold:
             log.warning("pool %s is %.0f%% allocated, over its %.0f%% threshold",
                         self.path, fraction * 100, self._threshold * 100)
-            self._event("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
+            self.emit("pool_threshold", {"used_fraction": fraction, "threshold": self._threshold})
         self._over_threshold = over
-
-
-def _check_mirror_dir(mirror_dir: str, pool_path: str) -> None:
-    d = os.path.abspath(mirror_dir)
-    if d == os.path.abspath(pool_path) or d.startswith(os.path.abspath(pool_path) + os.sep + "fg0"):
-        raise InvalidArgument("the second failure group must be outside the first")
-    if os.path.exists(os.path.join(d, "data")):
-        raise AlreadyExists(f"{d} already holds a data file")
-    if os.path.exists(d) and not os.path.isdir(d):
-        raise InvalidArgument(f"{d} is not a directory")
-
-
-def _holds_pool(path: str, pool_id: str) -> bool:
-    """Whether a pool with id ``pool_id`` lives at ``path`` (its first data file says so)."""
-    try:
-        df = DataFile(os.path.join(path, "fg0", "data"))
-    except BlockstoreError:
-        return False
-    try:
-        label = df.label()
-    finally:
-        df.close()
-    return label is not None and label.get("pool") == pool_id
 
 
 def _empty_dir(path: str) -> None:

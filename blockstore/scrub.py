@@ -25,23 +25,23 @@ import lmdb
 import numpy as np
 
 from . import native
-from .activity import REGION, dead_logs
-from .allocator import set_bits, store_counts
-from .checksums import BLOCK, judge
-from .checksums import settle as settle_blocks
-from .datafile import DataFile
+from .storage.activity import REGION, dead_logs
+from .meta import store_counts
+from .storage.checksums import BLOCK, judge
+from .storage.checksums import settle as settle_blocks
+from .storage.datafile import DataFile
 from .errors import BlockstoreError, Busy, InvalidArgument
 from .locks import HolderLock, is_held
 
 if TYPE_CHECKING:
-    from .mirror import MirrorFile
+    from .storage.mirror import MirrorFile
     from .pool import Pool
 
 Progress = Callable[[int, int], None] | None
 
 
 def _mirror(pool: "Pool", *, healthy: bool = True) -> "MirrorFile":
-    m = pool._mirror
+    m = pool.mirror
     if m is None:
         raise InvalidArgument("the pool has no second failure group (pool failgrp add DIR)")
     if healthy and m.degraded:
@@ -51,8 +51,8 @@ def _mirror(pool: "Pool", *, healthy: bool = True) -> "MirrorFile":
 
 
 def _extents_of(pool: "Pool", txn: lmdb.Transaction, name: str) -> np.ndarray:
-    lu = pool._writers.get(name)  # an open writer's map may be ahead of the stored one
-    emap = lu._map if lu is not None else pool._load_map(txn, pool._record(txn, name))
+    lu = pool.writing(name)  # an open writer's map may be ahead of the stored one
+    emap = lu.extent_map if lu is not None else pool.load_map(txn, pool.record(txn, name))
     return np.unique(emap.mapped()).astype(np.int64)
 
 
@@ -82,13 +82,13 @@ def settle(pool: "Pool", *, everything: bool = False) -> int:
     """Make the copies of every region a dead session had in flight agree, and record their
     checksums, before any I/O; ``everything``: every mirrored extent (a pool from before block
     checksums). Returns the extents examined."""
-    if not everything and not dead_logs(pool._locks_dir):
+    if not everything and not dead_logs(pool.locks_dir):
         return 0  # the common open: one listdir
-    m, E = pool._mirror, pool.extent_size
+    m, E = pool.mirror, pool.extent_size
     done = 0
-    with pool._lock:
+    with pool.lock:
         with pool.meta.write() as txn:  # one settler at a time, across processes
-            logs = dead_logs(pool._locks_dir)
+            logs = dead_logs(pool.locks_dir)
             if m is not None and m.copies != [None, None]:
                 if everything:  # from before mirrored reference counts: count them now
                     counts = pool.mirrored_refs(txn)
@@ -135,7 +135,7 @@ def _settle_extent(pool: "Pool", m: "MirrorFile", txn: lmdb.Transaction, e: int)
         src, dst = (0, 1) if direction[b] == 1 else (1, 0)
         _copy_block(m, src, dst, e * m.B + b)
     for i in m.degraded:  # the missing copy gets this extent at resync
-        set_bits(pool.meta, txn, "dirty", i, np.array([e]), True)
+        m.dirty_log.add(i, [e], txn)
         m.dirty[i].add(e)
     if not np.array_equal(new, rec):
         pool.sums.put(txn, e, new)
@@ -151,22 +151,16 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
     """
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
-    with pool._lock:
+    with pool.lock:
         for i in list(m.degraded):
             try:
                 with pool.meta.read() as txn:
-                    df = pool._open_group(pool.meta.config(txn), i)
+                    pool.groups.reopen(pool.meta.config(txn), i)
             except BlockstoreError as e:
                 raise BlockstoreError(f"failure group {i} is still unavailable: {e}") from None
-            old = pool._datafiles.get(i)
-            if old is not None and old is not df:
-                old.close()
-            pool._datafiles[i] = df
-            m.attach(i, df)
         pool.flush()
         with pool.meta.read() as txn:
-            n = pool.meta.config(txn)["groups"][0]["extents"]
-            dirty = [pool.meta.fg_array(txn, "dirty", i, n, bool, 0) for i in (0, 1)]
+            dirty = [m.dirty_log.load(txn, i) for i in (0, 1)]
             only = _extents_of(pool, txn, name) if name else None
         todo = [(i, np.flatnonzero(d)) for i, d in enumerate(dirty)]
         if only is not None:
@@ -185,7 +179,7 @@ def resync(pool: "Pool", name: str | None = None, progress: Progress = None) -> 
             dst.sync()
         with pool.meta.write() as txn:
             for i, exts in todo:
-                set_bits(pool.meta, txn, "dirty", i, exts, False)
+                m.dirty_log.clear(txn, i, exts)
         for i, exts in todo:
             m.dirty[i].difference_update(exts.tolist())
         return total
@@ -209,26 +203,26 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
     group 0 cannot bring back unmirrored LUs' extents (``unmirrored_lost``): they read as zeros."""
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
-    with pool._lock:
+    with pool.lock:
         src = m.copies[1 - group]
         if src is None:
             raise BlockstoreError(f"failure group {1 - group} is unavailable too: nothing to rebuild from")
         pool.flush()
         with pool.meta.read() as txn:
             cfg = pool.meta.config(txn)
-            keep = pool._allocators[0].refcounts(txn, "mrc") > 0
+            keep = pool.refcounts(txn, "mrc") > 0
             # the primary also held unmirrored LUs' extents: those have no other copy
-            lost = int(((pool._allocators[0].refcounts(txn) > 0) & ~keep).sum()) if group == 0 else 0
+            lost = int(((pool.refcounts(txn) > 0) & ~keep).sum()) if group == 0 else 0
             n = cfg["groups"][0]["extents"]
-        old_path = pool._group_path(cfg, group)
+        old_path = pool.groups.path(cfg, group)
         path = os.path.join(os.path.abspath(directory), "data") if directory else old_path
-        if directory and os.path.abspath(directory) == os.path.dirname(pool._group_path(cfg, 1 - group)):
+        if directory and os.path.abspath(directory) == os.path.dirname(pool.groups.path(cfg, 1 - group)):
             raise InvalidArgument("the new copy must be outside the other failure group")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".rebuild"
         if os.path.exists(tmp):
             os.unlink(tmp)
-        df = DataFile(tmp, create_size=n * E, label=pool._label(group, path))
+        df = DataFile(tmp, create_size=n * E, label=pool.groups.label(group, path))
         exts = np.flatnonzero(keep)
         unrecoverable: list[int] = []
         recs: dict[int, np.ndarray | None] = {}
@@ -264,18 +258,12 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
 
         def change(txn: lmdb.Transaction) -> None:
             c = pool.meta.config(txn)
-            c["groups"][group]["path"] = pool._stored_path(path)
+            c["groups"][group]["path"] = pool.groups.stored_path(path)
             c["groups"][group]["labelled"] = True
             pool.meta.put_json(txn, "config", b"pool", c)
-            set_bits(pool.meta, txn, "dirty", group, np.arange(n), False)
-        pool._transaction(change)
-        old = pool._datafiles.get(group)
-        if old is not None:
-            old.close()
-        pool._datafiles[group] = df
-        m.paths[group] = path
-        m.dirty[group].clear()
-        m.attach(group, df)
+            m.dirty_log.clear(txn, group, np.arange(n))
+        pool.commit(change)
+        pool.groups.install(group, df, path)
     return {"group": group, "path": path, "extents": len(exts), "bytes": len(exts) * E,
             "unrecoverable": unrecoverable, "old_path": old_path, "unmirrored_lost": lost}
 
@@ -285,11 +273,11 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
 def _owners(pool: "Pool", txn: lmdb.Transaction) -> dict[int, tuple[str, int]]:
     """Extent -> (name, id) of the one writable LU that may write it in place: extents referenced
     once, by a live LU (shared extents and snapshots are never written in place)."""
-    rc = pool._allocators[0].refcounts(txn)
+    rc = pool.refcounts(txn)
     out: dict[int, tuple[str, int]] = {}
-    for r in pool._records(txn):
+    for r in pool.records(txn):
         if r.get("mirrored") and r["kind"] != "snapshot":
-            mapped = pool._load_map(txn, r).mapped().astype(np.int64)
+            mapped = pool.load_map(txn, r).mapped().astype(np.int64)
             for e in mapped[rc[mapped] == 1].tolist():
                 out[e] = (r["name"], r["id"])
     return out
@@ -310,8 +298,8 @@ class _Examiner:
     def examine(self, e: int) -> None:
         owner = self.owners.get(e)
         with ExitStack() as stack:
-            if owner is not None and owner[0] not in self.pool._writers:
-                lock = self.pool._holder_path(owner[1])
+            if owner is not None and self.pool.writing(owner[0]) is None:
+                lock = self.pool.holder_path(owner[1])
                 if not self.repair:
                     if is_held(lock):
                         self.in_use.append(e)
@@ -357,7 +345,7 @@ class _Examiner:
 
 def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
          lu: str | None = None) -> tuple[_Examiner, float]:
-    m = pool._mirror
+    m = pool.mirror
     assert m is not None
     t = time.monotonic()
     with pool.meta.read() as txn:
@@ -374,7 +362,7 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
                 c.sync()
     rep = ex.report()
     if rep["bad"] or rep["unrecoverable"] or rep["undecided"]:
-        pool._event("checksum_mismatch", {**({"lu": lu} if lu else {}), "bad": rep["bad"][:64],
+        pool.emit("checksum_mismatch", {**({"lu": lu} if lu else {}), "bad": rep["bad"][:64],
                                           "unrecoverable": rep["unrecoverable"][:64],
                                           "undecided": rep["undecided"][:64], "repaired": rep["repaired"]})
     return ex, time.monotonic() - t
@@ -391,11 +379,11 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
     Holds the LU for writing meanwhile: Busy, naming the holder, if another process writes it."""
     _mirror(pool)
     E = pool.extent_size
-    with pool._lock:
+    with pool.lock:
         with pool.meta.read() as txn:
-            if not pool._record(txn, name).get("mirrored"):
+            if not pool.record(txn, name).get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
-        with pool._writer(name):
+        with pool.writer(name):
             pool.flush()
             with pool.meta.read() as txn:
                 exts = _extents_of(pool, txn, name)
@@ -410,7 +398,7 @@ def scrub(pool: "Pool", *, repair: bool = False, progress: Progress = None) -> d
     recorded checksum; with ``repair``, rewrite provably bad blocks from a provably good copy."""
     m = _mirror(pool, healthy=False)
     E = pool.extent_size
-    with pool._lock:
+    with pool.lock:
         pool.flush()
         with pool.meta.read() as txn:
             exts = pool.sums.extents(txn)

@@ -146,7 +146,7 @@ def test_check_reports_and_repairs(cli_pool):
     run_cli("pool", "check", "--repair", pool=cli_pool, check_rc=0)
     run_cli("pool", "check", pool=cli_pool, check_rc=0)
     with Pool.open(cli_pool) as p, p.meta.write() as txn:
-        rec = p._records(txn)
+        rec = p.records(txn)
         first = next(r for r in rec if r["name"] == "a")
         raw = next(iter(p.meta.map_chunks(txn, first["id"])))[1]
         import numpy as np

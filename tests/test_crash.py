@@ -91,7 +91,7 @@ def check_mirror(pool: Pool, seed: int, it: int, model: dict[str, bytearray], ac
     for rec in pool.list_lus():
         name = rec["name"]
         with pool.lu(name, writable=False) as lu:
-            phys = lu._map.phys_range(0, len(lu._map) - 1)
+            phys = lu.extent_map.phys_range(0, len(lu.extent_map) - 1)
         touched = {phys[b * W.BLOCK // E] for b in inflight.get(name, {})}
         rep = mirror_verify(pool, name, repair=True)
         assert set(rep["mismatched"]) <= touched, (name, rep["mismatched"], touched)

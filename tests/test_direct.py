@@ -29,7 +29,7 @@ def test_in_place_writes_and_reads(pool):
         lu.write(0, os.urandom(3 * E))           # extents 0-2 are the LU's own
         t = lu.direct_table()
         pool.flush()
-        df = pool._datafiles[0]
+        df = pool.groups.files[0]
         assert not df.dirty
         data = os.urandom(2 * E)
         assert t.pwrite(data, E // 2) == 0       # across extents 0, 1, 2
@@ -91,7 +91,7 @@ def test_table_follows_snapshots_resizes_rollback_and_close(pool):
 def copies_of(pool, lu, ext):
     """Logical extent ``ext`` of ``lu`` as each failure group's file holds it."""
     p = lu.physical_extent(ext)
-    return [os.pread(pool._datafiles[i].fd, E, p * E) for i in (0, 1)]
+    return [os.pread(pool.groups.files[i].fd, E, p * E) for i in (0, 1)]
 
 
 def test_mirrored_lus_are_written_directly_to_both_copies(pool):
@@ -129,7 +129,7 @@ def test_mirrored_lus_are_written_directly_to_both_copies(pool):
         pool.set_mirrored("m", False)            # the primary alone from now on
         assert t.pwrite(os.urandom(100), 5) == 0
         a, b = copies_of(pool, m, 0)
-        assert a != b or pool._mirror.copies[1] is None
+        assert a != b or pool.mirror.copies[1] is None
 
 
 def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
@@ -139,14 +139,14 @@ def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
         t = m.direct_table()
         m.write(0, os.urandom(2 * E))            # arms what it writes (a table is there to use it)
         assert t.pwrite(os.urandom(4096), 0) == 0
-        pool._mirror.fail(1, "test: the second disk is gone")
+        pool.mirror.fail(1, "test: the second disk is gone")
         assert t.pwrite(os.urandom(4096), 0) == SLOW
         data = os.urandom(4096)
         m.write(0, data)                         # degraded: the engine writes copy 0 alone
         assert t.pwrite(os.urandom(4096), 0) == SLOW     # and arms nothing
         buf = bytearray(4096)
         assert t.pread(buf, 0) == 0 and bytes(buf) == data
-        assert m.physical_extent(0) in pool._mirror.dirty[1]
+        assert m.physical_extent(0) in pool.mirror.dirty[1]
     from blockstore.scrub import resync
     resync(pool)
     with pool.lu("m") as m:

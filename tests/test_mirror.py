@@ -25,7 +25,7 @@ def mpool(tmp_path):
 
 def phys_extents(pool: Pool, name: str) -> list[int]:
     with pool.lu(name, writable=False) as lu:
-        return sorted(set(lu._map.mapped().tolist()))
+        return sorted(set(lu.extent_map.mapped().tolist()))
 
 
 def test_writes_land_in_both_copies(mpool, tmp_path):

@@ -38,7 +38,7 @@ def copies_differ(pool: Pool, name: str) -> list[int]:
     """Logical extents of ``name`` whose two copies are not byte for byte the same."""
     E = pool.extent_size
     with pool.lu(name, writable=False) as lu:
-        fds = [pool._datafiles[i].fd for i in (0, 1)]
+        fds = [pool.groups.files[i].fd for i in (0, 1)]
         return [int(e) for e in lu.mapped_extents()
                 if len({os.pread(fd, E, lu.physical_extent(int(e)) * E) for fd in fds}) != 1]
 
@@ -167,7 +167,7 @@ def test_o_direct_first_writes_bypass_the_page_cache(mirrored):
             with p.lu(name, writable=False) as lu:
                 phys = lu.physical_extent((2 if flags else 5) * MiB // E) * E
                 groups = (0, 1) if name == "m" else (0,)
-                assert [page_cached(p._datafiles[g].fd, phys) for g in groups] == [not flags] * len(groups)
+                assert [page_cached(p.groups.files[g].fd, phys) for g in groups] == [not flags] * len(groups)
         for (name, flags), blob in blobs.items():
             with p.lu(name, writable=False) as lu:
                 assert lu.read((2 if flags else 5) * MiB, MiB) == blob

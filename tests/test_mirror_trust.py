@@ -24,7 +24,7 @@ E = 64 << 10
 
 def phys(pool: Pool, name: str) -> list[int]:
     with pool.lu(name, writable=False) as lu:
-        return [lu.physical_extent(x) for x in range(len(lu._map)) if lu.physical_extent(x) is not None]
+        return [lu.physical_extent(x) for x in range(len(lu.extent_map)) if lu.physical_extent(x) is not None]
 
 
 def sha(pool: Pool, name: str) -> str:

@@ -73,9 +73,9 @@ class PoolModel(RuleBasedStateMachine):
         """The physical extent of each logical extent of ``name`` (UNMAPPED for holes)."""
         h = self.open.get(name)
         if h is not None:
-            return h._map.phys_range(0, len(h._map) - 1)
+            return h.extent_map.phys_range(0, len(h.extent_map) - 1)
         with self.pool.lu(name, writable=False) as r:
-            return r._map.phys_range(0, len(r._map) - 1)
+            return r.extent_map.phys_range(0, len(r.extent_map) - 1)
 
     def byte(self, copy: int, pos: int) -> int:
         with open(self.files[copy], "rb") as f:

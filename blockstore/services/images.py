@@ -272,12 +272,12 @@ class _Deduper:
                 return None
             phys, = struct.unpack(">I", raw[:4])
             owner = raw[4:].decode()
-            rec = self.pool._record(txn, owner, missing_ok=True)
+            rec = self.pool.record(txn, owner, missing_ok=True)
             # Only extents of sealed image LUs are shared: nothing ever writes them in place.
             if rec is None or not rec.get("readonly"):
                 return None
             if owner not in self.maps:
-                self.maps[owner] = self.pool._load_map(txn, rec).mapped()
+                self.maps[owner] = self.pool.load_map(txn, rec).mapped()
             if phys not in self.maps[owner]:
                 return None
         E = self.pool.extent_size

@@ -74,7 +74,7 @@ def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None)
     st = pool.status()
     if size > st["capacity"]:
         raise PoolFull(f"a paging file of {size} bytes is larger than the pool ({st['capacity']} bytes)")
-    if pool._mirror is None:
+    if pool.mirror is None:
         raise InvalidArgument("paging LUs need a redundant copy: the pool has no second failure group "
                               "(pool failgrp add DIR)")
     rec = pool.svc_get("lpar", lpar)
@@ -134,7 +134,7 @@ def migrate(pool: Pool, lpar: str, to_cec: str, node: str | None = None, timeout
     new_node = node or (target["nodes"][0] if target["nodes"] else to_cec)
     rec.update(state="migrating", migrating_to=to_cec)
     pool.svc_put("lpar", lpar, rec)
-    holder = HolderLock(pool._holder_path(pool.lu_info(rec["lu"])["id"]))
+    holder = HolderLock(pool.holder_path(pool.lu_info(rec["lu"])["id"]))
     deadline = time.monotonic() + timeout
     while True:
         try:

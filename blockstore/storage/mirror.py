@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import native
+from .. import native
+from ..meta import set_bits
 from .activity import AHEAD, REGION, ActivityLog
 from .checksums import BLOCK, SumStore
 from .datafile import LABEL, DataFile
@@ -47,19 +48,45 @@ log = logging.getLogger("blockstore")
 if TYPE_CHECKING:
     import lmdb
 
+    from ..meta import Meta
+
 Buffer = bytes | bytearray | memoryview
+
+
+class DirtyLog:
+    """The dirty bitmap of each copy, in the pool's metadata: the extents that copy lacks (what
+    it missed while failed or missing), which ``resync`` copies to it and then clears."""
+
+    def __init__(self, meta: "Meta") -> None:
+        self.meta = meta
+
+    def add(self, copy: int, extents: "list[int] | np.ndarray", txn: "lmdb.Transaction | None" = None) -> None:
+        """Record ``extents`` durably (in a commit of their own unless ``txn`` is given)."""
+        if txn is None:
+            with self.meta.write() as own:
+                self.add(copy, extents, own)
+            return
+        set_bits(self.meta, txn, "dirty", copy, np.asarray(extents, np.int64), True)
+
+    def clear(self, txn: "lmdb.Transaction", copy: int, extents: np.ndarray) -> None:
+        set_bits(self.meta, txn, "dirty", copy, np.asarray(extents, np.int64), False)
+
+    def load(self, txn: "lmdb.Transaction", copy: int) -> np.ndarray:
+        """The bitmap of ``copy`` (bool per extent)."""
+        n = self.meta.config(txn)["groups"][0]["extents"]
+        return self.meta.fg_array(txn, "dirty", copy, n, bool, 0)
 
 
 class MirrorFile:
     """Two copies of one extent space. ``copies[i]`` is None while copy ``i`` is missing or failed.
 
-    ``persist_dirty(i, extents)`` is called before a write to an extent that copy ``i`` lacks is
-    acknowledged, so the dirty bitmap names every such extent even after a crash. ``need`` is the
-    bytes of extents each file must hold (checked at every sync).
+    Before a write to an extent that copy ``i`` lacks is acknowledged, the extent is recorded in
+    ``dirty_log``, so the dirty bitmap names every such extent even after a crash. ``need`` is
+    the bytes of extents each file must hold (checked at every sync).
     """
 
     def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
-                 persist_dirty: Callable[[int, list[int]], None], sums: SumStore, activity: ActivityLog,
+                 dirty_log: DirtyLog, sums: SumStore, activity: ActivityLog,
                  need: int, on_event: Callable[[str, dict], None] | None = None) -> None:
         self.copies: list[DataFile | None] = [primary, secondary]
         self.paths = paths
@@ -74,7 +101,7 @@ class MirrorFile:
         self._pending_c: dict[int, object] = {}
         self.sums = sums
         self.activity = activity
-        self.persist_dirty = persist_dirty
+        self.dirty_log = dirty_log
         self.on_event = on_event
         #: False only to measure what checksums cost (the bench): writes then record none, and
         #: the pool's records no longer describe its data.
@@ -176,7 +203,7 @@ class MirrorFile:
     def _dirty_for(self, i: int, extents: set[int] | range) -> None:
         new = [e for e in extents if e not in self.dirty[i]]
         if new:
-            self.persist_dirty(i, new)
+            self.dirty_log.add(i, new)
             self.dirty[i].update(new)
 
     def _extents(self, offset: int, length: int) -> range:

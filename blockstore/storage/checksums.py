@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import lmdb
 import numpy as np
 
-from .errors import PoolCorrupt
-from .native import SUM_BLOCK, sum_blocks
+from ..errors import PoolCorrupt
+from ..native import SUM_BLOCK, sum_blocks
 
 if TYPE_CHECKING:
-    from .meta import Meta
+    from ..meta import Meta
 
 BLOCK = SUM_BLOCK
 _KEY = struct.Struct(">I")

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from .locks import is_held
+from ..locks import is_held
 
 #: Bytes of physical space per logged region.
 REGION = 4 << 20

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from . import native
-from .errors import BlockstoreError
+from .. import native
+from ..errors import BlockstoreError
 
 try:
     from fcntl import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate  # type: ignore[attr-defined]

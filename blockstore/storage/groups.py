@@ -1,0 +1,252 @@
+"""The storage stack of one pool, built and re-pointed here and nowhere else (as s3backer builds
+its stores in one function): failure group 0's data file, and with a second group the mirror
+over both. Which store an LU writes to, a copy failing or coming back, a group added, rebuilt or
+grown: all of it goes through ``FailureGroups``; the layers above ask it for a store and never
+assemble one themselves.
+
+Each group's data file carries a label (datafile.py) naming the pool and the group; a file
+without the right label is refused, so a copied pool never writes into its original's files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import AlreadyExists, BlockstoreError, InvalidArgument
+from ..extents import runs
+from ..meta import Meta
+from .activity import ActivityLog
+from .checksums import SumStore
+from .datafile import DataFile, fsync_dir
+from .mirror import DirtyLog, MirrorFile
+
+log = logging.getLogger("blockstore")
+
+
+class FailureGroups:
+    """The data files of a pool at ``root`` and the mirror over them.
+
+    ``files[i]`` is group ``i``'s open data file (absent while it cannot be opened); ``mirror``
+    the mirror layer when the pool has a second group. ``on_event(kind, info)`` hears a copy
+    failing.
+    """
+
+    def __init__(self, root: str, meta: Meta, extent_size: int, pool_id: str, sums: SumStore,
+                 activity: ActivityLog, on_event: Callable[[str, dict], None]) -> None:
+        self.root, self.meta, self.E, self.pool_id = root, meta, extent_size, pool_id
+        self.sums, self.activity, self.on_event = sums, activity, on_event
+        self.files: dict[int, DataFile] = {}
+        self.mirror: MirrorFile | None = None
+
+    def open(self, cfg: dict[str, Any]) -> None:
+        """Open every group the config names; a missing group 0 is tolerated when group 1 can
+        serve the mirrored LUs (``pool failgrp replace --group 0`` rebuilds it)."""
+        try:
+            self.files[0] = self.open_group(cfg, 0)
+        except BlockstoreError as e:
+            if len(cfg["groups"]) < 2:
+                raise
+            log.warning("failure group 0 is unavailable: %s; only mirrored LUs can be used", e)
+        if len(cfg["groups"]) > 1:
+            self._attach_mirror(cfg)
+
+    def close(self) -> None:
+        for df in self.files.values():
+            df.close()
+
+    # -- paths and labels ---------------------------------------------------------------------
+
+    def path(self, cfg: dict[str, Any], fg: int) -> str:
+        p = cfg["groups"][fg]["path"]
+        return p if os.path.isabs(p) else os.path.join(self.root, p)
+
+    def stored_path(self, path: str) -> str:
+        """A group's path as the config keeps it: relative where it lies inside the pool's
+        directory, so a copied or moved pool takes its own files along."""
+        rel = os.path.relpath(path, self.root)
+        return path if rel.startswith("..") else rel
+
+    def label(self, fg: int, path: str) -> dict[str, Any]:
+        """What a data file of group ``fg`` at ``path`` says of itself: the pool's id, and for a
+        group outside the pool's directory, the pool's path (a copied pool is another pool)."""
+        inside = not os.path.relpath(path, self.root).startswith("..")
+        return {"pool": self.pool_id, "group": fg, "owner": None if inside else self.root}
+
+    def open_group(self, cfg: dict[str, Any], fg: int) -> DataFile:
+        """Open group ``fg``'s data file, refusing one that is not this pool's or is too short."""
+        path = self.path(cfg, fg)
+        need = cfg["groups"][fg]["extents"] * self.E
+        df = DataFile(path)
+        try:
+            size = df.size()
+            if size == need and not cfg["groups"][fg].get("labelled"):
+                # made before data files had labels: give it one past the extents
+                df.grow(need)
+                df.write_label(self.label(fg, path))
+                cfg["groups"][fg]["labelled"] = True
+                with self.meta.write() as txn:
+                    c = self.meta.config(txn)
+                    c["groups"] = cfg["groups"]
+                    self.meta.put_json(txn, "config", b"pool", c)
+            label = df.label()
+            if label is None or label.get("pool") != self.pool_id or label.get("group") != fg:
+                raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "
+                                      f"'pool failgrp replace' makes a new one")
+            owner = label.get("owner")
+            if owner is not None and owner != self.root:
+                if holds_pool(owner, self.pool_id):
+                    raise BlockstoreError(f"{path} belongs to the pool at {owner} (this pool is a copy of it); "
+                                          f"'pool failgrp replace DIR' gives this pool its own")
+                df.write_label(self.label(fg, path))  # the pool was moved: the file follows it
+            why = df.problem(need)
+            if why:
+                raise BlockstoreError(f"data file {why}: damaged pool")
+        except BaseException:
+            df.close()
+            raise
+        return df
+
+    def _attach_mirror(self, cfg: dict[str, Any]) -> None:
+        """Build the mirror over groups 0 and 1; a missing group 1 leaves it degraded, not the
+        pool shut."""
+        try:
+            self.files[1] = self.open_group(cfg, 1)
+        except BlockstoreError as e:
+            log.warning("failure group 1 is unavailable: %s; mirrored LUs run degraded", e)
+        paths = [self.path(cfg, 0), self.path(cfg, 1)]
+        if not self.files:
+            raise BlockstoreError(f"both failure groups are unavailable ({paths[0]}, {paths[1]})")
+        self.mirror = MirrorFile(self.files.get(0), self.files.get(1), paths, self.E,
+                                 dirty_log=DirtyLog(self.meta), sums=self.sums, activity=self.activity,
+                                 need=cfg["groups"][0]["extents"] * self.E, on_event=self.on_event)
+        for i in self.mirror.degraded:
+            self.on_event("mirror_degraded", {"copy": i, "path": paths[i], "why": "unavailable at open"})
+
+    # -- the stores ---------------------------------------------------------------------------
+
+    def primary(self) -> DataFile:
+        """Failure group 0's data file, where unmirrored LUs live."""
+        df = self.files.get(0)
+        if df is None:
+            raise BlockstoreError("failure group 0 is unavailable: only mirrored LUs can be used "
+                                  "until 'pool failgrp replace --group 0' rebuilds it")
+        return df
+
+    def store(self, mirrored: bool) -> DataFile | MirrorFile:
+        """The store an LU's extents live in: the mirror for a mirrored LU, else group 0."""
+        return self.mirror if mirrored and self.mirror is not None else self.primary()
+
+    def allocation_store(self) -> DataFile | MirrorFile:
+        """The store the allocator punches freed extents in (both copies when mirrored: an
+        extent's index is the same in both groups)."""
+        return self.mirror or self.files[0]
+
+    def redundant(self) -> DataFile:
+        """Group 1's copy, for reads that must not touch group 0 (read redirection)."""
+        m = self.mirror
+        if m is None or m.copies[1] is None:
+            raise BlockstoreError("the redundant copy is unavailable")
+        return m.copies[1]
+
+    @property
+    def dirty(self) -> bool:
+        """Whether anything was written since the last sync."""
+        return self.mirror.dirty_data if self.mirror else self.files[0].dirty
+
+    def sync(self) -> None:
+        if self.mirror:
+            self.mirror.sync()
+        else:
+            self.files[0].sync()
+
+    # -- changes of the stack -----------------------------------------------------------------
+
+    def create_second(self, directory: str, extents: int) -> tuple[str, dict[str, Any]]:
+        """Make group 1's data file in ``directory`` (refused inside group 0, or where a data file
+        is); returns its path and its config entry, which the caller commits before ``attach_second``."""
+        check_second_dir(directory, self.root)
+        d = os.path.abspath(directory)
+        made = not os.path.exists(d)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if made:
+            fsync_dir(os.path.dirname(d))
+        path = os.path.join(d, "data")
+        DataFile(path, create_size=extents * self.E, label=self.label(1, path)).close()
+        return path, {"path": self.stored_path(path), "extents": extents, "labelled": True}
+
+    def attach_second(self, cfg: dict[str, Any]) -> None:
+        """The config now names group 1: open it and build the mirror."""
+        self._attach_mirror(cfg)
+
+    def reopen(self, cfg: dict[str, Any], i: int) -> None:
+        """Put group ``i``'s file back in service after it came back (the same file, this pool's
+        label); BlockstoreError when it is still unavailable."""
+        df = self.open_group(cfg, i)
+        old = self.files.get(i)
+        if old is not None and old is not df:
+            old.close()
+        self.files[i] = df
+        assert self.mirror is not None
+        self.mirror.attach(i, df)
+
+    def install(self, i: int, df: DataFile, path: str) -> None:
+        """A rebuilt copy of group ``i`` (whole, synced, at ``path``) replaces the old one."""
+        old = self.files.get(i)
+        if old is not None:
+            old.close()
+        self.files[i] = df
+        assert self.mirror is not None
+        self.mirror.paths[i] = path
+        self.mirror.dirty[i].clear()
+        self.mirror.attach(i, df)
+
+    def grow(self, extents: int) -> None:
+        for df in self.files.values():
+            df.grow(extents * self.E)
+        if self.mirror is not None:
+            self.mirror.grow(extents * self.E)
+
+    def punch_second(self, drop: np.ndarray) -> None:
+        """Punch, in group 1, the extents ``drop`` names (bool per extent): what no mirrored LU
+        references any more takes no space there."""
+        m = self.mirror
+        if m is None or m.copies[1] is None:
+            return
+        for start, count in runs(np.flatnonzero(drop)):
+            m.copies[1].punch(start * self.E, count * self.E)
+
+    def describe(self, cfg: dict[str, Any], dirty: dict[int, int]) -> list[dict[str, Any]]:
+        """Each group: path, extents, state, extents its copy lacks."""
+        out = []
+        for fg in range(len(cfg["groups"])):
+            ok = self.mirror.copies[fg] is not None if self.mirror else fg == 0
+            out.append({"group": fg, "path": self.path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
+                        "state": "ok" if ok else "unavailable", "dirty_extents": dirty[fg]})
+        return out
+
+
+def check_second_dir(directory: str, pool_path: str) -> None:
+    d = os.path.abspath(directory)
+    if d == os.path.abspath(pool_path) or d.startswith(os.path.abspath(pool_path) + os.sep + "fg0"):
+        raise InvalidArgument("the second failure group must be outside the first")
+    if os.path.exists(os.path.join(d, "data")):
+        raise AlreadyExists(f"{d} already holds a data file")
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise InvalidArgument(f"{d} is not a directory")
+
+
+def holds_pool(path: str, pool_id: str) -> bool:
+    """Whether a pool with id ``pool_id`` lives at ``path`` (its first data file says so)."""
+    try:
+        df = DataFile(os.path.join(path, "fg0", "data"))
+    except BlockstoreError:
+        return False
+    try:
+        label = df.label()
+    finally:
+        df.close()
+    return label is not None and label.get("pool") == pool_id
