@@ -10,7 +10,7 @@ Result codes (a contract scripts may rely on, in the manner of ``qemu-img check`
 Repair recomputes reference counts from the maps, rebuilds the free bitmap from them and the
 live sessions' reservations, and drops dead reservations, orphaned map chunks and checksum
 records of data that is not mirrored; mirrored extents without checksums get them from their
-copies (as ``scrub.settle`` does after a crash). It never changes a map, so no LU's data changes.
+copies (as the pool's settling does after a crash). It never changes a map, so no LU's data changes.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .meta import store_counts
 from .extents import CHUNK, UNMAPPED, extents_for
 from .errors import PoolCorrupt
 from .locks import is_held
+from .storage import recovery
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -186,8 +187,7 @@ def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
         txn.delete(key, db=meta.db["maps"])
     pool.sums.delete(txn, found["stray"])
     if len(found["unsummed"]) and pool.mirror is not None:
-        from .scrub import adopt
-        adopt(pool, txn, found["unsummed"])
+        recovery.adopt(pool.mirror, pool.sums, txn, found["unsummed"])
     for r in pool.records(txn):
         mapped = sum(int(np.count_nonzero(np.frombuffer(raw, np.uint32) != UNMAPPED))
                      for _, raw in meta.map_chunks(txn, r["id"]))

@@ -461,8 +461,7 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
                           + "".join(f"\nunrecoverable: extent {e}" for e in rep["unrecoverable"]))
         return 0 if rep["clean"] else 4
     elif cmd == ("lu", "resync"):
-        from .scrub import resync
-        print(f"copied {resync(pool, args.name)} extent(s)")
+        print(f"copied {pool.resync(args.name)} extent(s)")
     elif cmd == ("lu", "create"):
         with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored):
             pass

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import OutOfRange, ReadOnly
 from .extents import CHUNK, NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
 from .native import DirectTable
+from .storage import ALLOCATED, ZERO
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -110,6 +111,28 @@ class LU:
             if not self._writable:
                 self._host.refresh_lu(self)
             return self._map.mapped_logical()
+
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """(flags, n): the first ``n`` bytes (1 <= n <= length) of ``[offset, offset + length)``
+        share ``flags`` (storage/__init__.py: DATA, ZERO, ALLOCATED). A hole of the map reads as
+        zeros and is not allocated; a mapped extent is allocated, and its store says where it
+        holds data and where it reads as zeros (a partial first write leaves the rest a hole)."""
+        self._check(offset, length)
+        if length == 0:
+            raise ValueError("block_status of an empty range")
+        E = self._E
+        with self._lock:
+            if not self._writable:
+                self._host.refresh_lu(self)
+            ext, start = divmod(offset, E)
+            last = min((offset + length - 1) // E, ext + CHUNK - 1)  # n may stop short: bound the work
+            p = self._map.get(ext)
+            if p == UNMAPPED:
+                phys = self._map.phys_range(ext, last)
+                run = int(np.argmax(phys != UNMAPPED)) if (phys != UNMAPPED).any() else len(phys)
+                return ZERO, min(offset + length, (ext + run) * E) - offset
+            flags, n = self._df.block_status(p * E + start, min(length, E - start))
+            return flags | ALLOCATED, n
 
     def read(self, offset: int, length: int) -> bytes:
         E = self._E

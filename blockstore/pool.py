@@ -23,19 +23,20 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from .storage.activity import ActivityLog
 from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
-from .storage.checksums import SumStore
-from .storage.datafile import DataFile, fsync_dir
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolCorrupt, ReadOnly
 from .extents import UNMAPPED, ExtentMap, extents_for
 from .listeners import Listeners
 from .locks import HolderLock, is_held
 from .lu import LU
+from .meta import FORMAT, Meta, map_key, meta_dir, store_counts
+from .names import check_name, snapshot_name, split_snapshot
+from .storage import recovery
+from .storage.activity import REGION, ActivityLog, dead_logs
+from .storage.checksums import SumStore
+from .storage.datafile import DataFile, fsync_dir
 from .storage.groups import FailureGroups, check_second_dir
 from .storage.mirror import MirrorFile
-from .meta import FORMAT, Meta, map_key, meta_dir
-from .names import check_name, snapshot_name, split_snapshot
 from .sizes import format_size, parse_size
 
 log = logging.getLogger("blockstore")
@@ -115,11 +116,10 @@ class Pool:
             self._allocators[0] = Allocator(self.meta, 0, self.session, self.groups.allocation_store(),
                                             self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
-            from .scrub import resync, settle
-            settle(self, everything=not cfg.get("block_sums"))  # before any I/O: copies agree
+            self._settle(everything=not cfg.get("block_sums"))  # before any I/O: copies agree
             self.reclaim_dead_sessions()
             if self.mirror is not None and not self.mirror.degraded:
-                resync(self)  # a group that is back gets what it missed
+                self.resync()  # a group that is back gets what it missed
         except BaseException:
             self._teardown()
             raise
@@ -356,8 +356,7 @@ class Pool:
                 lu = self._writers[name]
                 lu.add_open()
                 return lu
-            from .scrub import settle
-            settle(self)  # a session that died since this pool opened may have left copies apart
+            self._settle()  # a session that died since this pool opened may have left copies apart
             if snap is not None and writable:
                 writable = False
             holder = None
@@ -709,18 +708,96 @@ class Pool:
             self._allocators[0].df = self.groups.allocation_store()
 
     def failure_groups(self) -> list[dict[str, Any]]:
-        from .scrub import dirty_count
         with self.meta.read() as txn:
             cfg = self.meta.config(txn)
-        dirty = dirty_count(self) if self.mirror else {0: 0, 1: 0}
-        return self.groups.describe(cfg, dirty)
+        return self.groups.describe(cfg, self.dirty_extents())
+
+    def need_mirror(self, *, healthy: bool = True) -> MirrorFile:
+        """The mirror, or InvalidArgument without a second group (BlockstoreError while a copy
+        is missing, if ``healthy``)."""
+        m = self.mirror
+        if m is None:
+            raise InvalidArgument("the pool has no second failure group (pool failgrp add DIR)")
+        if healthy and m.degraded:
+            raise BlockstoreError(f"the mirror is degraded (failure group {m.degraded[0]} unavailable); "
+                                  "bring it back and run lu resync, or pool failgrp replace")
+        return m
+
+    def lu_extents(self, txn: lmdb.Transaction, name: str) -> np.ndarray:
+        """The physical extents ``name`` maps (an open writer's map may be ahead of the stored one)."""
+        lu = self._writers.get(name)
+        emap = lu.extent_map if lu is not None else self.load_map(txn, self.record(txn, name))
+        return np.unique(emap.mapped()).astype(np.int64)
+
+    def dirty_extents(self, name: str | None = None) -> dict[int, int]:
+        """Per copy, how many extents (of ``name``, or of the pool) it lacks: what resync copies."""
+        if self.mirror is None:
+            return {0: 0, 1: 0}
+        with self.meta.read() as txn:
+            only = self.lu_extents(txn, name) if name else None
+            out = {}
+            for i in (0, 1):
+                d = self.mirror.dirty_log.load(txn, i)
+                out[i] = int(d[only].sum()) if only is not None else int(d.sum())
+        return out
+
+    def resync(self, name: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        """Copy to each copy the extents it missed while degraded (of ``name`` only, if given);
+        returns how many were copied. A group whose file is back (the same file, with this pool's
+        label) is put back in service first; a file that is not this pool's copy is refused:
+        ``replace`` (scrub.py) rebuilds one from scratch."""
+        m = self.need_mirror(healthy=False)
+        with self._lock:
+            for i in list(m.degraded):
+                try:
+                    with self.meta.read() as txn:
+                        self.groups.reopen(self.meta.config(txn), i)
+                except BlockstoreError as e:
+                    raise BlockstoreError(f"failure group {i} is still unavailable: {e}") from None
+            self.flush()
+            with self.meta.read() as txn:
+                only = self.lu_extents(txn, name) if name else None
+            return recovery.resync(m, self.meta, only, progress)
+
+    def _settle(self, *, everything: bool = False) -> int:
+        """Make the copies of every region a dead session had in flight agree, and record their
+        checksums, before any I/O; ``everything``: every mirrored extent (a pool from before
+        block checksums). Returns the extents examined."""
+        if not everything and not dead_logs(self.locks_dir):
+            return 0  # the common open: one listdir
+        m, E = self.mirror, self.extent_size
+        done = 0
+        with self._lock:
+            with self.meta.write() as txn:  # one settler at a time, across processes
+                logs = dead_logs(self.locks_dir)
+                if m is not None and m.copies != [None, None]:
+                    if everything:  # from before mirrored reference counts: count them now
+                        counts = self.mirrored_refs(txn)
+                        store_counts(self.meta, txn, "mrc", 0, counts)
+                        exts = np.flatnonzero(counts)
+                    else:
+                        regions = np.unique(np.concatenate([r for _, r in logs] + [np.zeros(0, np.int64)]))
+                        per = max(1, REGION // E)
+                        cand = np.unique((regions[:, None] * REGION // E + np.arange(per)[None, :]).ravel())
+                        exts = np.intersect1d(cand, self.sums.extents(txn))
+                    recovery.adopt(m, self.sums, txn, exts)
+                    done = len(exts)
+                if everything:
+                    cfg = self.meta.config(txn)
+                    cfg["block_sums"] = True
+                    self.meta.put_json(txn, "config", b"pool", cfg)
+            for path, _ in logs:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass  # another process settled it first
+        return done
 
     def set_mirrored(self, name: str, on: bool, progress: Callable[[int, int], None] | None = None) -> int:
         """Give ``name`` (and its snapshots) a redundant copy, or take it away. Returns extents
         copied. Before the redundant copy goes, every block the primary holds bad is repaired
         from it, so the copy that stays is the good one."""
-        from .scrub import _mirror, copy_to_mirror, repair_extents
-        _mirror(self)
+        m = self.need_mirror()
         with self._lock, self.writer(name) as lu:
             with self.meta.read() as txn:
                 records = self.records(txn)
@@ -731,11 +808,16 @@ class Pool:
                 )).astype(np.int64)
             copied = 0
             if on:
-                copy_to_mirror(self, exts, progress)
+                with self.meta.read() as txn:
+                    have = self.sums.extents(txn)
+                recovery.copy_to_mirror(m, have, exts, progress)
                 copied = len(exts)
             elif lu.mirrored:
                 self.flush()
-                repair_extents(self, exts)
+                ex = recovery.Examiner(m, self.sums, repair=True)  # the family is this process's
+                for e in exts.tolist():
+                    ex.judge(e)
+                ex.finish()
 
             a = self._allocators[0]
 
@@ -817,15 +899,13 @@ class Pool:
     def open_redundant(self, name: str) -> LU:
         """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):
         what a second node reads while the first still holds the LU (read redirection)."""
-        from .scrub import _mirror
-        m = _mirror(self, healthy=False)
-        if m.copies[1] is None:
-            raise BlockstoreError("the redundant copy is unavailable")
+        self.need_mirror(healthy=False)
+        copy = self.groups.redundant()
         lu = self.open_lu(name, writable=False)
         if not lu.mirrored:
             lu.close()
             raise InvalidArgument(f"LU {name!r} has no redundant copy")
-        lu.read_from(m.copies[1])
+        lu.read_from(copy)
         return lu
 
     # -- queries --------------------------------------------------------------------------------
@@ -845,10 +925,9 @@ class Pool:
         info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
         info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
         if info["mirrored"]:
-            from .scrub import dirty_count
             m = self.mirror
             missing = m.degraded if m else [0, 1]
-            dirty = dirty_count(self, name) if m else {0: 0, 1: 0}
+            dirty = self.dirty_extents(name)
             info["mirror"] = {"state": "degraded" if missing else "resyncing" if any(dirty.values()) else "in-sync",
                               "missing_copy": missing[0] if missing else None,
                               "dirty_extents": dirty[0] + dirty[1]}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from .errors import BlockstoreError, InvalidArgument
 from .lu import LU
 from .pool import SECTOR, Pool
+from .storage import DATA
 from .zero import is_zero
 
 STEP = 1 << 20
@@ -58,17 +59,22 @@ def import_file(pool: Pool, name: str, path: str, progress: Callable[[int, int],
 
 
 def export_file(lu: LU, path: str, progress: Callable[[int, int], None] | None = None) -> None:
-    """Write the LU's bytes to ``path`` as a sparse raw file (holes where the LU has none)."""
+    """Write the LU's bytes to ``path`` as a sparse raw file: holes where the LU has none, and
+    where its block status says a mapped extent reads as zeros (nothing read there)."""
     E = lu.extent_size
     mapped = lu.mapped_extents()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, lu.size)
         for i, ext in enumerate(mapped.tolist()):
-            start = ext * E
-            data = lu.read(start, min(E, lu.size - start))
-            if not is_zero(data):  # a zero extent stays a hole
-                os.pwrite(fd, data, start)
+            pos, end = ext * E, min((ext + 1) * E, lu.size)
+            while pos < end:
+                flags, n = lu.block_status(pos, end - pos)
+                if flags & DATA:
+                    data = lu.read(pos, n)
+                    if not is_zero(data):  # zeros written as data stay a hole too
+                        os.pwrite(fd, data, pos)
+                pos += n
             if progress:
                 progress(i + 1, len(mapped))
         os.fsync(fd)

@@ -35,6 +35,31 @@ def test_zero_write_to_hole_allocates_nothing(pool):
         assert lu.read(0, 2) == b"\0\0"
 
 
+def test_block_status_says_where_data_zeros_and_holes_are(pool, tmp_path):
+    """As QEMU's block status: holes of the map read as zeros and take no space; a mapped
+    extent is allocated, with data where it was written and zeros where its store has a hole.
+    An export reads only the data and leaves the rest sparse."""
+    from blockstore.storage import ALLOCATED, DATA, ZERO
+    from blockstore.transfer import export_file
+    E = pool.extent_size
+    with pool.create_lu("b", 8 * E) as lu:
+        lu.write(2 * E, b"x" * 100)              # a partial first write: the rest of the extent a hole
+        lu.write(5 * E, os.urandom(E))
+        assert lu.block_status(0, 8 * E) == (ZERO, 2 * E)
+        assert lu.block_status(E, 4096) == (ZERO, 4096)
+        flags, n = lu.block_status(2 * E, 8 * E - 2 * E)
+        assert flags == DATA | ALLOCATED and 100 <= n < E
+        assert lu.block_status(2 * E + n, E - n) == (ZERO | ALLOCATED, E - n)
+        assert lu.block_status(3 * E, 5 * E) == (ZERO, 2 * E)
+        assert lu.block_status(5 * E, 3 * E) == (DATA | ALLOCATED, E)
+        with pytest.raises(OutOfRange):
+            lu.block_status(7 * E, 2 * E)
+        out = tmp_path / "b.raw"
+        export_file(lu, str(out))
+        assert out.read_bytes() == lu.read(0, 8 * E)
+        assert os.stat(out).st_blocks * 512 <= E + n  # extent 5 and the written block of extent 2
+
+
 def test_discard_frees_whole_extents_and_zeroes_partial(pool):
     with pool.create_lu("a", "10M") as lu:
         data = os.urandom(4 * E)

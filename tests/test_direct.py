@@ -147,8 +147,7 @@ def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
         buf = bytearray(4096)
         assert t.pread(buf, 0) == 0 and bytes(buf) == data
         assert m.physical_extent(0) in pool.mirror.dirty[1]
-    from blockstore.scrub import resync
-    resync(pool)
+    pool.resync()
     with pool.lu("m") as m:
         t = m.direct_table()
         m.write(0, os.urandom(4096))             # healthy again: armed, written to both

@@ -10,7 +10,7 @@ import pytest
 
 from blockstore import Pool
 from blockstore.check import check
-from blockstore.scrub import dirty_count, resync, scrub, verify
+from blockstore.scrub import scrub, verify
 from conftest import cli_json, flip, run_cli
 
 E = 64 << 10
@@ -89,11 +89,11 @@ def test_missing_group_degrades_and_resync_copies_only_dirty(tmp_path):
         with p.lu("m") as lu:
             lu.write(E // 2, os.urandom(3 * E))        # extents 0-3, in place
             lu.write(3 << 20, os.urandom(2 * E))      # 2 new extents
-        assert sum(dirty_count(p, "m").values()) == 6
+        assert sum(p.dirty_extents("m").values()) == 6
         with pytest.raises(Exception):
-            resync(p)  # still missing
+            p.resync()  # still missing
         os.rename(f"{fg1}/away", f"{fg1}/data")
-        assert resync(p, "m") == 6
+        assert p.resync("m") == 6
         assert p.lu_info("m")["mirror"] == {"state": "in-sync", "missing_copy": None, "dirty_extents": 0}
         assert verify(p, "m")["mismatched"] == []
         assert scrub(p)["clean"]
@@ -123,7 +123,7 @@ def test_group_failing_during_writes(tmp_path):
         info = p.lu_info("m")["mirror"]
         assert info["state"] == "degraded" and info["dirty_extents"] >= 16
         subprocess.run(["mount", "-o", "remount,size=128m", str(fs)], check=True)
-        assert resync(p, "m") == info["dirty_extents"]
+        assert p.resync("m") == info["dirty_extents"]
         assert verify(p, "m")["mismatched"] == [] and scrub(p)["clean"]
         p.close()
     finally:

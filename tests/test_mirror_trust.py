@@ -16,7 +16,7 @@ import pytest
 
 from blockstore import Pool
 from blockstore.check import check
-from blockstore.scrub import replace, resync, scrub, verify
+from blockstore.scrub import replace, scrub, verify
 from conftest import flip, run_cli
 
 E = 64 << 10
@@ -160,11 +160,11 @@ def test_a_deleted_mirror_is_seen_at_flush_and_replaced_from_scratch(tmp_path):
     assert info["state"] == "degraded" and info["dirty_extents"] == 32
     os.mkdir(mirror)  # back as an empty directory: not the pool's copy
     with pytest.raises(Exception, match="still unavailable"):
-        resync(p, "m")
+        p.resync("m")
     with open(mirror + "/data", "wb") as f:  # an empty file of the right size is no copy either
         f.truncate(64 << 20)
     with pytest.raises(Exception, match="no matching label"):
-        resync(p, "m")
+        p.resync("m")
     rep = replace(p)
     assert rep["extents"] == 64 and rep["unrecoverable"] == []
     assert p.lu_info("m")["mirror"] == {"state": "in-sync", "missing_copy": None, "dirty_extents": 0}

@@ -4,7 +4,7 @@ A mirrored write goes to two files; a crash can leave one copy written and the o
 data written since the last flush has no checksum on record yet. Like DRBD's activity log, a
 region (``REGION`` bytes of physical space) is logged, durably, before the first write into it,
 and stays logged ("hot") while it is being written; the next open of the pool settles every
-region a dead session had logged (copies made to agree, checksums recorded: ``scrub.settle``)
+region a dead session had logged (copies made to agree, checksums recorded: ``recovery.adopt``)
 before any I/O is served. Only those regions can disagree, so recovery reads them and nothing
 else.
 

@@ -172,6 +172,22 @@ class DataFile:
         """Drop the data of extents nothing references any more (the allocator's punch)."""
         self.punch(offset, length)
 
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """(flags, n) of the first ``n`` bytes of the range (storage/__init__.py): a hole of
+        the file reads as zeros and takes no space; anything else is data (SEEK_DATA and
+        SEEK_HOLE; a file system without them reports data everywhere)."""
+        from . import ALLOCATED, DATA, ZERO
+        end = offset + length
+        try:
+            data = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            data = end  # no data from here to the file's end
+        if data > offset:
+            return ZERO, min(data, end) - offset
+        return DATA | ALLOCATED, min(os.lseek(self.fd, offset, os.SEEK_HOLE), end) - offset
+
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 

@@ -475,6 +475,10 @@ class MirrorFile:
         for i, e in errors.items():
             self.fail(i, f"sync: {e.strerror}")
 
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """As the first live copy has it (both hold the same bytes)."""
+        return self._one()[1].block_status(offset, length)
+
     def size(self) -> int:
         return self._one()[1].size()
 
