@@ -96,6 +96,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     if len(high):
         leaks.append(f"{len(high)} extent(s) have a reference count higher than their references")
     live = np.zeros(n, bool)
+    reclaimable = np.zeros(n, bool)  # held by sessions that died: the next writable open returns them
     dead_keys = []
     owner = np.zeros(n, np.int64)
     for key, _ in list(meta.iter_prefix(txn, "resv", b"")):
@@ -108,7 +109,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
             np.add.at(owner, held, 1)
         else:
             dead_keys.append(key)
-            leaks.append(f"session {session} died holding {len(held)} extent(s)")
+            reclaimable[held[rc[held] == 0]] = True
     if (owner > 1).any():
         errors.append(f"{int((owner > 1).sum())} extent(s) are reserved by two sessions")
     in_use_free = np.flatnonzero(free & (refs > 0))
@@ -118,7 +119,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
         errors.append(f"{int((free & live).sum())} reserved extent(s) are marked free")
     if (live & (refs > 0)).any():
         errors.append(f"{int((live & (refs > 0)).sum())} reserved extent(s) are also in use")
-    lost = np.flatnonzero(~free & (refs == 0) & ~live)
+    lost = np.flatnonzero(~free & (refs == 0) & ~live & ~reclaimable)
     if len(lost):
         leaks.append(f"{len(lost)} extent(s) are neither free, used nor reserved (leaked)")
     mrc = meta.fg_array(txn, "mrc", 0, n, np.uint32, 0).astype(np.int64)
@@ -136,7 +137,8 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     return {"errors": errors, "leaks": leaks, "refs": refs, "mrefs": mrefs, "live": live, "n": n,
             "damaged": damaged,
             "stray": stray, "unsummed": unsummed,
-            "dead_keys": dead_keys, "orphan_keys": orphan_keys, "lus": len(records),
+            "dead_keys": dead_keys, "reclaimable": int(np.count_nonzero(reclaimable)),
+            "orphan_keys": orphan_keys, "lus": len(records),
             "allocated_extents": int(np.count_nonzero(refs))}
 
 
@@ -167,7 +169,8 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
                 found = _scan(pool, txn)
     code = CORRUPT if found["errors"] else LEAKS if found["leaks"] else CLEAN
     report = {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
-              "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"]}
+              "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"],
+              "reclaimable": found["reclaimable"]}
     if refused:
         report["not_repaired"] = refused
     return report

@@ -318,9 +318,23 @@ def run(args: argparse.Namespace) -> int:
         _print(args, st, f"created pool {st['path']}: {format_size(st['capacity'])} in extents of "
                          f"{format_size(st['extent_size'])}")
         return 0
-    with Pool.open(args.pool) as pool:
+    with Pool.open(args.pool, readonly=_only_looks(args)) as pool:
         attach(pool, origin="cli")
         return _run_in_pool(args, pool)
+
+
+#: Commands that only look: the pool is opened read-only for them, so nothing on disk changes
+#: (no session file, no recovery, no reclaim); each list/show of a group counts.
+LOOKS = {("pool", "status"), ("lu", "export"), ("lu", "read")}
+
+
+def _only_looks(args: argparse.Namespace) -> bool:
+    cmd = (args.group, getattr(args, "cmd", None))
+    if cmd == ("pool", "check"):
+        return not args.repair
+    if cmd == ("pool", "failgrp"):
+        return args.sub == "list"
+    return cmd in LOOKS or cmd[1] in ("list", "show")
 
 
 def _run_services(args: argparse.Namespace, pool: Pool) -> int:
@@ -408,6 +422,9 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         rep = check(pool, repair=args.repair)
         lines = [f"error: {e}" for e in rep["errors"]] + [f"leak: {e}" for e in rep["leaks"]]
         lines += [f"repaired: {e}" for e in rep["repaired"]]
+        if rep.get("reclaimable"):
+            lines.append(f"reclaimable: {rep['reclaimable']} extent(s) held by sessions that died "
+                         "(the next command that changes the pool returns them)")
         lines += [f"not repaired: {rep['not_repaired']}"] if "not_repaired" in rep else []
         lines.append("clean" if rep["clean"] else f"not clean (code {rep['code']})")
         _print(args, rep, "\n".join(lines))

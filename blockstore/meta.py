@@ -120,16 +120,23 @@ def meta_dir(pool_path: str) -> str:
     return meta
 
 
+class Outdated(BlockstoreError):
+    """A read-only open of a pool made before a database existed (a writable open adds it)."""
+
+
 class Meta:
     """The LMDB environment with its named databases; ``read()`` and ``write()`` give transactions."""
 
-    def __init__(self, path: str, *, create: bool = False) -> None:
+    def __init__(self, path: str, *, create: bool = False, readonly: bool = False) -> None:
+        """``readonly``: no write transaction, ever (LMDB's reader table in lock.mdb is all it
+        touches); Outdated when the pool lacks a database (only a writable open adds it)."""
+        self.readonly = readonly
         try:
             if create:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self.env = lmdb.open(
                 path, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
-                readahead=False, meminit=False, max_readers=256, mode=0o600,
+                readahead=False, meminit=False, max_readers=256, mode=0o600, readonly=readonly,
             )
             # LMDB reads its file through a mapping and trusts it: a file cut short (a partial copy,
             # a restore that stopped) would be read past its end, a SIGBUS in the middle of a command
@@ -139,12 +146,28 @@ class Meta:
                 self.env.close()
                 raise PoolCorrupt(f"pool metadata damaged: {path}/data.mdb holds {have} bytes, its last page "
                                   f"ends at {end}: the file was cut short")
-            # An explicit transaction: open_db's own one waits for the writer lock holding the GIL.
-            with self.env.begin(write=True) as txn:
+            # For writing, an explicit transaction: open_db's own one waits for the writer lock
+            # holding the GIL. For reading, open_db's own (handles opened in a read transaction
+            # of ours would not outlive it).
+            txn = None if readonly else self.env.begin(write=True)
+            try:
                 # create=True: a pool made before a database existed gets it empty
-                self.db = {name: self.env.open_db(name.encode(), txn=txn, create=True) for name in DBS}
+                self.db = {name: self._open_db(name, txn) for name in DBS}
+            except BaseException:
+                if txn is not None:
+                    txn.abort()
+                self.env.close()
+                raise
+            if txn is not None:
+                txn.commit()
         except lmdb.Error as e:
             raise PoolCorrupt(f"pool metadata in {path} cannot be opened: {e}") from None
+
+    def _open_db(self, name: str, txn: lmdb.Transaction | None) -> Any:
+        try:
+            return self.env.open_db(name.encode(), txn=txn, create=not self.readonly)
+        except lmdb.NotFoundError:
+            raise Outdated(f"the pool's metadata lacks {name!r}: it needs one writable open") from None
 
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:

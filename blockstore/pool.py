@@ -29,7 +29,7 @@ from .extents import UNMAPPED, ExtentMap, extents_for
 from .listeners import Listeners
 from .locks import HolderLock, is_held
 from .lu import LU
-from .meta import FORMAT, Meta, map_key, meta_dir, store_counts
+from .meta import FORMAT, Meta, Outdated, map_key, meta_dir, store_counts
 from .names import check_name, snapshot_name, split_snapshot
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
@@ -85,18 +85,28 @@ class Pool:
     ``sums``, the checksum records of mirrored data (checksums.py).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        """Open the pool at ``path``. ``readonly``: look, change nothing on disk (no session
+        file, no crash recovery, no reclaim or resync, no write of any kind; LUs open read-only
+        and every change is refused); a pool whose metadata needs bringing up to date is opened
+        for writing once instead."""
         meta = meta_dir(path)
         self.path = os.path.dirname(meta)
         self._lock = threading.RLock()
-        self.meta = Meta(meta)
+        try:
+            self.meta = Meta(meta, readonly=readonly)
+        except Outdated:
+            self.meta, readonly = Meta(meta), False
+        self.readonly = readonly
         with self.meta.read() as txn:
             cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]
         self.session = uuid.uuid4().hex[:16]
-        os.makedirs(self.locks_dir, exist_ok=True)
-        self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"))
-        self._session_lock.acquire("session")
+        self._session_lock: HolderLock | None = None
+        if not readonly:
+            os.makedirs(self.locks_dir, exist_ok=True)
+            self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"))
+            self._session_lock.acquire("session")
         self._allocators: dict[int, Allocator] = {}
         self._writers: dict[str, LU] = {}
         self._over_threshold = False
@@ -106,16 +116,18 @@ class Pool:
         self._activity = ActivityLog(self.locks_dir, self.session)
         self.groups: FailureGroups | None = None
         try:
-            if "id" not in cfg:  # a pool made before pools had ids
+            if "id" not in cfg and not readonly:  # a pool made before pools had ids
                 cfg = self._set_config(id=uuid.uuid4().hex)
-            self.id: str = cfg["id"]
+            self.id: str | None = cfg.get("id")
             self.groups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
-                                        self._activity, self.emit)
+                                        self._activity, self.emit, readonly=readonly)
             self.groups.open(cfg)
             # One allocator: a mirrored extent sits at the same index in both groups' files.
             self._allocators[0] = Allocator(self.meta, 0, self.session, self.groups.allocation_store(),
                                             self.extent_size, on_usage=self._usage)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
+            if readonly:
+                return
             self._settle(everything=not cfg.get("block_sums"))  # before any I/O: copies agree
             self.reclaim_dead_sessions()
             if self.mirror is not None and not self.mirror.degraded:
@@ -193,13 +205,16 @@ class Pool:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str) -> "Pool":
-        return cls(path)
+    def open(cls, path: str, *, readonly: bool = False) -> "Pool":
+        return cls(path, readonly=readonly)
 
     def close(self) -> None:
         """Flush, release this session's reserved extents and every open LU."""
         with self._lock:
             if self.meta is None:
+                return
+            if self.readonly:
+                self._teardown()
                 return
             try:
                 self.flush()
@@ -218,11 +233,12 @@ class Pool:
         if self.meta is not None:
             self.meta.close()
             self.meta = None  # type: ignore[assignment]
-        self._session_lock.release()
-        try:
-            os.unlink(self._session_lock.path)
-        except OSError:
-            pass
+        if self._session_lock is not None:
+            self._session_lock.release()
+            try:
+                os.unlink(self._session_lock.path)
+            except OSError:
+                pass
 
     def __enter__(self) -> "Pool":
         return self
@@ -260,7 +276,7 @@ class Pool:
     def flush(self) -> None:
         """Make every acknowledged write of every LU open in this pool durable."""
         with self._lock:
-            if self.groups.dirty or self._pending():
+            if not self.readonly and (self.groups.dirty or self._pending()):
                 self.commit(None)
 
     def _pending(self) -> bool:
@@ -274,6 +290,8 @@ class Pool:
         ``change`` must validate before it mutates in-memory state; if it or the commit fails,
         the pending changes it added are rolled back so memory matches the last commit.
         """
+        if self.readonly:
+            raise ReadOnly(f"the pool at {self.path} is open read-only")
         with self._lock:
             self.groups.sync()
             marks = {fg: a.marks() for fg, a in self._allocators.items()}
@@ -356,7 +374,10 @@ class Pool:
                 lu = self._writers[name]
                 lu.add_open()
                 return lu
-            self._settle()  # a session that died since this pool opened may have left copies apart
+            if writable and self.readonly:
+                raise ReadOnly(f"the pool at {self.path} is open read-only: LU {name!r} cannot be written")
+            if not self.readonly:
+                self._settle()  # a session that died since this pool opened may have left copies apart
             if snap is not None and writable:
                 writable = False
             holder = None

@@ -204,3 +204,58 @@ def test_an_empty_name_is_no_such_lu_not_a_traceback(pool_dir):
     for args in (["lu", "show", ""], ["lu", "read", ""], ["lu", "rm", ""]):
         r = run_cli(*args, pool=pool_dir, check_rc=None)
         assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and b"Traceback" not in r.stderr, (args, r.stderr)
+
+
+def disk_state(*dirs: str) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``dirs`` (LMDB's reader table, lock.mdb, aside): size, mtime, sha256."""
+    import hashlib
+    out = {}
+    for d in dirs:
+        for root, _, files in os.walk(d):
+            for f in files:
+                path = os.path.join(root, f)
+                if f == "lock.mdb":
+                    continue
+                st = os.stat(path)
+                with open(path, "rb") as fh:
+                    out[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+    return out
+
+
+def test_commands_that_look_change_nothing_on_disk(tmp_path):
+    """status, list, show, check, failgrp list, read and export open the pool read-only: not a
+    byte of metadata, data, lock directory or logs changes, even with a dead session's
+    reservations and activity log waiting (the next writable open settles and reclaims them)."""
+    import subprocess
+    import sys
+    d, m = str(tmp_path / "pool"), str(tmp_path / "fg1")
+    run_cli("pool", "create", "--size", "64M", "--extent-size", "64K", "--mirror-dir", m, pool=d)
+    run_cli("lu", "create", "a", "--size", "4M", "--mirrored", pool=d)
+    run_cli("lu", "write", "a", pool=d, stdin=os.urandom(1 << 20))
+    # a writer that dies without closing: its session file, reservation and activity log stay
+    subprocess.run([sys.executable, "-c", f"""
+import os
+from blockstore import Pool
+p = Pool.open({d!r})
+lu = p.open_lu("a")
+lu.write(2 << 20, os.urandom(256 << 10))
+lu.flush()
+lu.write(3 << 20, os.urandom(4096))
+os._exit(9)
+"""], check=False)
+    assert any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks")))
+    before = disk_state(d, m)
+    out = tmp_path / "out"
+    for cmd in (["pool", "status"], ["lu", "list"], ["lu", "show", "a"], ["pool", "check"],
+                ["pool", "failgrp", "list"], ["lu", "export", "a", str(out)], ["lu", "read", "a", "--length", "4096"],
+                ["image", "list"], ["partition", "list"], ["paging", "list"], ["cec", "list"]):
+        run_cli(*cmd, pool=d, check_rc=None)
+        assert disk_state(d, m) == before, cmd
+    assert out.stat().st_size == 4 << 20
+    rep = cli_json("pool", "check", pool=d)
+    assert rep["clean"] and rep["reclaimable"] > 0  # the dead session's reservation: not a leak
+    assert disk_state(d, m) == before
+    run_cli("lu", "snapshot", "a", "s", pool=d)  # a change: the open settles, reclaims, commits
+    after = disk_state(d, m)
+    assert after != before and not any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks")))
+    assert cli_json("pool", "check", pool=d)["reclaimable"] == 0

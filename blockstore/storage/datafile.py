@@ -44,11 +44,13 @@ class DataFile:
     """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
     lives in ``dirty_flag`` (one int32), where the C direct path sets it too."""
 
-    def __init__(self, path: str, *, create_size: int | None = None, label: dict | None = None) -> None:
-        """Open the data file at ``path``, or with ``create_size`` make a new one holding that
-        many bytes of extents, followed by ``label``."""
+    def __init__(self, path: str, *, create_size: int | None = None, label: dict | None = None,
+                 readonly: bool = False) -> None:
+        """Open the data file at ``path`` (``readonly``: for reading only), or with
+        ``create_size`` make a new one holding that many bytes of extents, followed by ``label``."""
         self.path = path
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create_size is not None else 0)
+        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
+        flags |= os.O_CREAT | os.O_EXCL if create_size is not None else 0
         try:
             self.fd = os.open(path, flags, 0o600)
         except OSError as e:

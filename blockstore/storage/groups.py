@@ -35,9 +35,12 @@ class FailureGroups:
     failing.
     """
 
-    def __init__(self, root: str, meta: Meta, extent_size: int, pool_id: str, sums: SumStore,
-                 activity: ActivityLog, on_event: Callable[[str, dict], None]) -> None:
+    def __init__(self, root: str, meta: Meta, extent_size: int, pool_id: str | None, sums: SumStore,
+                 activity: ActivityLog, on_event: Callable[[str, dict], None], *, readonly: bool = False) -> None:
+        """``readonly``: the files are opened for reading and nothing is written to them (no label
+        brought up to date: a pool that needs it is checked as far as it can be)."""
         self.root, self.meta, self.E, self.pool_id = root, meta, extent_size, pool_id
+        self.readonly = readonly
         self.sums, self.activity, self.on_event = sums, activity, on_event
         self.files: dict[int, DataFile] = {}
         self.mirror: MirrorFile | None = None
@@ -80,10 +83,13 @@ class FailureGroups:
         """Open group ``fg``'s data file, refusing one that is not this pool's or is too short."""
         path = self.path(cfg, fg)
         need = cfg["groups"][fg]["extents"] * self.E
-        df = DataFile(path)
+        df = DataFile(path, readonly=self.readonly)
         try:
             size = df.size()
-            if size == need and not cfg["groups"][fg].get("labelled"):
+            unlabelled = self.pool_id is None or not cfg["groups"][fg].get("labelled")
+            if self.readonly and unlabelled:
+                pass  # made before labels: a writable open gives it one
+            elif size == need and not cfg["groups"][fg].get("labelled"):
                 # made before data files had labels: give it one past the extents
                 df.grow(need)
                 df.write_label(self.label(fg, path))
@@ -92,7 +98,7 @@ class FailureGroups:
                     c = self.meta.config(txn)
                     c["groups"] = cfg["groups"]
                     self.meta.put_json(txn, "config", b"pool", c)
-            label = df.label()
+            label = {"pool": self.pool_id, "group": fg} if self.readonly and unlabelled else df.label()
             if label is None or label.get("pool") != self.pool_id or label.get("group") != fg:
                 raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "
                                       f"'pool failgrp replace' makes a new one")
@@ -101,7 +107,8 @@ class FailureGroups:
                 if holds_pool(owner, self.pool_id):
                     raise BlockstoreError(f"{path} belongs to the pool at {owner} (this pool is a copy of it); "
                                           f"'pool failgrp replace DIR' gives this pool its own")
-                df.write_label(self.label(fg, path))  # the pool was moved: the file follows it
+                if not self.readonly:
+                    df.write_label(self.label(fg, path))  # the pool was moved: the file follows it
             why = df.problem(need)
             if why:
                 raise BlockstoreError(f"data file {why}: damaged pool")
