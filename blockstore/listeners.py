@@ -11,6 +11,7 @@ delivered then. A listener that raises is logged; the others still hear the even
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import queue
 import threading
@@ -33,7 +34,8 @@ class Listeners(list):  # type: ignore[type-arg]
         self._start = threading.Lock()
 
     def emit(self, kind: str, info: dict[str, Any]) -> None:
-        """Queue an event for every listener; returns at once."""
+        """Queue an event for every listener; returns at once. ``info`` is copied now: the
+        caller may go on changing what it holds (a record it updates again) before delivery."""
         if not self:
             return
         with self._start:
@@ -42,7 +44,7 @@ class Listeners(list):  # type: ignore[type-arg]
                     atexit.register(_drain_at_exit, weakref.ref(self))
                 self._thread = threading.Thread(target=self._deliver, name="pool-events", daemon=True)
                 self._thread.start()
-        self._queue.put((kind, info))
+        self._queue.put((kind, copy.deepcopy(info)))
 
     def drain(self) -> None:
         """Wait until every event queued so far has been delivered."""

@@ -388,3 +388,19 @@ def test_a_slow_listener_never_holds_up_a_write(pool_dir):
         assert time.monotonic() - t < 5 and heard == []  # done while the listener still waits
         release.set()
     assert heard == ["lu_created", "pool_threshold"]  # close delivered them, in order
+
+
+def test_an_event_carries_the_record_as_it_was_when_emitted(pool):
+    """Delivery is later than the change (a thread of its own): a service that updates the same
+    record object again at once (paging migrate: migrating, then active) must not have its
+    first event report the second state."""
+    import threading
+    gate, heard = threading.Event(), []
+    pool.listeners.append(lambda kind, info: (gate.wait(30), heard.append(info["record"]["state"])))
+    rec = {"state": "migrating"}
+    pool.svc_put("lpar", "lp1", rec)
+    rec.update(state="active")
+    pool.svc_put("lpar", "lp1", rec)
+    gate.set()
+    pool.listeners.drain()
+    assert heard == ["migrating", "active"]
