@@ -24,12 +24,14 @@ import lmdb
 import numpy as np
 
 from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
-from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, PoolCorrupt, ReadOnly
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
+from .catalog import MAX_LU_EXTENTS, Catalog, LURecord
 from .extents import UNMAPPED, ExtentMap, extents_for
+from .journal import Journal
 from .listeners import Listeners
 from .locks import HolderLock, is_held
 from .lu import LU
-from .meta import FORMAT, Meta, Outdated, map_key, meta_dir, store_counts
+from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import check_name, snapshot_name, split_snapshot
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
@@ -55,12 +57,6 @@ def _check_extent_size(extent_size: int) -> int:
             f"extent size must be a power of two from 64K to 16M, not {extent_size}"
         )
     return extent_size
-
-
-#: Logical extents an LU may have. Its map costs memory by the chunks that map something
-#: (extents.py) plus a directory of 32 bytes per chunk of 1020 extents whatever the LU holds, so
-#: 2^30 extents (1 PiB with 1 MiB extents) cost 32 MiB of directory when thin.
-MAX_LU_EXTENTS = 1 << 30
 
 
 def _check_lu_size(size: int | str, allow_empty: bool = False, extent_size: int | None = None) -> int:
@@ -113,6 +109,7 @@ class Pool:
         # called with (kind, info) for every engine event, from a thread of their own (listeners.py)
         self.listeners = Listeners()
         self.sums = SumStore(self.meta, self.extent_size)
+        self.catalog = Catalog(self.meta, self.extent_size)
         self._activity = ActivityLog(self.locks_dir, self.session)
         self.groups: FailureGroups | None = None
         try:
@@ -125,6 +122,8 @@ class Pool:
             # One allocator: a mirrored extent sits at the same index in both groups' files.
             self._allocators[0] = Allocator(self.meta, 0, self.session, self.groups.allocation_store(),
                                             self.extent_size, on_usage=self._usage)
+            self.journal = Journal(self.meta, self._lock, self.groups, self._allocators[0], self.catalog,
+                                   self._writers, readonly=readonly, path=self.path)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             if readonly:
                 return
@@ -275,90 +274,22 @@ class Pool:
 
     def flush(self) -> None:
         """Make every acknowledged write of every LU open in this pool durable."""
-        with self._lock:
-            if not self.readonly and (self.groups.dirty or self._pending()):
-                self.commit(None)
-
-    def _pending(self) -> bool:
-        return any(a.pending for a in self._allocators.values()) or any(
-            lu.extent_map.unsaved for lu in self._writers.values())
+        self.journal.flush()
 
     def commit(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
-        """Sync data, then commit ``change`` with every pending map, count and checksum change,
-        atomically.
+        """Sync data, then commit ``change`` with every pending change, atomically (journal.py)."""
+        return self.journal.commit(change)
 
-        ``change`` must validate before it mutates in-memory state; if it or the commit fails,
-        the pending changes it added are rolled back so memory matches the last commit.
-        """
-        if self.readonly:
-            raise ReadOnly(f"the pool at {self.path} is open read-only")
-        with self._lock:
-            self.groups.sync()
-            marks = {fg: a.marks() for fg, a in self._allocators.items()}
-            saved = {name: (set(lu.extent_map.dirty), lu.extent_map.resized) for name, lu in self._writers.items()}
-            try:
-                with self.meta.write() as txn:
-                    result = change(txn) if change else None
-                    for lu in self._writers.values():
-                        self._save_map(txn, lu)
-                    punch = {fg: a.commit(txn) for fg, a in self._allocators.items()}
-                    if self.mirror is not None:
-                        a = self._allocators[0]
-                        self.mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
-            except BaseException:
-                for fg, a in self._allocators.items():
-                    a.truncate_pending(*marks[fg])
-                for name, (dirty, resized) in saved.items():
-                    if name in self._writers:
-                        self._writers[name].extent_map.dirty |= dirty
-                        self._writers[name].extent_map.resized |= resized
-                raise
-            if self.mirror is not None:
-                self.mirror.flushed()
-            for fg, a in self._allocators.items():
-                a.after_commit(punch[fg])
-            return result
+    # -- records (catalog.py) -------------------------------------------------------------------
 
-    def _save_map(self, txn: lmdb.Transaction, lu: LU) -> None:
-        emap = lu.extent_map
-        if not emap.unsaved:
-            return
-        db = self.meta.db["maps"]
-        for no, raw in emap.take_dirty():
-            if raw is None:
-                txn.delete(map_key(lu.id, no), db=db)
-            else:
-                txn.put(map_key(lu.id, no), raw, db=db)
-        rec = self.record(txn, lu.name)
-        rec.update(size=lu.size, allocated=emap.allocated(), gen=rec["gen"] + 1)
-        self.meta.put_json(txn, "lus", lu.name.encode(), rec)
-        lu.saved(rec["gen"])
+    def record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> LURecord:
+        return self.catalog.get(txn, name, missing_ok=missing_ok)
 
-    # -- records ------------------------------------------------------------------------------
+    def records(self, txn: lmdb.Transaction) -> list[LURecord]:
+        return self.catalog.all(txn)
 
-    def record(self, txn: lmdb.Transaction, name: str, *, missing_ok: bool = False) -> dict[str, Any]:
-        # LMDB refuses an empty or over-long key with an error of its own: no such LU either way
-        key = name.encode()
-        rec = self.meta.lu_record(key, txn.get(key, db=self.meta.db["lus"])) if 0 < len(key) <= 511 else None
-        if rec is None and not missing_ok:
-            raise NotFound(f"no LU named {name!r}")
-        return rec
-
-    def records(self, txn: lmdb.Transaction) -> list[dict[str, Any]]:
-        return [self.meta.lu_record(key, raw) for key, raw in self.meta.iter_prefix(txn, "lus", b"")]
-
-    def _new_record(self, txn: lmdb.Transaction, name: str, size: int, kind: str,
-                    parent: str | None, **extra: Any) -> dict[str, Any]:
-        if self.record(txn, name, missing_ok=True) is not None:
-            raise AlreadyExists(f"an LU named {name!r} already exists")
-        cfg = self.meta.config(txn)
-        lu_id = cfg["next_lu_id"]
-        cfg["next_lu_id"] = lu_id + 1
-        self.meta.put_json(txn, "config", b"pool", cfg)
-        rec = {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,
-               "allocated": 0, "gen": 1, "created": time.time(), **extra}
-        self.meta.put_json(txn, "lus", name.encode(), rec)
-        return rec
+    def load_map(self, txn: lmdb.Transaction, rec: LURecord) -> ExtentMap:
+        return self.catalog.load_map(txn, rec)
 
     # -- opening LUs ----------------------------------------------------------------------------
 
@@ -440,16 +371,6 @@ class Pool:
         """The holder lock of an LU, by id so that a rename keeps it."""
         return os.path.join(self.locks_dir, f"lu-{lu_id}")
 
-    def load_map(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> ExtentMap:
-        if extents_for(rec["size"], self.extent_size) > MAX_LU_EXTENTS:
-            raise PoolCorrupt(f"pool metadata damaged: LU {rec['name']!r} is larger than any LU can be")
-        try:
-            return ExtentMap.from_chunks(extents_for(rec["size"], self.extent_size),
-                                         self.meta.map_chunks(txn, rec["id"]),
-                                         self.meta.config(txn)["groups"][0]["extents"])
-        except ValueError as e:
-            raise PoolCorrupt(f"pool metadata damaged: the map of LU {rec['name']!r}: {e}") from None
-
     @property
     def lock(self) -> threading.RLock:
         """The pool's one lock: held, nothing else in this process changes a map or a count."""
@@ -507,7 +428,7 @@ class Pool:
             self.primary()  # refused before anything is written when group 0 is gone
         with self._lock:
             def change(txn: lmdb.Transaction) -> None:
-                self._new_record(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
+                self.catalog.new(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
             if thick:
                 self._allocators[0].ensure(extents_for(n, self.extent_size))
             self.commit(change)
@@ -549,19 +470,16 @@ class Pool:
                src: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create ``new`` with the same map as ``lu`` (or the stored ``src``), counting the shares."""
         if lu is not None:
+            self.journal.save(txn, lu)  # the handle's pending map is part of what is shared
             src = self.record(txn, lu.name)
-            src["size"] = lu.size
-            self._save_map(txn, lu)  # the handle's pending map is part of what is shared
         assert src is not None
+        rec = self.catalog.new(txn, new, src["size"], kind, parent, thick=False, mirrored=src.get("mirrored", False))
         # The stored chunks (just saved) are the map: copying them costs O(allocated chunks), where
         # counting the in-memory map would cost O(size).
-        chunks = list(self.meta.map_chunks(txn, src["id"]))
-        phys = [arr[arr != UNMAPPED] for arr in (np.frombuffer(raw, np.uint32) for _, raw in chunks)]
-        rec = self._new_record(txn, new, src["size"], kind, parent, allocated=sum(map(len, phys)),
-                               thick=False, mirrored=src.get("mirrored", False))
-        db = self.meta.db["maps"]
-        for no, raw in chunks:
-            txn.put(map_key(rec["id"], no), raw, db=db)
+        chunks = self.catalog.copy_map(txn, src, rec)
+        phys = [arr[arr != UNMAPPED] for arr in (np.frombuffer(raw, np.uint32) for raw in chunks)]
+        rec["allocated"] = sum(map(len, phys))
+        self.catalog.put(txn, rec)
         if phys:
             self._allocators[0].ref_many(np.concatenate(phys), rec["mirrored"])
         return rec
@@ -602,7 +520,7 @@ class Pool:
                 rec["parent"] = None
                 if rec["kind"] == "clone":
                     rec["kind"] = "lu"
-                self.meta.put_json(txn, "lus", name.encode(), rec)
+                self.catalog.put(txn, rec)
             self.commit(change)
             return copied
 
@@ -651,8 +569,7 @@ class Pool:
                 for victim in doomed:
                     rec = self.record(txn, victim)
                     a.unref_many(self.load_map(txn, rec).mapped(), rec.get("mirrored", False))
-                    self.meta.delete_map(txn, rec["id"])
-                    txn.delete(victim.encode(), db=self.meta.db["lus"])
+                    self.catalog.remove(txn, rec)
             try:
                 self.commit(change)
                 if holder:
@@ -694,7 +611,7 @@ class Pool:
                         r["name"] = renames[r["name"]]
                         changed = True
                     if changed:
-                        self.meta.put_json(txn, "lus", r["name"].encode(), r)
+                        self.catalog.put(txn, r)
             try:
                 self.commit(change)
             finally:
@@ -849,7 +766,7 @@ class Pool:
                         m = lu.extent_map if f == name else self.load_map(txn, rec)
                         a.set_mirrored_refs(m.mapped(), on)
                     rec["mirrored"] = on
-                    self.meta.put_json(txn, "lus", f.encode(), rec)
+                    self.catalog.put(txn, rec)
             self.commit(change)
             lu.restack(self.groups.store(on), on)
             if not on:
@@ -890,7 +807,7 @@ class Pool:
         def change(txn: lmdb.Transaction) -> None:
             rec = self.record(txn, name)
             rec.update(fields)
-            self.meta.put_json(txn, "lus", name.encode(), rec)
+            self.catalog.put(txn, rec)
         self.commit(change)
 
     # -- service records (paging, images, partitions): small JSON documents ------------------------

@@ -1,0 +1,85 @@
+"""The journal: how a change of the pool becomes durable, all of it or none.
+
+A commit first syncs the data files (storage/), then writes, in one LMDB transaction, the
+caller's change together with everything pending in memory: the maps of the LUs this process
+writes (catalog.py), the reference counts the allocator changed, and the checksums the mirror
+recorded. Only after that transaction is durable are freed extents punched and handed out
+again. So after a crash the metadata describes exactly the last commit, and every extent it
+maps holds what was written before that commit. A flush is a commit with no change of its own:
+what it makes durable is every write acknowledged before it.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from .errors import ReadOnly
+
+if TYPE_CHECKING:
+    from .allocator import Allocator
+    from .catalog import Catalog
+    from .lu import LU
+    from .meta import Meta
+    from .storage.groups import FailureGroups
+
+
+class Journal:
+    """Commits of one pool. ``writers`` is the pool's table of LUs this process writes (name ->
+    handle): their maps are part of every commit."""
+
+    def __init__(self, meta: "Meta", lock: threading.RLock, groups: "FailureGroups", allocator: "Allocator",
+                 catalog: "Catalog", writers: "dict[str, LU]", *, readonly: bool = False, path: str = "") -> None:
+        self.meta, self.lock, self.groups, self.alloc = meta, lock, groups, allocator
+        self.catalog, self.writers, self.readonly, self.path = catalog, writers, readonly, path
+
+    def pending(self) -> bool:
+        """Whether memory holds changes no commit has stored yet."""
+        return self.alloc.pending or any(lu.extent_map.unsaved for lu in self.writers.values())
+
+    def save(self, txn: lmdb.Transaction, lu: "LU") -> None:
+        """Store ``lu``'s map in ``txn`` if it changed since its last save."""
+        if lu.extent_map.unsaved:
+            lu.saved(self.catalog.save_map(txn, lu.name, lu.extent_map, lu.size))
+
+    def flush(self) -> None:
+        """Make every acknowledged write of every LU open in this pool durable."""
+        with self.lock:
+            if not self.readonly and (self.groups.dirty or self.pending()):
+                self.commit(None)
+
+    def commit(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
+        """Sync data, then commit ``change`` with every pending map, count and checksum change,
+        atomically; returns what ``change`` returned.
+
+        ``change`` must validate before it mutates in-memory state; if it or the commit fails,
+        the pending changes it added are rolled back so memory matches the last commit.
+        """
+        if self.readonly:
+            raise ReadOnly(f"the pool at {self.path} is open read-only")
+        with self.lock:
+            self.groups.sync()
+            a, mirror = self.alloc, self.groups.mirror
+            marks = a.marks()
+            saved = {name: (set(lu.extent_map.dirty), lu.extent_map.resized) for name, lu in self.writers.items()}
+            try:
+                with self.meta.write() as txn:
+                    result = change(txn) if change else None
+                    for lu in self.writers.values():
+                        self.save(txn, lu)
+                    punch = a.commit(txn)
+                    if mirror is not None:
+                        mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
+            except BaseException:
+                a.truncate_pending(*marks)
+                for name, (dirty, resized) in saved.items():
+                    if name in self.writers:
+                        self.writers[name].extent_map.dirty |= dirty
+                        self.writers[name].extent_map.resized |= resized
+                raise
+            if mirror is not None:
+                mirror.flushed()
+            a.after_commit(punch)
+            return result
