@@ -98,10 +98,13 @@ def blockstore_target(workdir: str, size: int, **options: Any) -> Iterator[str]:
 
 
 @contextmanager
-def qemu_target(workdir: str, size: int) -> Iterator[str]:
+def qemu_target(workdir: str, size: int, base: str | None = None) -> Iterator[str]:
+    """qemu-storage-daemon's FUSE export of a fresh qcow2 image (an overlay on the qcow2 image
+    ``base`` if given)."""
     img = os.path.join(workdir, "qemu.qcow2")
     export = os.path.join(workdir, "qemu-export")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, str(size)], check=True)
+    backing = ["-b", base, "-F", "qcow2"] if base else []
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *backing, img, str(size)], check=True)
     open(export, "w").close()
     proc = subprocess.Popen(
         ["qemu-storage-daemon",
@@ -178,3 +181,66 @@ def mirror_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
                     out[who][name].append(first_write(files[who], rw, bs, size, 60) if k == 0 else
                                           fio(files[who], rw, bs, size, runtime))
     return out
+
+
+def first_writes_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
+    """First writes into fresh targets, each round a fresh one, the order alternating by round:
+    a fresh thin LU through the mount against a fresh sparse plain file (fio O_DIRECT, fsynced at
+    the end: seq 1M over the whole, rand 4K for a few seconds), and random 4K first writes into
+    a fresh clone of a written LU against a qcow2 overlay on a written qcow2 base through QEMU's
+    FUSE export. {target: {pattern: [each round]}}."""
+    size = (512 if quick else 1024) << 20
+    runtime = 2 if quick else 4
+    rounds = 3 if quick else 5
+    out: dict[str, dict[str, list[float]]] = {"blockstore mount": {}, "plain file": {}, "qemu fuse export": {}}
+    for r in range(rounds):
+        for who in (["blockstore mount", "plain file"] if r % 2 == 0 else ["plain file", "blockstore mount"]):
+            for name, rw, bs in (("seq write 1M", "write", "1M"), ("rand write 4K", "randwrite", "4k")):
+                target = plain_target if who == "plain file" else blockstore_target
+                with target(workdir, size) as path:
+                    out[who].setdefault(name, []).append(first_write(path, rw, bs, size, 60 if bs == "1M" else runtime))
+        for who in (["blockstore mount", "qemu fuse export"] if r % 2 == 0 else ["qemu fuse export", "blockstore mount"]):
+            with clone_target(workdir, size, who) as path:
+                out[who].setdefault("rand write 4K into a clone", []).append(
+                    first_write(path, "randwrite", "4k", size, runtime))
+    return out
+
+
+@contextmanager
+def clone_target(workdir: str, size: int, who: str) -> Iterator[str]:
+    """A fresh copy-on-write child of ``size`` bytes of random data: a clone of a written LU
+    through our mount, or a qcow2 overlay on a written qcow2 image through QEMU's export."""
+    raw = os.path.join(workdir, "base.raw")
+    with open(raw, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+    try:
+        if who == "qemu fuse export":
+            base = os.path.join(workdir, "base.qcow2")
+            subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", raw, base], check=True)
+            try:
+                with qemu_target(workdir, size, base) as path:
+                    yield path
+            finally:
+                os.unlink(base)
+            return
+        from blockstore import Pool
+        from blockstore.transfer import import_file
+        from blockstore_fuse.mount import mount, umount
+
+        pool = os.path.join(workdir, "clone-pool")
+        with Pool.create(pool, 3 * size) as p:
+            import_file(p, "base", raw).close()
+            p.snapshot("base", "s")
+            p.clone("base@s", "child")
+        mp = os.path.join(workdir, "mnt")
+        os.mkdir(mp)
+        mount(pool, mp)
+        try:
+            yield os.path.join(mp, "child")
+        finally:
+            umount(mp)
+            os.rmdir(mp)
+            shutil.rmtree(pool)
+    finally:
+        os.unlink(raw)

@@ -10,7 +10,8 @@ JSON shape (version 1):
    "results": [{"name", "group", "unit", "ours", "baseline", "ratio", "target", "ok", "note"}],
    "fuse": {target: {pattern: median}} or null when fio or qemu-storage-daemon is missing,
    "fuse_samples": {target: {pattern: [the figure of each round]}} or null,
-   "fuse_mirror_samples": {"mirrored" | "unmirrored": {pattern: [each round]}} or null}
+   "fuse_mirror_samples": {"mirrored" | "unmirrored": {pattern: [each round]}} or null,
+   "first_write_samples": {target: {pattern: [each round]}} or null}
 ``ratio`` is baseline-time / our-time for speeds (higher is better) and is null where there is
 no baseline; ``target`` is the ratio (or bound) the issue sets, ``ok`` whether it was met.
 """
@@ -39,6 +40,7 @@ MiB = 1 << 20
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
     "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
+    "first-writes": ("first_writes",),
 }
 
 
@@ -523,6 +525,27 @@ class Bench:
                           f"unmirrored {min(u):,.0f}-{max(u):,.0f}")
         self.fuse_mirror_samples = runs
 
+    def first_writes(self) -> None:
+        """Fresh targets' first writes through the mount against a fresh plain file, and a fresh
+        clone's against a qcow2 overlay (fio, same run, medians of rounds)."""
+        from . import fuse_bench
+        missing = fuse_bench.missing_tools()
+        if missing:
+            print(f"first-write runs skipped: {', '.join(missing)} not installed (make deps)")
+            return
+        runs = fuse_bench.first_writes_run(self.dir, self.quick)
+        ours = runs["blockstore mount"]
+        for name, unit, base, target in (("seq write 1M", "MiB/s", "plain file", 0.8),
+                                         ("rand write 4K", "IOPS", "plain file", 0.8),
+                                         ("rand write 4K into a clone", "IOPS", "qemu fuse export", 1.5)):
+            o, b = ours[name], runs[base][name]
+            what = "a fresh plain sparse file, O_DIRECT" if base == "plain file" else "a qcow2 overlay on a written base"
+            self.add(f"fuse first {name} vs {'plain' if base == 'plain file' else 'qcow2 overlay'}", "fuse", unit,
+                     statistics.median(o), statistics.median(b), target,
+                     note=f"fresh targets, fio O_DIRECT iodepth 16, end_fsync; baseline {what}; rounds: "
+                          f"ours {min(o):,.0f}-{max(o):,.0f}, baseline {min(b):,.0f}-{max(b):,.0f}")
+        self.first_write_samples = runs
+
     def cluster(self) -> None:
         from . import cluster_bench
         cluster_bench.run(self, self.dir, self.quick)
@@ -600,7 +623,8 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
                       "extent_size": b.pool.extent_size},
            "results": b.results, "fuse": getattr(b, "fuse_results", None),
            "fuse_samples": getattr(b, "fuse_samples", None),
-           "fuse_mirror_samples": getattr(b, "fuse_mirror_samples", None)}
+           "fuse_mirror_samples": getattr(b, "fuse_mirror_samples", None),
+           "first_write_samples": getattr(b, "first_write_samples", None)}
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, "w") as f:

@@ -202,9 +202,7 @@ class LU:
         offsets = np.where(p == UNMAPPED, -1, p * E + starts)
         self._df.read_multi(mv, offsets, ends - starts)
 
-    def write(self, offset: int, data: Buffer, *, uncached: bool = False) -> None:
-        """Write ``data`` at byte ``offset``. ``uncached``: the writer asked to bypass caches
-        (O_DIRECT); whole extents written into holes then go straight to the disk."""
+    def write(self, offset: int, data: Buffer) -> None:
         n = len(data)
         if self._closed or not self._writable or offset < 0 or offset + n > self._size:
             self._check(offset, n)  # says which (the two calls cost a small write a tenth)
@@ -221,13 +219,13 @@ class LU:
                 if p != UNMAPPED and own[i] and (n < E or self.thick or not is_zero(data)):  # type: ignore[index]
                     self._df.pwrite(data, p * E + start)
                 else:
-                    self._write_extent(ext, start, data, uncached=uncached)
+                    self._write_extent(ext, start, data)
                 return
             pieces = split(offset, n, E)
             self._reserve_for(pieces)
             mv = memoryview(data).cast("B")
             for ext, start, cnt, pos in pieces:
-                self._write_extent(ext, start, mv[pos:pos + cnt], uncached=uncached)
+                self._write_extent(ext, start, mv[pos:pos + cnt])
 
     def direct_table(self, *, map_writes: bool = True) -> DirectTable | None:
         """The table through which the C direct path (native/fastpath.h) reads this LU and writes
@@ -425,7 +423,7 @@ class LU:
         if need:
             self._alloc.ensure(need)
 
-    def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False, uncached: bool = False) -> None:
+    def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False) -> None:
         """Write within one extent: drop or unmap zeros, write in place, fill a hole, or copy on write."""
         E, m, df, alloc = self._E, self._map, self._df, self._alloc
         p = m.get(ext)
@@ -442,11 +440,9 @@ class LU:
             return
         q = alloc.take()
         if p == UNMAPPED:
-            if whole:
-                df.fill(data, q * E, uncached=uncached)
-            else:
+            if not whole:
                 df.punch(q * E, E)
-                df.pwrite(data, q * E + start)
+            df.pwrite(data, q * E + start)
         else:
             if whole:
                 df.pwrite(data, q * E)

@@ -71,8 +71,6 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
-        #: handles opened O_DIRECT: their first writes of whole extents bypass the page cache
-        self.uncached: set[int] = set()
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
         self.access = access or Access()
@@ -178,12 +176,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     # -- files -------------------------------------------------------------------------------
 
-    def _add(self, lu: LU, flags: int = 0) -> int:
+    def _add(self, lu: LU) -> int:
         with self._lock:
             fh = next(self._fh)
             self.handles[fh] = lu
-            if flags & os.O_DIRECT:
-                self.uncached.add(fh)
         if self.direct is not None:
             self.direct.attach(fh, lu)
         return fh
@@ -212,7 +208,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             if wants_write:
                 raise
             lu = self.pool.open_lu(name, writable=False)
-        return self._add(lu, flags)
+        return self._add(lu)
 
     @errors
     def create(self, path: str, mode: int, fi: Any = None) -> int:
@@ -243,7 +239,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.ENOSPC)  # an LU does not grow by writing past its end
         if len(data) > room:
             data = data[:room]
-        lu.write(offset, data, uncached=fh in self.uncached)
+        lu.write(offset, data)
         return len(data)
 
     @errors
@@ -267,7 +263,6 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             self.direct.detach(fh)
         with self._lock:
             lu = self.handles.pop(fh)
-            self.uncached.discard(fh)
         lu.close()
 
     @errors

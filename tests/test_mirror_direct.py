@@ -5,7 +5,6 @@ keeps both copies whole."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from blockstore import Pool
 from blockstore.check import check
 from blockstore.meta import Meta
 from blockstore.scrub import scrub
-from conftest import daemon_pid, direct_counts, mount_log, page_cached, run_cli
+from conftest import daemon_pid, direct_counts, mount_log, run_cli
 
 MiB = 1 << 20
 
@@ -142,34 +141,3 @@ def test_sigkill_after_fsync_keeps_both_copies(mirrored):
         assert copies_differ(p, "m") == []
         rep = scrub(p)
         assert rep["clean"] and rep["bad"] == [], rep
-
-
-def test_o_direct_first_writes_bypass_the_page_cache(mirrored):
-    """A client that opened its file O_DIRECT fills holes without the page cache (both copies
-    of a mirrored LU); a buffered client's first writes stay cached. The bytes are the same."""
-    pool, mnt = mirrored
-    run_cli("lu", "create", "u", "--size", "16M", pool=pool)
-    run_cli("mount", mnt, pool=pool)
-    blobs = {}
-    for name, flags in (("m", os.O_DIRECT), ("u", os.O_DIRECT), ("u", 0)):
-        buf = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT wants
-        buf[:] = blobs.setdefault((name, flags), os.urandom(MiB))
-        fd = os.open(f"{mnt}/{name}", os.O_WRONLY | flags)
-        try:
-            os.pwrite(fd, buf, (2 if flags else 5) * MiB)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    run_cli("umount", mnt)
-    with Pool.open(pool) as p:
-        E = p.extent_size
-        for (name, flags), blob in blobs.items():  # all before any read (its readahead caches)
-            with p.lu(name, writable=False) as lu:
-                phys = lu.physical_extent((2 if flags else 5) * MiB // E) * E
-                groups = (0, 1) if name == "m" else (0,)
-                assert [page_cached(p.groups.files[g].fd, phys) for g in groups] == [not flags] * len(groups)
-        for (name, flags), blob in blobs.items():
-            with p.lu(name, writable=False) as lu:
-                assert lu.read((2 if flags else 5) * MiB, MiB) == blob
-        assert copies_differ(p, "m") == []
-        assert scrub(p)["clean"] and check(p)["clean"]

@@ -17,8 +17,6 @@ The contract every store keeps (offsets and lengths in bytes of the store's phys
   into one buffer (offset -1 reads zeros).
 - ``pwrite(data, offset)`` writes all of ``data`` or raises OSError (ENOSPC: the file system is
   full; EIO: the device failed). Nothing written is durable before ``sync``.
-- ``fill(data, offset, uncached=...)`` writes a whole extent nothing has been written to since
-  it was taken (``uncached``: bypassing the page cache where the file system allows).
 - ``cow(src, dst, extent, data, start)`` copies one extent with ``data`` laid over it at
   ``start``: the copy-on-write of a shared extent, never writing ``src``.
 - ``punch(offset, length)`` makes a range read as zeros; ``release`` drops extents nothing

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
 
 import numpy as np
@@ -64,7 +63,6 @@ class DataFile:
         self._sync_error: str | None = None
         self._can_punch = True
         self._map: native.FileMap | None = None
-        self._direct_fd: int | None = None
 
     @property
     def dirty(self) -> bool:
@@ -119,34 +117,6 @@ class DataFile:
                 return
             # a short write (the disk filling up): the C loop writes the rest or says why not
         native.pwrite_all(self.fd, memoryview(data)[done:], offset + done, self.path)
-
-    def fill(self, data: bytes | bytearray | memoryview, offset: int, *, uncached: bool = False) -> None:
-        """Write a whole extent nothing has been written to since it was taken. ``uncached``
-        (the client opened its file O_DIRECT): bypass the page cache, where the file system
-        allows and the range is aligned, so a large first write goes to the disk as it arrives
-        instead of all at the next sync, and leaves no pages to write back."""
-        n = len(data)
-        if uncached and self._direct_fd is None:
-            try:
-                self._direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError:
-                self._direct_fd = -1  # no O_DIRECT here (tmpfs): through the cache it is
-        if not uncached or self._direct_fd < 0 or offset % _ALIGN or n % _ALIGN:  # type: ignore[operator]
-            self.pwrite(data, offset)
-            return
-        buf = _aligned(n)
-        buf[:n] = data
-        self.dirty_flag[0] = 1  # the sync still makes the allocation durable
-        try:
-            native.pwrite_all(self._direct_fd, memoryview(buf)[:n], offset, self.path)  # type: ignore[arg-type]
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            # the file system took the O_DIRECT open but not the write (a FUSE passthrough, a
-            # block size larger than a page): through the cache from now on
-            os.close(self._direct_fd)  # type: ignore[arg-type]
-            self._direct_fd = -1
-            self.pwrite(data, offset)
 
     def punch(self, offset: int, length: int) -> None:
         """Make the range read as zeros and give its blocks back to the filesystem."""
@@ -267,9 +237,7 @@ class DataFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self._direct_fd is not None and self._direct_fd >= 0:
-            os.close(self._direct_fd)
-        self._direct_fd = None
+
 
 
 def fsync_dir(path: str) -> None:
@@ -289,18 +257,4 @@ def _scratch(size: int) -> bytearray:
     buf = _scratch_buffers.get(size)
     if buf is None:
         buf = _scratch_buffers[size] = bytearray(size)
-    return buf
-
-
-#: O_DIRECT wants offsets, lengths and buffers aligned to the device's block; a page covers every
-#: common one.
-_ALIGN = 4096
-_aligned_buffers: dict[int, "mmap.mmap"] = {}
-
-
-def _aligned(size: int) -> "mmap.mmap":
-    """A page-aligned buffer of at least ``size`` bytes for O_DIRECT (callers hold the pool lock)."""
-    buf = _aligned_buffers.get(size)
-    if buf is None:
-        buf = _aligned_buffers[size] = mmap.mmap(-1, size)
     return buf

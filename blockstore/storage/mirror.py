@@ -357,22 +357,6 @@ class MirrorFile:
         if sums is not None:
             self.note_sums(offset, sums)
 
-    def fill(self, data: Buffer, offset: int, *, uncached: bool = False) -> None:
-        """A whole fresh extent (DataFile.fill) into every live copy, with its checksums."""
-        if not uncached:
-            self.pwrite(data, offset)
-            return
-        self._before_write(offset, len(data))
-        if self.checksums:
-            self.note_sums(offset, native.sum_blocks(data))
-        self._one()  # EIO when no copy is left
-        for i, c in enumerate(self.copies):
-            if c is not None:
-                try:
-                    c.fill(data, offset, uncached=True)
-                except OSError as e:
-                    self.fail(i, f"write at offset {offset}: {e.strerror}")
-
     def cow(self, src_off: int, dst_off: int, extent: int, data: Buffer | None, start: int) -> None:
         """Copy-on-write of one extent into both copies: the source as its checksums say it is
         (a block bad in one copy is taken from the other), ``data`` laid over it at ``start``."""
