@@ -155,10 +155,13 @@ def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
         assert len(set(copies_of(pool, m, 0))) == 1
 
 
-def test_direct_mirrored_writers_and_snapshots(pool):
-    """C threads write a mirrored LU in place while snapshots are taken and flushes disarm: every
-    snapshot reads what it read when taken, both copies of everything agree, verify is clean."""
-    lu = pool.create_lu("d", 16 * E, mirrored=True)
+@pytest.mark.parametrize("mirrored", [False, True], ids=["single", "mirrored"])
+def test_snapshots_stay_frozen_under_direct_writes(pool, mirrored):
+    """C threads write in place without the GIL while snapshots are taken (and flushes disarm a
+    mirror's extents): every snapshot must read the same when it is taken and after the writers
+    went on (no write into a shared extent), a mirror's copies must agree and scrub clean, and
+    the engine's invariants hold."""
+    lu = pool.create_lu("d", 16 * E, mirrored=mirrored)
     lu.write(0, os.urandom(16 * E))
     t = lu.direct_table()
     stop = threading.Event()
@@ -167,11 +170,12 @@ def test_direct_mirrored_writers_and_snapshots(pool):
     def writer(k: int) -> None:
         rng = np.random.default_rng(k)
         while not stop.is_set():
-            off = int(rng.integers(0, 16 * E // 4096 - 1)) * 4096
+            off = int(rng.integers(0, 16 * E - 4096))
+            off -= off % 4096 if mirrored else 0  # a mirror's table takes whole blocks only
             data = rng.bytes(4096)
             r = t.pwrite(data, off)
             served[r] += 1
-            if r == SLOW:
+            if r == SLOW:  # what the engine does with it instead (copy-on-write)
                 lu.write(off, data)
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
@@ -179,14 +183,14 @@ def test_direct_mirrored_writers_and_snapshots(pool):
         th.start()
     taken = {}
     try:
-        for i in range(20):
+        for i in range(40):
             pool.snapshot("d", f"s{i}")
             with pool.lu(f"d@s{i}", writable=False) as s:
                 taken[i] = s.read(0, 16 * E)
             if i % 3 == 0:
                 pool.flush()
             seen = served[0]
-            for _ in range(1000):
+            for _ in range(1000):  # let the writers get some direct writes in before the next one
                 if served[0] >= seen + 20:
                     break
                 stop.wait(0.001)
@@ -198,55 +202,11 @@ def test_direct_mirrored_writers_and_snapshots(pool):
     for i, before in taken.items():
         with pool.lu(f"d@s{i}", writable=False) as s:
             assert s.read(0, 16 * E) == before, i
-    for ext in range(16):
-        a, b = copies_of(pool, lu, ext)
-        assert a == b, ext
     assert served[0] > 100 and served[1] > 0, served
+    if mirrored:
+        assert all(len(set(copies_of(pool, lu, ext))) == 1 for ext in range(16))
     lu.close()
-    from blockstore.scrub import scrub
-    rep = scrub(pool)
-    assert rep["clean"] and not rep["bad"], rep
-
-
-def test_snapshots_stay_frozen_under_direct_writes(pool):
-    """C threads write in place without the GIL while snapshots are taken: every snapshot must
-    read the same when it is taken and after the writers went on (no write into a shared
-    extent), and the engine's invariants hold."""
-    lu = pool.create_lu("d", 16 * E)
-    lu.write(0, os.urandom(16 * E))
-    t = lu.direct_table()
-    stop = threading.Event()
-    served = [0, 0]
-
-    def writer(k: int) -> None:
-        rng = np.random.default_rng(k)
-        while not stop.is_set():
-            off = int(rng.integers(0, 16 * E - 4096))
-            r = t.pwrite(rng.bytes(4096), off)
-            served[r] += 1
-            if r == SLOW:  # what the engine does with it instead (copy-on-write)
-                lu.write(off, rng.bytes(4096))
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(2)]
-    for th in threads:
-        th.start()
-    taken = {}
-    try:
-        for i in range(40):
-            pool.snapshot("d", f"s{i}")
-            with pool.lu(f"d@s{i}", writable=False) as s:
-                taken[i] = s.read(0, 16 * E)
-            seen = served[0]
-            for _ in range(1000):  # let the writers get some direct writes in before the next one
-                if served[0] >= seen + 20:
-                    break
-                stop.wait(0.001)
-    finally:
-        stop.set()
-        for th in threads:
-            th.join()
-    for i, before in taken.items():
-        with pool.lu(f"d@s{i}", writable=False) as s:
-            assert s.read(0, 16 * E) == before, i
-    assert served[0] > 100 and served[1] > 0, served
-    lu.close()
+    if mirrored:
+        from blockstore.scrub import scrub
+        rep = scrub(pool)
+        assert rep["clean"] and not rep["bad"], rep
