@@ -249,6 +249,14 @@ class Meta:
             raise PoolCorrupt(f"pool metadata damaged: the pool configuration {problem}")
         return cfg
 
+    def set_config(self, **fields: Any) -> dict[str, Any]:
+        """Set fields of the pool's config in a commit of their own; returns the new config."""
+        with self.write() as txn:
+            cfg = self.config(txn)
+            cfg.update(fields)
+            self.put_json(txn, "config", b"pool", cfg)
+        return cfg
+
     def iter_prefix(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """The records of ``db`` whose keys start with ``prefix``; a key of the wrong length for
         its database is damage (PoolCorrupt), not a struct.error wherever it is unpacked."""

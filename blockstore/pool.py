@@ -114,7 +114,7 @@ class Pool:
         self.groups: FailureGroups | None = None
         try:
             if "id" not in cfg and not readonly:  # a pool made before pools had ids
-                cfg = self._set_config(id=uuid.uuid4().hex)
+                cfg = self.meta.set_config(id=uuid.uuid4().hex)
             self.id: str | None = cfg.get("id")
             self.groups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
                                         self._activity, self.emit, readonly=readonly)
@@ -134,14 +134,6 @@ class Pool:
         except BaseException:
             self._teardown()
             raise
-
-    def _set_config(self, **fields: Any) -> dict[str, Any]:
-        """Set fields of the pool's config in a commit of their own (while opening)."""
-        with self.meta.write() as txn:
-            cfg = self.meta.config(txn)
-            cfg.update(fields)
-            self.meta.put_json(txn, "config", b"pool", cfg)
-        return cfg
 
     @property
     def mirror(self) -> MirrorFile | None:

@@ -94,10 +94,7 @@ class FailureGroups:
                 df.grow(need)
                 df.write_label(self.label(fg, path))
                 cfg["groups"][fg]["labelled"] = True
-                with self.meta.write() as txn:
-                    c = self.meta.config(txn)
-                    c["groups"] = cfg["groups"]
-                    self.meta.put_json(txn, "config", b"pool", c)
+                self.meta.set_config(groups=cfg["groups"])
             label = {"pool": self.pool_id, "group": fg} if self.readonly and unlabelled else df.label()
             if label is None or label.get("pool") != self.pool_id or label.get("group") != fg:
                 raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "

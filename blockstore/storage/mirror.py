@@ -183,14 +183,13 @@ class MirrorFile:
                     fn()
 
     def _arm(self, exts: range) -> None:
-        """Let the direct path write ``exts`` until the next flush (their write-ahead records
-        are durable: the caller's ``_before_write``), and with them every extent after them whose
+        """Let the direct path write ``exts`` until the next flush (their write-ahead records,
+        their regions logged whole, are durable: the caller's ``_before_write``), and with them every extent after them whose
         regions are logged already, up to AHEAD regions on: a writer going through its extents
         in order then comes here once per AHEAD regions, not once per extent."""
         if not self.checksums or self.degraded or not self._tables or exts[-1] in self.armed:
             return
         E = self.E
-        self.activity.cover(exts[0] * E, len(exts) * E)
         end = min(self.need // E, max(exts[-1] + 1, (exts[0] * E + AHEAD * REGION) // E))
         for e in range(exts[0], end):
             if e not in self.armed:
@@ -210,9 +209,10 @@ class MirrorFile:
         return range(offset // self.E, (offset + max(length, 1) - 1) // self.E + 1)
 
     def _before_write(self, offset: int, length: int) -> None:
-        """The write-ahead records: the activity log, and the dirty bits of a missing copy."""
-        self.activity.cover(offset, length)
+        """The write-ahead records: the activity log (of the whole extents written, which
+        ``_arm`` needs), and the dirty bits of a missing copy."""
         exts = self._extents(offset, length)
+        self.activity.cover(exts[0] * self.E, len(exts) * self.E)
         for i in self.degraded:
             self._dirty_for(i, exts)
         self.touched.update(exts)

@@ -16,6 +16,7 @@ import lmdb
 import numpy as np
 
 from .. import native
+from ..meta import Meta
 from .checksums import BLOCK, SumStore, judge
 from .checksums import settle as settle_blocks
 from .datafile import DataFile
@@ -68,13 +69,12 @@ def adopt(m: MirrorFile, sums: SumStore, txn: lmdb.Transaction, exts: np.ndarray
             c.sync()
 
 
-def resync(m: MirrorFile, txn_source: Any, only: np.ndarray | None = None, progress: Progress = None) -> int:
+def resync(m: MirrorFile, meta: Meta, only: np.ndarray | None = None, progress: Progress = None) -> int:
     """Copy to each live copy the extents its dirty bitmap names (those of ``only``, if given),
     from the other copy, then clear their bits. The caller has put every copy back in service and
-    flushed, and holds the pool's lock. ``txn_source``: the metadata (its ``read``/``write``).
-    Returns the extents copied."""
+    flushed, and holds the pool's lock. Returns the extents copied."""
     E = m.E
-    with txn_source.read() as txn:
+    with meta.read() as txn:
         dirty = [m.dirty_log.load(txn, i) for i in (0, 1)]
     todo = [(i, np.flatnonzero(d)) for i, d in enumerate(dirty)]
     if only is not None:
@@ -91,7 +91,7 @@ def resync(m: MirrorFile, txn_source: Any, only: np.ndarray | None = None, progr
                 progress(done, total)
         dst.dirty = True
         dst.sync()
-    with txn_source.write() as txn:
+    with meta.write() as txn:
         for i, exts in todo:
             m.dirty_log.clear(txn, i, exts)
     for i, exts in todo:
