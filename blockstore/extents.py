@@ -20,6 +20,13 @@ CHUNK = 1020
 
 Piece = tuple[int, int, int, int]
 
+#: What ``owns`` says of a mapped entry (the values of the C direct path's direct entries,
+#: native/fastpath.h): SHARED may be shared with a snapshot or clone, so a write copies it first;
+#: OWNED is referenced by this LU alone, so a write goes in place; HELD is this LU's own extent
+#: still being put together (a deferred copy on write, lu.py): only the LU's locked path reads
+#: or writes it.
+SHARED, OWNED, HELD = 0, 1, 2
+
 
 class _NoGuard:
     """The guard of a map nothing outside Python reads."""
@@ -65,9 +72,10 @@ class ExtentMap:
     1 PiB LU with a few GiB of data costs what its data costs, not gigabytes. Every whole-map
     operation visits only the chunks that exist.
 
-    Per chunk: ``tabs[c]`` (array("I"): physical extents) and ``owns[c]`` (bytearray: 1 where this
-    LU alone references the extent, so a write may go in place; anything else, shared with a
-    snapshot or clone or not known, is copied on write). Entries at or past ``n`` are always
+    Per chunk: ``tabs[c]`` (array("I"): physical extents) and ``owns[c]`` (bytearray: OWNED where
+    this LU alone references the extent, so a write may go in place; HELD where the LU is still
+    copying it; SHARED for anything else, shared with a snapshot or clone or not known, which
+    is copied on write). Entries at or past ``n`` are always
     UNMAPPED. ``made`` holds the numbers of the chunks that exist (what whole-map work visits, so
     it never walks the directory of an LU that is mostly holes). ``dirty`` holds the chunk numbers
     changed since the last save, and ``resized`` whether the size did: either makes the map
@@ -120,10 +128,16 @@ class ExtentMap:
         return UNMAPPED if tab is None else tab[ext % CHUNK]
 
     def owned(self, ext: int) -> bool:
+        """Whether a write may go in place (OWNED)."""
         own = self.owns[ext // CHUNK]
-        return own is not None and own[ext % CHUNK] != 0
+        return own is not None and own[ext % CHUNK] == OWNED
 
-    def set(self, ext: int, phys: int, exclusive: bool) -> None:
+    def held(self, ext: int) -> bool:
+        own = self.owns[ext // CHUNK]
+        return own is not None and own[ext % CHUNK] == HELD
+
+    def set(self, ext: int, phys: int, exclusive: bool | int) -> None:
+        """Map ``ext`` to ``phys``; ``exclusive``: OWNED (True), SHARED (False) or HELD."""
         c, i = divmod(ext, CHUNK)
         with self.guard:
             if self.tabs[c] is None:
@@ -132,8 +146,10 @@ class ExtentMap:
                 self.tabs[c], self.owns[c] = array("I", _HOLES), bytearray(CHUNK)
                 self.made.add(c)
                 self.guard.chunk_made(c)
-            self.tabs[c][i] = phys  # type: ignore[index]
+            # The owner byte first: a lock-free reader reads the entry, then the byte (lu.py),
+            # so one that finds a newly HELD extent's entry also finds it HELD.
             self.owns[c][i] = exclusive  # type: ignore[index]
+            self.tabs[c][i] = phys  # type: ignore[index]
         self.dirty.add(c)
 
     # -- the whole map (numpy over the chunks that exist) ----------------------------------------
@@ -143,7 +159,7 @@ class ExtentMap:
         (default: all), ascending, as numpy views."""
         lo, hi = first // CHUNK, len(self.tabs) if last is None else last // CHUNK + 1
         for c in sorted(c for c in self.made if lo <= c < hi):
-            yield c, np.frombuffer(self.tabs[c], np.uint32), np.frombuffer(self.owns[c], np.bool_)  # type: ignore[arg-type]
+            yield c, np.frombuffer(self.tabs[c], np.uint32), np.frombuffer(self.owns[c], np.uint8)  # type: ignore[arg-type]
 
     def items(self, first: int = 0, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(logical extents, physical extents) of every mapped entry from logical ``first`` to
@@ -169,7 +185,7 @@ class ExtentMap:
         """The logical extents mapped to an extent this LU does not own alone (int64, ascending)."""
         out = [np.zeros(0, np.int64)]
         for c, tab, own in self._present():
-            out.append(np.flatnonzero((tab != UNMAPPED) & ~own) + c * CHUNK)
+            out.append(np.flatnonzero((tab != UNMAPPED) & (own != OWNED)) + c * CHUNK)
         return np.concatenate(out)
 
     def allocated(self) -> int:
@@ -190,19 +206,18 @@ class ExtentMap:
         return np.array([self.owned(int(e)) and self.get(int(e)) != UNMAPPED for e in exts], bool)
 
     def share_all(self) -> None:
-        """Every extent is now shared (a snapshot or clone was taken): none is written in place."""
+        """Every extent is now shared (a snapshot or clone was taken): none is written in place.
+        (HELD entries are the LU's to finish; it finishes them before anything is shared.)"""
         with self.guard:
-            for own in self.owns:
-                if own is not None:
-                    own[:] = bytes(CHUNK)
+            for _, _, own in self._present():
+                own[own == OWNED] = SHARED
 
     def own_where(self, refcounts: np.ndarray) -> None:
-        """Mark owned exactly the mapped extents whose reference count is 1."""
+        """Mark owned exactly the mapped extents whose reference count is 1 (HELD ones stay)."""
         with self.guard:
             for _, tab, own in self._present():
-                mapped = tab != UNMAPPED
-                own[:] = False
-                own[mapped] = refcounts[tab[mapped]] == 1
+                settled = (tab != UNMAPPED) & (own != HELD)
+                own[settled] = np.where(refcounts[tab[settled]] == 1, OWNED, SHARED)
 
     def chunk(self, no: int) -> bytes | None:
         """Chunk ``no`` as stored, or None when every entry in it is a hole."""

@@ -1,9 +1,9 @@
 """The journal: how a change of the pool becomes durable, all of it or none.
 
-A commit first syncs the data files (storage/), then writes, in one LMDB transaction, the
-caller's change together with everything pending in memory: the maps of the LUs this process
-writes (catalog.py), the reference counts the allocator changed, and the checksums the mirror
-recorded. Only after that transaction is durable are freed extents punched and handed out
+A commit first completes every LU's deferred copies on write (lu.py) and syncs the data
+files (storage/), then writes, in one LMDB transaction, the caller's change together with
+everything pending in memory: the maps of the LUs this process writes (catalog.py), the
+reference counts the allocator changed, and the checksums the mirror recorded. Only after that transaction is durable are freed extents punched and handed out
 again. So after a crash the metadata describes exactly the last commit, and every extent it
 maps holds what was written before that commit. A flush is a commit with no change of its own:
 what it makes durable is every write acknowledged before it.
@@ -60,6 +60,8 @@ class Journal:
         if self.readonly:
             raise ReadOnly(f"the pool at {self.path} is open read-only")
         with self.lock:
+            for lu in self.writers.values():
+                lu.settle()  # a deferred copy completes before its data is synced and its map stored
             self.groups.sync()
             a, mirror = self.alloc, self.groups.mirror
             marks = a.marks()

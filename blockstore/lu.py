@@ -7,21 +7,30 @@ Write path (all under the pool lock, so the engine is thread-safe):
 - an extent shared with a snapshot or clone is copied on write: the old extent is read, the new
   bytes are overlaid, the whole is written to a new extent, and the old one is unreferenced.
   The shared extent itself is never written.
+- a write of whole 4 KiB blocks into a shared extent defers the copy: the new extent takes just
+  those blocks and is HELD (extents.py); the blocks it lacks are copied from the old extent later,
+  a step at a time by a filler thread, and all at once by anything that needs the extent whole
+  (a read of it, a partial-block write, every commit). Until then the LU keeps its reference to
+  the old extent, and the extent is served only here, under the lock, never by the C direct path.
+  Blocks written before the filler reaches them are never copied.
 Map and reference-count changes stay in memory until ``flush``, which syncs the data file and
-then commits them in one LMDB transaction (pool.py).
+then commits them in one LMDB transaction (journal.py); a commit completes every held extent
+first, so a committed map never points at a partial copy, and a crash before it loses the new
+extent as it loses any write not flushed.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .errors import OutOfRange, ReadOnly
-from .extents import CHUNK, NO_GUARD, UNMAPPED, ExtentMap, extents_for, split
+from .extents import CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
 from .native import DirectTable
-from .storage import ALLOCATED, ZERO
+from .storage import ALLOCATED, DATA, ZERO
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -32,6 +41,31 @@ if TYPE_CHECKING:
 
 Buffer = bytes | bytearray | memoryview
 _pread, _preadv = os.pread, os.preadv
+
+#: Bytes of a deferred copy's block: what a write must cover whole to defer the copy.
+COPY_BLOCK = 4096
+#: Blocks the filler copies per hold of the lock (64 KiB): a writer waits at most that long.
+FILL_STEP = 16
+#: Held extents an LU may have at once; past it the oldest is completed on the write path, so
+#: what a flush has left to copy stays bounded (256 MiB at 1 MiB extents).
+MAX_HELD = 256
+#: Whether a filler thread completes held extents in the background (otherwise they wait for a
+#: read-modify-write, a commit or MAX_HELD: the model-based test keeps them held this way).
+FILLER = True
+
+
+class _Copy:
+    """A deferred copy on write: logical extent -> new extent ``dst``, which holds the blocks
+    ``have`` marks; the rest are still ``src``'s (which this LU keeps referenced meanwhile)."""
+
+    __slots__ = ("src", "dst", "have", "filling")
+
+    def __init__(self, src: int, dst: int, blocks: int) -> None:
+        self.src, self.dst = src, dst
+        self.have = np.zeros(blocks, bool)
+        #: Whether the filler is copying blocks into ``dst`` without the lock right now: until it
+        #: is done, nothing else writes this extent or completes it.
+        self.filling = False
 
 
 class Host(Protocol):
@@ -84,6 +118,11 @@ class LU:
         self._closed = False
         self._direct: DirectTable | None = None
         self._map_writes = True
+        # Deferred copies (logical extent -> _Copy), oldest first, and the thread finishing them.
+        self._held: dict[int, _Copy] = {}
+        self._filler: threading.Thread | None = None
+        self._filled = threading.Condition(self._lock)  # a step of the filler ended
+        self._defer = self._E % COPY_BLOCK == 0 and self._E > COPY_BLOCK
 
     # -- BlockDevice -------------------------------------------------------------------------
 
@@ -104,6 +143,11 @@ class LU:
     @property
     def extent_size(self) -> int:
         return self._E
+
+    @property
+    def pending_copies(self) -> int:
+        """Extents whose copy on write is deferred and not yet complete (HELD)."""
+        return len(self._held)
 
     def mapped_extents(self) -> np.ndarray:
         """Logical extent numbers that hold data (everything else reads as zeros)."""
@@ -126,6 +170,8 @@ class LU:
                 self._host.refresh_lu(self)
             ext, start = divmod(offset, E)
             last = min((offset + length - 1) // E, ext + CHUNK - 1)  # n may stop short: bound the work
+            if ext in self._held:  # part of it is still the source's: data, all of it
+                return DATA | ALLOCATED, min(length, E - start)
             p = self._map.get(ext)
             if p == UNMAPPED:
                 phys = self._map.phys_range(ext, last)
@@ -141,16 +187,21 @@ class LU:
             # Lock-free within one extent (the lock costs a third of a 4 KiB read). An extent read
             # here can change owner only after the allocator recycles it, which bumps `recycled`;
             # if that happened meanwhile, read again under the lock.
+            # A HELD extent (a copy still under way) is read under the lock; the owner byte is
+            # read after the entry (extents.py sets them in the other order).
             alloc = self._alloc
             seen = alloc.recycled
-            tab = self._map.tabs[ext // CHUNK]
-            p = UNMAPPED if tab is None else tab[ext % CHUNK]
+            c, i = divmod(ext, CHUNK)
+            tab = self._map.tabs[c]
+            p = UNMAPPED if tab is None else tab[i]
             if p == UNMAPPED:
                 return bytes(length)
-            try:
-                data = _pread(self._df.fd, length, p * E + start)
-            except OSError:
-                data = b""  # a failing copy: the locked path below fails over to the mirror
+            data = b""
+            if self._map.owns[c][i] != HELD:  # type: ignore[index]
+                try:
+                    data = _pread(self._df.fd, length, p * E + start)
+                except OSError:
+                    pass  # a failing copy: the locked path below fails over to the mirror
             if alloc.recycled == seen and len(data) == length:
                 return data
         self._check(offset, length)
@@ -158,7 +209,7 @@ class LU:
             if not self._writable:
                 self._host.refresh_lu(self)
             ext, start = divmod(offset, E)
-            if start + length <= E:
+            if start + length <= E and ext not in self._held:
                 p = self._map.get(ext)
                 return bytes(length) if p == UNMAPPED else self._df.pread(p * E + start, length)
             buf = bytearray(length)
@@ -172,13 +223,15 @@ class LU:
         ext, start = divmod(offset, E)
         if self._fast and offset >= 0 and start + n <= E and offset + n <= self._size:
             seen = self._alloc.recycled
-            tab = self._map.tabs[ext // CHUNK]
-            p = UNMAPPED if tab is None else tab[ext % CHUNK]
+            c, i = divmod(ext, CHUNK)
+            tab = self._map.tabs[c]
+            p = UNMAPPED if tab is None else tab[i]
             if p == UNMAPPED:
                 mv[:] = bytes(n)
                 return
             try:
-                if _preadv(self._df.fd, [mv], p * E + start) == n and self._alloc.recycled == seen:
+                if (self._map.owns[c][i] != HELD  # type: ignore[index]
+                        and _preadv(self._df.fd, [mv], p * E + start) == n and self._alloc.recycled == seen):
                     return
             except OSError:
                 pass  # a failing copy: the locked path below fails over to the mirror
@@ -201,6 +254,19 @@ class LU:
         p = self._map.phys_range(first, last).astype(np.int64)
         offsets = np.where(p == UNMAPPED, -1, p * E + starts)
         self._df.read_multi(mv, offsets, ends - starts)
+        if self._held:
+            self._read_sources(mv, offset, first, last)
+
+    def _read_sources(self, mv: memoryview, offset: int, first: int, last: int) -> None:
+        """Over what ``_readinto`` read from held extents, lay the blocks they still lack, read
+        from their sources."""
+        E, B, end = self._E, COPY_BLOCK, offset + len(mv)
+        for ext in [e for e in self._held if first <= e <= last]:
+            c, base = self._held[ext], ext * E
+            for b, k in runs(np.flatnonzero(~c.have)):
+                lo, hi = max(offset, base + b * B), min(end, base + (b + k) * B)
+                if lo < hi:
+                    mv[lo - offset:hi - offset] = self._df.pread(c.src * E + lo - base, hi - lo)
 
     def write(self, offset: int, data: Buffer) -> None:
         n = len(data)
@@ -216,7 +282,7 @@ class LU:
                 tab, own = self._map.tabs[c], self._map.owns[c]
                 p = UNMAPPED if tab is None else tab[i]
                 # A whole extent of zeros is worth unmapping, so it goes the long way.
-                if p != UNMAPPED and own[i] and (n < E or self.thick or not is_zero(data)):  # type: ignore[index]
+                if p != UNMAPPED and own[i] == OWNED and (n < E or self.thick or not is_zero(data)):  # type: ignore[index]
                     self._df.pwrite(data, p * E + start)
                 else:
                     self._write_extent(ext, start, data)
@@ -272,6 +338,7 @@ class LU:
         lo = min(end, -(-offset // E) * E)  # the whole extents in between: only mapped ones matter,
         hi = max(lo, end // E * E)          # so a discard costs what the range holds, not its size
         with self._lock:
+            self._settle_range(offset // E, (end - 1) // E if length else offset // E)
             whole = self._map.mapped_logical(lo // E, hi // E - 1)
             pieces = split(offset, lo - offset, E) + [(int(e), 0, E, 0) for e in whole] + split(hi, end - hi, E)
             for ext, start, n, _ in pieces:
@@ -305,7 +372,9 @@ class LU:
 
     @property
     def extent_map(self) -> ExtentMap:
-        """The LU's map as this handle has it (ahead of the stored one until the pool saves it)."""
+        """The LU's map as this handle has it (ahead of the stored one until the pool saves it),
+        every extent in it whole: a deferred copy still under way is completed first."""
+        self.settle()
         return self._map
 
     @property
@@ -347,6 +416,7 @@ class LU:
     def restack(self, store: "DataFile | MirrorFile", mirrored: bool) -> None:
         """Read and write ``store`` from now on (the LU became mirrored, or stopped being so);
         the direct table follows before any I/O can use the old store."""
+        self.settle()
         with self._map.guard:
             self._df = store
             self.mirrored = mirrored
@@ -360,6 +430,7 @@ class LU:
 
     def replace_map(self, emap: ExtentMap, size: int) -> None:
         """Take another map (rollback) and size, in step with the direct table."""
+        self.settle()
         with self._map.guard:
             self._map, self._size = emap, size
             emap.guard = self._direct or NO_GUARD
@@ -367,6 +438,7 @@ class LU:
 
     def copy_shared(self) -> int:
         """Give this LU its own copy of every extent it shares (flatten). Returns extents copied."""
+        self.settle()
         E, m = self._E, self._map
         shared = m.shared_logical()
         for ext in shared.tolist():
@@ -380,6 +452,7 @@ class LU:
 
     def resize_map(self, size: int) -> None:
         """Set the size in bytes; the caller has already discarded what a shrink cuts off."""
+        self.settle()
         n = extents_for(size, self._E)
         if n < len(self._map):
             self._alloc.unref_many(self._map.tail(n), self.mirrored)
@@ -426,9 +499,17 @@ class LU:
     def _write_extent(self, ext: int, start: int, data: Buffer, zero_ok: bool = False) -> None:
         """Write within one extent: drop or unmap zeros, write in place, fill a hole, or copy on write."""
         E, m, df, alloc = self._E, self._map, self._df, self._alloc
-        p = m.get(ext)
         n = len(data)
         whole = n == E
+        if ext in self._held:
+            self._wait_fill(ext)
+        if ext in self._held:
+            if start % COPY_BLOCK or n % COPY_BLOCK or (whole and not self.thick and (zero_ok or is_zero(data))):
+                self._settle(ext)  # a partial block, or a whole extent of zeros to unmap
+            else:
+                self._write_held(ext, start, data)
+                return
+        p = m.get(ext)
         if (zero_ok or is_zero(data)) and not self.thick:
             if p == UNMAPPED:
                 return  # zeros on a hole: already zeros, allocate nothing
@@ -446,6 +527,9 @@ class LU:
         else:
             if whole:
                 df.pwrite(data, q * E)
+            elif self._defer and not start % COPY_BLOCK and not n % COPY_BLOCK:
+                self._hold(ext, p, q, start, data)
+                return
             else:
                 df.cow(p * E, q * E, E, data, start)
             alloc.unref(p, self.mirrored)
@@ -457,6 +541,7 @@ class LU:
         sharing: the caller has confirmed the bytes match). Both sides then copy on write."""
         self._check_writable()
         with self._lock:
+            self._settle_range(ext, ext)
             old = self._map.get(ext)
             if old != UNMAPPED:
                 self._alloc.unref(old, self.mirrored)
@@ -467,6 +552,107 @@ class LU:
         """The physical extent behind logical extent ``ext``, or None for a hole."""
         p = self._map.get(ext)
         return None if p == UNMAPPED else p
+
+    # -- deferred copies on write ----------------------------------------------------------------
+
+    def _hold(self, ext: int, src: int, dst: int, start: int, data: Buffer) -> None:
+        """The first write into shared extent ``src``: ``data`` (whole blocks) goes to ``dst``,
+        which becomes the LU's HELD extent; the copy of the rest waits (the module's docstring)."""
+        if len(self._held) >= MAX_HELD:
+            self._settle(next(iter(self._held)))
+        self._df.pwrite(data, dst * self._E + start)
+        self._alloc.ref(dst, self.mirrored)
+        c = self._held[ext] = _Copy(src, dst, self._E // COPY_BLOCK)
+        c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
+        self._map.set(ext, dst, HELD)
+        if self._filler is None and FILLER:
+            self._filler = threading.Thread(target=self._fill, name=f"fill {self.name}", daemon=True)
+            self._filler.start()
+
+    def _write_held(self, ext: int, start: int, data: Buffer) -> None:
+        c = self._held[ext]
+        self._df.pwrite(data, c.dst * self._E + start)
+        c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
+        if c.have.all():
+            self._finish(ext)
+
+    def _wait_fill(self, ext: int) -> None:
+        """Wait until the filler's copy into held extent ``ext`` (if any) is over; it may have
+        completed the extent meanwhile."""
+        c = self._held.get(ext)
+        while c is not None and c.filling:
+            self._filled.wait()
+            c = self._held.get(ext)
+
+    def _settle(self, ext: int) -> None:
+        """Copy every block held extent ``ext`` lacks from its source; it becomes the LU's own."""
+        self._wait_fill(ext)
+        c = self._held.get(ext)
+        if c is None:
+            return
+        for first, k in runs(np.flatnonzero(~c.have)):
+            self._df.copy(self._at(c.src, first), self._at(c.dst, first), k * COPY_BLOCK)
+            c.have[first:first + k] = True
+        self._finish(ext)
+
+    def _at(self, phys: int, block: int) -> int:
+        return phys * self._E + block * COPY_BLOCK
+
+    def _finish(self, ext: int) -> None:
+        c = self._held.pop(ext)
+        self._map.set(ext, c.dst, OWNED)  # from here on the direct path may serve it
+        self._alloc.unref(c.src, self.mirrored)
+
+    def _settle_range(self, first: int, last: int) -> None:
+        """Complete the held extents among logical ``first`` to ``last`` (the caller holds the lock)."""
+        if self._held:
+            for ext in [e for e in self._held if first <= e <= last]:
+                self._settle(ext)
+
+    def settle(self) -> None:
+        """Complete every deferred copy: afterwards no extent of the map is HELD."""
+        if self._held:
+            with self._lock:
+                for ext in list(self._held):
+                    self._settle(ext)
+
+    def _fill(self) -> None:
+        """The filler thread: completes held extents, oldest first, a step of at most
+        FILL_STEP blocks at a time, the extent marked ``filling`` meanwhile. Where the store
+        allows (``concurrent_copy``) a step copies without the lock, beside other I/O. Gone when
+        none is left or the handle closes. An error leaves the rest to ``settle``, whose caller
+        (a read, a commit) then meets it."""
+        while True:
+            with self._lock:
+                if not self._held or self._closed:
+                    self._filler = None
+                    return
+                ext = next(iter(self._held))
+                c, df = self._held[ext], self._df
+                first, k = runs(np.flatnonzero(~c.have))[0]
+                k = min(k, FILL_STEP)
+                c.filling = True
+                if not df.concurrent_copy:
+                    ok = self._copy_blocks(df, c, first, k)
+            if df.concurrent_copy:
+                ok = self._copy_blocks(df, c, first, k)
+            with self._lock:
+                c.filling = False
+                self._filled.notify_all()
+                if not ok:
+                    self._filler = None
+                    return
+                c.have[first:first + k] = True
+                if self._held.get(ext) is c and c.have.all():
+                    self._finish(ext)
+            time.sleep(0)  # let a writer waiting for the lock have it between steps
+
+    def _copy_blocks(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> bool:
+        try:
+            df.copy(self._at(c.src, first), self._at(c.dst, first), k * COPY_BLOCK)
+            return True
+        except Exception:
+            return False
 
     def _unmap(self, ext: int) -> None:
         self._alloc.unref(self._map.get(ext), self.mirrored)

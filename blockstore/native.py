@@ -10,6 +10,7 @@ from typing import NoReturn
 import numpy as np
 
 from ._native import ffi, lib
+from .extents import HELD, OWNED
 
 Buffer = bytes | bytearray | memoryview
 
@@ -79,9 +80,9 @@ def sum_blocks(buf: Buffer, block: int = SUM_BLOCK) -> np.ndarray:
 
 
 def cow(src: int, src_off: int, dst0: int, dst1: int, dst_off: int, extent: int, data: Buffer | None,
-        start: int, scratch: bytearray) -> tuple[int, int]:
-    """Copy one extent from ``src_off`` to ``dst_off`` in one or two files with ``data`` laid over
-    it at ``start``. Returns (result, failed bits)."""
+        start: int, scratch: bytearray | memoryview) -> tuple[int, int]:
+    """Copy ``extent`` bytes from ``src_off`` to ``dst_off`` in one or two files with ``data``
+    laid over them at ``start``. Returns (result, failed bits)."""
     failed = ffi.new("int *")
     d = ffi.from_buffer(data) if data else ffi.NULL
     r = lib.bs_cow(src, src_off, dst0, dst1, dst_off, extent, d, start, len(data) if data else 0,
@@ -133,6 +134,10 @@ class FileMap:
 
 #: No mapping: a table given it writes by pwrite.
 NO_MAP = FileMap(-1, 0)
+
+
+# The direct entries' values are the extent map's owner bytes, published as they are.
+assert (lib.BS_DIRECT_WRITE, lib.BS_DIRECT_HELD) == (OWNED, HELD)
 
 
 class DirectTable:

@@ -97,10 +97,11 @@ static inline uint32_t phys_of(const bs_table *t, uint64_t i)
     return c == NULL ? (uint32_t)BS_UNMAPPED : c[i % t->chunk];
 }
 
+/* Unit i's direct entry: 0, BS_DIRECT_WRITE or BS_DIRECT_HELD (i < n). */
 static inline int direct_of(const bs_table *t, uint64_t i)
 {
     const uint8_t *c = t->direct[i / t->chunk];
-    return c != NULL && c[i % t->chunk];
+    return c == NULL ? 0 : c[i % t->chunk];
 }
 
 /* The checksum array of physical unit p of a mirrored table, or NULL when p is not armed. */
@@ -117,14 +118,20 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
 {
     if (t->fd < 0 || t->unit == 0 || t->chunk == 0 || off > t->size || len > t->size - off || t->size > t->n * t->unit)
         return 0;
-    if (!write || len == 0)
+    if (len == 0)
         return 1;
+    uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
+    if (!write) {
+        for (uint64_t i = first; i <= last; i++)
+            if (direct_of(t, i) == BS_DIRECT_HELD)
+                return 0;
+        return 1;
+    }
     if (t->mirror && (off % BS_SUM_BLOCK || len % BS_SUM_BLOCK || t->unit % BS_SUM_BLOCK))
         return 0; /* a partial block is completed from a copy proven good: the owner's work */
-    uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
     for (uint64_t i = first; i <= last; i++) {
         uint32_t p = phys_of(t, i);
-        if (p == (uint32_t)BS_UNMAPPED || !direct_of(t, i) || (t->mirror && sums_of(t, p) == NULL))
+        if (p == (uint32_t)BS_UNMAPPED || direct_of(t, i) != BS_DIRECT_WRITE || (t->mirror && sums_of(t, p) == NULL))
             return 0;
         if (t->zero_slow) {
             uint64_t start = i * t->unit;

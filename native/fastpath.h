@@ -3,17 +3,19 @@
  *
  * A table says where each unit (`unit` bytes) of a logical byte range lives in one file, in
  * chunks of `chunk` units: phys[c][j] * unit for unit c * chunk + j, or nowhere (BS_UNMAPPED, or
- * phys[c] NULL: reads as zeros); direct[c][j] != 0 allows writing that unit in place (direct[c]
- * NULL: none of chunk c). So a sparse map costs a pointer per chunk where it has no data. The
+ * phys[c] NULL: reads as zeros); direct[c][j] is BS_DIRECT_WRITE where that unit may be
+ * written in place, BS_DIRECT_HELD where it may be neither read nor written here (the owner is
+ * still putting it together: copy on write in progress), 0 otherwise (direct[c] NULL: 0 for
+ * all of chunk c). So a sparse map costs a pointer per chunk where it has no data. The
  * owner publishes the directories and the chunks and keeps them alive and unchanged except
  * while it holds the table exclusively (bs_table_lock / bs_table_unlock); I/O through the table
  * holds it shared for the whole of its translate-and-copy, so an owner that changes an entry
  * knows no I/O is still using the old one once it has the lock.
  *
  * bs_table_pread and bs_table_pwrite return 0 when they did the whole request, BS_SLOW when the
- * table cannot serve it (a unit not mapped, or not direct, for a write; a write of a whole unit of
- * zeros when zero_slow is set, which the owner wants to see; a range past `size`), having done
- * nothing, or a negative errno. A write sets *dirty to 1 before it returns.
+ * table cannot serve it (a unit held; for a write, a unit not mapped or not BS_DIRECT_WRITE, or
+ * a whole unit of zeros when zero_slow is set, which the owner wants to see; a range past
+ * `size`), having done nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
  * A mirrored table (bs_table_mirror) writes every unit to two files from one buffer, one after
  * the other (each as above: through its mapping where it can), under the stripe lock of the
@@ -47,6 +49,8 @@
 
 #define BS_UNMAPPED 4294967295
 #define BS_SLOW 1
+#define BS_DIRECT_WRITE 1
+#define BS_DIRECT_HELD 2
 
 typedef struct bs_table bs_table;
 

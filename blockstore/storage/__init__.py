@@ -17,8 +17,12 @@ The contract every store keeps (offsets and lengths in bytes of the store's phys
   into one buffer (offset -1 reads zeros).
 - ``pwrite(data, offset)`` writes all of ``data`` or raises OSError (ENOSPC: the file system is
   full; EIO: the device failed). Nothing written is durable before ``sync``.
-- ``cow(src, dst, extent, data, start)`` copies one extent with ``data`` laid over it at
-  ``start``: the copy-on-write of a shared extent, never writing ``src``.
+- ``cow(src, dst, length, data, start)`` copies ``length`` bytes within one extent (whole
+  blocks of 4 KiB for a mirror) with ``data`` (if any) laid over them at ``start``: the
+  copy-on-write of a shared extent, or of the part of it a deferred copy still lacks; it never
+  writes ``src``. ``copy(src, dst, length)`` is that with nothing laid over; a store whose
+  ``concurrent_copy`` is true lets it run without the pool lock, beside other I/O (the filler
+  of deferred copies uses it so, lu.py).
 - ``punch(offset, length)`` makes a range read as zeros; ``release`` drops extents nothing
   references any more.
 - ``sync()`` makes every write acknowledged so far durable, or raises OSError; once a sync has

@@ -131,14 +131,22 @@ class DataFile:
         for pos in range(0, length, len(zeros)):
             self.pwrite(zeros[: min(len(zeros), length - pos)], offset + pos)
 
-    def cow(self, src_off: int, dst_off: int, extent: int, data: bytes | bytearray | memoryview | None,
+    def cow(self, src_off: int, dst_off: int, length: int, data: bytes | bytearray | memoryview | None,
             start: int) -> None:
-        """Copy one extent within this file with ``data`` laid over it at ``start`` (in C: one read
-        and one write, or copy_file_range when there is nothing to lay over)."""
+        """Copy ``length`` bytes within this file with ``data`` laid over them at ``start`` (in
+        C: one read and one write, or copy_file_range when there is nothing to lay over)."""
         self.dirty = True
-        r, _ = native.cow(self.fd, src_off, self.fd, -1, dst_off, extent, data, start, _scratch(extent))
+        r, _ = native.cow(self.fd, src_off, self.fd, -1, dst_off, length, data, start, _scratch(length))
         if r < 0:
             raise OSError(-r, f"copy-on-write in {self.path} at offset {dst_off}: {os.strerror(-r)}")
+
+    #: ``copy`` may run while other threads use this file, without the pool lock (storage/).
+    concurrent_copy = True
+
+    def copy(self, src_off: int, dst_off: int, length: int) -> None:
+        """Copy ``length`` bytes within this file (copy_file_range; no shared buffer)."""
+        self.dirty = True
+        native.copy(self.fd, src_off, self.fd, dst_off, length, self.path)
 
     def release(self, offset: int, length: int) -> None:
         """Drop the data of extents nothing references any more (the allocator's punch)."""
@@ -252,9 +260,11 @@ def fsync_dir(path: str) -> None:
 _scratch_buffers: dict[int, bytearray] = {}
 
 
-def _scratch(size: int) -> bytearray:
-    """One reusable extent-sized buffer per size (callers hold the pool lock)."""
-    buf = _scratch_buffers.get(size)
+def _scratch(size: int) -> memoryview:
+    """A reusable buffer of ``size`` bytes, cut from one per power of two (callers hold the
+    pool lock)."""
+    k = max(4096, 1 << (size - 1).bit_length())
+    buf = _scratch_buffers.get(k)
     if buf is None:
-        buf = _scratch_buffers[size] = bytearray(size)
-    return buf
+        buf = _scratch_buffers[k] = bytearray(k)
+    return memoryview(buf)[:size]

@@ -269,16 +269,18 @@ class MirrorFile:
                 return data
         raise OSError(errno.EIO, f"block {block} (extent {ext}) is damaged in every copy")
 
-    def _good_extent(self, ext: int, buf: bytearray) -> None:
-        """Fill ``buf`` with extent ``ext`` as its checksums say it is, block by block from
-        whichever copy holds each block good (the copy-on-write source)."""
+    def _good_range(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the whole blocks at ``offset`` (within one extent) as their
+        checksums say they are, block by block from whichever copy holds each good (what a copy
+        on write reads)."""
         _, c = self._one()
         mv = memoryview(buf)
-        native.pread_all(c.fd, mv, ext * self.E, c.path)
-        want = self.current_sums(ext)
-        have = native.sum_blocks(buf)
+        native.pread_all(c.fd, mv, offset, c.path)
+        ext, b0 = divmod(offset // BLOCK, self.B)
+        want = self.current_sums(ext)[b0:b0 + len(mv) // BLOCK]
+        have = native.sum_blocks(mv)
         for b in np.flatnonzero((want != 0) & (have != want)).tolist():
-            mv[b * BLOCK:(b + 1) * BLOCK] = self.good_block(ext * self.B + b)
+            mv[b * BLOCK:(b + 1) * BLOCK] = self.good_block(offset // BLOCK + b)
 
     def commit_sums(self, txn: "lmdb.Transaction", gone: np.ndarray, mirrored: Callable[[np.ndarray], np.ndarray]) -> None:
         """Inside the flush's commit: delete the records of the extents in ``gone`` (no mirrored
@@ -357,17 +359,25 @@ class MirrorFile:
         if sums is not None:
             self.note_sums(offset, sums)
 
-    def cow(self, src_off: int, dst_off: int, extent: int, data: Buffer | None, start: int) -> None:
-        """Copy-on-write of one extent into both copies: the source as its checksums say it is
-        (a block bad in one copy is taken from the other), ``data`` laid over it at ``start``."""
+    def cow(self, src_off: int, dst_off: int, length: int, data: Buffer | None, start: int) -> None:
+        """Copy-on-write of whole blocks within one extent into both copies: the source as its
+        checksums say it is (a block bad in one copy is taken from the other), ``data`` laid over
+        it at ``start``."""
         from .datafile import _scratch
 
-        buf = _scratch(extent)
-        self._good_extent(src_off // self.E, buf)
+        buf = _scratch(length)
+        self._good_range(src_off, buf)
         if data:
             buf[start:start + len(data)] = data
-        self._before_write(dst_off, extent)
+        self._before_write(dst_off, length)
         self._write_blocks(buf, dst_off)
+
+    #: ``copy`` changes the mirror's records: callers hold the pool lock (storage/).
+    concurrent_copy = False
+
+    def copy(self, src_off: int, dst_off: int, length: int) -> None:
+        """As ``cow`` with nothing laid over."""
+        self.cow(src_off, dst_off, length, None, 0)
 
     def pread(self, offset: int, length: int) -> bytes:
         """From the primary; if it fails, from the redundant copy (the primary leaves service)."""
