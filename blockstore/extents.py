@@ -22,10 +22,10 @@ Piece = tuple[int, int, int, int]
 
 #: What ``owns`` says of a mapped entry (the values of the C direct path's direct entries,
 #: native/fastpath.h): SHARED may be shared with a snapshot or clone, so a write copies it first;
-#: OWNED is referenced by this LU alone, so a write goes in place; HELD is this LU's own extent
-#: still being put together (a deferred copy on write, lu.py): only the LU's locked path reads
-#: or writes it.
-SHARED, OWNED, HELD = 0, 1, 2
+#: OWNED is referenced by this LU alone, so a write goes in place; HELD and BUSY mark this LU's
+#: own extent still being put together (a deferred copy on write, lu.py): never read but by the
+#: LU's locked path; HELD takes whole-block writes in C too, BUSY (a copy into it under way) none.
+SHARED, OWNED, HELD, BUSY = 0, 1, 2, 3
 
 
 class _NoGuard:
@@ -132,9 +132,6 @@ class ExtentMap:
         own = self.owns[ext // CHUNK]
         return own is not None and own[ext % CHUNK] == OWNED
 
-    def held(self, ext: int) -> bool:
-        own = self.owns[ext // CHUNK]
-        return own is not None and own[ext % CHUNK] == HELD
 
     def set(self, ext: int, phys: int, exclusive: bool | int) -> None:
         """Map ``ext`` to ``phys``; ``exclusive``: OWNED (True), SHARED (False) or HELD."""
@@ -213,10 +210,11 @@ class ExtentMap:
                 own[own == OWNED] = SHARED
 
     def own_where(self, refcounts: np.ndarray) -> None:
-        """Mark owned exactly the mapped extents whose reference count is 1 (HELD ones stay)."""
+        """Mark owned exactly the mapped extents whose reference count is 1 (HELD and BUSY ones
+        stay)."""
         with self.guard:
             for _, tab, own in self._present():
-                settled = (tab != UNMAPPED) & (own != HELD)
+                settled = (tab != UNMAPPED) & (own < HELD)
                 own[settled] = np.where(refcounts[tab[settled]] == 1, OWNED, SHARED)
 
     def chunk(self, no: int) -> bytes | None:

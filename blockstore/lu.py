@@ -10,9 +10,10 @@ Write path (all under the pool lock, so the engine is thread-safe):
 - a write of whole 4 KiB blocks into a shared extent defers the copy: the new extent takes just
   those blocks and is HELD (extents.py); the blocks it lacks are copied from the old extent later,
   a step at a time by a filler thread, and all at once by anything that needs the extent whole
-  (a read of it, a partial-block write, every commit). Until then the LU keeps its reference to
-  the old extent, and the extent is served only here, under the lock, never by the C direct path.
-  Blocks written before the filler reaches them are never copied.
+  (a partial-block write, every commit). Until then the LU keeps its reference to the old
+  extent; the extent is read only here, under the lock (the written blocks from the new extent,
+  the rest from the old), and written here or, in whole blocks, by the C direct path, which
+  marks the blocks it wrote. Blocks written before the filler reaches them are never copied.
 Map and reference-count changes stay in memory until ``flush``, which syncs the data file and
 then commits them in one LMDB transaction (journal.py); a commit completes every held extent
 first, so a committed map never points at a partial copy, and a crash before it loses the new
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .errors import OutOfRange, ReadOnly
-from .extents import CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
+from .extents import BUSY, CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
 from .native import DirectTable
 from .storage import ALLOCATED, DATA, ZERO
 from .zero import is_zero
@@ -64,7 +65,7 @@ class _Copy:
         self.src, self.dst = src, dst
         self.have = np.zeros(blocks, bool)
         #: Whether the filler is copying blocks into ``dst`` without the lock right now: until it
-        #: is done, nothing else writes this extent or completes it.
+        #: is done, nothing else writes this extent or completes it (``LU._wait_fill``).
         self.filling = False
 
 
@@ -121,7 +122,9 @@ class LU:
         # Deferred copies (logical extent -> _Copy), oldest first, and the thread finishing them.
         self._held: dict[int, _Copy] = {}
         self._filler: threading.Thread | None = None
-        self._filled = threading.Condition(self._lock)  # a step of the filler ended
+        # A copy of the filler's ended. Its own lock, not the pool's: a waiter keeps the pool lock
+        # (what it does stays one step), and the filler needs none to say it is done.
+        self._filled = threading.Condition()
         self._defer = self._E % COPY_BLOCK == 0 and self._E > COPY_BLOCK
 
     # -- BlockDevice -------------------------------------------------------------------------
@@ -187,8 +190,9 @@ class LU:
             # Lock-free within one extent (the lock costs a third of a 4 KiB read). An extent read
             # here can change owner only after the allocator recycles it, which bumps `recycled`;
             # if that happened meanwhile, read again under the lock.
-            # A HELD extent (a copy still under way) is read under the lock; the owner byte is
-            # read after the entry (extents.py sets them in the other order).
+            # A HELD extent (a copy still under way) is read under the lock. Read after the
+            # entry: ``_held`` (filled before the entry is set) and the owner byte (set before
+            # the entry too, extents.py), so a reader that finds the new entry knows it is HELD.
             alloc = self._alloc
             seen = alloc.recycled
             c, i = divmod(ext, CHUNK)
@@ -197,7 +201,7 @@ class LU:
             if p == UNMAPPED:
                 return bytes(length)
             data = b""
-            if self._map.owns[c][i] != HELD:  # type: ignore[index]
+            if not self._held or self._map.owns[c][i] < HELD:  # type: ignore[index]
                 try:
                     data = _pread(self._df.fd, length, p * E + start)
                 except OSError:
@@ -230,7 +234,7 @@ class LU:
                 mv[:] = bytes(n)
                 return
             try:
-                if (self._map.owns[c][i] != HELD  # type: ignore[index]
+                if ((not self._held or self._map.owns[c][i] < HELD)  # type: ignore[index]
                         and _preadv(self._df.fd, [mv], p * E + start) == n and self._alloc.recycled == seen):
                     return
             except OSError:
@@ -322,6 +326,7 @@ class LU:
                                    direct=m.owns if self._writable else None, zero_slow=not self.thick,
                                    map_writes=self._map_writes, serve=not self._closed,
                                    republish=self._publish_direct)
+            self._direct.held(CHUNK, len(m.tabs), {e: c.have for e, c in self._held.items()})
 
     def _retire_direct(self) -> None:
         """The handle is closing: the table serves nothing from now on."""
@@ -564,6 +569,8 @@ class LU:
         self._alloc.ref(dst, self.mirrored)
         c = self._held[ext] = _Copy(src, dst, self._E // COPY_BLOCK)
         c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
+        if self._direct is not None:
+            self._direct.set_held(ext, c.have)  # before the entry says HELD: C then finds it
         self._map.set(ext, dst, HELD)
         if self._filler is None and FILLER:
             self._filler = threading.Thread(target=self._fill, name=f"fill {self.name}", daemon=True)
@@ -577,12 +584,13 @@ class LU:
             self._finish(ext)
 
     def _wait_fill(self, ext: int) -> None:
-        """Wait until the filler's copy into held extent ``ext`` (if any) is over; it may have
-        completed the extent meanwhile."""
+        """Wait until the filler's copy into held extent ``ext`` (if any) is over (the caller
+        holds the pool lock, and keeps it)."""
         c = self._held.get(ext)
-        while c is not None and c.filling:
-            self._filled.wait()
-            c = self._held.get(ext)
+        if c is not None and c.filling:
+            with self._filled:
+                while c.filling:
+                    self._filled.wait()
 
     def _settle(self, ext: int) -> None:
         """Copy every block held extent ``ext`` lacks from its source; it becomes the LU's own."""
@@ -590,6 +598,7 @@ class LU:
         c = self._held.get(ext)
         if c is None:
             return
+        self._map.set(ext, c.dst, BUSY)  # no C write from here on: what it lacks stays lacking
         for first, k in runs(np.flatnonzero(~c.have)):
             self._df.copy(self._at(c.src, first), self._at(c.dst, first), k * COPY_BLOCK)
             c.have[first:first + k] = True
@@ -601,6 +610,8 @@ class LU:
     def _finish(self, ext: int) -> None:
         c = self._held.pop(ext)
         self._map.set(ext, c.dst, OWNED)  # from here on the direct path may serve it
+        if self._direct is not None:
+            self._direct.set_held(ext, None)
         self._alloc.unref(c.src, self.mirrored)
 
     def _settle_range(self, first: int, last: int) -> None:
@@ -610,16 +621,20 @@ class LU:
                 self._settle(ext)
 
     def settle(self) -> None:
-        """Complete every deferred copy: afterwards no extent of the map is HELD."""
+        """Complete every deferred copy: afterwards no extent of the map is HELD (the lock is
+        held throughout, so none is added before the caller's next step)."""
         if self._held:
             with self._lock:
                 for ext in list(self._held):
                     self._settle(ext)
+                assert not self._held
 
     def _fill(self) -> None:
         """The filler thread: completes held extents, oldest first, a step of at most
-        FILL_STEP blocks at a time, the extent marked ``filling`` meanwhile. Where the store
-        allows (``concurrent_copy``) a step copies without the lock, beside other I/O. Gone when
+        FILL_STEP blocks at a time, the extent BUSY meanwhile. Where the store allows
+        (``concurrent_copy``) a step copies without the pool lock, beside other I/O, the extent
+        marked ``filling`` (whoever else would write or complete it waits for the copy); the
+        step's result is then taken only if the extent is still the same held one. Gone when
         none is left or the handle closes. An error leaves the rest to ``settle``, whose caller
         (a read, a commit) then meets it."""
         while True:
@@ -629,22 +644,34 @@ class LU:
                     return
                 ext = next(iter(self._held))
                 c, df = self._held[ext], self._df
-                first, k = runs(np.flatnonzero(~c.have))[0]
-                k = min(k, FILL_STEP)
-                c.filling = True
-                if not df.concurrent_copy:
+                self._map.set(ext, c.dst, BUSY)  # no C write into it while blocks are copied in
+                todo = runs(np.flatnonzero(~c.have))
+                if not todo:  # the direct path wrote what it lacked
+                    self._finish(ext)
+                    continue
+                first, k = todo[0][0], min(todo[0][1], FILL_STEP)
+                unlocked = df.concurrent_copy
+                if unlocked:
+                    c.filling = True
+                else:
                     ok = self._copy_blocks(df, c, first, k)
-            if df.concurrent_copy:
+            if unlocked:
                 ok = self._copy_blocks(df, c, first, k)
+                with self._filled:
+                    c.filling = False
+                    self._filled.notify_all()
             with self._lock:
-                c.filling = False
-                self._filled.notify_all()
+                if self._held.get(ext) is not c:
+                    continue  # completed (or dropped) by someone who waited for the copy
+                if ok:
+                    c.have[first:first + k] = True
+                if c.have.all():
+                    self._finish(ext)
+                else:
+                    self._map.set(ext, c.dst, HELD)
                 if not ok:
                     self._filler = None
                     return
-                c.have[first:first + k] = True
-                if self._held.get(ext) is c and c.have.all():
-                    self._finish(ext)
             time.sleep(0)  # let a writer waiting for the lock have it between steps
 
     def _copy_blocks(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> bool:

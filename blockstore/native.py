@@ -10,7 +10,7 @@ from typing import NoReturn
 import numpy as np
 
 from ._native import ffi, lib
-from .extents import HELD, OWNED
+from .extents import BUSY, HELD, OWNED
 
 Buffer = bytes | bytearray | memoryview
 
@@ -137,7 +137,7 @@ NO_MAP = FileMap(-1, 0)
 
 
 # The direct entries' values are the extent map's owner bytes, published as they are.
-assert (lib.BS_DIRECT_WRITE, lib.BS_DIRECT_HELD) == (OWNED, HELD)
+assert (lib.BS_DIRECT_WRITE, lib.BS_DIRECT_HELD, lib.BS_DIRECT_BUSY) == (OWNED, HELD, BUSY)
 
 
 class DirectTable:
@@ -182,6 +182,36 @@ class DirectTable:
         lib.bs_table_mirror(self.ptr, fd2, mapping2.ptr, mapping2.length,
                             ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
                             armed.directory, armed.chunk, len(armed.directory))
+
+    def held(self, chunk: int, chunks: int, arrays: "dict[int, np.ndarray]") -> None:
+        """Point the table at the block arrays of its HELD units (native/fastpath.h,
+        bs_table_held): ``arrays`` maps a logical unit to its array (one byte per block), in a
+        directory of ``chunks`` chunks of ``chunk`` units. Call after every publish, holding the
+        table as for publish."""
+        self._hchunk = chunk
+        self._hdir = ffi.new("uint8_t **[]", max(1, chunks))
+        self._htabs: dict[int, object] = {}
+        self._hbufs: dict[int, object] = {}
+        for unit, arr in arrays.items():
+            self.set_held(unit, arr)
+        lib.bs_table_held(self.ptr, self._hdir, max(1, chunks))
+
+    def set_held(self, unit: int, arr: "np.ndarray | None") -> None:
+        """Give held ``unit`` its block array (or take it away: None). Only while the unit is
+        not HELD in the published lists, so C never reads an entry that changes."""
+        c, j = divmod(unit, self._hchunk)
+        if c >= len(self._hdir):
+            return  # past the directory: its writes stay slow until the next publish
+        tab = self._htabs.get(c)
+        if tab is None:
+            tab = self._htabs[c] = ffi.new("uint8_t *[]", self._hchunk)
+            self._hdir[c] = tab
+        if arr is None:
+            tab[j] = ffi.NULL
+            self._hbufs.pop(unit, None)
+        else:
+            buf = self._hbufs[unit] = ffi.from_buffer("uint8_t[]", arr, require_writable=True)
+            tab[j] = buf
 
     def chunk_made(self, c: int) -> None:
         """Chunk ``c`` of the published lists now exists: point its directory slots at it (hold

@@ -29,6 +29,9 @@ struct bs_table {
     int *dirty2;
     uint64_t **const *sums;
     uint64_t sums_chunk, sums_chunks;
+    /* held units' block arrays (bs_table_held), per chunk of `chunk` logical units */
+    uint8_t **const *blocks;
+    uint64_t blocks_chunks;
 };
 
 bs_table *bs_table_new(void)
@@ -75,6 +78,14 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->mirror = 0;
     t->fd2 = -1;
     t->sums = NULL;
+    t->blocks = NULL;
+    t->blocks_chunks = 0;
+}
+
+void bs_table_held(bs_table *t, uint8_t **const *blocks, uint64_t chunks)
+{
+    t->blocks = blocks;
+    t->blocks_chunks = chunks;
 }
 
 void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
@@ -113,6 +124,14 @@ static inline uint64_t *sums_of(const bs_table *t, uint32_t p)
     return c == NULL ? NULL : c[p % t->sums_chunk];
 }
 
+/* The block array of held unit i (i < n), or NULL. */
+static inline uint8_t *blocks_of(const bs_table *t, uint64_t i)
+{
+    if (t->blocks == NULL || i / t->chunk >= t->blocks_chunks || t->blocks[i / t->chunk] == NULL)
+        return NULL;
+    return t->blocks[i / t->chunk][i % t->chunk];
+}
+
 /* The whole request is checked before any byte moves, so BS_SLOW always means "nothing done". */
 static int servable(const bs_table *t, size_t len, uint64_t off, int write, const char *buf)
 {
@@ -123,15 +142,19 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
     uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
     if (!write) {
         for (uint64_t i = first; i <= last; i++)
-            if (direct_of(t, i) == BS_DIRECT_HELD)
+            if (direct_of(t, i) >= BS_DIRECT_HELD)
                 return 0;
         return 1;
     }
     if (t->mirror && (off % BS_SUM_BLOCK || len % BS_SUM_BLOCK || t->unit % BS_SUM_BLOCK))
         return 0; /* a partial block is completed from a copy proven good: the owner's work */
+    int whole_blocks = off % BS_SUM_BLOCK == 0 && len % BS_SUM_BLOCK == 0 && t->unit % BS_SUM_BLOCK == 0;
     for (uint64_t i = first; i <= last; i++) {
         uint32_t p = phys_of(t, i);
-        if (p == (uint32_t)BS_UNMAPPED || direct_of(t, i) != BS_DIRECT_WRITE || (t->mirror && sums_of(t, p) == NULL))
+        int d = direct_of(t, i);
+        if (p == (uint32_t)BS_UNMAPPED || (t->mirror && sums_of(t, p) == NULL))
+            return 0;
+        if (d != BS_DIRECT_WRITE && !(d == BS_DIRECT_HELD && !t->mirror && whole_blocks && blocks_of(t, i) != NULL))
             return 0;
         if (t->zero_slow) {
             uint64_t start = i * t->unit;
@@ -259,8 +282,12 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
             if (r == 0 && t->fd2 >= 0)
                 r = write_at(t->fd2, t->map2, t->map2_len, wbuf + done, step, at);
             bs_stripe_unlock(p);
-        } else if (wbuf != NULL)
+        } else if (wbuf != NULL) {
             r = write_at(t->fd, t->map, t->map_len, wbuf + done, step, at);
+            uint8_t *blocks = direct_of(t, i) == BS_DIRECT_HELD ? blocks_of(t, i) : NULL;
+            if (r == 0 && blocks != NULL) /* after the bytes: a block marked is a block written */
+                memset(blocks + in / BS_SUM_BLOCK, 1, step / BS_SUM_BLOCK);
+        }
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
         else

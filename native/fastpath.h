@@ -4,17 +4,20 @@
  * A table says where each unit (`unit` bytes) of a logical byte range lives in one file, in
  * chunks of `chunk` units: phys[c][j] * unit for unit c * chunk + j, or nowhere (BS_UNMAPPED, or
  * phys[c] NULL: reads as zeros); direct[c][j] is BS_DIRECT_WRITE where that unit may be
- * written in place, BS_DIRECT_HELD where it may be neither read nor written here (the owner is
- * still putting it together: copy on write in progress), 0 otherwise (direct[c] NULL: 0 for
- * all of chunk c). So a sparse map costs a pointer per chunk where it has no data. The
+ * written in place, 0 where it may only be read, and for a unit the owner is still putting
+ * together (a deferred copy on write) BS_DIRECT_HELD or BS_DIRECT_BUSY, which are never read
+ * here. A HELD unit of a single (not mirrored) table takes writes of whole aligned blocks of
+ * BS_SUM_BLOCK bytes, which mark their blocks in the unit's block array (bs_table_held: one byte
+ * per block, set to 1 after the block is written); a BUSY unit takes nothing (the owner is
+ * copying into it). direct[c] NULL: 0 for all of chunk c. So a sparse map costs a pointer per chunk where it has no data. The
  * owner publishes the directories and the chunks and keeps them alive and unchanged except
  * while it holds the table exclusively (bs_table_lock / bs_table_unlock); I/O through the table
  * holds it shared for the whole of its translate-and-copy, so an owner that changes an entry
  * knows no I/O is still using the old one once it has the lock.
  *
  * bs_table_pread and bs_table_pwrite return 0 when they did the whole request, BS_SLOW when the
- * table cannot serve it (a unit held; for a write, a unit not mapped or not BS_DIRECT_WRITE, or
- * a whole unit of zeros when zero_slow is set, which the owner wants to see; a range past
+ * table cannot serve it (for a read, a unit HELD or BUSY; for a write, a unit not mapped, or
+ * not BS_DIRECT_WRITE and not a HELD one as above, or a whole unit of zeros when zero_slow is set, which the owner wants to see; a range past
  * `size`), having done nothing, or a negative errno. A write sets *dirty to 1 before it returns.
  *
  * A mirrored table (bs_table_mirror) writes every unit to two files from one buffer, one after
@@ -51,6 +54,7 @@
 #define BS_SLOW 1
 #define BS_DIRECT_WRITE 1
 #define BS_DIRECT_HELD 2
+#define BS_DIRECT_BUSY 3
 
 typedef struct bs_table bs_table;
 
@@ -67,6 +71,10 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
  * flag; `sums` the directory of armed units described above, `sums_chunks` entries long. */
 void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
                      uint64_t sums_chunk, uint64_t sums_chunks);
+/* The block arrays of HELD units: blocks[c][j] for unit c * chunk + j (blocks[c] NULL, or an
+ * entry NULL: none, and the unit's writes are BS_SLOW), `chunks` entries long; reset by
+ * bs_table_publish. Entries change only while the unit is not HELD. */
+void bs_table_held(bs_table *t, uint8_t **const *blocks, uint64_t chunks);
 /* A shared read-write mapping of `len` bytes of `fd` (it may reach past the file's end, where
  * nothing is ever copied: such pages are not in memory), or NULL; the first call also installs the
  * SIGBUS handler of bs_copy_to_map. */
