@@ -244,3 +244,39 @@ def clone_target(workdir: str, size: int, who: str) -> Iterator[str]:
             shutil.rmtree(pool)
     finally:
         os.unlink(raw)
+
+
+def live_snapshot_run(workdir: str, quick: bool) -> dict[str, Any]:
+    """Snapshots of an LU a mount holds open while fio writes it at full speed (random 4 KiB,
+    iodepth 16): each taken from this process through ``Pool.snapshot``, which asks the mount
+    over its control channel. Each round runs fio once with snapshots every half second and once
+    without, the order alternating; {"latency": [s each snapshot], "with": [IOPS each round],
+    "without": [IOPS each round]}."""
+    from blockstore import Pool
+
+    size = (512 if quick else 1024) << 20
+    runtime = 4 if quick else 8
+    out: dict[str, Any] = {"latency": [], "with": [], "without": []}
+    with mounted_pool(workdir, size, {"vol": False}) as files:
+        pool_path = os.path.join(workdir, "fuse-pool")
+        fill(files["vol"], size)
+        k = 0
+        for r in range(3 if quick else 5):
+            for snaps in ([True, False] if r % 2 == 0 else [False, True]):
+                proc = subprocess.Popen(
+                    ["fio", "--name=live", f"--filename={files['vol']}", f"--size={size}", "--rw=randwrite",
+                     "--bs=4k", "--direct=1", "--ioengine=libaio", "--iodepth=16", "--time_based",
+                     f"--runtime={runtime}", "--output-format=json"], stdout=subprocess.PIPE, text=True)
+                if snaps:
+                    with Pool.open(pool_path, readonly=True) as p:
+                        time.sleep(1)
+                        while proc.poll() is None and len(out["latency"]) < (r + 1) * 2 * runtime:
+                            t = time.perf_counter()
+                            p.snapshot("vol", f"s{k}")
+                            out["latency"].append(time.perf_counter() - t)
+                            k += 1
+                            time.sleep(0.5)
+                stdout, _ = proc.communicate(timeout=600)
+                job = json.loads(stdout[stdout.index("{"):])["jobs"][0]
+                out["with" if snaps else "without"].append(job["write"]["iops"])
+    return out

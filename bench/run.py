@@ -40,7 +40,7 @@ MiB = 1 << 20
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
     "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
-    "first-writes": ("first_writes",),
+    "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"),
 }
 
 
@@ -252,7 +252,8 @@ class Bench:
         med = statistics.median
         self.add("first write into cloned extent", "core", "us", med(cows) * 1e6, med(inplace) * 1e6, None,
                  higher_is_better=False,
-                 note=f"4K write that copies a {format_size(E)} extent; baseline: the next 4K write in place")
+                 note=f"4K write into a shared {format_size(E)} extent (its copy deferred: the filler or the "
+                      "next flush completes it, untimed here); baseline: the next 4K write in place")
 
     def snapshots(self) -> None:
         times: dict[str, dict[str, float]] = {}
@@ -545,6 +546,89 @@ class Bench:
                      note=f"fresh targets, fio O_DIRECT iodepth 16, end_fsync; baseline {what}; rounds: "
                           f"ours {min(o):,.0f}-{max(o):,.0f}, baseline {min(b):,.0f}-{max(b):,.0f}")
         self.first_write_samples = runs
+
+    def live_snapshots(self) -> None:
+        """Snapshots of an LU in use, asked of the mount that holds it, while fio writes it."""
+        from . import fuse_bench
+        if "fio" in fuse_bench.missing_tools():
+            print("live snapshot runs skipped: fio is not installed (make deps)")
+            return
+        runs = fuse_bench.live_snapshot_run(self.dir, self.quick)
+        lat = runs["latency"]
+        self.add("live snapshot while fio writes", "live", "ms", statistics.median(lat) * 1e3, None, None,
+                 higher_is_better=False,
+                 note=f"{len(lat)} snapshots of an LU a mount holds open, asked over its control channel while fio "
+                      f"writes it (rand 4K, iodepth 16); {min(lat) * 1e3:,.0f}-{max(lat) * 1e3:,.0f} ms")
+        w, wo = runs["with"], runs["without"]
+        self.add("fio rand write 4K with live snapshots vs without", "live", "IOPS", statistics.median(w),
+                 statistics.median(wo), None,
+                 note=f"a snapshot every 0.5 s; rounds with {min(w):,.0f}-{max(w):,.0f}, "
+                      f"without {min(wo):,.0f}-{max(wo):,.0f}")
+        self.live_samples = runs
+
+    def diffs(self) -> None:
+        """lu diff of two snapshots with 1% of the extents changed, 1 TiB against 1 GiB; and
+        export-diff against a full export of the same LU."""
+        from blockstore.diff import diff, export_diff
+        from blockstore.transfer import export_file
+        path = os.path.join(self.dir, "diff-pool")
+        E = MiB
+        times = {}
+        with Pool.create(path, 64 << 30) as p:
+            rng = random.Random(3)
+            for label, size in (("1G", 1 << 30), ("1T", 1 << 40)):
+                n = size // E
+                with p.create_lu(label, size) as lu:
+                    for e in rng.sample(range(n), max(1, n // 100)):
+                        lu.write(e * E, self.buf[:4096])
+                p.snapshot(label, "a")
+                with p.lu(label) as lu:
+                    for e in rng.sample(range(n), max(1, n // 100)):
+                        lu.write(e * E + 4096, self.buf[:4096])
+                p.snapshot(label, "b")
+                t = []
+                for _ in range(self.reps):
+                    t0 = time.perf_counter()
+                    d = diff(p, f"{label}@a", f"{label}@b")
+                    t.append(time.perf_counter() - t0)
+                times[label] = (statistics.median(t), len(d["ranges"]))
+                p.remove(label, recursive=True)
+            self.add("lu diff, 1% changed: 1T LU vs 1G LU", "live", "ms", times["1T"][0] * 1e3, times["1G"][0] * 1e3,
+                     None, higher_is_better=False,
+                     note=f"from the extent maps only; {times['1T'][1]:,} ranges on 1 TiB, {times['1G'][1]} on 1 GiB "
+                          "(a map 1024 times longer: the cost follows the map, no data is read)")
+            size = self.seq_total
+            with p.create_lu("x", size) as lu:
+                for pos in range(0, size, MiB):
+                    lu.write(pos, self.buf)
+            p.snapshot("x", "a")
+            with p.lu("x") as lu:
+                for e in rng.sample(range(size // MiB), size // MiB // 4):
+                    lu.write(e * MiB, self.buf)
+            p.snapshot("x", "b")
+            out = os.path.join(self.dir, "diff.out")
+            inc, full = [], []
+            for rep in range(self.reps):
+                for what in (("inc", "full") if rep % 2 == 0 else ("full", "inc")):
+                    t0 = time.perf_counter()
+                    if what == "inc":
+                        with open(out, "wb") as f:
+                            export_diff(p, "x@b", "a", f)
+                            f.flush()
+                            os.fsync(f.fileno())
+                        inc.append(time.perf_counter() - t0)
+                    else:
+                        with p.lu("x@b", writable=False) as lu:
+                            export_file(lu, out)
+                        full.append(time.perf_counter() - t0)
+                    os.unlink(out)
+        changed = size // 4
+        self.add("export-diff (25% changed) vs full export", "live", "ms", statistics.median(inc) * 1e3,
+                 statistics.median(full) * 1e3, None, higher_is_better=False,
+                 note=f"{format_size(changed)} changed of {format_size(size)}: export-diff "
+                      f"{changed / MiB / statistics.median(inc):,.0f} MiB/s of changes, full export "
+                      f"{size / MiB / statistics.median(full):,.0f} MiB/s; both fsynced")
+        shutil.rmtree(path)
 
     def cluster(self) -> None:
         from . import cluster_bench

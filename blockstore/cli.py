@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 from . import __version__
 from .check import check
 from .cluster.bridge import attach
-from .errors import BlockstoreError, InvalidArgument, PoolCorrupt
+from .errors import AlreadyExists, BlockstoreError, InvalidArgument, PoolCorrupt
+from .names import split_snapshot
 from .pool import Pool
 from .progress import Progress
 from .sizes import format_size, parse_size
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = lu.add_parser("show", help="one LU")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
+    s = lu.add_parser("status", help="one LU as its holder sees it: who holds it open, handles, bytes written")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
     r = lu.add_parser("resize", help="grow (or with --force shrink) an LU")
     r.add_argument("name")
     r.add_argument("--size", type=_size, required=True)
@@ -142,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     s = lu.add_parser("write", help="write stdin into an LU at --offset")
     s.add_argument("name")
     s.add_argument("--offset", type=_offset, default=0)
+    s = lu.add_parser("diff", help="the byte ranges that changed from NAME@SNAP1 to NAME@SNAP2 (or to NAME "
+                                   "now), from the extent maps: no data is read")
+    s.add_argument("older", help="NAME@SNAP1")
+    s.add_argument("newer", help="NAME@SNAP2, or NAME for the LU as last committed")
+    s.add_argument("--json", action="store_true")
+    s = lu.add_parser("export-diff", help="write what changed since a snapshot as a stream that import-diff "
+                                          "applies (incremental backup)")
+    s.add_argument("name", help="NAME@SNAP2 (or NAME)")
+    s.add_argument("file", help="where to write the stream; - for stdout")
+    s.add_argument("--from", dest="since", required=True, metavar="SNAP1", help="the snapshot the stream starts from")
+    s.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    s = lu.add_parser("import-diff", help="apply an export-diff stream to an LU still at its starting snapshot; "
+                                          "takes the stream's ending snapshot")
+    s.add_argument("name")
+    s.add_argument("file", help="the stream; - for stdin")
+    s.add_argument("--json", action="store_true")
+    s = lu.add_parser("discard", help="give back the space of a byte range (it reads as zeros after): whole "
+                                      "extents are unmapped, partial ones zeroed")
+    s.add_argument("name")
+    s.add_argument("--offset", type=_offset, default=0, help="where the range starts (bytes; 1M etc.; default 0)")
+    s.add_argument("--length", type=_offset, default=None, help="bytes (default: to the end of the LU)")
+    s.add_argument("--json", action="store_true")
     s = lu.add_parser("read", help="read --length bytes from --offset to stdout")
     s.add_argument("name")
     s.add_argument("--offset", type=_offset, default=0)
@@ -208,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-write-map", action="store_true",
                    help="write in place by pwrite only, never by copying large writes into a mapping of the "
                         "data file (slower)")
-    u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount")
+    u = top.add_parser("umount", help="unmount (flushing everything), also a stale mount; a busy mount is "
+                                      "refused, naming what holds it")
     u.add_argument("mountpoint")
+    u.add_argument("--lazy", "-l", action="store_true",
+                   help="detach a busy mount now; its daemon flushes and exits when the last file closes")
 
     from .cli_cluster import add_parsers
     add_parsers(top, lambda sub: sub.add_argument("--json", action="store_true"))
@@ -220,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --json)")
     b.add_argument("--dir", help="where to run (default: a temporary directory under the current one)")
     b.add_argument("--only", metavar="GROUPS",
-                   help="comma-separated groups to run: core, mirror, services, cluster, fuse (default: all)")
+                   help="comma-separated groups to run: core, mirror, services, cluster, fuse, fuse-mirror, "
+                        "first-writes, live (default: all)")
     return p
 
 
@@ -293,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
                           only=args.only.split(",") if args.only else None)
     if args.group == "umount":
         from blockstore_fuse.mount import umount
-        umount(args.mountpoint)
+        print(umount(args.mountpoint, lazy=args.lazy))
         return 0
     if not args.pool:
         raise UsageError("blockstore: no pool given: use --pool DIR or set BLOCKSTORE_POOL")
@@ -325,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
 
 #: Commands that only look: the pool is opened read-only for them, so nothing on disk changes
 #: (no session file, no recovery, no reclaim); each list/show of a group counts.
-LOOKS = {("pool", "status"), ("lu", "export"), ("lu", "read")}
+LOOKS = {("pool", "status"), ("lu", "export"), ("lu", "read"), ("lu", "status"), ("lu", "diff"), ("lu", "export-diff")}
 
 
 def _only_looks(args: argparse.Namespace) -> bool:
@@ -490,6 +520,12 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("lu", "show"):
         info = pool.lu_info(args.name)
         _print(args, info, "\n".join(f"{k:<17} {v}" for k, v in info.items()))
+    elif cmd == ("lu", "status"):
+        st = pool.lu_status(args.name)
+        who = f"held by pid {st['holder']}" if st["holder"] else "not open for writing"
+        _print(args, st, f"{args.name}: {format_size(st['size'])}, {format_size(st['allocated'])} allocated, {who}"
+                         + (f", {st['open_handles']} open handle(s), {format_size(st['bytes_written'])} written"
+                            if st["holder"] else ""))
     elif cmd == ("lu", "resize"):
         pool.resize(args.name, args.size, force=args.force)
     elif cmd == ("lu", "rm"):
@@ -525,6 +561,40 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
                 lu.write(pos, chunk)
                 pos += len(chunk)
             lu.flush()
+    elif cmd == ("lu", "diff"):
+        from .diff import diff
+        d = diff(pool, args.older, args.newer)
+        lines = [f"{r['offset']:>16} {r['length']:>12} {'data' if r['data'] else 'zero'}" for r in d["ranges"]]
+        lines.append(f"{len(d['ranges'])} range(s), {format_size(d['changed'])} changed from {args.older} to {args.newer}")
+        _print(args, d, "\n".join(lines))
+    elif cmd == ("lu", "export-diff"):
+        from .diff import export_diff, open_stream
+        if args.file != "-" and os.path.exists(args.file) and not args.force:
+            raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
+        with open_stream(args.file, "w") as out:
+            d = export_diff(pool, args.name, args.since, out)
+        if args.file != "-":
+            print(f"wrote {len(d['ranges'])} range(s), {format_size(d['changed'])} changed from "
+                  f"{split_snapshot(args.name)[0]}@{args.since} to {args.name}, to {args.file}")
+    elif cmd == ("lu", "import-diff"):
+        from .diff import import_diff, open_stream
+        with open_stream(args.file, "r") as src:
+            rep = import_diff(pool, args.name, src)
+        _print(args, rep, f"applied {format_size(rep['applied'])} to {args.name} (from {rep['from']}"
+                          + (f", now at snapshot {rep['to']})" if rep["to"] else ")"))
+    elif cmd == ("lu", "discard"):
+        with pool.lu(args.name) as lu:
+            end = lu.size if args.length is None else args.offset + args.length
+            if end > lu.size or args.offset > lu.size:
+                raise InvalidArgument(f"--length: {end - args.offset} bytes at {args.offset} reach past the end of "
+                                      f"{args.name} ({format_size(lu.size)})")
+            before = lu.allocated_bytes
+            lu.discard(args.offset, end - args.offset)
+            lu.flush()
+            rep = {"name": args.name, "offset": args.offset, "length": end - args.offset,
+                   "allocated_before": before, "allocated": lu.allocated_bytes}
+        _print(args, rep, f"discarded {format_size(rep['length'])} of {args.name} at {args.offset}: "
+                          f"{format_size(before - rep['allocated'])} unmapped, {format_size(rep['allocated'])} allocated now")
     elif cmd == ("lu", "read"):
         with pool.lu(args.name, writable=False) as lu:
             end = lu.size if args.length is None else args.offset + args.length

@@ -36,9 +36,14 @@ class ReadOnly(BlockstoreError):
 
 
 class Busy(BlockstoreError):
-    """The object is in use: held open for writing elsewhere, or depended on by clones."""
+    """The object is in use: held open for writing elsewhere, or depended on by clones.
+    ``holder``: the pid of the process that holds the LU open for writing, when that is why."""
 
     errno = _errno.EBUSY
+
+    def __init__(self, message: str, holder: int | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class PoolFull(BlockstoreError):

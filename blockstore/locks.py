@@ -29,7 +29,8 @@ class HolderLock:
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise Busy(f"{what} is open for writing by {holder}") from None
+            pid = holder.split()[1] if holder.startswith("pid ") else ""
+            raise Busy(f"{what} is open for writing by {holder}", int(pid) if pid.isdigit() else None) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, _describe_self().encode(), 0)
         self.fd = fd
@@ -46,6 +47,19 @@ class HolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def holder(path: str) -> int | None:
+    """The pid of the live process holding ``path``'s lock, 0 when it is held but names no
+    pid, None when it is not held."""
+    if not is_held(path):
+        return None
+    try:
+        with open(path) as f:
+            words = f.read(256).split()
+    except OSError:
+        return 0
+    return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else 0
 
 
 def is_held(path: str) -> bool:

@@ -119,6 +119,7 @@ class LU:
         self._closed = False
         self._direct: DirectTable | None = None
         self._map_writes = True
+        self._written = 0  # bytes written by ``write`` (the direct table counts its own)
         # Deferred copies (logical extent -> _Copy), oldest first, and the thread finishing them.
         self._held: dict[int, _Copy] = {}
         self._filler: threading.Thread | None = None
@@ -146,6 +147,11 @@ class LU:
     @property
     def extent_size(self) -> int:
         return self._E
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written through this handle (by the engine and by its direct table)."""
+        return self._written + (self._direct.written if self._direct is not None else 0)
 
     @property
     def pending_copies(self) -> int:
@@ -279,6 +285,7 @@ class LU:
             self._check_writable()
         E = self._E
         with self._lock:
+            self._written += n
             ext, start = divmod(offset, E)
             if start + n <= E:
                 # One extent: the common case, kept short.

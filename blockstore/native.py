@@ -222,6 +222,11 @@ class DirectTable:
         self._bufs[c] = (p, d)
         self._dirs[0][c], self._dirs[1][c] = p, d
 
+    @property
+    def written(self) -> int:
+        """Bytes written through this table so far."""
+        return int(lib.bs_table_written(self.ptr))
+
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
         return lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset)

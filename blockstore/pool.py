@@ -18,21 +18,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import lmdb
 import numpy as np
 
 from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
-from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, ReadOnly
 from .catalog import MAX_LU_EXTENTS, Catalog, LURecord
 from .extents import UNMAPPED, ExtentMap, extents_for
 from .journal import Journal
 from .listeners import Listeners
-from .locks import HolderLock, is_held
+from .locks import HolderLock, holder, is_held
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import check_name, snapshot_name, split_snapshot
+from . import control
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
@@ -432,14 +434,47 @@ class Pool:
             return lu
 
     def snapshot(self, name: str, snap: str) -> dict[str, Any]:
-        """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks))."""
+        """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks)).
+        An LU another process holds open is snapshotted by that process, asked over its control
+        channel (control.py)."""
         full = snapshot_name(name, snap)
-        with self._lock, self.writer(name) as lu:
-            def change(txn: lmdb.Transaction) -> dict[str, Any]:
-                return self._share(txn, lu, full, "snapshot", name)
-            rec = self.commit(change)
-            lu.extent_map.share_all()
-            return self._describe(rec)
+        with self._live(name, {"op": "snapshot", "lu": name, "snap": snap}) as asked:
+            if asked.done:
+                return asked.result
+            with self._lock, self.writer(name) as lu:
+                def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                    return self._share(txn, lu, full, "snapshot", name)
+                self._freeze(lu)
+                return self._describe(self.commit(change))
+
+    def _freeze(self, lu: LU) -> None:
+        """Before a commit shares ``lu``'s extents: none is written in place from here on (held
+        copies completed first). The point in time of a snapshot or clone: a write the direct
+        path had in flight is in it, the next one copies. If the commit then fails, the extents
+        only stay marked shared (a write copies one it did not need to)."""
+        lu.extent_map.share_all()
+
+    @contextmanager
+    def _live(self, name: str, request: dict[str, Any]) -> Iterator[Any]:
+        """Run the block for ``name``; if another process holds it open for writing and serves
+        a control channel (control.py), ask that process instead: ``asked.done``, ``asked.result``."""
+        asked = SimpleNamespace(done=False, result=None)
+        pid = self._holder_of(name)
+        if pid:
+            try:
+                asked.result, asked.done = control.ask(self.path, pid, request), True
+            except NotFound:
+                pass  # no control channel: the block meets the holder's Busy
+        yield asked
+
+    def _holder_of(self, name: str) -> int | None:
+        """The pid of another process holding LU ``name`` open for writing, if any."""
+        if name in self._writers or "@" in name:
+            return None
+        with self.meta.read() as txn:
+            rec = self.record(txn, name, missing_ok=True)
+        pid = holder(self.holder_path(rec["id"])) if rec else None
+        return pid if pid and pid != os.getpid() else None
 
     def clone(self, source: str, new: str) -> dict[str, Any]:
         """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""
@@ -453,10 +488,12 @@ class Pool:
                     src = self.record(txn, source)
                     return self._share(txn, None, new, "clone", source, src=src)
                 return self._describe(self.commit(change))
-            with self.writer(source) as lu:
-                rec = self.commit(lambda txn: self._share(txn, lu, new, "clone", source))
-                lu.extent_map.share_all()
-                return self._describe(rec)
+            with self._live(source, {"op": "clone", "source": source, "new": new}) as asked:
+                if asked.done:
+                    return asked.result
+                with self.writer(source) as lu:
+                    self._freeze(lu)
+                    return self._describe(self.commit(lambda txn: self._share(txn, lu, new, "clone", source)))
 
     def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
                src: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -521,6 +558,10 @@ class Pool:
         n = _check_lu_size(size, allow_empty, self.extent_size)
         if "@" in name:
             raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
+        if self._holder_of(name) and n >= self.lu_info(name)["size"]:
+            with self._live(name, {"op": "grow", "lu": name, "size": n}) as asked:
+                if asked.done:
+                    return
         with self._lock, self.writer(name) as lu:
             if n < lu.size:
                 if not force:
@@ -862,6 +903,31 @@ class Pool:
                               "missing_copy": missing[0] if missing else None,
                               "dirty_extents": dirty[0] + dirty[1]}
         return info
+
+    def map_of(self, name: str) -> tuple[ExtentMap, int]:
+        """The extent map and size of an LU or snapshot as they stand: this process's writer's
+        (ahead of the stored ones), else the stored ones (for an LU another process writes:
+        as of its last commit)."""
+        with self._lock:
+            lu = self._writers.get(name)
+            if lu is not None:
+                return lu.extent_map, lu.size
+            with self.meta.read() as txn:
+                rec = self.record(txn, name)
+                return self.load_map(txn, rec), rec["size"]
+
+    def lu_status(self, name: str) -> dict[str, Any]:
+        """``lu_info`` as the LU's holder sees it: a process holding it open (asked over its
+        control channel) adds ``holder`` (pid), ``open_handles``, ``writable``, ``bytes_written``
+        and ``pending_copies``; an LU nobody holds has ``holder`` None."""
+        with self._live(name, {"op": "status", "lu": name}) as asked:
+            if asked.done:
+                return asked.result
+        info = self.lu_info(name)
+        lu = self._writers.get(name)
+        return {**info, "holder": os.getpid() if lu else None, "open_handles": 1 if lu else 0,
+                "writable": lu is not None, "bytes_written": lu.bytes_written if lu else 0,
+                "pending_copies": lu.pending_copies if lu else 0}
 
     def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:
         lu = self._writers.get(rec["name"])

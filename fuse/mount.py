@@ -13,8 +13,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from blockstore import BlockstoreError, InvalidArgument, NotAPool, NotFound, Pool
+from blockstore import BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, Pool
 from blockstore.cluster.bridge import attach
+from blockstore.control import ControlServer
 from blockstore.daemon import daemonize
 
 from . import binding
@@ -135,6 +136,9 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
     ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)
     ops.on_ready = on_ready
+    # Another process's snapshot, clone, grow or status of an LU this mount holds open comes
+    # here instead of meeting Busy (control.py).
+    ctl = ControlServer(pool, describe=ops.describe).start()
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
         "default_permissions": True, "direct_io": True, "nothreads": threads == 0,
@@ -163,6 +167,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
         with binding.callbacks_replaced(fast.install) if fast else contextlib.nullcontext():
             _FUSE(ops, mountpoint, **options)
     finally:
+        ctl.stop()
         try:
             os.unlink(pidfile)
         except OSError:
@@ -197,23 +202,81 @@ def _daemon_pid(source: str, mp: str) -> int | None:
         return None
 
 
-def umount(mountpoint: str, timeout: float = 120.0) -> None:
-    """Unmount; wait for the daemon to flush and exit. A stale mount (daemon killed) is cleared."""
+def umount(mountpoint: str, timeout: float = 120.0, *, lazy: bool = False) -> str:
+    """Unmount and wait for the daemon to flush and exit; a stale mount (daemon killed) is
+    cleared. A mount still in use is refused at once (Busy, naming the files open in it and who
+    holds them) unless ``lazy``: then it is detached now and its daemon flushes and exits when the
+    last file closes. Returns what was done, in one line."""
     mp = os.path.abspath(mountpoint)
     entry = _mounts().get(mp)
     if entry is None or not entry[0].endswith("blockstore"):
         raise NotFound(f"{mp} is not a blockstore mount")
     pid = _daemon_pid(entry[1], mp)
-    for cmd in (["fusermount3", "-u", mp], ["fusermount", "-u", mp], ["umount", mp], ["umount", "-l", mp]):
-        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
-            break
-    else:
+    if lazy:
+        users = open_in(mp)  # before: a detached mount's files no longer show under its path
+        for cmd in (["fusermount3", "-uz", mp], ["fusermount", "-uz", mp], ["umount", "-l", mp]):
+            if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+                return (f"detached {mp}; daemon {pid} flushes and exits when the last of {len(users)} open file(s) "
+                        "closes" if users else f"unmounted {mp}")
         raise BlockstoreError(f"could not unmount {mp}")
+    errors = []
+    for cmd in (["fusermount3", "-u", mp], ["fusermount", "-u", mp], ["umount", mp]):
+        if not shutil.which(cmd[0]):
+            continue
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        errors.append(r.stderr.strip())
+    else:
+        users = open_in(mp)
+        if users or any("busy" in e for e in errors):
+            raise Busy(f"{mp} is busy: " + (", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+                                             if users else "in use") + "; close them, or umount --lazy")
+        if pid is None or not _alive(pid):  # the daemon is gone: clear what it left
+            subprocess.run(["umount", "-l", mp], capture_output=True)
+            return f"cleared stale mount {mp}"
+        raise BlockstoreError(f"could not unmount {mp}: {errors[-1] if errors else 'no unmount command'}")
     deadline = time.monotonic() + timeout
     while pid and _alive(pid):
         if time.monotonic() > deadline:
             raise BlockstoreError(f"unmounted {mp}, but daemon {pid} has not exited after {timeout:.0f}s")
         time.sleep(0.02)
+    return f"unmounted {mp}"
+
+
+def open_in(mp: str) -> list[str]:
+    """What holds files of mount ``mp`` open: ``'FILE (pid N, COMMAND)'`` for each open file
+    descriptor /proc shows (other users' processes only when run as root), and ``'FILE (loop
+    device /dev/loopN)'`` for each loop device backed by one."""
+    out = []
+    prefix = mp.rstrip("/") + "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                out.append(f"{target[len(prefix):]} (pid {pid}, {comm})")
+    with contextlib.suppress(OSError):
+        for dev in os.listdir("/sys/block"):
+            try:
+                with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                    backing = f.read().strip()
+            except OSError:
+                continue
+            if backing.startswith(prefix):
+                out.append(f"{backing[len(prefix):]} (loop device /dev/{dev})")
+    return out
 
 
 def _alive(pid: int) -> bool:

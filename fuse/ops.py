@@ -24,6 +24,8 @@ from .binding import FuseOSError, Operations, caller_uid
 
 log = logging.getLogger("blockstore.fuse")
 SNAPDIR = ".snapshots"
+# fallocate(2) modes (linux/falloc.h)
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -71,6 +73,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
+        # LUs this mount created that are still empty -> whether sizing or filling them failed:
+        # the last release of a failed one removes it (a failed `truncate -s 1001` or `cp` onto
+        # the mount leaves nothing behind, as on a file system).
+        self.fresh: dict[str, bool] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
         self.access = access or Access()
@@ -145,6 +151,15 @@ class LUFilesystem(Operations):  # type: ignore[misc]
                 "st_size": info["size"], "st_blocks": info["allocated"] // 512, "st_blksize": 1 << 20,
                 "st_mtime": mtime, "st_ctime": mtime}
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """How this mount uses LU ``name`` (the control channel's status, control.py)."""
+        with self._lock:
+            mine = [lu for lu in self.handles.values() if lu.name == name]
+        writer = next((lu for lu in mine if not lu.readonly), None)
+        return {"open_handles": len(mine), "writable": writer is not None,
+                "bytes_written": writer.bytes_written if writer else 0,
+                "pending_copies": writer.pending_copies if writer else 0}
+
     def _info(self, name: str) -> dict[str, Any]:
         with self._lock:
             for lu in self.handles.values():
@@ -214,7 +229,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         self._writable()
         name = self._lu_name(path, creating=True)
-        return self._add(self.pool.create_lu(name, 0, allow_empty=True))
+        fh = self._add(self.pool.create_lu(name, 0, allow_empty=True))
+        self.fresh[name] = False
+        return fh
 
     @errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -236,6 +253,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         lu = self.handles[fh]
         room = lu.size - offset
         if room <= 0:
+            self._failed(lu.name)
             raise FuseOSError(errno.ENOSPC)  # an LU does not grow by writing past its end
         if len(data) > room:
             data = data[:room]
@@ -246,9 +264,39 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
         name = self._lu_name(path)
-        if length % 512:
-            raise FuseOSError(errno.EINVAL)  # LUs are whole sectors
-        self.pool.resize(name, length, force=True, allow_empty=True)
+        try:
+            if length % 512:
+                raise FuseOSError(errno.EINVAL)  # LUs are whole sectors
+            self.pool.resize(name, length, force=True, allow_empty=True)
+        except BaseException:
+            self._failed(name)
+            raise
+        if length:
+            self.fresh.pop(name, None)
+
+    def _failed(self, name: str) -> None:
+        if name in self.fresh:
+            self.fresh[name] = True
+
+    @errors
+    def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
+        """Discard (PUNCH_HOLE with KEEP_SIZE: what fstrim and blkdiscard on a loop device over
+        the file send) and ZERO_RANGE map to the LU's discard: whole extents unmapped, partial
+        ones zeroed, shared ones never touched. Plain preallocation within the LU does nothing
+        (a thin LU takes space on write); an LU does not grow by fallocate (EOPNOTSUPP)."""
+        lu = self.handles[fh]
+        if mode & ~(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) or (mode & PUNCH_HOLE and mode & ZERO_RANGE):
+            raise FuseOSError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise FuseOSError(errno.EINVAL)
+        end = offset + length
+        if end > lu.size:
+            if not mode & KEEP_SIZE:
+                raise FuseOSError(errno.EOPNOTSUPP)  # its size changes by truncate, never by this
+            end = lu.size
+        if mode & (PUNCH_HOLE | ZERO_RANGE) and end > offset:
+            lu.discard(offset, end - offset)
+        return 0
 
     @errors
     def fsync(self, path: str, datasync: int, fh: int) -> None:
@@ -263,17 +311,26 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             self.direct.detach(fh)
         with self._lock:
             lu = self.handles.pop(fh)
+            last = all(h is not lu for h in self.handles.values())
         lu.close()
+        if last and self.fresh.get(lu.name) and not self._info(lu.name)["size"]:
+            del self.fresh[lu.name]
+            self.pool.remove(lu.name)  # created here, never sized or filled: a failed create
 
     @errors
     def unlink(self, path: str) -> None:
         self._writable()
-        self.pool.remove(self._lu_name(path))
+        name = self._lu_name(path)
+        self.pool.remove(name)
+        self.fresh.pop(name, None)
 
     @errors
     def rename(self, old: str, new: str) -> None:
         self._writable()
-        self.pool.rename(self._lu_name(old), self._lu_name(new, creating=True))
+        src, dst = self._lu_name(old), self._lu_name(new, creating=True)
+        self.pool.rename(src, dst)
+        if src in self.fresh:
+            self.fresh[dst] = self.fresh.pop(src)
 
     def utimens(self, path: str, times: Any = None) -> None:
         return None  # LU files carry no times of their own

@@ -32,6 +32,7 @@ struct bs_table {
     /* held units' block arrays (bs_table_held), per chunk of `chunk` logical units */
     uint8_t **const *blocks;
     uint64_t blocks_chunks;
+    uint64_t written; /* bytes written through the table, ever */
 };
 
 bs_table *bs_table_new(void)
@@ -295,12 +296,19 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         done += step;
     }
     if (wbuf != NULL) {
+        if (r == 0)
+            __atomic_add_fetch(&t->written, len, __ATOMIC_RELAXED);
         *t->dirty = 1; /* even after a failure part-way: some bytes may have reached the file */
         if (t->mirror && t->fd2 >= 0)
             *t->dirty2 = 1;
     }
     pthread_rwlock_unlock(&t->lock);
     return r < 0 && t->mirror ? BS_SLOW : r;
+}
+
+uint64_t bs_table_written(bs_table *t)
+{
+    return __atomic_load_n(&t->written, __ATOMIC_RELAXED);
 }
 
 int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off)

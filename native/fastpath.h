@@ -83,6 +83,8 @@ void bs_unmap_file(char *map, uint64_t len);
 /* memcpy into mapped pages: 0, or -EFAULT when the copy faulted (SIGBUS) and stopped part-way. */
 int bs_copy_to_map(char *dst, const char *src, size_t len);
 int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off);
+/* Bytes written through the table so far (the writes it served, not the BS_SLOW ones). */
+uint64_t bs_table_written(bs_table *t);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
 
 typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t off, void *fi);

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -44,6 +46,33 @@ def run_cli(*args: str, pool: str | None = None, stdin: bytes | None = None, che
     if check_rc is not None:
         assert r.returncode == check_rc, (cmd, r.returncode, r.stderr.decode())
     return r
+
+
+def sh(*cmd: str, **kw: Any) -> subprocess.CompletedProcess:
+    """Run a command that must succeed; its output in the assertion when it does not."""
+    r = subprocess.run(list(cmd), capture_output=True, timeout=300, **kw)
+    assert r.returncode == 0, (cmd, r.stdout.decode()[-2000:], r.stderr.decode()[-2000:])
+    return r
+
+
+@contextmanager
+def mounted(pool_path: str, mp: str) -> Iterator[str]:
+    """The pool mounted at a new directory ``mp`` through the CLI; unmounted after (lazily, so a
+    test that left a file open still cleans up)."""
+    os.mkdir(mp)
+    run_cli("mount", mp, pool=pool_path)
+    try:
+        yield mp
+    finally:
+        if os.path.ismount(mp):
+            run_cli("umount", "--lazy", mp, check_rc=None)
+
+
+@pytest.fixture
+def mnt(tmp_path, pool_path):
+    """The module's ``pool_path`` mounted (``mounted``)."""
+    with mounted(pool_path, str(tmp_path / "mnt")) as mp:
+        yield mp
 
 
 def cli_json(*args: str, pool: str) -> Any:

@@ -16,15 +16,9 @@ import pytest
 from blockstore import Pool
 from blockstore.check import check
 from blockstore_fuse.mount import BACKGROUND
-from conftest import cli_json, daemon_pid, direct_counts, mount_log, run_cli
+from conftest import cli_json, daemon_pid, direct_counts, mount_log, run_cli, sh
 
 MiB = 1 << 20
-
-
-def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), capture_output=True, timeout=300, **kw)
-    assert r.returncode == 0, (cmd, r.stdout.decode()[-2000:], r.stderr.decode()[-2000:])
-    return r
 
 
 @pytest.fixture
@@ -33,16 +27,6 @@ def pool_path(tmp_path):
     run_cli("pool", "create", "--size", "2G", pool=p)
     run_cli("lu", "create", "disk", "--size", "256M", pool=p)
     return p
-
-
-@pytest.fixture
-def mnt(tmp_path, pool_path):
-    mp = str(tmp_path / "mnt")
-    os.mkdir(mp)
-    run_cli("mount", mp, pool=pool_path)
-    yield mp
-    if os.path.ismount(mp):
-        run_cli("umount", mp, check_rc=None)
 
 
 def test_dd_roundtrip_and_export_agree(mnt, pool_path, tmp_path):

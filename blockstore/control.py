@@ -1,0 +1,182 @@
+"""The control channel of a process that holds LUs open: how another process asks it to act
+on an LU in use (take a snapshot or a clone of it, grow it, say how it is used) instead of being
+refused with Busy.
+
+The holder (a mount daemon; a cluster node later) serves ``POOL/control/PID.sock``, a Unix
+socket of mode 0600 in a 0700 directory, and also checks each peer's credentials: only the pool
+owner's user (or root) is served. A request is one JSON object on one line, the reply one line:
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "...", "kind": "Busy"}``. The holder
+carries a request out with its own open pool, so it is one more caller of the engine: a
+snapshot taken there is a point in time of the LU as its writers see it (every write acknowledged
+before it is in it, none issued after it returns).
+
+Requests: ``snapshot`` {lu, snap}, ``clone`` {source, new}, ``grow`` {lu, size}, ``status`` {lu}.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from .errors import BlockstoreError, Busy, InvalidArgument
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+log = logging.getLogger("blockstore.control")
+MAX_REQUEST = 4096
+
+
+def socket_path(pool_path: str, pid: int) -> str:
+    return os.path.join(pool_path, "control", f"{pid}.sock")
+
+
+class ControlServer:
+    """Serves the control socket of this process for ``pool`` (one thread, one request at a
+    time per connection). ``status`` entries come from ``describe(name)``, the holder's view of
+    an LU it has open (handles, bytes written), merged over the engine's."""
+
+    def __init__(self, pool: "Pool", describe: Any = None) -> None:
+        self.pool = pool
+        self.describe = describe or (lambda name: {})
+        self.path = socket_path(pool.path, os.getpid())
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ControlServer":
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        os.chmod(os.path.dirname(self.path), 0o700)
+        try:
+            os.unlink(self.path)  # a socket left by a process that died with this pid
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._sock.close()
+            self._sock = None
+
+    def _serve(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            try:
+                if uid not in (0, os.getuid()):
+                    raise errors.ReadOnly(f"user {uid} may not control this pool's LUs")
+                req = _read_line(conn)
+                reply = {"ok": True, "result": self.handle(req)}
+            except BlockstoreError as e:
+                reply = {"ok": False, "error": str(e), "kind": type(e).__name__}
+            except Exception as e:  # noqa: BLE001  (a reply, never a dead thread)
+                log.exception("control request failed")
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "kind": "BlockstoreError"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def handle(self, req: Any) -> Any:
+        """Carry out one request (a dict as described in the module's docstring)."""
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            raise InvalidArgument("bad request: an object with an 'op' is expected")
+        op, pool = req["op"], self.pool
+        try:
+            if op == "snapshot":
+                return pool.snapshot(_str(req, "lu"), _str(req, "snap"))
+            if op == "clone":
+                return pool.clone(_str(req, "source"), _str(req, "new"))
+            if op == "grow":
+                name, size = _str(req, "lu"), req.get("size")
+                if not isinstance(size, int):
+                    raise InvalidArgument("bad request: 'size' must be a number of bytes")
+                if size < pool.lu_info(name)["size"]:
+                    raise InvalidArgument(f"LU {name!r} is in use: it can grow, not shrink")
+                pool.resize(name, size)
+                return pool.lu_info(name)
+            if op == "status":
+                name = _str(req, "lu")
+                return {**pool.lu_info(name), "holder": os.getpid(), **self.describe(name)}
+        except Busy as e:
+            raise Busy(str(e)) from None  # never forwarded again: this is the holder
+        raise InvalidArgument(f"bad request: unknown op {op!r}")
+
+
+def _str(req: dict, key: str) -> str:
+    v = req.get(key)
+    if not isinstance(v, str) or not v:
+        raise InvalidArgument(f"bad request: {key!r} must be a non-empty string")
+    return v
+
+
+def _read_line(conn: socket.socket) -> Any:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(MAX_REQUEST)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise InvalidArgument("bad request: longer than 4 KiB")
+    try:
+        return json.loads(buf.split(b"\n", 1)[0] or b"null")
+    except ValueError as e:
+        raise InvalidArgument(f"bad request: not JSON ({e})") from None
+
+
+def ask(pool_path: str, holder: int, request: dict[str, Any], timeout: float = 60.0) -> Any:
+    """Send ``request`` to the process ``holder`` (the pid a Busy named) and return its result;
+    its error is raised here as the same engine exception. A holder without a control socket
+    (a process of the Python API, or a mount of an older version) leaves the Busy to the caller:
+    NotFound is raised, which the caller turns back into its Busy."""
+    path = socket_path(pool_path, holder)
+    if not os.path.exists(path):
+        raise errors.NotFound(f"process {holder} takes no requests (no {path})")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise errors.NotFound(f"process {holder} takes no requests") from None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        raw = b""
+        while not raw.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    if not raw:
+        raise BlockstoreError(f"process {holder} closed the control channel without a reply")
+    reply = json.loads(raw)
+    if reply.get("ok"):
+        return reply.get("result")
+    kind = getattr(errors, str(reply.get("kind")), BlockstoreError)
+    if not (isinstance(kind, type) and issubclass(kind, BlockstoreError)):
+        kind = BlockstoreError
+    raise kind(f"{reply.get('error')} (asked of pid {holder})")
