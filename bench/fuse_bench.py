@@ -67,15 +67,17 @@ def plain_target(workdir: str, size: int) -> Iterator[str]:
 
 
 @contextmanager
-def mounted_pool(workdir: str, size: int, lus: dict[str, bool], **options: Any) -> Iterator[dict[str, str]]:
+def mounted_pool(workdir: str, size: int, lus: dict[str, bool], capacity: int | None = None,
+                 **options: Any) -> Iterator[dict[str, str]]:
     """A fresh pool (with a second failure group when an LU is mirrored) holding ``lus`` (name:
-    mirrored), each ``size`` bytes, mounted; yields name -> file in the mount."""
+    mirrored), each ``size`` bytes, mounted; yields name -> file in the mount. ``capacity``:
+    the pool's (default: room for the LUs and one more)."""
     from blockstore import Pool
     from blockstore_fuse.mount import mount, umount
 
     pool = os.path.join(workdir, "fuse-pool")
     mirror = os.path.join(workdir, "fuse-pool-fg1") if any(lus.values()) else None
-    with Pool.create(pool, len(lus) * size + size, mirror_dir=mirror) as p:
+    with Pool.create(pool, capacity or len(lus) * size + size, mirror_dir=mirror) as p:
         for name, mirrored in lus.items():
             p.create_lu(name, size, mirrored=mirrored).close()
     mp = os.path.join(workdir, "mnt")
@@ -254,14 +256,20 @@ def live_snapshot_run(workdir: str, quick: bool) -> dict[str, Any]:
     "without": [IOPS each round]}."""
     from blockstore import Pool
 
-    size = (512 if quick else 1024) << 20
+    size = 256 << 20
     runtime = 4 if quick else 8
     out: dict[str, Any] = {"latency": [], "with": [], "without": []}
-    with mounted_pool(workdir, size, {"vol": False}) as files:
+    # every snapshot makes the extents the writer then touches copies: room for a round of them
+    with mounted_pool(workdir, size, {"vol": False}, capacity=(4 * runtime + 4) * size) as files:
         pool_path = os.path.join(workdir, "fuse-pool")
         fill(files["vol"], size)
         k = 0
         for r in range(3 if quick else 5):
+            if k:  # last round's snapshots go, so their extents come back
+                with Pool.open(pool_path) as p:
+                    for i in range(k):
+                        p.remove(f"vol@s{i}")
+                k = 0
             for snaps in ([True, False] if r % 2 == 0 else [False, True]):
                 proc = subprocess.Popen(
                     ["fio", "--name=live", f"--filename={files['vol']}", f"--size={size}", "--rw=randwrite",

@@ -9,13 +9,30 @@ from typing import Any, TypedDict
 
 import lmdb
 
-from .errors import AlreadyExists, NotFound, PoolCorrupt
+from .errors import AlreadyExists, InvalidArgument, NotFound, PoolCorrupt
 from .extents import ExtentMap, extents_for
 from .meta import Meta, map_key
+from .sizes import format_size, parse_size
 
 #: An LU's map may hold at most this many extents (1 PiB with 1 MiB extents): the directory of
 #: a larger map would cost more memory than a command should need.
 MAX_LU_EXTENTS = 1 << 30
+#: LU sizes are whole sectors.
+SECTOR = 512
+
+
+def check_lu_size(size: int | str, allow_empty: bool = False, extent_size: int | None = None) -> int:
+    """``size`` (bytes, or text such as 10G) as an LU size in bytes; InvalidArgument for one that
+    is not whole sectors, zero (unless ``allow_empty``), or larger than a map may be."""
+    n = parse_size(size, what="LU size", allow_zero=allow_empty)
+    if n % SECTOR:
+        raise InvalidArgument(f"LU size must be a multiple of {SECTOR} bytes, not {n}")
+    if extent_size and extents_for(n, extent_size) > MAX_LU_EXTENTS:
+        raise InvalidArgument(
+            f"an LU of {format_size(n)} is larger than this pool serves: at most "
+            f"{format_size(MAX_LU_EXTENTS * extent_size)} with its {format_size(extent_size)} extents "
+            "(an LU's map is held in memory)")
+    return n
 
 
 class LURecord(TypedDict, total=False):

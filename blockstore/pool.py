@@ -18,23 +18,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import lmdb
 import numpy as np
 
 from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
-from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound, ReadOnly
-from .catalog import MAX_LU_EXTENTS, Catalog, LURecord
-from .extents import UNMAPPED, ExtentMap, extents_for
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
+from .catalog import Catalog, LURecord, check_lu_size
+from .extents import ExtentMap
 from .journal import Journal
+from .lifecycle import Lifecycle
 from .listeners import Listeners
-from .locks import HolderLock, holder, is_held
+from .locks import HolderLock, is_held
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
-from .names import check_name, snapshot_name, split_snapshot
-from . import control
+from .names import split_snapshot
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
@@ -47,7 +46,6 @@ log = logging.getLogger("blockstore")
 
 DEFAULT_EXTENT = 1 << 20
 MIN_EXTENT, MAX_EXTENT = 64 << 10, 16 << 20
-SECTOR = 512
 DEFAULT_THRESHOLD = 0.8
 #: Physical extent numbers are uint32 and 0xFFFFFFFF marks a hole.
 MAX_EXTENTS = 0xFFFFFFFE
@@ -59,18 +57,6 @@ def _check_extent_size(extent_size: int) -> int:
             f"extent size must be a power of two from 64K to 16M, not {extent_size}"
         )
     return extent_size
-
-
-def _check_lu_size(size: int | str, allow_empty: bool = False, extent_size: int | None = None) -> int:
-    n = parse_size(size, what="LU size", allow_zero=allow_empty)
-    if n % SECTOR:
-        raise InvalidArgument(f"LU size must be a multiple of {SECTOR} bytes, not {n}")
-    if extent_size and extents_for(n, extent_size) > MAX_LU_EXTENTS:
-        raise InvalidArgument(
-            f"an LU of {format_size(n)} is larger than this pool serves: at most "
-            f"{format_size(MAX_LU_EXTENTS * extent_size)} with its {format_size(extent_size)} extents "
-            "(an LU's map is held in memory)")
-    return n
 
 
 class Pool:
@@ -124,6 +110,7 @@ class Pool:
             # One allocator: a mirrored extent sits at the same index in both groups' files.
             self._allocators[0] = Allocator(self.meta, 0, self.session, self.groups.allocation_store(),
                                             self.extent_size, on_usage=self._usage)
+            self.lifecycle = Lifecycle(self)
             self.journal = Journal(self.meta, self._lock, self.groups, self._allocators[0], self.catalog,
                                    self._writers, readonly=readonly, path=self.path)
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
@@ -405,254 +392,50 @@ class Pool:
         finally:
             self.close_lu(lu)
 
-    # -- LU lifecycle ---------------------------------------------------------------------------
+    # -- LU lifecycle (lifecycle.py) -----------------------------------------------------------
 
     def create_lu(self, name: str, size: int | str, *, thick: bool = False, mirrored: bool = False,
                   allow_empty: bool = False) -> LU:
-        """Create a thin (or thick: every extent reserved now) LU and return it open for writing.
-
-        ``mirrored`` keeps a redundant copy of every extent in the second failure group.
-        ``allow_empty`` permits size 0 (a file created through a mount, sized by truncate next).
-        """
-        check_name(name)
-        n = _check_lu_size(size, allow_empty, self.extent_size)
-        if mirrored and self.mirror is None:
-            raise InvalidArgument("the pool has no second failure group for mirrored LUs (pool failgrp add DIR)")
-        if not mirrored:
-            self.primary()  # refused before anything is written when group 0 is gone
-        with self._lock:
-            def change(txn: lmdb.Transaction) -> None:
-                self.catalog.new(txn, name, n, "lu", None, thick=thick, mirrored=mirrored)
-            if thick:
-                self._allocators[0].ensure(extents_for(n, self.extent_size))
-            self.commit(change)
-            lu = self.open_lu(name)
-            if thick:
-                lu.fill_holes(0)
-                self.flush()
-            self.emit("lu_created", {"name": name, "size": n, "thick": thick, "mirrored": mirrored})
-            return lu
+        """A new thin (or ``thick``) LU, open for writing; ``mirrored``: with a redundant copy."""
+        return self.lifecycle.create_lu(name, size, thick=thick, mirrored=mirrored, allow_empty=allow_empty)
 
     def snapshot(self, name: str, snap: str) -> dict[str, Any]:
-        """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks)).
-        An LU another process holds open is snapshotted by that process, asked over its control
-        channel (control.py)."""
-        full = snapshot_name(name, snap)
-        with self._live(name, {"op": "snapshot", "lu": name, "snap": snap}) as asked:
-            if asked.done:
-                return asked.result
-            with self._lock, self.writer(name) as lu:
-                def change(txn: lmdb.Transaction) -> dict[str, Any]:
-                    return self._share(txn, lu, full, "snapshot", name)
-                self._freeze(lu)
-                return self._describe(self.commit(change))
-
-    def _freeze(self, lu: LU) -> None:
-        """Before a commit shares ``lu``'s extents: none is written in place from here on (held
-        copies completed first). The point in time of a snapshot or clone: a write the direct
-        path had in flight is in it, the next one copies. If the commit then fails, the extents
-        only stay marked shared (a write copies one it did not need to)."""
-        lu.extent_map.share_all()
-
-    @contextmanager
-    def _live(self, name: str, request: dict[str, Any]) -> Iterator[Any]:
-        """Run the block for ``name``; if another process holds it open for writing and serves
-        a control channel (control.py), ask that process instead: ``asked.done``, ``asked.result``."""
-        asked = SimpleNamespace(done=False, result=None)
-        pid = self._holder_of(name)
-        if pid:
-            try:
-                asked.result, asked.done = control.ask(self.path, pid, request), True
-            except NotFound:
-                pass  # no control channel: the block meets the holder's Busy
-        yield asked
-
-    def _holder_of(self, name: str) -> int | None:
-        """The pid of another process holding LU ``name`` open for writing, if any."""
-        if name in self._writers or "@" in name:
-            return None
-        with self.meta.read() as txn:
-            rec = self.record(txn, name, missing_ok=True)
-        pid = holder(self.holder_path(rec["id"])) if rec else None
-        return pid if pid and pid != os.getpid() else None
+        """A read-only point-in-time copy ``name@snap`` (also of an LU in use elsewhere)."""
+        return self.lifecycle.snapshot(name, snap)
 
     def clone(self, source: str, new: str) -> dict[str, Any]:
         """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""
-        check_name(new)
-        base, snap = split_snapshot(source)
-        with self._lock:
-            with self.meta.read() as txn:
-                sealed = bool(self.record(txn, source).get("readonly"))
-            if snap is not None or sealed:  # nothing writes it, so its stored map is the truth
-                def change(txn: lmdb.Transaction) -> dict[str, Any]:
-                    src = self.record(txn, source)
-                    return self._share(txn, None, new, "clone", source, src=src)
-                return self._describe(self.commit(change))
-            with self._live(source, {"op": "clone", "source": source, "new": new}) as asked:
-                if asked.done:
-                    return asked.result
-                with self.writer(source) as lu:
-                    self._freeze(lu)
-                    return self._describe(self.commit(lambda txn: self._share(txn, lu, new, "clone", source)))
-
-    def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
-               src: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Create ``new`` with the same map as ``lu`` (or the stored ``src``), counting the shares."""
-        if lu is not None:
-            self.journal.save(txn, lu)  # the handle's pending map is part of what is shared
-            src = self.record(txn, lu.name)
-        assert src is not None
-        rec = self.catalog.new(txn, new, src["size"], kind, parent, thick=False, mirrored=src.get("mirrored", False))
-        # The stored chunks (just saved) are the map: copying them costs O(allocated chunks), where
-        # counting the in-memory map would cost O(size).
-        chunks = self.catalog.copy_map(txn, src, rec)
-        phys = [arr[arr != UNMAPPED] for arr in (np.frombuffer(raw, np.uint32) for raw in chunks)]
-        rec["allocated"] = sum(map(len, phys))
-        self.catalog.put(txn, rec)
-        if phys:
-            self._allocators[0].ref_many(np.concatenate(phys), rec["mirrored"])
-        return rec
+        return self.lifecycle.clone(source, new)
 
     def rollback(self, name: str, snap: str) -> None:
-        """Make ``name`` again what it was when ``name@snap`` was taken (size included)."""
-        full = snapshot_name(name, snap)
-        with self._lock, self.writer(name) as lu:
-            with self.meta.read() as txn:
-                srec = self.record(txn, full)
-                smap = self.load_map(txn, srec)
-            a = self._allocators[0]
-
-            def change(txn: lmdb.Transaction) -> None:
-                a.unref_many(lu.extent_map.mapped(), lu.mirrored)
-                a.ref_many(smap.mapped(), lu.mirrored)
-                # every stored chunk of either map is rewritten or deleted (the chunks that exist),
-                # and the record takes the snapshot's size
-                smap.dirty, smap.resized = lu.extent_map.made | smap.made, True
-                lu.replace_map(smap, srec["size"])
-            old_map, old_size = lu.extent_map, lu.size
-            try:
-                self.commit(change)
-            except BaseException:
-                lu.replace_map(old_map, old_size)
-                raise
+        """Make ``name`` again what it was at ``name@snap``."""
+        self.lifecycle.rollback(name, snap)
 
     def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
-        """Copy every extent ``name`` shares into its own, and drop its parent link.
-
-        Returns the number of extents copied.
-        """
-        with self._lock, self.writer(name) as lu:
-            copied = lu.copy_shared()
-
-            def change(txn: lmdb.Transaction) -> None:
-                rec = self.record(txn, name)
-                rec["parent"] = None
-                if rec["kind"] == "clone":
-                    rec["kind"] = "lu"
-                self.catalog.put(txn, rec)
-            self.commit(change)
-            return copied
+        """Give ``name`` its own copy of every extent it shares; returns extents copied."""
+        return self.lifecycle.flatten(name, progress)
 
     def resize(self, name: str, size: int | str, *, force: bool = False, allow_empty: bool = False) -> None:
-        """Grow ``name`` to ``size`` bytes; shrinking needs ``force`` and frees the cut-off tail."""
-        n = _check_lu_size(size, allow_empty, self.extent_size)
-        if "@" in name:
-            raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
-        if self._holder_of(name) and n >= self.lu_info(name)["size"]:
-            with self._live(name, {"op": "grow", "lu": name, "size": n}) as asked:
-                if asked.done:
-                    return
-        with self._lock, self.writer(name) as lu:
-            if n < lu.size:
-                if not force:
-                    raise InvalidArgument(
-                        f"shrinking {name!r} from {lu.size} to {n} bytes loses data; add --force")
-                lu.discard(n, lu.size - n)
-            old_size = lu.size
-            lu.resize_map(n)
-            if lu.thick:
-                lu.fill_holes(0)
-            self.commit(None)
-        self.emit("lu_resized", {"name": name, "size": n, "old_size": old_size})
+        """Grow ``name`` (also in use elsewhere); shrinking needs ``force``."""
+        self.lifecycle.resize(name, size, force=force, allow_empty=allow_empty)
 
     def remove(self, name: str, *, recursive: bool = False) -> list[str]:
-        """Remove an LU (with its snapshots if ``recursive``) or a snapshot ``LU@SNAP``.
-
-        Refused while anything has clones of it. Returns the names removed.
-        """
-        base, snap = split_snapshot(name)
-        with self._lock:
-            with self.meta.read() as txn:
-                lu_id = self.record(txn, name)["id"]
-                records = self.records(txn)
-            snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
-            if snaps and not recursive:
-                raise Busy(f"LU {name!r} has snapshots ({', '.join(snaps)}); remove them first or use --recursive")
-            doomed = [name] + snaps
-            clones = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] in doomed]
-            if clones:
-                raise Busy(f"{name!r} has clones ({', '.join(clones)}); remove or flatten them first")
-            if name in self._writers:
-                raise Busy(f"LU {name!r} is open in this process; close it first")
-            # A snapshot never changes, so only a live LU needs its holder lock for removal.
-            holder = HolderLock(self.holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
-            a = self._allocators[0]
-
-            def change(txn: lmdb.Transaction) -> None:
-                for victim in doomed:
-                    rec = self.record(txn, victim)
-                    a.unref_many(self.load_map(txn, rec).mapped(), rec.get("mirrored", False))
-                    self.catalog.remove(txn, rec)
-            try:
-                self.commit(change)
-                if holder:
-                    os.unlink(holder.path)
-            finally:
-                if holder:
-                    holder.release()
-        for victim in doomed:
-            self.emit("lu_removed", {"name": victim})
-        return doomed
+        """Remove an LU (and its snapshots if ``recursive``) or a snapshot; the names removed."""
+        return self.lifecycle.remove(name, recursive=recursive)
 
     def rename(self, old: str, new: str) -> None:
-        """Rename an LU; its snapshots follow (``old@s`` becomes ``new@s``) and clones keep their
-        parent. Works while this process has it open; refused while another process writes it."""
-        check_name(old)
-        check_name(new)
-        with self._lock:
-            with self.meta.read() as txn:
-                rec = self.record(txn, old)
-            if rec["kind"] == "snapshot":
-                raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
-            mine = self._writers.get(old)
-            holder = None if mine else HolderLock(self.holder_path(rec["id"])).acquire(f"LU {old!r}")
+        """Rename an LU; its snapshots follow."""
+        self.lifecycle.rename(old, new)
 
-            def change(txn: lmdb.Transaction) -> None:
-                if self.record(txn, new, missing_ok=True) is not None:
-                    raise AlreadyExists(f"an LU named {new!r} already exists")
-                renames = {old: new}
-                for r in self.records(txn):
-                    if r["kind"] == "snapshot" and r["parent"] == old:
-                        renames[r["name"]] = f"{new}@{r['name'].split('@', 1)[1]}"
-                for r in self.records(txn):
-                    changed = False
-                    if r["parent"] in renames:
-                        r["parent"] = renames[r["parent"]] if r["kind"] != "snapshot" else new
-                        changed = True
-                    if r["name"] in renames:
-                        txn.delete(r["name"].encode(), db=self.meta.db["lus"])
-                        r["name"] = renames[r["name"]]
-                        changed = True
-                    if changed:
-                        self.catalog.put(txn, r)
-            try:
-                self.commit(change)
-            finally:
-                if holder:
-                    holder.release()
-            if mine:
-                self._writers[new] = self._writers.pop(old)
-                mine.name = new
+    @property
+    def allocator(self) -> Allocator:
+        """The allocator of the pool's extents (reference counts, free space)."""
+        return self._allocators[0]
+
+    def renamed_writer(self, old: str, new: str) -> None:
+        """This process's writer of ``old`` is now the writer of ``new`` (a rename committed)."""
+        lu = self._writers[new] = self._writers.pop(old)
+        lu.name = new
 
     # -- failure groups and mirrors -------------------------------------------------------------
 
@@ -808,7 +591,7 @@ class Pool:
 
     def check_lu_size(self, size: int | str) -> int:
         """``size`` in bytes if an LU of that size can be created here; InvalidArgument if not."""
-        return _check_lu_size(size, extent_size=self.extent_size)
+        return check_lu_size(size, extent_size=self.extent_size)
 
     def primary(self) -> DataFile:
         """Failure group 0's data file, where unmirrored LUs live."""
@@ -885,13 +668,13 @@ class Pool:
         """Every LU and snapshot: name, size, allocated bytes, kind, parent (sorted by name)."""
         with self._lock, self.meta.read() as txn:
             records = self.records(txn)
-        return [self._describe(r) for r in records]
+        return [self.describe(r) for r in records]
 
     def lu_info(self, name: str) -> dict[str, Any]:
         with self._lock, self.meta.read() as txn:
             rec = self.record(txn, name)
             records = self.records(txn)
-        info = self._describe(rec)
+        info = self.describe(rec)
         info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
         info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
         info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
@@ -920,7 +703,7 @@ class Pool:
         """``lu_info`` as the LU's holder sees it: a process holding it open (asked over its
         control channel) adds ``holder`` (pid), ``open_handles``, ``writable``, ``bytes_written``
         and ``pending_copies``; an LU nobody holds has ``holder`` None."""
-        with self._live(name, {"op": "status", "lu": name}) as asked:
+        with self.lifecycle.live(name, {"op": "status", "lu": name}) as asked:
             if asked.done:
                 return asked.result
         info = self.lu_info(name)
@@ -929,7 +712,8 @@ class Pool:
                 "writable": lu is not None, "bytes_written": lu.bytes_written if lu else 0,
                 "pending_copies": lu.pending_copies if lu else 0}
 
-    def _describe(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """An LU record as the API shows it (sizes in bytes; this process's open writer's figures)."""
         lu = self._writers.get(rec["name"])
         allocated = lu.extent_map.allocated() if lu else rec["allocated"]
         size = lu.size if lu else rec["size"]

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 
 from .errors import BlockstoreError, InvalidArgument
 from .lu import LU
-from .pool import SECTOR, Pool
+from .catalog import SECTOR
+from .pool import Pool
 from .storage import DATA
 from .zero import is_zero
 

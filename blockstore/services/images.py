@@ -34,7 +34,8 @@ from ..errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotF
 from ..extents import extents_for
 from ..lu import LU
 from ..names import check_name
-from ..pool import SECTOR, Pool
+from ..catalog import SECTOR
+from ..pool import Pool
 from ..transfer import data_ranges
 from ..zero import is_zero
 

@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound, PoolFull
 from ..locks import HolderLock
 from ..names import check_name
-from ..pool import SECTOR, Pool
+from ..catalog import SECTOR
+from ..pool import Pool
 from ..sizes import parse_size
 
 LOCAL_CEC, LOCAL_NODE = "local", "local"
