@@ -24,7 +24,7 @@ from .names import split_snapshot
 from .pool import Pool
 from .progress import Progress
 from .sizes import format_size, parse_size
-from .transfer import export_file, import_file
+from .transfer import export_file, export_stream, import_file, import_stream
 
 STDIN_STEP = 1 << 20
 
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool directory (default: $BLOCKSTORE_POOL)")
     p.add_argument("--version", action="version", version=f"blockstore {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no line saying what a change did")
+    p.add_argument("--json", action="store_true", help="print results as JSON (changes: the object made or changed)")
     top = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
 
     pool = top.add_parser("pool", help="create and inspect the pool").add_subparsers(dest="cmd", required=True)
@@ -139,10 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     lu.add_parser("resync", help="copy what a degraded copy missed").add_argument("name")
     s = lu.add_parser("import", help="a raw image file into a new LU (sparse-aware)")
     s.add_argument("name")
-    s.add_argument("file")
+    s.add_argument("file", help="the image; - for stdin (its length sets the LU's size, rounded up to 512)")
     s = lu.add_parser("export", help="an LU out to a sparse raw file")
     s.add_argument("name")
-    s.add_argument("file")
+    s.add_argument("file", help="where to write it; - for stdout (holes as zeros)")
+    s.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    s = lu.add_parser("rename", help="rename an LU (its snapshots follow)")
+    s.add_argument("name")
+    s.add_argument("new")
     s = lu.add_parser("write", help="write stdin into an LU at --offset")
     s.add_argument("name")
     s.add_argument("--offset", type=_offset, default=0)
@@ -251,7 +257,46 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", metavar="GROUPS",
                    help="comma-separated groups to run: core, mirror, services, cluster, fuse, fuse-mirror, "
                         "first-writes, live (default: all)")
+    _everywhere(p, p)
     return p
+
+
+#: Options accepted before the command or anywhere after it: (flags, what add_argument takes).
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--pool",), {"help": "pool directory (default: $BLOCKSTORE_POOL)"}),
+    (("-v", "--verbose"), {"action": "store_true", "help": "log what happens"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no progress bars, no line saying what a change did"}),
+    (("--json",), {"action": "store_true", "help": "print results as JSON"}),
+]
+
+
+def _everywhere(parser: argparse.ArgumentParser, top: argparse.ArgumentParser) -> None:
+    """Give every command the global options, so they may follow it as well as precede it. A
+    command's own option of the same name (bench --json FILE) stays its own; a global one given
+    after the command defaults to nothing there (SUPPRESS), so it never undoes one given before."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if parser is top:
+            return
+        taken = {o for a in parser._actions for o in a.option_strings}
+        for a in parser._actions:
+            if isinstance(a, argparse._StoreTrueAction) and any(a.option_strings == list(f) for f, _ in GLOBAL_OPTIONS):
+                a.default = argparse.SUPPRESS  # the command's own --json: given before it counts too
+        for flags, kw in GLOBAL_OPTIONS:
+            if not taken.intersection(flags):
+                parser.add_argument(*flags, **kw, default=argparse.SUPPRESS)
+        return
+    for sub in subs:
+        for child in set(sub.choices.values()):
+            _everywhere(child, top)
+
+
+def _done(args: argparse.Namespace, obj: Any, line: str) -> None:
+    """What a change did: ``obj`` as JSON with --json, else ``line`` (nothing with --quiet)."""
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    elif not getattr(args, "quiet", False):
+        print(line)
 
 
 def _print(args: argparse.Namespace, obj: Any, human: str) -> None:
@@ -283,8 +328,21 @@ def _status_text(s: dict[str, Any]) -> str:
     ])
 
 
-def _progress(label: str, total: int) -> Progress:
-    return Progress(label, total)
+def _progress(label: str, total: int, args: argparse.Namespace | None = None) -> Progress:
+    bar = Progress(label, total)
+    if args is not None and (getattr(args, "quiet", False) or getattr(args, "json", False)):
+        bar.enabled = False
+    return bar
+
+
+def _is_stream(path: str) -> bool:
+    """``-`` (stdin or stdout), or a path that is no regular file: a pipe, /dev/stdout."""
+    if path == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _bounded_stdin(room: int, name: str) -> BinaryIO:
@@ -445,9 +503,12 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         _print(args, st, _status_text(st))
     elif cmd == ("pool", "grow"):
         pool.grow(args.size)
-        print(f"pool is now {format_size(pool.status()['capacity'])}")
+        st = pool.status()
+        _done(args, st, f"pool is now {format_size(st['capacity'])}")
     elif cmd == ("pool", "set"):
         pool.set_threshold(args.threshold)
+        st = pool.status()
+        _done(args, st, f"threshold set to {st['threshold'] * 100:.0f}%")
     elif cmd == ("pool", "check"):
         rep = check(pool, repair=args.repair)
         lines = [f"error: {e}" for e in rep["errors"]] + [f"leak: {e}" for e in rep["leaks"]]
@@ -497,9 +558,10 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         bar = _progress(f"mirror {args.name}", 1)
         n = pool.set_mirrored(args.name, True, progress=lambda d, t: (setattr(bar, "total", t), bar.update(d)))
         bar.close()
-        print(f"{args.name} is mirrored ({n} extent(s) copied)")
+        _done(args, pool.lu_info(args.name), f"{args.name} is mirrored ({n} extent(s) copied)")
     elif cmd == ("lu", "unmirror"):
         pool.set_mirrored(args.name, False)
+        _done(args, pool.lu_info(args.name), f"{args.name} is no longer mirrored")
     elif cmd == ("lu", "verify"):
         from .scrub import verify
         rep = verify(pool, args.name, repair=args.repair)
@@ -508,7 +570,8 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
                           + "".join(f"\nunrecoverable: extent {e}" for e in rep["unrecoverable"]))
         return 0 if rep["clean"] else 4
     elif cmd == ("lu", "resync"):
-        print(f"copied {pool.resync(args.name)} extent(s)")
+        n = pool.resync(args.name)
+        _done(args, {"name": args.name, "copied": n}, f"copied {n} extent(s)")
     elif cmd == ("lu", "create"):
         with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored):
             pass
@@ -527,32 +590,60 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
                          + (f", {st['open_handles']} open handle(s), {format_size(st['bytes_written'])} written"
                             if st["holder"] else ""))
     elif cmd == ("lu", "resize"):
+        old = pool.lu_info(args.name)["size"]
         pool.resize(args.name, args.size, force=args.force)
+        info = pool.lu_info(args.name)
+        _done(args, info, f"{args.name} resized from {format_size(old)} to {format_size(info['size'])}")
+    elif cmd == ("lu", "rename"):
+        pool.rename(args.name, args.new)
+        _done(args, pool.lu_info(args.new), f"renamed {args.name} to {args.new}")
     elif cmd == ("lu", "rm"):
         removed = pool.remove(args.name, recursive=args.recursive)
-        print("removed " + ", ".join(removed))
+        _done(args, {"removed": removed}, "removed " + ", ".join(removed))
     elif cmd == ("lu", "snapshot"):
-        pool.snapshot(args.name, args.snap)
+        info = pool.snapshot(args.name, args.snap)
+        _done(args, info, f"snapshot {info['name']} taken ({format_size(info['size'])})")
     elif cmd == ("lu", "clone"):
-        pool.clone(args.source, args.new)
+        info = pool.clone(args.source, args.new)
+        _done(args, info, f"cloned {args.source} as {info['name']} ({format_size(info['size'])})")
     elif cmd == ("lu", "rollback"):
         pool.rollback(args.name, args.snap)
+        _done(args, pool.lu_info(args.name), f"{args.name} is back at {args.name}@{args.snap}")
     elif cmd == ("lu", "flatten"):
         n = pool.flatten(args.name)
-        print(f"copied {n} shared extent(s)")
+        _done(args, {"name": args.name, "copied": n}, f"{args.name} owns all its extents ({n} copied)")
     elif cmd == ("lu", "import"):
-        bar = _progress(f"import {args.name}", os.path.getsize(args.file) if os.path.exists(args.file) else 0)
+        stream = _is_stream(args.file)
+        bar = _progress(f"import {args.name}", 0 if stream or not os.path.exists(args.file) else os.path.getsize(args.file),
+                        args)
         t = time.monotonic()
-        with import_file(pool, args.name, args.file, progress=lambda d, n: (setattr(bar, "total", n), bar.update(d))) as lu:
+        step = lambda d, n: (setattr(bar, "total", n or d), bar.update(d))  # noqa: E731
+        if stream:
+            with os.fdopen(os.dup(sys.stdin.fileno()) if args.file == "-" else os.open(args.file, os.O_RDONLY), "rb") as src:
+                lu = import_stream(pool, args.name, src, progress=step)
+        else:
+            lu = import_file(pool, args.name, args.file, progress=step)
+        with lu:
             size, alloc = lu.size, lu.allocated_bytes
         bar.close()
-        print(f"imported {args.file} as {args.name}: {format_size(size)}, {format_size(alloc)} allocated, "
-              f"{time.monotonic() - t:.2f}s")
+        _done(args, pool.lu_info(args.name), f"imported {args.file} as {args.name}: {format_size(size)}, "
+                                              f"{format_size(alloc)} allocated, {time.monotonic() - t:.2f}s")
     elif cmd == ("lu", "export"):
+        stream = _is_stream(args.file)
+        if not stream and os.path.exists(args.file) and not args.force:
+            raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
         with pool.lu(args.name, writable=False) as lu:
-            bar = _progress(f"export {args.name}", 1)
-            export_file(lu, args.file, progress=lambda d, n: (setattr(bar, "total", n), bar.update(d)))
+            bar = _progress(f"export {args.name}", 1, args)
+            step = lambda d, n: (setattr(bar, "total", n), bar.update(d))  # noqa: E731
+            if stream:
+                with os.fdopen(os.dup(sys.stdout.fileno()) if args.file == "-" else os.open(args.file, os.O_WRONLY), "wb") as out:
+                    export_stream(lu, out, progress=step)
+            else:
+                export_file(lu, args.file, progress=step)
             bar.close()
+        if not stream:
+            _done(args, {"name": args.name, "file": args.file, "size": lu.size},
+                  f"exported {args.name} to {args.file} ({format_size(lu.size)})")
     elif cmd == ("lu", "write"):
         with pool.lu(args.name) as lu:
             src = _bounded_stdin(max(0, lu.size - args.offset), args.name)

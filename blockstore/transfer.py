@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from .errors import BlockstoreError, InvalidArgument
 from .lu import LU
-from .catalog import SECTOR
+from .catalog import MAX_LU_EXTENTS, SECTOR
 from .pool import Pool
 from .storage import DATA
 from .zero import is_zero
@@ -81,3 +82,41 @@ def export_file(lu: LU, path: str, progress: Callable[[int, int], None] | None =
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def import_stream(pool: Pool, name: str, src: BinaryIO, progress: Callable[[int, int], None] | None = None) -> LU:
+    """Create LU ``name`` from a stream of unknown length (a pipe): written as it comes into an
+    LU as large as the pool allows, all-zero pieces skipped, then cut to the stream's length
+    rounded up to 512 bytes. Nothing is left behind if it fails."""
+    biggest = MAX_LU_EXTENTS * pool.extent_size
+    lu = pool.create_lu(name, biggest)
+    try:
+        pos = 0
+        while chunk := src.read(STEP):
+            if not is_zero(chunk):
+                lu.write(pos, chunk)
+            pos += len(chunk)
+            if progress:
+                progress(pos, 0)
+        if pos == 0:
+            raise InvalidArgument("the input is empty")
+        size = -(-pos // SECTOR) * SECTOR
+        pool.resize(name, size, force=True)
+        lu.flush()
+    except BaseException:
+        lu.close()
+        pool.remove(name)
+        raise
+    return lu
+
+
+def export_stream(lu: LU, out: BinaryIO, progress: Callable[[int, int], None] | None = None) -> None:
+    """Write the LU's bytes to ``out`` in order (a pipe: holes become zeros)."""
+    E = lu.extent_size
+    mapped = set(lu.mapped_extents().tolist())
+    for pos in range(0, lu.size, STEP):
+        n = min(STEP, lu.size - pos)
+        out.write(lu.read(pos, n) if any(e in mapped for e in range(pos // E, (pos + n - 1) // E + 1)) else bytes(n))
+        if progress:
+            progress(pos + n, lu.size)
+    out.flush()

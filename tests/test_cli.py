@@ -92,11 +92,16 @@ BAD = [
     (["pool", "grow", "--size", "1M"], 1),
     (["pool", "create", "--size", "1G"], 1),                 # already a pool
     (["lu", "nosuchcmd"], 2),
+    (["lu", "rename", "a", "c"], 1),                        # the name is taken
+    (["lu", "export", "a", "EXISTING"], 1),                 # no silent overwrite
 ]
 
 
 @pytest.mark.parametrize("args,code", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_is_refused_and_changes_nothing(cli_pool, args, code):
+def test_bad_input_is_refused_and_changes_nothing(cli_pool, args, code, tmp_path):
+    existing = tmp_path / "existing"
+    existing.write_bytes(b"keep me")
+    args = [str(existing) if a == "EXISTING" else a for a in args]
     before = fingerprint(cli_pool)
     data = b"y" * ((2 << 20) + 11000 if args[-1] == "2M" else 11000)
     r = run_cli(*args, pool=cli_pool, stdin=data, check_rc=None)
@@ -259,3 +264,37 @@ os._exit(9)
     after = disk_state(d, m)
     assert after != before and not any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks")))
     assert cli_json("pool", "check", pool=d)["reclaimable"] == 0
+
+
+def test_global_options_go_anywhere_and_changes_answer_in_json(cli_pool, monkeypatch):
+    """--pool, --json, -v and -q before the command or after it; every change says what it did
+    in one line, or prints the object it made with --json, or nothing with -q."""
+    listed = run_cli("lu", "list", "--pool", cli_pool).stdout
+    assert run_cli("--pool", cli_pool, "lu", "list").stdout == listed and b"NAME" in listed
+    assert json.loads(run_cli("--json", "lu", "list", pool=cli_pool).stdout) == cli_json("lu", "list", pool=cli_pool)
+    assert run_cli("lu", "show", "a", "-v", pool=cli_pool).returncode == 0
+    line = run_cli("lu", "snapshot", "a", "s2", pool=cli_pool).stdout.decode()
+    assert line.strip() == "snapshot a@s2 taken (4 MiB)"
+    made = json.loads(run_cli("lu", "clone", "a@s2", "d", "--json", pool=cli_pool).stdout)
+    assert made["name"] == "d" and made["kind"] == "clone" and made["parent"] == "a@s2"
+    assert run_cli("-q", "lu", "snapshot", "d", "x", pool=cli_pool).stdout == b""
+    for args, says in ((["lu", "resize", "d", "--size", "8M"], "d resized from 4 MiB to 8 MiB"),
+                       (["lu", "rename", "d", "e"], "renamed d to e"),
+                       (["lu", "rollback", "e", "x"], "e is back at e@x"),
+                       (["pool", "set", "--threshold", "90%"], "threshold set to 90%")):
+        assert run_cli(*args, pool=cli_pool).stdout.decode().strip() == says
+    assert cli_json("lu", "show", "e", pool=cli_pool)["snapshots"] == ["e@x"]  # snapshots follow a rename
+
+
+def test_import_and_export_through_pipes(cli_pool, tmp_path):
+    data = os.urandom(3_000_000)
+    run_cli("lu", "import", "piped", "-", pool=cli_pool, stdin=data)
+    assert cli_json("lu", "show", "piped", pool=cli_pool)["size"] == 3_000_320  # rounded up to 512
+    out = run_cli("lu", "export", "piped", "-", pool=cli_pool).stdout
+    assert out == data + bytes(320)
+    r = run_cli("lu", "import", "empty", "-", pool=cli_pool, stdin=b"", check_rc=1)
+    assert b"empty" in r.stderr and "empty" not in [x["name"] for x in cli_json("lu", "list", pool=cli_pool)]
+    dest = tmp_path / "out.raw"
+    run_cli("lu", "export", "piped", str(dest), pool=cli_pool)
+    run_cli("lu", "export", "piped", str(dest), "--force", pool=cli_pool)
+    assert dest.read_bytes() == out
