@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from .errors import BlockstoreError, InvalidArgument
@@ -38,8 +39,7 @@ def import_file(pool: Pool, name: str, path: str, progress: Callable[[int, int],
         size = os.fstat(fd).st_size
         if size == 0:
             raise InvalidArgument(f"{path} is empty")
-        lu = pool.create_lu(name, -(-size // SECTOR) * SECTOR)
-        try:
+        with _filling(pool, name, -(-size // SECTOR) * SECTOR) as lu:
             ranges = list(data_ranges(fd, size))
             total = sum(e - s for s, e in ranges)
             done = 0
@@ -50,11 +50,6 @@ def import_file(pool: Pool, name: str, path: str, progress: Callable[[int, int],
                     done += n
                     if progress:
                         progress(done, total)
-            lu.flush()
-        except BaseException:
-            lu.close()
-            pool.remove(name)
-            raise
         return lu
     finally:
         os.close(fd)
@@ -88,9 +83,7 @@ def import_stream(pool: Pool, name: str, src: BinaryIO, progress: Callable[[int,
     """Create LU ``name`` from a stream of unknown length (a pipe): written as it comes into an
     LU as large as the pool allows, all-zero pieces skipped, then cut to the stream's length
     rounded up to 512 bytes. Nothing is left behind if it fails."""
-    biggest = MAX_LU_EXTENTS * pool.extent_size
-    lu = pool.create_lu(name, biggest)
-    try:
+    with _filling(pool, name, MAX_LU_EXTENTS * pool.extent_size) as lu:
         pos = 0
         while chunk := src.read(STEP):
             if not is_zero(chunk):
@@ -100,14 +93,21 @@ def import_stream(pool: Pool, name: str, src: BinaryIO, progress: Callable[[int,
                 progress(pos, 0)
         if pos == 0:
             raise InvalidArgument("the input is empty")
-        size = -(-pos // SECTOR) * SECTOR
-        pool.resize(name, size, force=True)
+        pool.resize(name, -(-pos // SECTOR) * SECTOR, force=True)
+    return lu
+
+
+@contextmanager
+def _filling(pool: Pool, name: str, size: int) -> Iterator[LU]:
+    """A new LU of ``size`` bytes to fill, flushed after; removed again if filling it fails."""
+    lu = pool.create_lu(name, size)
+    try:
+        yield lu
         lu.flush()
     except BaseException:
         lu.close()
         pool.remove(name)
         raise
-    return lu
 
 
 def export_stream(lu: LU, out: BinaryIO, progress: Callable[[int, int], None] | None = None) -> None:
