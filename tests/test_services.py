@@ -175,7 +175,7 @@ def test_import_deploy_two_partitions_and_e2fsck(spool, tmp_path):
     run_cli("lu", "export", disk2, str(out), pool=spool)
     subprocess.run(["e2fsck", "-fn", str(out)], check=True, capture_output=True)
     run_cli("lu", "write", disk1, "--offset", "8M", pool=spool, stdin=image_disk[8 * MiB: 9 * MiB])
-    run_cli("lu", "export", disk1, str(out), pool=spool)
+    run_cli("lu", "export", disk1, str(out), "--force", pool=spool)  # over the first
     subprocess.run(["e2fsck", "-fn", str(out)], check=True, capture_output=True)
     # the image's LUs are sealed
     run_cli("lu", "write", by_path["disk.raw"]["lu"], pool=spool, stdin=b"x", check_rc=1)
