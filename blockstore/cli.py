@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = lu.add_parser("show", help="one LU")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
+    s = lu.add_parser("du", help="space per LU and snapshot: provisioned, used, exclusive, shared (like rbd du)")
+    s.add_argument("name", nargs="?", help="one LU and its snapshots (default: all)")
+    s.add_argument("--json", action="store_true")
     s = lu.add_parser("status", help="one LU as its holder sees it: who holds it open, handles, bytes written")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
@@ -310,6 +313,30 @@ def _table(rows: list[dict[str, Any]]) -> str:
     head = ["NAME", "SIZE", "ALLOCATED", "KIND", "PARENT"]
     body = [[r["name"], format_size(r["size"]), format_size(r["allocated"]),
              r["kind"] + (" thick" if r["thick"] else ""), r["parent"] or "-"] for r in rows]
+    return _columns(head, body)
+
+
+def _show_text(info: dict[str, Any]) -> str:
+    """``lu show`` for a reader: sizes, dates and states in words."""
+    kind = {"snapshot": f"snapshot of {info['parent']}", "clone": f"clone of {info['parent']}"}.get(
+        info["kind"], "LU" + (f" (flattened from {info['parent']})" if info.get("parent") else ""))
+    mirror = info.get("mirror")
+    rows = [("name", info["name"]), ("kind", kind + (", thick" if info.get("thick") else "")),
+            ("size", f"{format_size(info['size'])} ({info['size']:,} bytes)"),
+            ("allocated", format_size(info["allocated"])),
+            ("mirrored", "no" if not info.get("mirrored") else
+             f"yes, {mirror['state']}" + (f", {mirror['dirty_extents']} extent(s) to resync" if mirror and
+                                          mirror["dirty_extents"] else "") if mirror else "yes"),
+            ("created", time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(info["created"]))),
+            ("snapshots", ", ".join(info.get("snapshots") or []) or "none"),
+            ("clones", ", ".join(info.get("clones") or []) or "none"),
+            ("open", "for writing" if info.get("open_for_writing") else "no"),
+            ("role", info.get("role") or "-")]
+    return "\n".join(f"{k:<10} {v}" for k, v in rows)
+
+
+def _columns(head: list[str], body: list[list[str]]) -> str:
+    """One table helper: left-aligned columns two spaces apart."""
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body])
 
@@ -413,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
 
 #: Commands that only look: the pool is opened read-only for them, so nothing on disk changes
 #: (no session file, no recovery, no reclaim); each list/show of a group counts.
-LOOKS = {("pool", "status"), ("lu", "export"), ("lu", "read"), ("lu", "status"), ("lu", "diff"), ("lu", "export-diff")}
+LOOKS = {("pool", "status"), ("lu", "export"), ("lu", "read"), ("lu", "status"), ("lu", "diff"), ("lu", "export-diff"),
+         ("lu", "du")}
 
 
 def _only_looks(args: argparse.Namespace) -> bool:
@@ -582,7 +610,17 @@ def _run_in_pool(args: argparse.Namespace, pool: Pool) -> int:
         _print(args, rows, _table(rows))
     elif cmd == ("lu", "show"):
         info = pool.lu_info(args.name)
-        _print(args, info, "\n".join(f"{k:<17} {v}" for k, v in info.items()))
+        _print(args, info, _show_text(info))
+    elif cmd == ("lu", "du"):
+        rep = pool.du(args.name)
+        head = ["NAME", "PROVISIONED", "USED", "EXCLUSIVE", "SHARED"]
+        body = [[r["name"], format_size(r["provisioned"]), format_size(r["used"]), format_size(r["exclusive"]),
+                 format_size(r["shared"])] for r in rep["lus"]]
+        t = rep["total"]
+        body.append(["TOTAL", format_size(t["provisioned"]), format_size(t["used"]), format_size(t["exclusive"]),
+                     format_size(t["shared"])])
+        _print(args, rep, _columns(head, body) + "\n(TOTAL counts each shared extent once: exclusive + shared is "
+                          "what these LUs hold in the pool; snapshots provision nothing of their own)")
     elif cmd == ("lu", "status"):
         st = pool.lu_status(args.name)
         who = f"held by pid {st['holder']}" if st["holder"] else "not open for writing"

@@ -298,3 +298,21 @@ def test_import_and_export_through_pipes(cli_pool, tmp_path):
     run_cli("lu", "export", "piped", str(dest), pool=cli_pool)
     run_cli("lu", "export", "piped", str(dest), "--force", pool=cli_pool)
     assert dest.read_bytes() == out
+
+
+def test_du_columns_add_up_and_show_reads_as_words(cli_pool):
+    run_cli("lu", "write", "a", "--offset", "1M", pool=cli_pool, stdin=os.urandom(256 << 10))
+    run_cli("lu", "write", "c", "--offset", "2M", pool=cli_pool, stdin=os.urandom(128 << 10))
+    du = cli_json("lu", "du", pool=cli_pool)
+    rows = {r["name"]: r for r in du["lus"]}
+    assert all(r["exclusive"] + r["shared"] == r["used"] for r in rows.values())
+    assert rows["a@s1"]["exclusive"] == 0  # everything it holds, a or c holds too
+    assert rows["c"]["exclusive"] == 128 << 10 and rows["a"]["exclusive"] == 256 << 10
+    status = cli_json("pool", "status", pool=cli_pool)
+    assert du["total"]["used"] == status["allocated"]  # each shared extent counted once: it adds up
+    assert du["total"]["provisioned"] == 8 << 20      # a and c; a snapshot provisions nothing
+    assert [r["name"] for r in cli_json("lu", "du", "a", pool=cli_pool)["lus"]] == ["a", "a@s1"]
+    text = run_cli("lu", "show", "c", pool=cli_pool).stdout.decode()
+    assert "kind       clone of a@s1" in text and "size       4 MiB (4,194,304 bytes)" in text
+    assert "None" not in text and "[" not in text
+    assert run_cli("lu", "du", "nosuch", pool=cli_pool, check_rc=1).stderr.decode().count("\n") == 1
