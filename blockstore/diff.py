@@ -42,9 +42,10 @@ _REC = struct.Struct("<cQQ")
 
 
 def changed_extents(a: ExtentMap, b: ExtentMap) -> tuple[np.ndarray, np.ndarray]:
-    """(logical extents, whether ``b`` maps each) where maps ``a`` and ``b`` differ, over the
-    longer of the two; only chunks that exist in either are visited."""
-    n = max(len(a), len(b))
+    """(logical extents, whether ``b`` maps each) where maps ``a`` and ``b`` differ, within
+    ``b``'s length (what lies past it is gone, and what a grown ``b`` adds past ``a`` is holes
+    of both: the sizes say so); only chunks that exist in either are visited."""
+    n = len(b)
     exts, data = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
     holes = np.full(CHUNK, UNMAPPED, np.uint32)
     for c in sorted(a.made | b.made):
@@ -54,24 +55,14 @@ def changed_extents(a: ExtentMap, b: ExtentMap) -> tuple[np.ndarray, np.ndarray]
         at = at[at + c * CHUNK < n]
         exts.append(at + c * CHUNK)
         data.append(tb[at] != UNMAPPED)
-    # A size change alone makes the extents between the two ends differ (the shorter reads them
-    # as nothing); they are holes of both maps, so no chunk above shows them.
-    lo, hi = min(len(a), len(b)), n
-    out_e, out_d = np.concatenate(exts), np.concatenate(data)
-    if hi > lo and len(b) > len(a):
-        tail = np.setdiff1d(np.arange(lo, hi, dtype=np.int64), out_e)
-        if len(tail) <= (1 << 20):  # a grown LU's new holes: zeros, listed only when few
-            out_e = np.concatenate([out_e, tail])
-            out_d = np.concatenate([out_d, np.zeros(len(tail), bool)])
-    order = np.argsort(out_e, kind="stable")
-    return out_e[order], out_d[order]
+    return np.concatenate(exts), np.concatenate(data)
 
 
 def diff(pool: "Pool", older: str, newer: str) -> dict[str, Any]:
     """The byte ranges in which ``newer`` (NAME@SNAP or NAME) differs from ``older``
-    (NAME@SNAP of the same LU): ``{"from", "to", "size", "from_size", "extent_size",
-    "ranges": [{"offset", "length", "data"}], "changed"}``, ``data`` False where ``newer``
-    reads as zeros (unmapped: discarded, or past a shrink)."""
+    (NAME@SNAP of the same LU), within ``newer``'s size: ``{"from", "to", "size", "from_size",
+    "extent_size", "ranges": [{"offset", "length", "data"}], "changed"}``, ``data`` False where
+    ``newer`` reads as zeros (unmapped: discarded). A size change is the two sizes."""
     base, snap = split_snapshot(older)
     nbase, _ = split_snapshot(newer)
     if snap is None:
@@ -87,9 +78,9 @@ def diff(pool: "Pool", older: str, newer: str) -> dict[str, Any]:
         # split a run where it turns from data to zeros
         cuts = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
         for part, f in zip(np.split(np.arange(first, first + count), cuts), np.split(flags, cuts)):
-            start, end = int(part[0]) * E, min((int(part[-1]) + 1) * E, max(sa, sb))
+            start, end = int(part[0]) * E, min((int(part[-1]) + 1) * E, sb)
             if start < end:
-                ranges.append({"offset": start, "length": end - start, "data": bool(f[0]) and start < sb})
+                ranges.append({"offset": start, "length": end - start, "data": bool(f[0])})
     return {"from": older, "to": newer, "size": sb, "from_size": sa, "extent_size": E, "ranges": ranges,
             "changed": sum(r["length"] for r in ranges)}
 

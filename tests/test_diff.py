@@ -71,6 +71,28 @@ def test_a_full_export_and_a_chain_of_diffs_rebuild_the_lu(tmp_path):
     assert cli_json("pool", "check", pool=pool)["clean"]
 
 
+def test_diffs_across_a_shrink_and_a_growth_rebuild_the_lu(tmp_path):
+    pool = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "1G", "--extent-size", "64K", pool=pool)
+    run_cli("lu", "create", "v", "--size", "8M", pool=pool)
+    run_cli("lu", "write", "v", pool=pool, stdin=os.urandom(8 * MiB))
+    run_cli("lu", "snapshot", "v", "s1", pool=pool)
+    run_cli("lu", "export", "v@s1", str(tmp_path / "full"), pool=pool)
+    run_cli("lu", "resize", "v", "--size", "3M", "--force", pool=pool)       # shrink
+    run_cli("lu", "write", "v", "--offset", str(MiB), pool=pool, stdin=os.urandom(4096))
+    run_cli("lu", "snapshot", "v", "s2", pool=pool)
+    run_cli("lu", "resize", "v", "--size", "12M", pool=pool)                 # grow
+    run_cli("lu", "write", "v", "--offset", str(10 * MiB), pool=pool, stdin=os.urandom(4096))
+    run_cli("lu", "snapshot", "v", "s3", pool=pool)
+    for i in (2, 3):
+        run_cli("lu", "export-diff", f"v@s{i}", "--from", f"s{i - 1}", str(tmp_path / f"d{i}"), pool=pool)
+    run_cli("lu", "import", "w", str(tmp_path / "full"), pool=pool)
+    run_cli("lu", "snapshot", "w", "s1", pool=pool)
+    for i in (2, 3):
+        run_cli("lu", "import-diff", "w", str(tmp_path / f"d{i}"), pool=pool)
+        assert run_cli("lu", "read", "w", pool=pool).stdout == run_cli("lu", "read", f"v@s{i}", pool=pool).stdout
+
+
 def test_diff_of_a_huge_lu_costs_its_map(tmp_path):
     pool = str(tmp_path / "pool")
     run_cli("pool", "create", "--size", "4G", pool=pool)
