@@ -572,10 +572,10 @@ class LU:
         which becomes the LU's HELD extent; the copy of the rest waits (the module's docstring)."""
         if len(self._held) >= MAX_HELD:
             self._settle(next(iter(self._held)))
-        self._df.pwrite(data, dst * self._E + start)
+        c = _Copy(src, dst, self._E // COPY_BLOCK)
+        self._put(c, start, data)
         self._alloc.ref(dst, self.mirrored)
-        c = self._held[ext] = _Copy(src, dst, self._E // COPY_BLOCK)
-        c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
+        self._held[ext] = c
         if self._direct is not None:
             self._direct.set_held(ext, c.have)  # before the entry says HELD: C then finds it
         self._map.set(ext, dst, HELD)
@@ -585,10 +585,14 @@ class LU:
 
     def _write_held(self, ext: int, start: int, data: Buffer) -> None:
         c = self._held[ext]
-        self._df.pwrite(data, c.dst * self._E + start)
-        c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
+        self._put(c, start, data)
         if c.have.all():
             self._finish(ext)
+
+    def _put(self, c: _Copy, start: int, data: Buffer) -> None:
+        """Whole blocks of the LU's data into held extent ``c`` at byte ``start``, marked had."""
+        self._df.pwrite(data, c.dst * self._E + start)
+        c.have[start // COPY_BLOCK:(start + len(data)) // COPY_BLOCK] = True
 
     def _wait_fill(self, ext: int) -> None:
         """Wait until the filler's copy into held extent ``ext`` (if any) is over (the caller
@@ -607,12 +611,14 @@ class LU:
             return
         self._map.set(ext, c.dst, BUSY)  # no C write from here on: what it lacks stays lacking
         for first, k in runs(np.flatnonzero(~c.have)):
-            self._df.copy(self._at(c.src, first), self._at(c.dst, first), k * COPY_BLOCK)
+            self._copy_blocks(self._df, c, first, k)
             c.have[first:first + k] = True
         self._finish(ext)
 
-    def _at(self, phys: int, block: int) -> int:
-        return phys * self._E + block * COPY_BLOCK
+    def _copy_blocks(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> None:
+        """Blocks ``first`` to ``first + k`` of held extent ``c`` from its source (not marked)."""
+        E, B = self._E, COPY_BLOCK
+        df.copy(c.src * E + first * B, c.dst * E + first * B, k * B)
 
     def _finish(self, ext: int) -> None:
         c = self._held.pop(ext)
@@ -661,9 +667,9 @@ class LU:
                 if unlocked:
                     c.filling = True
                 else:
-                    ok = self._copy_blocks(df, c, first, k)
+                    ok = self._try_copy(df, c, first, k)
             if unlocked:
-                ok = self._copy_blocks(df, c, first, k)
+                ok = self._try_copy(df, c, first, k)
                 with self._filled:
                     c.filling = False
                     self._filled.notify_all()
@@ -681,9 +687,10 @@ class LU:
                     return
             time.sleep(0)  # let a writer waiting for the lock have it between steps
 
-    def _copy_blocks(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> bool:
+    def _try_copy(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> bool:
+        """The filler's ``_copy_blocks``: an error stops the filler, not the process."""
         try:
-            df.copy(self._at(c.src, first), self._at(c.dst, first), k * COPY_BLOCK)
+            self._copy_blocks(df, c, first, k)
             return True
         except Exception:
             return False

@@ -8,14 +8,20 @@ from conftest import cli_json, run_cli
 MiB = 1 << 20
 
 
-def test_a_full_export_and_a_chain_of_diffs_rebuild_the_lu(tmp_path):
-    pool = str(tmp_path / "pool")
+def at_s1(tmp_path, name: str, size: int, written: int) -> tuple[str, str]:
+    """A pool holding LU ``name`` with ``written`` random bytes, snapshot s1 taken and exported
+    whole: (pool, the export)."""
+    pool, full = str(tmp_path / "pool"), str(tmp_path / "full.raw")
     run_cli("pool", "create", "--size", "1G", "--extent-size", "64K", pool=pool)
-    run_cli("lu", "create", "vol", "--size", "32M", pool=pool)
-    run_cli("lu", "write", "vol", pool=pool, stdin=os.urandom(20 * MiB))
-    run_cli("lu", "snapshot", "vol", "s1", pool=pool)
-    full = str(tmp_path / "full.raw")
-    run_cli("lu", "export", "vol@s1", full, pool=pool)
+    run_cli("lu", "create", name, "--size", str(size), pool=pool)
+    run_cli("lu", "write", name, pool=pool, stdin=os.urandom(written))
+    run_cli("lu", "snapshot", name, "s1", pool=pool)
+    run_cli("lu", "export", f"{name}@s1", full, pool=pool)
+    return pool, full
+
+
+def test_a_full_export_and_a_chain_of_diffs_rebuild_the_lu(tmp_path):
+    pool, full = at_s1(tmp_path, "vol", 32 * MiB, 20 * MiB)
     steps = [  # (offset, bytes or None for a discard, length)
         [(3 * MiB + 100, os.urandom(5000), 0), (30 * MiB, os.urandom(MiB), 0)],
         [(0, None, 8 * MiB), (10 * MiB, bytes(MiB), 0)],
@@ -72,12 +78,7 @@ def test_a_full_export_and_a_chain_of_diffs_rebuild_the_lu(tmp_path):
 
 
 def test_diffs_across_a_shrink_and_a_growth_rebuild_the_lu(tmp_path):
-    pool = str(tmp_path / "pool")
-    run_cli("pool", "create", "--size", "1G", "--extent-size", "64K", pool=pool)
-    run_cli("lu", "create", "v", "--size", "8M", pool=pool)
-    run_cli("lu", "write", "v", pool=pool, stdin=os.urandom(8 * MiB))
-    run_cli("lu", "snapshot", "v", "s1", pool=pool)
-    run_cli("lu", "export", "v@s1", str(tmp_path / "full"), pool=pool)
+    pool, full = at_s1(tmp_path, "v", 8 * MiB, 8 * MiB)
     run_cli("lu", "resize", "v", "--size", "3M", "--force", pool=pool)       # shrink
     run_cli("lu", "write", "v", "--offset", str(MiB), pool=pool, stdin=os.urandom(4096))
     run_cli("lu", "snapshot", "v", "s2", pool=pool)
@@ -86,7 +87,7 @@ def test_diffs_across_a_shrink_and_a_growth_rebuild_the_lu(tmp_path):
     run_cli("lu", "snapshot", "v", "s3", pool=pool)
     for i in (2, 3):
         run_cli("lu", "export-diff", f"v@s{i}", "--from", f"s{i - 1}", str(tmp_path / f"d{i}"), pool=pool)
-    run_cli("lu", "import", "w", str(tmp_path / "full"), pool=pool)
+    run_cli("lu", "import", "w", full, pool=pool)
     run_cli("lu", "snapshot", "w", "s1", pool=pool)
     for i in (2, 3):
         run_cli("lu", "import-diff", "w", str(tmp_path / f"d{i}"), pool=pool)
