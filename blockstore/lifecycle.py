@@ -22,6 +22,7 @@ from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, ReadOnly
 from .extents import UNMAPPED, extents_for
 from .locks import HolderLock, holder
 from .names import check_name, snapshot_name, split_snapshot
+from .sizes import format_size
 
 if TYPE_CHECKING:
     from .lu import LU
@@ -163,7 +164,7 @@ class Lifecycle:
                 lu.replace_map(old_map, old_size)
                 raise
 
-    def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
+    def flatten(self, name: str) -> int:
         """Copy every extent ``name`` shares into its own, and drop its parent link.
 
         Returns the number of extents copied.
@@ -193,7 +194,8 @@ class Lifecycle:
             if n < lu.size:
                 if not force:
                     raise InvalidArgument(
-                        f"shrinking {name!r} from {lu.size} to {n} bytes loses data; add --force")
+                        f"shrinking {name!r} from {format_size(lu.size)} to {format_size(n)} loses what lies past "
+                        "the new end; add --force")
                 lu.discard(n, lu.size - n)
             old_size = lu.size
             lu.resize_map(n)

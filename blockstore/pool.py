@@ -411,9 +411,9 @@ class Pool:
         """Make ``name`` again what it was at ``name@snap``."""
         self.lifecycle.rollback(name, snap)
 
-    def flatten(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
+    def flatten(self, name: str) -> int:
         """Give ``name`` its own copy of every extent it shares; returns extents copied."""
-        return self.lifecycle.flatten(name, progress)
+        return self.lifecycle.flatten(name)
 
     def resize(self, name: str, size: int | str, *, force: bool = False, allow_empty: bool = False) -> None:
         """Grow ``name`` (also in use elsewhere); shrinking needs ``force``."""

@@ -55,6 +55,11 @@ def _state_path(pool_path: str, mountpoint: str, ext: str) -> str:
     return os.path.join(pool_path, "mounts", f"{key}.{ext}")
 
 
+def log_path(pool_path: str, mountpoint: str) -> str:
+    """Where the mount daemon of ``mountpoint`` logs (inside the pool, one file per mount point)."""
+    return _state_path(os.path.abspath(pool_path), os.path.abspath(mountpoint), "log")
+
+
 def check_mountpoint(mountpoint: str) -> str:
     mp = os.path.abspath(mountpoint)
     if not os.path.isdir(mp):

@@ -354,6 +354,7 @@ class Node:
     def _update_states(self) -> list[tuple[Peer, str, str]]:
         """Recompute each peer's state; returns the transitions."""
         now = time.monotonic()
+        self._read_leaves(now)
         changes = []
         with self.lock:
             for p in self.peers.values():
@@ -369,6 +370,18 @@ class Node:
                     changes.append((p, p.state, new))
                     p.state = new
         return changes
+
+    def _read_leaves(self, now: float) -> None:
+        """A peer that went quiet may have left cleanly: ``node stop`` marks its record before it
+        closes its links, so the record is read again before the silence is taken for a failure."""
+        with self.lock:
+            quiet = [p for p in self.peers.values() if p.state == "up" and not p.stopped and not self._is_up(p, now)]
+        for p in quiet:
+            rec = self.store.get(f"nodes/{p.name}")
+            info = json.loads(rec.value) if rec is not None else {}
+            if info.get("stopped") and info.get("incarnation") == p.meta.get("incarnation"):
+                with self.lock:
+                    p.stopped = True
 
     # -- the monitor: election, deposition, primary duties ---------------------------------------
 

@@ -36,6 +36,7 @@ from ..lu import LU
 from ..names import check_name
 from ..catalog import SECTOR
 from ..pool import Pool
+from ..sizes import format_size
 from ..transfer import data_ranges
 from ..zero import is_zero
 
@@ -213,7 +214,7 @@ def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | No
     need = sum(_count_extents(f.ranges, E) for f in files)  # arithmetic: a 2^50-byte member costs nothing
     free = pool.status()["free"] // E
     if need > free:
-        raise PoolFull(f"the image needs up to {need} extents of {E} bytes and the pool has {free} free")
+        raise PoolFull(f"the image needs up to {format_size(need * E)} and the pool has {format_size(free * E)} free")
     return listed
 
 

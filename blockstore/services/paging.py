@@ -18,7 +18,7 @@ from ..locks import HolderLock
 from ..names import check_name
 from ..catalog import SECTOR
 from ..pool import Pool
-from ..sizes import parse_size
+from ..sizes import format_size, parse_size
 
 LOCAL_CEC, LOCAL_NODE = "local", "local"
 
@@ -74,7 +74,7 @@ def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None)
     size = -(-size // SECTOR) * SECTOR
     st = pool.status()
     if size > st["capacity"]:
-        raise PoolFull(f"a paging file of {size} bytes is larger than the pool ({st['capacity']} bytes)")
+        raise PoolFull(f"a paging file of {format_size(size)} is larger than the pool ({format_size(st['capacity'])})")
     if pool.mirror is None:
         raise InvalidArgument("paging LUs need a redundant copy: the pool has no second failure group "
                               "(pool failgrp add DIR)")

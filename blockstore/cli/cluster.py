@@ -1,4 +1,5 @@
-"""The ``cluster``, ``node`` and ``ffdc`` commands: a thin adapter over blockstore.cluster."""
+"""``blockstore cluster|node|ffdc ...``: the cluster of node processes, a thin adapter over
+blockstore.cluster."""
 from __future__ import annotations
 
 import argparse
@@ -6,46 +7,55 @@ import datetime
 import json
 from typing import Any
 
-from .cluster import admin, config, ffdc
-from .cluster.events import EventLog
-from .errors import InvalidArgument
+from ..cluster import admin, config, ffdc
+from ..cluster.events import EventLog
+from ..errors import InvalidArgument
+from .args import UsageError, command, group
+from .output import done, emit, when
 
 
-def add_parsers(top: Any, json_flag: Any) -> None:
-    cl = top.add_parser("cluster", help="the cluster of node processes").add_subparsers(dest="cmd", required=True)
-    c = cl.add_parser("create", help="make the pool's cluster")
-    c.add_argument("name")
-    c.add_argument("--interval", type=float, default=1.0, help="seconds between keep-alives (default 1)")
-    c.add_argument("--misses", type=int, default=3, help="keep-alives missed before a node is down (default 3)")
-    json_flag(c)
-    json_flag(cl.add_parser("status", help="OK/DEGRADED/DOWN, each node, the primary and epoch"))
-    e = cl.add_parser("events", help="the event log (--follow: live, through the primary)")
+def add(top: Any) -> None:
+    cl = group(top, "cluster", "the cluster of node processes that watch each other and elect a primary")
+    c = command(cl, "create", "make the pool's cluster", "cluster create prod --interval 0.5", json=True)
+    c.add_argument("name", help="the cluster's name")
+    c.add_argument("--interval", type=float, default=1.0, help="seconds between keep-alives")
+    c.add_argument("--misses", type=int, default=3, help="keep-alives missed before a node is down")
+    command(cl, "status", "OK/DEGRADED/DOWN, each node, the primary and epoch; exit 0 OK, 3 degraded, 4 down",
+            "cluster status", json=True)
+    e = command(cl, "events", "the event log (--follow: live, through the primary)",
+                "cluster events --follow --kind node_down", json=True)
     e.add_argument("--since", type=int, default=0, metavar="SEQ", help="events after SEQ (default: all kept)")
     e.add_argument("--follow", action="store_true", help="keep printing new events")
     e.add_argument("--kind", action="append", help="only this kind; repeat for more")
-    json_flag(e)
 
-    nd = top.add_parser("node", help="node processes").add_subparsers(dest="cmd", required=True)
-    s = nd.add_parser("start", help="start a node (a daemon unless --foreground)")
-    s.add_argument("--name", required=True)
-    s.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (default: loopback, any free port)")
+    nd = group(top, "node", "node processes")
+    s = command(nd, "start", "start a node (a daemon unless --foreground); it joins the cluster",
+                "node start n1", "node start n2 --listen 127.0.0.1:7001 --cec cec1", json=True)
+    s.add_argument("name", nargs="?", help="the node's name")
+    s.add_argument("--name", dest="name_opt", metavar="NAME", help=argparse.SUPPRESS)
+    s.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
     s.add_argument("--cec", help="the CEC (physical server) it runs on")
-    s.add_argument("--foreground", action="store_true")
-    json_flag(s)
-    nd.add_parser("stop", help="stop a node (a primary resigns first)").add_argument("name")
+    s.add_argument("--foreground", action="store_true", help="stay attached (logs to stderr)")
+    s = command(nd, "stop", "stop a node: it leaves cleanly (a primary resigns first)", "node stop n1", json=True)
+    s.add_argument("name", nargs="?", help="the node's name")
+    s.add_argument("--name", dest="name_opt", metavar="NAME", help=argparse.SUPPRESS)
 
-    fd = top.add_parser("ffdc", help="first-failure data capture bundles").add_subparsers(dest="cmd", required=True)
-    c = fd.add_parser("capture", help="capture a bundle now")
+    fd = group(top, "ffdc", "first-failure data capture: bundles of logs and state taken when something fails")
+    c = command(fd, "capture", "capture a bundle now", "ffdc capture --node n1 --reason 'slow writes'", json=True)
     c.add_argument("--node", help="on this running node (default: here, from this command)")
     c.add_argument("--reason", default="", help="why")
-    json_flag(fd.add_parser("list", help="the bundles in the repository"))
-    c = fd.add_parser("show", help="one bundle: its manifest and files")
-    c.add_argument("id")
-    json_flag(c)
+    command(fd, "list", "the bundles in the repository", "ffdc list", json=True)
+    c = command(fd, "show", "one bundle: its manifest and files", "ffdc show 20261202T120000-n1-heartbeat_loss",
+                json=True)
+    c.add_argument("id", help="the bundle's id (ffdc list)")
 
 
-def _when(t: float | None) -> str:
-    return "-" if t is None else datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+def _node_name(args: argparse.Namespace) -> str:
+    """``node start|stop NAME`` (``--name NAME`` is still taken)."""
+    name = args.name or args.name_opt
+    if not name:
+        raise UsageError(f"blockstore node {args.cmd}: give the node's name: blockstore node {args.cmd} NAME")
+    return str(name)
 
 
 def _status_text(st: dict[str, Any]) -> str:
@@ -60,18 +70,18 @@ def _status_text(st: dict[str, Any]) -> str:
 
 
 def _event_text(ev: dict[str, Any]) -> str:
-    data = " ".join(f"{k}={v}" for k, v in ev["data"].items())
-    return f"{ev['seq']:>8} {_when(ev['time'])} {ev['kind']:<18} {ev['node'] or '-'}  {data}"
+    data = " ".join(f"{k}={v}" for k, v in ev["data"].items() if v is not None)
+    return f"{ev['seq']:>8} {when(ev['time'])} {ev['kind']:<18} {ev['node'] or '-'}  {data}"
 
 
-def run(args: argparse.Namespace, out: Any) -> int:
-    """``out(args, obj, human_text)`` prints either JSON or the text."""
+def run(args: argparse.Namespace) -> int:
     pool = args.pool
+    out = emit
     cmd = (args.group, args.cmd)
     if cmd == ("cluster", "create"):
         cfg = config.create(pool, args.name, interval=args.interval, misses=args.misses)
-        out(args, {"name": cfg.name, "interval": cfg.interval, "misses": cfg.misses,
-                   "token_file": config.token_path(pool)},
+        done(args, {"name": cfg.name, "interval": cfg.interval, "misses": cfg.misses,
+                    "token_file": config.token_path(pool)},
             f"created cluster {cfg.name} (keep-alive every {cfg.interval}s, down after {cfg.misses} misses); "
             f"callers' token in {config.token_path(pool)}")
     elif cmd == ("cluster", "status"):
@@ -81,23 +91,25 @@ def run(args: argparse.Namespace, out: Any) -> int:
     elif cmd == ("cluster", "events"):
         return _events(args, pool)
     elif cmd == ("node", "start"):
-        rec = admin.start_node(pool, args.name, listen=args.listen, cec=args.cec, foreground=args.foreground)
+        name = _node_name(args)
+        rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground)
         if not args.foreground:
-            out(args, rec, f"node {rec['name']} started (pid {rec['pid']}, listening on {rec['address']}); "
-                           f"log {admin.log_path(pool, args.name)}")
+            done(args, rec, f"node {rec['name']} started (pid {rec['pid']}, listening on {rec['address']}); "
+                            f"log {admin.log_path(pool, name)}")
     elif cmd == ("node", "stop"):
-        admin.stop_node(pool, args.name)
-        print(f"node {args.name} stopped")
+        name = _node_name(args)
+        admin.stop_node(pool, name)
+        done(args, {"name": name, "stopped": True}, f"node {name} stopped")
     elif cmd == ("ffdc", "capture"):
         bid = admin.ask_ffdc(pool, args.node, args.reason) if args.node else _capture_here(pool, args.reason)
-        print(f"captured {bid}")
+        done(args, {"id": bid}, f"captured {bid}")
     elif cmd == ("ffdc", "list"):
         rows = ffdc.list_bundles(pool)
         out(args, rows, "\n".join(f"{r['id']}  {r['condition'] or '?':<18} {r['bytes']:>8} B  {r['reason']}"
                                   for r in rows) or "no FFDC bundles")
     elif cmd == ("ffdc", "show"):
         b = ffdc.show(pool, args.id)
-        text = [f"{k:<10} {b[k]}" for k in ("id", "node", "condition", "reason")] + [f"time       {_when(b['time'])}"]
+        text = [f"{k:<10} {b[k]}" for k in ("id", "node", "condition", "reason")] + [f"time       {when(b['time'])}"]
         for name, body in sorted(b["contents"].items()):
             tail = body.rstrip().splitlines()[-15:]
             text += [f"--- {name} ({len(body)} bytes{', last 15 lines' if len(tail) == 15 else ''})", *tail]
@@ -107,7 +119,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
 
 def _capture_here(pool: str, reason: str) -> str:
     """FFDC from this command's process; the nodes and callers are told like for a node's own."""
-    from .cluster.protocol import tell
+    from ..cluster.protocol import tell
     store = config.open_store(pool)
     try:
         cfg = config.load_config(store, pool)
@@ -126,7 +138,7 @@ def _capture_here(pool: str, reason: str) -> str:
 
 
 def _events(args: argparse.Namespace, pool: str) -> int:
-    from .cluster.events import check_kinds
+    from ..cluster.events import check_kinds
     config.require(pool)
     kinds = check_kinds(args.kind) if args.kind else None
     if args.since < 0:
@@ -143,7 +155,7 @@ def _events(args: argparse.Namespace, pool: str) -> int:
             for ev in evs:
                 show(ev)
         return 0
-    from .cluster.client import EventClient
+    from ..cluster.client import EventClient
     for ev in EventClient(pool, kinds=args.kind, since=args.since):
         show(ev)
     return 0

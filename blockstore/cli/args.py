@@ -1,0 +1,123 @@
+"""The parser's shape: one way to declare a command (help, example, --json), argument types that
+read sizes as people write them, and the global options every command accepts in any place."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..sizes import parse_size
+
+SIZE = "bytes, or a number with K, M, G, T or P (powers of 1024): 10G, 512M"
+
+
+class UsageError(Exception):
+    """A command line that cannot be run: exit 2, one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Errors become UsageError (one line, exit 2) instead of argparse's usage dump and exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Examples keep their lines; an option with a default worth saying shows it (not False or
+    None, and not twice where its help already names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def offset(text: str) -> int:
+    try:
+        return parse_size(text, what="offset", allow_zero=True)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def length(text: str) -> int:
+    try:
+        return parse_size(text, what="length", allow_zero=True)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def fraction(text: str) -> float:
+    """``0.8`` or ``80%``: a bare number is a fraction, so ``1.5`` is refused, not read as 1.5%."""
+    try:
+        v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1] or a percentage in (0%, 100%]")
+    return v
+
+
+def group(top: Any, name: str, help: str) -> Any:
+    """A command group (``pool``, ``lu``...): its subcommands' action."""
+    p = top.add_parser(name, help=help, description=help)
+    return p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=Parser)
+
+
+def command(sub: Any, name: str, help: str, *examples: str, json: bool = False) -> argparse.ArgumentParser:
+    """One command: its help line (also its description), examples shown by ``--help`` and in the
+    man page, and ``--json`` when it prints a record."""
+    epilog = "examples:\n" + "\n".join(f"  blockstore {e}" for e in examples) if examples else None
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                                                formatter_class=_Help)
+    if json:
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+#: Options accepted before the command or anywhere after it: (flags, what add_argument takes).
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--pool",), {"metavar": "DIR", "help": "the pool's directory (default: $BLOCKSTORE_POOL)"}),
+    (("-v", "--verbose"), {"action": "store_true", "help": "log what happens, and show where an internal error "
+                                                           "came from"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no progress bars, no line saying what a change did"}),
+    (("--json",), {"action": "store_true", "help": "print results as JSON (a change: the object it made or changed)"}),
+    (("--progress",), {"action": "store_true", "help": "show progress bars even when stderr is no terminal"}),
+    (("--no-progress",), {"action": "store_true", "help": "never show progress bars"}),
+]
+
+
+def add_globals(parser: argparse.ArgumentParser) -> None:
+    """The global options on the top-level parser, with their real defaults."""
+    for flags, kw in GLOBAL_OPTIONS:
+        extra = {"default": os.environ.get("BLOCKSTORE_POOL")} if flags == ("--pool",) else {}
+        parser.add_argument(*flags, **kw, **extra)
+
+
+def everywhere(parser: argparse.ArgumentParser, top: argparse.ArgumentParser) -> None:
+    """Give every command the global options, so they may follow it as well as precede it. A
+    command's own option of the same name (bench --json FILE) stays its own; a global one given
+    after the command defaults to nothing there (SUPPRESS), so it never undoes one given before."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if parser is top:
+            return
+        taken = {o for a in parser._actions for o in a.option_strings}
+        for a in parser._actions:
+            if isinstance(a, argparse._StoreTrueAction) and any(a.option_strings == list(f) for f, _ in GLOBAL_OPTIONS):
+                a.default = argparse.SUPPRESS  # the command's own --json: given before it counts too
+        for flags, kw in GLOBAL_OPTIONS:
+            if not taken.intersection(flags):
+                parser.add_argument(*flags, **kw, default=argparse.SUPPRESS)
+        return
+    for sub in subs:
+        for child in set(sub.choices.values()):
+            everywhere(child, top)

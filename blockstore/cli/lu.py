@@ -1,0 +1,411 @@
+"""``blockstore lu ...``: logical units, their snapshots and clones, copies, and data in and out."""
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import tempfile
+import time
+from typing import Any, BinaryIO
+
+from ..errors import AlreadyExists, InvalidArgument
+from ..names import split_snapshot
+from ..pool import Pool
+from ..sizes import format_size
+from ..transfer import export_file, export_stream, import_file, import_stream
+from .args import SIZE, command, group, length, offset, size
+from .output import columns, done, emit, progress, sized, when
+
+STDIN_STEP = 1 << 20
+#: ``lu list --kind``: what each kind selects. Image LUs are hidden unless asked for.
+KINDS = ("lu", "clone", "snapshot", "image", "partition", "paging", "all")
+
+
+def add(top: Any) -> None:
+    sub = group(top, "lu", "logical units: thin disks, their snapshots and clones")
+    c = command(sub, "create", "a new thin LU (it reads as zeros; space is taken as it is written)",
+                "lu create disk0 --size 10G", "lu create db --size 100G --mirrored", json=True)
+    c.add_argument("name", help="the LU's name (letters, digits, . _ -)")
+    c.add_argument("--size", type=size, required=True, help=f"the LU's size ({SIZE}; a multiple of 512)")
+    c.add_argument("--thick", action="store_true", help="reserve every extent now")
+    c.add_argument("--mirrored", action="store_true", help="keep a redundant copy in the second failure group")
+    c = command(sub, "list", "LUs, clones and snapshots (image LUs only with --kind image or all)",
+                "lu list", "lu list --kind snapshot --json", json=True)
+    c.add_argument("--kind", choices=KINDS, action="append",
+                   help="only this kind; repeat for more (default: all but image LUs)")
+    s = command(sub, "show", "one LU or snapshot in words", "lu show disk0", "lu show disk0@monday --json", json=True)
+    s.add_argument("name", help="NAME or NAME@SNAP")
+    s = command(sub, "du", "space per LU and snapshot: provisioned, used, exclusive, shared (like rbd du)",
+                "lu du", "lu du disk0 --json", json=True)
+    s.add_argument("name", nargs="?", help="one LU and its snapshots (default: all)")
+    s = command(sub, "status", "an LU as its holder sees it: who holds it open, handles, bytes written",
+                "lu status disk0", json=True)
+    s.add_argument("name", help="NAME")
+    r = command(sub, "resize", "grow an LU (live, also while mounted), or shrink it with --force",
+                "lu resize disk0 --size 20G", json=True)
+    r.add_argument("name", help="NAME")
+    r.add_argument("--size", type=size, required=True, help=f"the new size ({SIZE})")
+    r.add_argument("--force", action="store_true", help="allow a shrink (what lies past the new end is lost)")
+    r = command(sub, "rm", "remove an LU, or one snapshot (NAME@SNAP)", "lu rm disk0@monday", "lu rm disk0 -r",
+                json=True)
+    r.add_argument("name", help="NAME or NAME@SNAP")
+    r.add_argument("--recursive", "-r", action="store_true", help="remove the LU's snapshots too")
+    s = command(sub, "snapshot", "a read-only point-in-time copy NAME@SNAP (live, also while mounted)",
+                "lu snapshot disk0 monday", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("snap", help="the snapshot's name")
+    s = command(sub, "clone", "a writable copy-on-write clone of NAME or NAME@SNAP", "lu clone disk0@monday test1",
+                json=True)
+    s.add_argument("source", help="NAME or NAME@SNAP")
+    s.add_argument("new", help="the clone's name")
+    s = command(sub, "rollback", "return NAME to its snapshot SNAP (what was written since is lost)",
+                "lu rollback disk0 monday", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("snap", help="SNAP, a snapshot of NAME")
+    s = command(sub, "flatten", "a clone copies what it shares and stops depending on its parent",
+                "lu flatten test1", json=True)
+    s.add_argument("name", help="NAME")
+    s = command(sub, "mirror", "give an LU a redundant copy in the second failure group", "lu mirror disk0", json=True)
+    s.add_argument("name", help="NAME")
+    s = command(sub, "unmirror", "drop an LU's redundant copy", "lu unmirror disk0", json=True)
+    s.add_argument("name", help="NAME")
+    s = command(sub, "verify", "compare a mirrored LU's two copies block by block; exit 0 clean, 4 mismatched",
+                "lu verify disk0 --repair", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("--repair", action="store_true", help="rewrite a block proven bad from the copy proven good")
+    s = command(sub, "resync", "copy to a copy what it missed while degraded", "lu resync disk0", json=True)
+    s.add_argument("name", help="NAME")
+    s = command(sub, "import", "a raw disk image (or a pipe) into a new LU; holes and zeros take no space",
+                "lu import vm1 vm1.raw", "qemu-img convert -O raw vm.qcow2 /dev/stdout | blockstore lu import vm1 -",
+                json=True)
+    s.add_argument("name", help="the new LU's name")
+    s.add_argument("file", help="the image; - for stdin (its length sets the LU's size, rounded up to 512)")
+    s = command(sub, "export", "an LU or snapshot out to a sparse raw file, or to stdout",
+                "lu export disk0@monday monday.raw", "lu export disk0 - | gzip > disk0.raw.gz", json=True)
+    s.add_argument("name", help="NAME or NAME@SNAP")
+    s.add_argument("file", help="where to write it; - for stdout (holes as zeros)")
+    s.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    s = command(sub, "rename", "rename an LU (its snapshots follow)", "lu rename disk0 web0", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("new", help="the new name")
+    s = command(sub, "write", "write stdin into an LU at --offset", "lu write disk0 --offset 1M < blob", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("--offset", type=offset, default="0", help=f"where to start ({SIZE})")
+    s = command(sub, "read", "read bytes of an LU or snapshot to stdout",
+                "lu read disk0 --offset 1M --length 4K | xxd | head")
+    s.add_argument("name", help="NAME or NAME@SNAP")
+    s.add_argument("--offset", type=offset, default="0", help=f"where to start ({SIZE})")
+    s.add_argument("--length", type=length, default=None, help=f"how much ({SIZE}; default: to the end)")
+    s = command(sub, "discard", "give back the space of a byte range (it reads as zeros after): whole extents "
+                                "are unmapped, partial ones zeroed", "lu discard disk0 --offset 1G --length 1G",
+                json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("--offset", type=offset, default="0", help=f"where the range starts ({SIZE})")
+    s.add_argument("--length", type=length, default=None, help=f"how much ({SIZE}; default: to the end of the LU)")
+    s = command(sub, "diff", "the byte ranges that changed from NAME@SNAP1 to NAME@SNAP2 (or to NAME now), "
+                             "from the extent maps: no data is read", "lu diff disk0@monday disk0@tuesday",
+                json=True)
+    s.add_argument("older", help="NAME@SNAP1")
+    s.add_argument("newer", help="NAME@SNAP2, or NAME for the LU as last committed")
+    s = command(sub, "export-diff", "write what changed since a snapshot as a stream that import-diff applies "
+                                    "(incremental backup)",
+                "lu export-diff disk0@tuesday --from monday tue.diff", json=True)
+    s.add_argument("name", help="NAME@SNAP2 (or NAME)")
+    s.add_argument("file", help="where to write the stream; - for stdout")
+    s.add_argument("--from", dest="since", required=True, metavar="SNAP1", help="the snapshot the stream starts from")
+    s.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    s = command(sub, "import-diff", "apply an export-diff stream to an LU still at its starting snapshot; it "
+                                    "takes the stream's ending snapshot", "lu import-diff disk0 tue.diff", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("file", help="the stream; - for stdin")
+
+
+def run(args: argparse.Namespace, pool: Pool) -> int:
+    return RUN[args.cmd](args, pool) or 0
+
+
+# -- looking ---------------------------------------------------------------------------------------
+
+def _list(args: argparse.Namespace, pool: Pool) -> None:
+    rows = sorted(pool.list_lus(), key=lambda r: r["name"])
+    kinds = set(args.kind or [])
+    shown = [r for r in rows if _kind_matches(r, kinds)]
+    hidden = sum(1 for r in rows if r["role"] == "image") if not kinds else 0
+    body = [[r["name"], format_size(r["size"]), format_size(r["allocated"]),
+             r["kind"] + (" thick" if r["thick"] else "") + (f" ({r['role']})" if r["role"] else ""),
+             r["parent"] or "-"] for r in shown]
+    text = columns(["NAME", "SIZE", "MAPPED", "KIND", "PARENT"], body) if shown else "no LUs"
+    notes = ["MAPPED: what each maps, shared extents in every LU that maps them (lu du adds up)"] if shown else []
+    if hidden:
+        notes.append(f"{hidden} image LU(s) not shown (--kind image or --kind all)")
+    emit(args, shown, text + "".join(f"\n({n})" for n in notes))
+
+
+def _kind_matches(r: dict[str, Any], kinds: set[str]) -> bool:
+    if not kinds:
+        return r["role"] != "image"
+    return "all" in kinds or r["kind"] in kinds or r["role"] in kinds
+
+
+def _show(args: argparse.Namespace, pool: Pool) -> None:
+    info = pool.lu_info(args.name)
+    kind = {"snapshot": f"snapshot of {info['parent']}", "clone": f"clone of {info['parent']}"}.get(
+        info["kind"], "LU" + (f" (flattened from {info['parent']})" if info.get("parent") else ""))
+    mirror = info.get("mirror")
+    mirrored = "no"
+    if info.get("mirrored"):
+        mirrored = "yes" if not mirror else f"yes, {mirror['state']}" + (
+            f", {mirror['dirty_extents']} extent(s) to resync" if mirror["dirty_extents"] else "")
+    rows = [("name", info["name"]), ("kind", kind + (", thick" if info.get("thick") else "")),
+            ("size", sized(info["size"])), ("mapped", format_size(info["allocated"])), ("mirrored", mirrored),
+            ("created", when(info["created"])),
+            ("snapshots", ", ".join(info.get("snapshots") or []) or "none"),
+            ("clones", ", ".join(info.get("clones") or []) or "none"),
+            ("open", "for writing" if info.get("open_for_writing") else "no"),
+            ("role", info.get("role") or "-")]
+    emit(args, info, "\n".join(f"{k:<10} {v}" for k, v in rows))
+
+
+def _du(args: argparse.Namespace, pool: Pool) -> None:
+    rep = pool.du(args.name)
+    fields = ("provisioned", "used", "exclusive", "shared")
+    body = [[r["name"], *(format_size(r[f]) for f in fields)] for r in rep["lus"]]
+    body.append(["TOTAL", *(format_size(rep["total"][f]) for f in fields)])
+    emit(args, rep, columns(["NAME", *(f.upper() for f in fields)], body)
+         + "\n(TOTAL counts each shared extent once: exclusive + shared is what these LUs hold in the pool; "
+           "snapshots provision nothing of their own)")
+
+
+def _status(args: argparse.Namespace, pool: Pool) -> None:
+    st = pool.lu_status(args.name)
+    who = f"held by pid {st['holder']}" if st["holder"] else "not open for writing"
+    emit(args, st, f"{args.name}: {format_size(st['size'])}, {format_size(st['allocated'])} mapped, {who}"
+                   + (f", {st['open_handles']} open handle(s), {format_size(st['bytes_written'])} written"
+                      if st["holder"] else ""))
+
+
+def _diff(args: argparse.Namespace, pool: Pool) -> None:
+    from ..diff import diff
+    d = diff(pool, args.older, args.newer)
+    lines = [f"{r['offset']:>16} {r['length']:>12} {'data' if r['data'] else 'zero'}" for r in d["ranges"]]
+    lines.append(f"{len(d['ranges'])} range(s), {format_size(d['changed'])} changed from {args.older} to {args.newer}")
+    emit(args, d, "\n".join(lines))
+
+
+# -- changing ----------------------------------------------------------------------------------------
+
+def _create(args: argparse.Namespace, pool: Pool) -> None:
+    with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored):
+        pass
+    info = pool.lu_info(args.name)
+    done(args, info, f"created LU {args.name} of {format_size(info['size'])}"
+                     + (", mirrored" if args.mirrored else "") + (", thick" if args.thick else ""))
+
+
+def _resize(args: argparse.Namespace, pool: Pool) -> None:
+    old = pool.lu_info(args.name)["size"]
+    pool.resize(args.name, args.size, force=args.force)
+    info = pool.lu_info(args.name)
+    done(args, info, f"{args.name} resized from {format_size(old)} to {format_size(info['size'])}")
+
+
+def _rm(args: argparse.Namespace, pool: Pool) -> None:
+    removed = pool.remove(args.name, recursive=args.recursive)
+    done(args, {"removed": removed}, "removed " + ", ".join(removed))
+
+
+def _snapshot(args: argparse.Namespace, pool: Pool) -> None:
+    info = pool.snapshot(args.name, args.snap)
+    done(args, info, f"snapshot {info['name']} taken ({format_size(info['size'])})")
+
+
+def _clone(args: argparse.Namespace, pool: Pool) -> None:
+    info = pool.clone(args.source, args.new)
+    done(args, info, f"cloned {args.source} as {info['name']} ({format_size(info['size'])})")
+
+
+def _rollback(args: argparse.Namespace, pool: Pool) -> None:
+    pool.rollback(args.name, args.snap)
+    done(args, pool.lu_info(args.name), f"{args.name} is back at {args.name}@{args.snap}")
+
+
+def _flatten(args: argparse.Namespace, pool: Pool) -> None:
+    n = pool.flatten(args.name)
+    done(args, {"name": args.name, "copied": n}, f"{args.name} owns all its extents ({n} copied)")
+
+
+def _rename(args: argparse.Namespace, pool: Pool) -> None:
+    pool.rename(args.name, args.new)
+    done(args, pool.lu_info(args.new), f"renamed {args.name} to {args.new}")
+
+
+def _mirror(args: argparse.Namespace, pool: Pool) -> None:
+    with progress(args, f"mirror {args.name}", unit_bytes=pool.extent_size) as step:
+        n = pool.set_mirrored(args.name, True, progress=step)
+    done(args, pool.lu_info(args.name), f"{args.name} is mirrored ({n} extent(s) copied)")
+
+
+def _unmirror(args: argparse.Namespace, pool: Pool) -> None:
+    pool.set_mirrored(args.name, False)
+    done(args, pool.lu_info(args.name), f"{args.name} is no longer mirrored")
+
+
+def _verify(args: argparse.Namespace, pool: Pool) -> int:
+    from ..scrub import verify
+    rep = verify(pool, args.name, repair=args.repair)
+    emit(args, rep, f"{rep['extents']} extent(s) compared at {rep['mib_per_s']:.0f} MiB/s, "
+                    f"{len(rep['mismatched'])} mismatched, {rep['repaired']} block(s) repaired"
+                    + "".join(f"\nunrecoverable: extent {e}" for e in rep["unrecoverable"]))
+    return 0 if rep["clean"] else 4
+
+
+def _resync(args: argparse.Namespace, pool: Pool) -> None:
+    with progress(args, f"resync {args.name}", unit_bytes=pool.extent_size) as step:
+        n = pool.resync(args.name, progress=step)
+    done(args, {"name": args.name, "copied": n}, f"copied {n} extent(s) to {args.name}'s other copy")
+
+
+def _discard(args: argparse.Namespace, pool: Pool) -> None:
+    with pool.lu(args.name) as lu:
+        start, end = _span(args, lu.size)
+        before = lu.allocated_bytes
+        lu.discard(start, end - start)
+        lu.flush()
+        rep = {"name": args.name, "offset": start, "length": end - start,
+               "allocated_before": before, "allocated": lu.allocated_bytes}
+    done(args, rep, f"discarded {format_size(rep['length'])} of {args.name} at {format_size(start)}: "
+                    f"{format_size(before - rep['allocated'])} unmapped, {format_size(rep['allocated'])} mapped now")
+
+
+def _span(args: argparse.Namespace, lu_size: int) -> tuple[int, int]:
+    """``--offset``/``--length`` as a byte range within the LU, or a refusal naming both."""
+    end = lu_size if args.length is None else args.offset + args.length
+    if args.offset > lu_size or end > lu_size:
+        raise InvalidArgument(f"--offset {format_size(args.offset)} --length {format_size(end - args.offset)} "
+                              f"reaches past the end of {args.name} ({sized(lu_size)})")
+    return args.offset, end
+
+
+# -- data in and out ---------------------------------------------------------------------------------
+
+def _is_stream(path: str) -> bool:
+    """``-`` (stdin or stdout), or a path that is no regular file: a pipe, /dev/stdout."""
+    if path == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _import(args: argparse.Namespace, pool: Pool) -> None:
+    stream = _is_stream(args.file)
+    t = time.monotonic()
+    with progress(args, f"import {args.name}") as step:
+        if stream:
+            fd = os.dup(sys.stdin.fileno()) if args.file == "-" else os.open(args.file, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as src:
+                lu = import_stream(pool, args.name, src, progress=step)
+        else:
+            lu = import_file(pool, args.name, args.file, progress=step)
+    with lu:
+        size_, alloc = lu.size, lu.allocated_bytes
+    done(args, pool.lu_info(args.name), f"imported {args.file} as {args.name}: {format_size(size_)}, "
+                                        f"{format_size(alloc)} mapped, {time.monotonic() - t:.2f}s")
+
+
+def _export(args: argparse.Namespace, pool: Pool) -> None:
+    stream = _is_stream(args.file)
+    if not stream and os.path.exists(args.file) and not args.force:
+        raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
+    with pool.lu(args.name, writable=False) as lu:
+        if stream:
+            fd = os.dup(sys.stdout.fileno()) if args.file == "-" else os.open(args.file, os.O_WRONLY)
+            with progress(args, f"export {args.name}") as step, os.fdopen(fd, "wb") as out:
+                export_stream(lu, out, progress=step)
+        else:
+            with progress(args, f"export {args.name}", unit_bytes=lu.extent_size) as step:
+                export_file(lu, args.file, progress=step)
+    if not stream:
+        done(args, {"name": args.name, "file": args.file, "size": lu.size},
+             f"exported {args.name} to {args.file} ({format_size(lu.size)})")
+
+
+def _bounded_stdin(room: int, name: str) -> BinaryIO:
+    """Stdin as a file that holds at most ``room`` bytes, or a refusal before anything is written.
+
+    A pipe's length is unknown until its end, so it is spooled to a temporary file first: a
+    write that would run past the LU's end is refused whole instead of half-applied.
+    """
+    stdin = sys.stdin.buffer
+    try:
+        st = os.fstat(stdin.fileno())
+        regular = stat.S_ISREG(st.st_mode)
+    except (OSError, ValueError):
+        regular = False
+    if regular:
+        n = st.st_size - stdin.tell()
+        src: BinaryIO = stdin
+    else:
+        src = tempfile.TemporaryFile()
+        n = 0
+        while chunk := stdin.read(STDIN_STEP):
+            n += len(chunk)
+            if n > room:
+                break
+            src.write(chunk)
+        src.seek(0)
+    if n > room:
+        raise InvalidArgument(f"the data runs past the end of {name} ({sized(room)} fit after the offset)")
+    return src
+
+
+def _write(args: argparse.Namespace, pool: Pool) -> None:
+    with pool.lu(args.name) as lu:
+        src = _bounded_stdin(max(0, lu.size - args.offset), args.name)
+        pos = args.offset
+        while chunk := src.read(STDIN_STEP):
+            lu.write(pos, chunk)
+            pos += len(chunk)
+        lu.flush()
+    done(args, {"name": args.name, "offset": args.offset, "length": pos - args.offset},
+         f"wrote {format_size(pos - args.offset)} to {args.name} at {format_size(args.offset)}")
+
+
+def _read(args: argparse.Namespace, pool: Pool) -> None:
+    with pool.lu(args.name, writable=False) as lu:
+        start, end = _span(args, lu.size)
+        out = sys.stdout.buffer
+        for pos in range(start, end, STDIN_STEP):
+            out.write(lu.read(pos, min(STDIN_STEP, end - pos)))
+        out.flush()
+
+
+def _export_diff(args: argparse.Namespace, pool: Pool) -> None:
+    from ..diff import export_diff, open_stream
+    if args.file != "-" and os.path.exists(args.file) and not args.force:
+        raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
+    with open_stream(args.file, "w") as out:
+        d = export_diff(pool, args.name, args.since, out)
+    if args.file != "-":
+        done(args, d, f"wrote {len(d['ranges'])} range(s), {format_size(d['changed'])} changed from "
+                      f"{split_snapshot(args.name)[0]}@{args.since} to {args.name}, to {args.file}")
+
+
+def _import_diff(args: argparse.Namespace, pool: Pool) -> None:
+    from ..diff import import_diff, open_stream
+    with open_stream(args.file, "r") as src:
+        rep = import_diff(pool, args.name, src)
+    done(args, rep, f"applied {format_size(rep['applied'])} to {args.name} (from {rep['from']}"
+                    + (f", now at snapshot {rep['to']})" if rep["to"] else ")"))
+
+
+#: Each ``lu`` command and what runs it.
+RUN: dict[str, Any] = {
+    "create": _create, "list": _list, "show": _show, "du": _du, "status": _status, "resize": _resize, "rm": _rm,
+    "snapshot": _snapshot, "clone": _clone, "rollback": _rollback, "flatten": _flatten, "mirror": _mirror,
+    "unmirror": _unmirror, "verify": _verify, "resync": _resync, "import": _import, "export": _export,
+    "rename": _rename, "write": _write, "read": _read, "discard": _discard, "diff": _diff,
+    "export-diff": _export_diff, "import-diff": _import_diff,
+}
