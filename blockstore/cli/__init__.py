@@ -63,7 +63,25 @@ def manpage() -> str:
     from argparse_manpage.manpage import Manpage
     parser = build_parser()
     parser.man_short_description = "thin-provisioned virtual block storage"  # type: ignore[attr-defined]
+    examples = [line.strip() for p in _commands(parser) for line in (p.epilog or "").splitlines()[1:]]
+    sections = [("EXAMPLES", ".nf\n" + "\n".join(e.replace("\\", "\\\\").replace("-", "\\-") for e in examples)
+                 + "\n.fi"),
+                ("ENVIRONMENT", ".TP\n.B BLOCKSTORE_POOL\nthe pool's directory when --pool is not given"),
+                ("EXIT STATUS", "0 success; 1 a refused request (one line on stderr, the pool unchanged); 2 a usage "
+                                "error; 3 leaks only (pool check), a degraded cluster (cluster status); 4 corruption, "
+                                "bad blocks left (pool check, pool scrub, lu verify), a cluster down.")]
+    parser._manpage = [{"heading": h, "content": c} for h, c in sections]  # type: ignore[attr-defined]
     return str(Manpage(parser))
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser, in the order of the help."""
+    out = []
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in a.choices.values():
+                out += _commands(child) or [child]
+    return out
 
 
 #: Commands that only look: the pool is opened read-only for them, so nothing on disk changes

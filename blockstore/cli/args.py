@@ -75,7 +75,8 @@ def group(top: Any, name: str, help: str) -> Any:
 def command(sub: Any, name: str, help: str, *examples: str, json: bool = False) -> argparse.ArgumentParser:
     """One command: its help line (also its description), examples shown by ``--help`` and in the
     man page, and ``--json`` when it prints a record."""
-    epilog = "examples:\n" + "\n".join(f"  blockstore {e}" for e in examples) if examples else None
+    lines = [e if "blockstore " in e else f"blockstore {e}" for e in examples]  # a pipe names it itself
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in lines) if examples else None
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, epilog=epilog,
                                                 formatter_class=_Help)
     if json:
@@ -116,7 +117,7 @@ def everywhere(parser: argparse.ArgumentParser, top: argparse.ArgumentParser) ->
                 a.default = argparse.SUPPRESS  # the command's own --json: given before it counts too
         for flags, kw in GLOBAL_OPTIONS:
             if not taken.intersection(flags):
-                parser.add_argument(*flags, **kw, default=argparse.SUPPRESS)
+                parser.add_argument(*flags, **{**kw, "help": argparse.SUPPRESS}, default=argparse.SUPPRESS)
         return
     for sub in subs:
         for child in set(sub.choices.values()):
