@@ -558,3 +558,38 @@ def test_an_election_with_an_expired_lease_is_lost_not_a_crash(cluster):
         assert store.get(election.LOCK) is None and election.current(store).node is None
     finally:
         store.close()
+
+
+def test_a_clean_leave_is_no_failure_also_from_the_systemd_unit(cluster):
+    """`node stop` and SIGTERM to a node the shipped unit runs (systemctl stop) are leaves: the
+    others record node_left, never node_down, and capture no heartbeat-loss bundle."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "systemd", "blockstore-node@.service")) as f:
+        line = next(x for x in f.read().splitlines() if x.startswith("ExecStart="))[len("ExecStart="):]
+    exe = os.path.join(os.path.dirname(sys.executable), "blockstore")
+    cmd = line.replace("/usr/local/bin/blockstore", exe).replace("%i", "n2").replace("$NODE_OPTIONS", "").split()
+    cluster.start("n1")
+    cluster.start("n3")
+    unit = subprocess.Popen(cmd, env=dict(os.environ, BLOCKSTORE_POOL=cluster.pool),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        cluster.wait(lambda: cluster.views_agree(["n1", "n2", "n3"], settled=True), timeout=20)
+        since = EventLog(cluster.pool).head()
+        unit.send_signal(signal.SIGTERM)
+        assert unit.wait(timeout=30) == 0, unit.stderr.read().decode()[-2000:] if unit.stderr else ""
+        run_cli("node", "stop", "n3", pool=cluster.pool)
+        states = lambda: {n["name"]: n["state"] for n in cluster.status()["nodes"]}  # noqa: E731
+        cluster.wait(lambda: states() == {"n1": "up", "n2": "stopped", "n3": "stopped"}, timeout=15)
+        time.sleep(INTERVAL * 3 * 2)  # past the keep-alive timeout: a loss would have been seen by now
+        evs = [e for e in EventLog(cluster.pool).events(since) if e["data"].get("node") in ("n2", "n3")]
+        kinds = {(e["kind"], e["data"]["node"]) for e in evs}
+        assert {("node_left", "n2"), ("node_left", "n3")} <= kinds, kinds
+        assert not any(k == "node_down" for k, _ in kinds), kinds
+        bundles = json.loads(run_cli("ffdc", "list", "--json", pool=cluster.pool).stdout)
+        assert not [b for b in bundles if b["condition"] == "heartbeat_loss"], bundles
+        text = run_cli("cluster", "events", pool=cluster.pool).stdout.decode()
+        assert "None" not in text and "node_left" in text
+    finally:
+        if unit.poll() is None:
+            unit.kill()
+            unit.wait()

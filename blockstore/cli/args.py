@@ -66,10 +66,11 @@ def fraction(text: str) -> float:
     return v
 
 
-def group(top: Any, name: str, help: str) -> Any:
-    """A command group (``pool``, ``lu``...): its subcommands' action."""
+def group(top: Any, name: str, help: str, dest: str = "cmd") -> Any:
+    """A command group (``pool``, ``lu``...): its subcommands' action; they land in ``args.<dest>``
+    (a group inside a group needs its own)."""
     p = top.add_parser(name, help=help, description=help)
-    return p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=Parser)
+    return p.add_subparsers(dest=dest, required=True, metavar="COMMAND", parser_class=Parser)
 
 
 def command(sub: Any, name: str, help: str, *examples: str, json: bool = False) -> argparse.ArgumentParser:

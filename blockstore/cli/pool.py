@@ -27,7 +27,7 @@ def add(top: Any) -> None:
     g.add_argument("--size", type=size, required=True, help=f"the new capacity ({SIZE})")
     t = command(sub, "set", "change a pool setting", "pool set --threshold 90%", json=True)
     t.add_argument("--threshold", type=fraction, required=True, help="warn when this much is allocated (0.9 or 90%%)")
-    fgp = group(sub, "failgrp", "failure groups: where the copies of mirrored LUs live")
+    fgp = group(sub, "failgrp", "failure groups: where the copies of mirrored LUs live", dest="sub")
     f = command(fgp, "add", "add the second failure group (ideally another disk)", "pool failgrp add /mnt/disk2/fg1",
                 json=True)
     f.add_argument("dir", help="an empty or missing directory for the copies")
