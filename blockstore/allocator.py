@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import lmdb
 import numpy as np
 
-from .storage.datafile import DataFile
+from .storage import Store
 from .errors import PoolCorrupt, PoolFull
 from .extents import CHUNK, runs
 from .meta import Meta, by_chunk, fg_key, set_bits
@@ -75,7 +75,7 @@ def resv_owner(key: bytes) -> tuple[str, int]:
 class Allocator:
     """Hands out extents of failure group ``fg`` to one pool session and keeps their counts."""
 
-    def __init__(self, meta: Meta, fg: int, session: str, datafile: DataFile, extent_size: int,
+    def __init__(self, meta: Meta, fg: int, session: str, datafile: Store, extent_size: int,
                  on_usage: "Callable[[float], None] | None" = None) -> None:
         self.meta, self.fg, self.session, self.df, self.E = meta, fg, session, datafile, extent_size
         self.batch = max(16, min(4096, BATCH_BYTES // extent_size))
@@ -200,16 +200,16 @@ class Allocator:
         np.add.at(delta, inv, sign)
         keep = delta != 0
         ext, delta = ext[keep], delta[keep]
-        name, db = db, self.meta.db[db]
+        name, handle = db, self.meta.db[db]
         freed = [np.zeros(0, np.int64)]
         for c, pos, off in by_chunk(ext):
-            raw = txn.get(fg_key(self.fg, c), db=db)
+            raw = txn.get(fg_key(self.fg, c), db=handle)
             rc = np.frombuffer(raw, np.uint32).astype(np.int64) if raw else np.zeros(CHUNK, np.int64)
             before = rc[off].copy()
             rc[off] += delta[pos]
             if (rc[off] < 0).any():
                 raise PoolCorrupt(f"reference count ({name}) underflow in failure group {self.fg}")
-            txn.put(fg_key(self.fg, c), rc.astype(np.uint32).tobytes(), db=db)
+            txn.put(fg_key(self.fg, c), rc.astype(np.uint32).tobytes(), db=handle)
             freed.append(ext[pos][(before > 0) & (rc[off] == 0)])
         return np.concatenate(freed)
 

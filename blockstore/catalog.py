@@ -5,7 +5,7 @@ caller's transaction; the journal (journal.py) decides when a change becomes dur
 from __future__ import annotations
 
 import time
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import lmdb
 
@@ -84,8 +84,8 @@ class Catalog:
         lu_id = cfg["next_lu_id"]
         cfg["next_lu_id"] = lu_id + 1
         self.meta.put_json(txn, "config", b"pool", cfg)
-        rec: LURecord = {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,  # type: ignore[typeddict-item]
-                         "allocated": 0, "gen": 1, "created": time.time(), **extra}
+        rec = cast(LURecord, {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,
+                              "allocated": 0, "gen": 1, "created": time.time(), **extra})
         self.put(txn, rec)
         return rec
 
@@ -114,7 +114,7 @@ class Catalog:
                 txn.delete(map_key(rec["id"], no), db=db)
             else:
                 txn.put(map_key(rec["id"], no), raw, db=db)
-        rec.update(size=size, allocated=emap.allocated(), gen=rec["gen"] + 1)
+        rec["size"], rec["allocated"], rec["gen"] = size, emap.allocated(), rec["gen"] + 1
         self.put(txn, rec)
         return rec["gen"]
 

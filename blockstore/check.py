@@ -42,10 +42,13 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     n = cfg["groups"][0]["extents"]
     refs = np.zeros(n, np.int64)
     mrefs = np.zeros(n, np.int64)
-    records, damaged = [], []
+    records: list[dict[str, Any]] = []
+    damaged: list[bytes] = []
     for key, raw in meta.iter_prefix(txn, "lus", b""):
         try:
-            records.append(meta.lu_record(key, raw))
+            rec = meta.lu_record(key, raw)
+            if rec is not None:
+                records.append(rec)
         except PoolCorrupt as e:
             damaged.append(key)
             errors.append(str(e).removeprefix("pool metadata damaged: "))

@@ -43,7 +43,7 @@ class ControlServer:
 
     def __init__(self, pool: "Pool", describe: Any = None) -> None:
         self.pool = pool
-        self.describe = describe or (lambda name: {})
+        self.describe: Any = describe or (lambda name: {})
         self.path = socket_path(pool.path, os.getpid())
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -128,7 +128,7 @@ class ControlServer:
         raise InvalidArgument(f"bad request: unknown op {op!r}")
 
 
-def _str(req: dict, key: str) -> str:
+def _str(req: dict[str, Any], key: str) -> str:
     v = req.get(key)
     if not isinstance(v, str) or not v:
         raise InvalidArgument(f"bad request: {key!r} must be a non-empty string")

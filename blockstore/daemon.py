@@ -38,7 +38,7 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
                             force=True)
         code = 0
         try:
-            serve(lambda: os.write(w, b"ok\n"))
+            serve(lambda: _tell(w, b"ok\n"))
         except BaseException as e:  # tell the waiting parent why, then leave
             logging.getLogger("blockstore").error("%s stopped: %s", what, e)
             os.write(w, f"{e}\n".encode(errors="replace"))
@@ -64,3 +64,7 @@ def _said(logfile: str, start: int) -> str:
     except OSError:
         return ""
     return "; ".join(line.strip() for line in lines if line.strip() and " stopped: " not in line)[-400:]
+
+
+def _tell(fd: int, what: bytes) -> None:
+    os.write(fd, what)

@@ -49,14 +49,19 @@ def changed_extents(a: ExtentMap, b: ExtentMap) -> tuple[np.ndarray, np.ndarray]
     exts, data = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
     holes = np.full(CHUNK, UNMAPPED, np.uint32)
     for c in sorted(a.made | b.made):
-        ta = np.frombuffer(a.tabs[c], np.uint32) if c < len(a.tabs) and a.tabs[c] is not None else holes
-        tb = np.frombuffer(b.tabs[c], np.uint32) if c < len(b.tabs) and b.tabs[c] is not None else holes
+        ta, tb = _chunk(a, c, holes), _chunk(b, c, holes)
         at = np.flatnonzero(ta != tb)
         at = at[at + c * CHUNK < n]
         exts.append(at + c * CHUNK)
         data.append(tb[at] != UNMAPPED)
     return np.concatenate(exts), np.concatenate(data)
 
+
+
+def _chunk(m: ExtentMap, c: int, holes: np.ndarray) -> np.ndarray:
+    """Chunk ``c`` of ``m``'s table as uint32 entries (``holes`` where it has none)."""
+    tab = m.tabs[c] if c < len(m.tabs) else None
+    return holes if tab is None else np.frombuffer(tab, np.uint32)
 
 def diff(pool: "Pool", older: str, newer: str) -> dict[str, Any]:
     """The byte ranges in which ``newer`` (NAME@SNAP or NAME) differs from ``older``

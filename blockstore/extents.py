@@ -91,7 +91,7 @@ class ExtentMap:
         self.n = n_extents
         self.resized = True
         k = extents_for(n_extents, CHUNK)
-        self.tabs: list[array | None] = [None] * k
+        self.tabs: list[array[int] | None] = [None] * k
         self.owns: list[bytearray | None] = [None] * k
         self.made: set[int] = set()
         self.dirty: set[int] = set()

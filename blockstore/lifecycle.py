@@ -8,20 +8,21 @@ of that process (control.py) where the operation can be done live (snapshot, clo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lmdb
 import numpy as np
 
 from . import control
-from .catalog import check_lu_size
+from .catalog import LURecord, check_lu_size
 from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, ReadOnly
 from .extents import UNMAPPED, extents_for
 from .locks import HolderLock, holder
 from .names import check_name, snapshot_name, split_snapshot
+from .records import LUInfo
 from .sizes import format_size
 
 if TYPE_CHECKING:
@@ -61,16 +62,16 @@ class Lifecycle:
             self.pool.emit("lu_created", {"name": name, "size": n, "thick": thick, "mirrored": mirrored})
             return lu
 
-    def snapshot(self, name: str, snap: str) -> dict[str, Any]:
+    def snapshot(self, name: str, snap: str) -> LUInfo:
         """A read-only, point-in-time copy ``name@snap`` sharing every extent (O(allocated chunks)).
         An LU another process holds open is snapshotted by that process, asked over its control
         channel (control.py)."""
         full = snapshot_name(name, snap)
         with self.live(name, {"op": "snapshot", "lu": name, "snap": snap}) as asked:
             if asked.done:
-                return asked.result
+                return cast(LUInfo, asked.result)
             with self.pool.lock, self.pool.writer(name) as lu:
-                def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                def change(txn: lmdb.Transaction) -> LURecord:
                     return self._share(txn, lu, full, "snapshot", name)
                 self._freeze(lu)
                 return self.pool.describe(self.pool.commit(change))
@@ -104,7 +105,7 @@ class Lifecycle:
         pid = holder(self.pool.holder_path(rec["id"])) if rec else None
         return pid if pid and pid != os.getpid() else None
 
-    def clone(self, source: str, new: str) -> dict[str, Any]:
+    def clone(self, source: str, new: str) -> LUInfo:
         """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""
         check_name(new)
         base, snap = split_snapshot(source)
@@ -112,19 +113,19 @@ class Lifecycle:
             with self.pool.meta.read() as txn:
                 sealed = bool(self.pool.record(txn, source).get("readonly"))
             if snap is not None or sealed:  # nothing writes it, so its stored map is the truth
-                def change(txn: lmdb.Transaction) -> dict[str, Any]:
+                def change(txn: lmdb.Transaction) -> LURecord:
                     src = self.pool.record(txn, source)
                     return self._share(txn, None, new, "clone", source, src=src)
                 return self.pool.describe(self.pool.commit(change))
             with self.live(source, {"op": "clone", "source": source, "new": new}) as asked:
                 if asked.done:
-                    return asked.result
+                    return cast(LUInfo, asked.result)
                 with self.pool.writer(source) as lu:
                     self._freeze(lu)
                     return self.pool.describe(self.pool.commit(lambda txn: self._share(txn, lu, new, "clone", source)))
 
     def _share(self, txn: lmdb.Transaction, lu: LU | None, new: str, kind: str, parent: str,
-               src: dict[str, Any] | None = None) -> dict[str, Any]:
+               src: LURecord | None = None) -> LURecord:
         """Create ``new`` with the same map as ``lu`` (or the stored ``src``), counting the shares."""
         if lu is not None:
             self.pool.journal.save(txn, lu)  # the handle's pending map is part of what is shared

@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from .catalog import LURecord
 from .errors import OutOfRange, ReadOnly
 from .extents import BUSY, CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
 from .native import DirectTable
@@ -74,7 +75,8 @@ class Host(Protocol):
     count, a fresh map for a read-only handle, the commit that makes its writes durable, and the
     last close of a handle."""
 
-    lock: threading.RLock
+    @property
+    def lock(self) -> threading.RLock: ...
 
     def flush(self) -> None: ...
 
@@ -95,7 +97,7 @@ class LU:
     (``restack``) when the LU becomes mirrored or stops being so.
     """
 
-    def __init__(self, host: Host, record: dict[str, Any], emap: ExtentMap, store: "DataFile | MirrorFile",
+    def __init__(self, host: Host, record: LURecord, emap: ExtentMap, store: "DataFile | MirrorFile",
                  allocator: "Allocator", *, writable: bool, holder: "HolderLock | None" = None) -> None:
         self._host = host
         self._lock = host.lock

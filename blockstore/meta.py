@@ -42,10 +42,10 @@ MAP_SIZE = 1 << 38
 LU_KINDS = ("lu", "snapshot", "clone")
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+def _json_object(raw: bytes | memoryview) -> dict[str, Any] | None:
     """A stored JSON object, or None when the bytes are not one (damage, for the caller to name)."""
     try:
-        rec = json.loads(raw)
+        rec = json.loads(bytes(raw))
     except ValueError:
         return None
     return rec if isinstance(rec, dict) else None
@@ -58,7 +58,7 @@ def _count(v: Any) -> bool:
 def _config_problem(cfg: dict[str, Any]) -> str | None:
     """What is wrong with the pool configuration record, or None."""
     es = cfg.get("extent_size")
-    if not _count(es) or es < 4096 or es & (es - 1):
+    if not isinstance(es, int) or not _count(es) or es < 4096 or es & (es - 1):
         return "has no valid extent size"
     groups = cfg.get("groups")
     if not isinstance(groups, list) or not 1 <= len(groups) <= 2 or not all(
@@ -189,14 +189,14 @@ class Meta:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            return json.loads(bytes(raw))
         except ValueError:
             raise PoolCorrupt(f"pool metadata damaged: bad record {db}/{key!r}") from None
 
     def put_json(self, txn: lmdb.Transaction, db: str, key: bytes, value: Any) -> None:
         txn.put(key, json.dumps(value, sort_keys=True).encode(), db=self.db[db])
 
-    def lu_record(self, key: bytes, raw: bytes | None) -> dict[str, Any] | None:
+    def lu_record(self, key: bytes, raw: bytes | memoryview | None) -> dict[str, Any] | None:
         """The LU record stored under ``key`` (None if ``raw`` is), or PoolCorrupt saying what is
         wrong with it: every field the engine relies on is checked here, once, so no command
         trips over a damaged record with a KeyError halfway through its work."""
@@ -224,7 +224,7 @@ class Meta:
             raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} {problem}")
         return rec
 
-    def svc_record(self, key: bytes, raw: bytes | None) -> dict[str, Any] | None:
+    def svc_record(self, key: bytes, raw: bytes | memoryview | None) -> dict[str, Any] | None:
         """The service record under ``key`` ("kind/name"), checked against SVC_SHAPES like an LU
         record; PoolCorrupt names the record and the field."""
         if raw is None:
@@ -265,6 +265,7 @@ class Meta:
             return
         want = KEY_LEN.get(db)
         for key, value in cur:
+            key, value = bytes(key), bytes(value)  # bytes already (no buffers asked for): no copy
             if not key.startswith(prefix):
                 break
             if want is not None and len(key) != want:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class DirectTable:
 
     def __init__(self) -> None:
         self.ptr = ffi.gc(lib.bs_table_new(), lib.bs_table_free)
-        self._keep: tuple[object, ...] = ()
+        self._keep: Any = ()  # buffers C points into
 
     def __enter__(self) -> None:
         lib.bs_table_lock(self.ptr)
@@ -156,7 +156,7 @@ class DirectTable:
     def __exit__(self, *exc: object) -> None:
         lib.bs_table_unlock(self.ptr)
 
-    def publish(self, fd: int, mapping: FileMap, unit: int, size: int, chunk: int, phys: list, direct: list | None,
+    def publish(self, fd: int, mapping: FileMap, unit: int, size: int, chunk: int, phys: list[Any], direct: list[Any] | None,
                 zero_slow: bool, dirty: np.ndarray) -> None:
         """Point the table at ``phys`` (per chunk of ``chunk`` units: a uint32 buffer, or None
         for all holes) and ``direct`` (per chunk: a byte buffer, nonzero where a unit may be
@@ -164,9 +164,9 @@ class DirectTable:
         (which must outlive its use here); ``fd`` -1 serves nothing. The lists are the owner's
         and are followed by ``chunk_made``. Hold the table (``with``) unless no I/O can use it yet."""
         k = max(1, len(phys))
-        self._lists = (phys, direct)
-        self._dirs = (ffi.new("uint32_t *[]", k), ffi.new("uint8_t *[]", k))
-        self._bufs: dict[int, tuple] = {}  # C holds pointers into these buffers
+        self._lists: tuple[list[Any], list[Any] | None] = (phys, direct)
+        self._dirs: tuple[Any, Any] = (ffi.new("uint32_t *[]", k), ffi.new("uint8_t *[]", k))
+        self._bufs: dict[int, tuple[Any, ...]] = {}  # C holds pointers into these buffers
         self._keep = dirty
         for c, tab in enumerate(phys):
             if tab is not None:
@@ -190,7 +190,7 @@ class DirectTable:
         table as for publish."""
         self._hchunk = chunk
         self._hdir = ffi.new("uint8_t **[]", max(1, chunks))
-        self._htabs: dict[int, object] = {}
+        self._htabs: dict[int, Any] = {}
         self._hbufs: dict[int, object] = {}
         for unit, arr in arrays.items():
             self.set_held(unit, arr)
@@ -229,11 +229,11 @@ class DirectTable:
 
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
-        return lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset)
+        return int(lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset))
 
     def pwrite(self, buf: Buffer, offset: int) -> int:
         """0 when written, 1 when the table cannot serve it (nothing written), or a negative errno."""
-        return lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset)
+        return int(lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset))
 
 
 class ArmedUnits:
@@ -294,7 +294,7 @@ def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[
 
 def fuse_direct_attach(fh: int, table: DirectTable) -> bool:
     """Serve file handle ``fh`` through ``table`` (False: no free slot; it keeps the fallback)."""
-    return lib.bs_fuse_attach(fh, table.ptr) == 0
+    return bool(lib.bs_fuse_attach(fh, table.ptr) == 0)
 
 
 def fuse_direct_detach(fh: int) -> None:

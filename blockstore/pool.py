@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
 from .catalog import Catalog, LURecord, check_lu_size
+from .records import DuReport, DuRow, DuTotal, LUInfo, LUStatus, PoolStatus
 from .extents import ExtentMap
 from .journal import Journal
 from .lifecycle import Lifecycle
@@ -99,12 +100,11 @@ class Pool:
         self.sums = SumStore(self.meta, self.extent_size)
         self.catalog = Catalog(self.meta, self.extent_size)
         self._activity = ActivityLog(self.locks_dir, self.session)
-        self.groups: FailureGroups | None = None
         try:
             if "id" not in cfg and not readonly:  # a pool made before pools had ids
                 cfg = self.meta.set_config(id=uuid.uuid4().hex)
             self.id: str | None = cfg.get("id")
-            self.groups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
+            self.groups: FailureGroups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
                                         self._activity, self.emit, readonly=readonly)
             self.groups.open(cfg)
             # One allocator: a mirrored extent sits at the same index in both groups' files.
@@ -127,7 +127,7 @@ class Pool:
     @property
     def mirror(self) -> MirrorFile | None:
         """The mirror layer (None without a second failure group)."""
-        return self.groups.mirror if self.groups else None
+        return self.groups.mirror
 
     def emit(self, kind: str, info: dict[str, Any]) -> None:
         self.listeners.emit(kind, info)
@@ -208,8 +208,9 @@ class Pool:
         self.listeners.drain()  # outside the lock: a listener may call back into the pool
 
     def _teardown(self) -> None:
-        if self.groups is not None:
-            self.groups.close()
+        groups = getattr(self, "groups", None)  # not there when opening failed before it
+        if groups is not None:
+            groups.close()
         if self.meta is not None:
             self.meta.close()
             self.meta = None  # type: ignore[assignment]
@@ -399,11 +400,11 @@ class Pool:
         """A new thin (or ``thick``) LU, open for writing; ``mirrored``: with a redundant copy."""
         return self.lifecycle.create_lu(name, size, thick=thick, mirrored=mirrored, allow_empty=allow_empty)
 
-    def snapshot(self, name: str, snap: str) -> dict[str, Any]:
+    def snapshot(self, name: str, snap: str) -> LUInfo:
         """A read-only point-in-time copy ``name@snap`` (also of an LU in use elsewhere)."""
         return self.lifecycle.snapshot(name, snap)
 
-    def clone(self, source: str, new: str) -> dict[str, Any]:
+    def clone(self, source: str, new: str) -> LUInfo:
         """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""
         return self.lifecycle.clone(source, new)
 
@@ -622,7 +623,7 @@ class Pool:
 
         def change(txn: lmdb.Transaction) -> None:
             rec = self.record(txn, name)
-            rec.update(fields)
+            rec.update(cast(LURecord, fields))
             self.catalog.put(txn, rec)
         self.commit(change)
 
@@ -648,7 +649,8 @@ class Pool:
 
     def svc_list(self, kind: str) -> list[dict[str, Any]]:
         with self.meta.read() as txn:
-            return [self.meta.svc_record(k, raw) for k, raw in self.meta.iter_prefix(txn, "svc", f"{kind}/".encode())]
+            found = (self.meta.svc_record(k, raw) for k, raw in self.meta.iter_prefix(txn, "svc", f"{kind}/".encode()))
+            return [r for r in found if r is not None]
 
     def open_redundant(self, name: str) -> LU:
         """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):
@@ -664,13 +666,13 @@ class Pool:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def list_lus(self) -> list[dict[str, Any]]:
+    def list_lus(self) -> list[LUInfo]:
         """Every LU and snapshot: name, size, allocated bytes, kind, parent (sorted by name)."""
         with self._lock, self.meta.read() as txn:
             records = self.records(txn)
         return [self.describe(r) for r in records]
 
-    def du(self, name: str | None = None) -> dict[str, Any]:
+    def du(self, name: str | None = None) -> DuReport:
         """Space per LU and snapshot (of ``name`` and its snapshots, or of every one), as ``rbd
         du`` counts it, in bytes: ``provisioned`` (its size), ``used`` (what its map holds),
         ``exclusive`` (extents nothing else references: what removing it alone frees) and
@@ -683,7 +685,7 @@ class Pool:
             rc = self.refcounts(txn)
             maps = {r["name"]: (self._writers[r["name"]].extent_map if r["name"] in self._writers
                                 else self.load_map(txn, r)) for r in records}
-        E, rows, shared_all = self.extent_size, [], [np.zeros(0, np.uint32)]
+        E, rows, shared_all = self.extent_size, list[DuRow](), [np.zeros(0, np.uint32)]
         for r in sorted(records, key=lambda r: r["name"]):
             phys = maps[r["name"]].mapped()
             only = rc[phys] == 1
@@ -691,12 +693,12 @@ class Pool:
             rows.append({"name": r["name"], "kind": r["kind"], "provisioned": r["size"], "used": len(phys) * E,
                          "exclusive": int(only.sum()) * E, "shared": int((~only).sum()) * E})
         shared_once = len(np.unique(np.concatenate(shared_all))) * E
-        total = {"provisioned": sum(r["provisioned"] for r in rows if r["kind"] != "snapshot"),
-                 "exclusive": sum(r["exclusive"] for r in rows), "shared": shared_once}
-        total["used"] = total["exclusive"] + total["shared"]
+        exclusive = sum(r["exclusive"] for r in rows)
+        total = DuTotal(provisioned=sum(r["provisioned"] for r in rows if r["kind"] != "snapshot"),
+                        used=exclusive + shared_once, exclusive=exclusive, shared=shared_once)
         return {"lus": rows, "total": total}
 
-    def lu_info(self, name: str) -> dict[str, Any]:
+    def lu_info(self, name: str) -> LUInfo:
         with self._lock, self.meta.read() as txn:
             rec = self.record(txn, name)
             records = self.records(txn)
@@ -725,20 +727,20 @@ class Pool:
                 rec = self.record(txn, name)
                 return self.load_map(txn, rec), rec["size"]
 
-    def lu_status(self, name: str) -> dict[str, Any]:
+    def lu_status(self, name: str) -> LUStatus:
         """``lu_info`` as the LU's holder sees it: a process holding it open (asked over its
         control channel) adds ``holder`` (pid), ``open_handles``, ``writable``, ``bytes_written``
         and ``pending_copies``; an LU nobody holds has ``holder`` None."""
         with self.lifecycle.live(name, {"op": "status", "lu": name}) as asked:
             if asked.done:
-                return asked.result
+                return cast(LUStatus, asked.result)
         info = self.lu_info(name)
         lu = self._writers.get(name)
         return {**info, "holder": os.getpid() if lu else None, "open_handles": 1 if lu else 0,
                 "writable": lu is not None, "bytes_written": lu.bytes_written if lu else 0,
                 "pending_copies": lu.pending_copies if lu else 0}
 
-    def describe(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def describe(self, rec: LURecord) -> LUInfo:
         """An LU record as the API shows it (sizes in bytes; this process's open writer's figures)."""
         lu = self._writers.get(rec["name"])
         allocated = lu.extent_map.allocated() if lu else rec["allocated"]
@@ -748,20 +750,17 @@ class Pool:
                 "mirrored": rec.get("mirrored", False), "role": rec.get("role"),
                 "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"]}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> PoolStatus:
         """Capacity and use of the pool, in bytes, with the overcommit ratio and threshold."""
         with self._lock, self.meta.read() as txn:
             cfg = self.meta.config(txn)
-            groups = []
             n = cfg["groups"][0]["extents"]
-            rc = self.meta.fg_array(txn, "rc", 0, n, np.uint32, 0)
-            free = self.meta.fg_array(txn, "free", 0, n, bool, 0)
-            groups.append((n, int(np.count_nonzero(rc)), int(np.count_nonzero(free))))
+            used = int(np.count_nonzero(self.meta.fg_array(txn, "rc", 0, n, np.uint32, 0)))
+            free = int(np.count_nonzero(self.meta.fg_array(txn, "free", 0, n, bool, 0)))
             records = self.records(txn)
             info = self.meta.env.info()
             stat = self.meta.env.stat()
         E = self.extent_size
-        n, used, free = groups[0]
         provisioned = sum(r["size"] for r in records if r["kind"] != "snapshot")
         capacity = n * E
         used_fraction = (n - free) / n if n else 0.0

@@ -95,15 +95,15 @@ def _only_looks(args: argparse.Namespace) -> bool:
     if cmd == ("pool", "check"):
         return not args.repair
     if cmd == ("pool", "failgrp"):
-        return args.sub == "list"
+        return bool(args.sub == "list")
     return cmd in LOOKS or cmd[1] in ("list", "show")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
-        return bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir,
-                          only=args.only.split(",") if args.only else None)
+        return int(bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir,
+                              only=args.only.split(",") if args.only else None))
     if args.group == "completion":
         sys.stdout.write(completion(args.shell))
         return 0

@@ -100,8 +100,9 @@ GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 def add_globals(parser: argparse.ArgumentParser) -> None:
     """The global options on the top-level parser, with their real defaults."""
     for flags, kw in GLOBAL_OPTIONS:
-        extra = {"default": os.environ.get("BLOCKSTORE_POOL")} if flags == ("--pool",) else {}
-        parser.add_argument(*flags, **kw, **extra)
+        if flags == ("--pool",):
+            kw = {**kw, "default": os.environ.get("BLOCKSTORE_POOL")}
+        parser.add_argument(*flags, **kw)
 
 
 def everywhere(parser: argparse.ArgumentParser, top: argparse.ArgumentParser) -> None:

@@ -3,7 +3,6 @@ blockstore.cluster."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 from typing import Any
 

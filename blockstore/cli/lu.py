@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 from ..errors import AlreadyExists, InvalidArgument
 from ..names import split_snapshot
 from ..pool import Pool
+from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import export_file, export_stream, import_file, import_stream
 from .args import SIZE, command, group, length, offset, size
@@ -142,10 +143,10 @@ def _list(args: argparse.Namespace, pool: Pool) -> None:
     emit(args, shown, text + "".join(f"\n({n})" for n in notes))
 
 
-def _kind_matches(r: dict[str, Any], kinds: set[str]) -> bool:
+def _kind_matches(r: LUInfo, kinds: set[str]) -> bool:
     if not kinds:
         return r["role"] != "image"
-    return "all" in kinds or r["kind"] in kinds or r["role"] in kinds
+    return "all" in kinds or r["kind"] in kinds or (r["role"] or "") in kinds
 
 
 def _show(args: argparse.Namespace, pool: Pool) -> None:
@@ -170,8 +171,8 @@ def _show(args: argparse.Namespace, pool: Pool) -> None:
 def _du(args: argparse.Namespace, pool: Pool) -> None:
     rep = pool.du(args.name)
     fields = ("provisioned", "used", "exclusive", "shared")
-    body = [[r["name"], *(format_size(r[f]) for f in fields)] for r in rep["lus"]]
-    body.append(["TOTAL", *(format_size(rep["total"][f]) for f in fields)])
+    rows: list[tuple[str, Any]] = [(r["name"], r) for r in rep["lus"]] + [("TOTAL", rep["total"])]
+    body = [[name, *(format_size(r[f]) for f in fields)] for name, r in rows]
     emit(args, rep, columns(["NAME", *(f.upper() for f in fields)], body)
          + "\n(TOTAL counts each shared extent once: exclusive + shared is what these LUs hold in the pool; "
            "snapshots provision nothing of their own)")

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..check import check
 from ..pool import Pool
+from ..records import PoolStatus
 from ..sizes import format_size
 from .args import SIZE, command, fraction, group, size
 from .output import done, emit, progress
@@ -110,7 +111,7 @@ def _failgrp(args: argparse.Namespace, pool: Pool) -> int:
     return 0
 
 
-def _status_text(s: dict[str, Any]) -> str:
+def _status_text(s: PoolStatus) -> str:
     """Every percentage of the same whole: the capacity."""
     def pct(n: int) -> str:
         return f"{n / max(s['capacity'], 1) * 100:.1f}%"

@@ -55,7 +55,8 @@ def node_record(pool_path: str, name: str) -> dict[str, Any]:
         store.close()
     if e is None:
         raise NotFound(f"no node {name} in the cluster")
-    return json.loads(e.value)
+    rec: dict[str, Any] = json.loads(e.value)
+    return rec
 
 
 def node_view(pool_path: str, name: str, timeout: float = 2.0) -> dict[str, Any]:

@@ -131,7 +131,7 @@ class EventLog:
         """Published events after ``since``, oldest first."""
         if since + 1 < self.oldest():
             raise Gone(f"events after {since} were pruned (the oldest kept is {self.oldest()}); resync")
-        out = []
+        out: list[dict[str, Any]] = []
         seq = since + 1
         while limit is None or len(out) < limit:
             line = self.read(seq)

@@ -169,7 +169,8 @@ def _manifest(path: str) -> dict[str, Any]:
     with tarfile.open(path, "r:gz") as tar:
         f = tar.extractfile("manifest.json")
         assert f is not None
-        return json.load(f)
+        manifest: dict[str, Any] = json.load(f)
+        return manifest
 
 
 def list_bundles(pool_path: str) -> list[dict[str, Any]]:

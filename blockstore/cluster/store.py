@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import lmdb
 
@@ -81,7 +81,7 @@ class LmdbStore:
     LOG_KEEP = 100_000  # changes kept for watchers; older ones are pruned
     # LMDB allows one environment handle per file per process: opens of one path share it (and
     # its database handles), and the last close closes it.
-    _open: dict[str, tuple[lmdb.Environment, tuple, int]] = {}
+    _open: dict[str, tuple[lmdb.Environment, tuple[Any, ...], int]] = {}
     _open_lock = threading.Lock()
     DBS = (b"kv", b"leases", b"log", b"meta")
 
@@ -134,20 +134,20 @@ class LmdbStore:
         e = self._decode(raw)
         if e.lease is not None:
             rec = txn.get(e.lease.to_bytes(8, "big"), db=self.leases)
-            if rec is None or self._dead(json.loads(rec)):
+            if rec is None or self._dead(json.loads(bytes(rec))):
                 return None
         return e
 
     def _expire(self, txn: lmdb.Transaction) -> None:
         """Drop dead leases, and every key put under them (writes do this; reads only skip them)."""
-        dead = [k for k, v in txn.cursor(db=self.leases) if self._dead(json.loads(v))]
+        dead = [bytes(k) for k, v in txn.cursor(db=self.leases) if self._dead(json.loads(bytes(v)))]
         for k in dead:
             lease = int.from_bytes(k, "big")
-            keys = json.loads(txn.get(k, db=self.leases))["keys"]
+            keys = json.loads(bytes(txn.get(k, db=self.leases) or b"{}"))["keys"]
             txn.delete(k, db=self.leases)
             for key in keys:
                 raw = txn.get(key.encode(), db=self.kv)
-                if raw is not None and self._decode(raw).lease == lease:
+                if raw is not None and self._decode(bytes(raw)).lease == lease:
                     txn.delete(key.encode(), db=self.kv)
                     self._bump(txn, key.encode(), None)
 
@@ -158,7 +158,7 @@ class LmdbStore:
             raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
             if raw is None:
                 raise NotFound(f"lease {lease} has expired or does not exist")
-            rec = json.loads(raw)
+            rec = json.loads(bytes(raw))
             if key.decode() not in rec["keys"]:
                 rec["keys"].append(key.decode())
                 txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)

@@ -15,6 +15,7 @@ Manifest (optional): {"name": "...", "files": {"relative/path": {"role": "boot"|
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from ..lu import LU
 from ..names import check_name
 from ..catalog import SECTOR
 from ..pool import Pool
+from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import data_ranges
 from ..zero import is_zero
@@ -143,10 +145,13 @@ def _discover_dir(src: str, dirs: list[int]) -> tuple[list[SourceFile], dict[str
                     os.close(fd)
             except OSError as e:
                 raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
-            files.append(SourceFile(rel, size, ranges, lambda d=dfd, n=name, r=rel, i=(st.st_dev, st.st_ino):
-                                    os.fdopen(_open_in(d, n, r, i), "rb")))
+            files.append(SourceFile(rel, size, ranges, functools.partial(_reopen, dfd, name, rel, (st.st_dev, st.st_ino))))
     walk(dirs[0], "")
     return files, manifest
+
+
+def _reopen(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> IO[bytes]:
+    return os.fdopen(_open_in(dfd, name, rel, ident), "rb")
 
 
 def _open_in(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> int:
@@ -161,17 +166,25 @@ def _open_in(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> int:
     return fd
 
 
+def _member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> IO[bytes]:
+    f = tar.extractfile(m)
+    if f is None:
+        raise InvalidArgument(f"tar member {m.name!r} cannot be read")
+    return f
+
+
 def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any] | None]:
-    files, manifest = [], None
-    members = {}
+    files: list[SourceFile] = []
+    manifest = None
+    members: dict[str, tarfile.TarInfo] = {}
     for m in tar.getmembers():
         name = m.name
         parts = name.split("/")
         if name.startswith("/") or ".." in parts:
             raise InvalidArgument(f"tar member {name!r} has an absolute or escaping path")
         if m.issym() or m.islnk():
-            target = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
-            if m.linkname.startswith("/") or target.startswith(".."):
+            dest = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
+            if m.linkname.startswith("/") or dest.startswith(".."):
                 raise InvalidArgument(f"tar member {name!r} links outside the image")
         members[os.path.normpath(name)] = m
     for name, m in sorted(members.items()):
@@ -180,10 +193,11 @@ def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any
         while target.issym() or target.islnk():
             key = target.linkname if target.islnk() else os.path.normpath(
                 os.path.join(os.path.dirname(target.name), target.linkname))
-            target = members.get(key)
+            found = members.get(key)
             seen += 1
-            if target is None or seen > 16:
+            if found is None or seen > 16:
                 raise InvalidArgument(f"tar member {name!r} links to nothing in the image")
+            target = found
         if target.isdir():
             continue
         if not target.isfile():
@@ -192,16 +206,16 @@ def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any
             manifest = _manifest(tar.extractfile(target).read())  # type: ignore[union-attr]
             continue
         # a sparse member (GNU or PAX) holds data only where its map says: count it by that
-        ranges = [(o, o + n) for o, n in target.sparse if n] if target.sparse else \
-            ([(0, target.size)] if target.size else [])
-        files.append(SourceFile(name, target.size, ranges, lambda t=target: tar.extractfile(t)))  # type: ignore[misc]
+        sparse: list[tuple[int, int]] | None = getattr(target, "sparse", None)  # (offset, length) pairs
+        ranges = [(o, o + n) for o, n in sparse if n] if sparse else ([(0, target.size)] if target.size else [])
+        files.append(SourceFile(name, target.size, ranges, functools.partial(_member, tar, target)))
     return files, manifest
 
 
 def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | None) -> dict[str, Any]:
     if not files:
         raise InvalidArgument("the image holds no files")
-    listed = (manifest or {}).get("files", {})
+    listed: dict[str, Any] = (manifest or {}).get("files", {})
     unknown = set(listed) - {f.path for f in files}
     if unknown:
         raise InvalidArgument(f"{MANIFEST} lists files the image does not have: {', '.join(sorted(unknown))}")
@@ -231,16 +245,16 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
         listed = _validate(pool, files, manifest)
         if old is not None:
             _drop_luns(pool, old)  # the remains of an interrupted import
+        entries: list[dict[str, Any]] = [{"path": f.path, "handle": handle_of(name, f.path), "size": f.size,
+                                          "role": listed.get(f.path, {}).get("role", "data")} for f in files]
         rec = {"name": name, "state": "importing", "source": os.path.abspath(src), "created": time.time(),
-               "manifest_name": (manifest or {}).get("name"),
-               "files": [{"path": f.path, "handle": handle_of(name, f.path), "size": f.size,
-                          "role": listed.get(f.path, {}).get("role", "data")} for f in files]}
+               "manifest_name": (manifest or {}).get("name"), "files": entries}
         pool.svc_put("image", name, rec)
         total = sum(f.size for f in files)
         done = 0
         try:
             deduper = _Deduper(pool)
-            for f, entry in zip(files, rec["files"]):
+            for f, entry in zip(files, entries):
                 lu_name = image_lu(name, entry["handle"])
                 entry["lu"] = lu_name
                 with pool.create_lu(lu_name, _lu_size(f.size)) as lu:
@@ -273,7 +287,7 @@ class _Deduper:
             if raw is None:
                 return None
             phys, = struct.unpack(">I", raw[:4])
-            owner = raw[4:].decode()
+            owner = bytes(raw[4:]).decode()
             rec = self.pool.record(txn, owner, missing_ok=True)
             # Only extents of sealed image LUs are shared: nothing ever writes them in place.
             if rec is None or not rec.get("readonly"):
@@ -441,7 +455,9 @@ def create_partition(pool: Pool, name: str, image: str, cec: str | None = None) 
     img = _get(pool, image)
     if cec is not None and pool.svc_get("cec", check_name(cec, "CEC name")) is None:
         raise NotFound(f"unknown CEC {cec!r}")
-    rec = {"name": name, "image": image, "cec": cec, "state": "defined", "created": time.time(), "lus": {}}
+    made: dict[str, str] = {}  # file path -> its LU
+    rec: dict[str, Any] = {"name": name, "image": image, "cec": cec, "state": "defined", "created": time.time(),
+                           "lus": made}
     pool.svc_put("partition", name, rec)
     rec["state"] = "provisioning"
     pool.svc_put("partition", name, rec)
@@ -450,9 +466,9 @@ def create_partition(pool: Pool, name: str, image: str, cec: str | None = None) 
             lu = part_lu(name, f["handle"])
             pool.clone(f["lu"], lu)
             pool.update_lu(lu, role="partition", partition=name, path=f["path"])
-            rec["lus"][f["path"]] = lu
+            made[f["path"]] = lu
     except BaseException:
-        for lu in rec["lus"].values():
+        for lu in made.values():
             pool.remove(lu)
         pool.svc_put("partition", name, None)
         raise
@@ -500,7 +516,7 @@ def remove_partition(pool: Pool, name: str) -> None:
     pool.svc_put("partition", name, None)
 
 
-def show_partition(pool: Pool, name: str, lus: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def show_partition(pool: Pool, name: str, lus: dict[str, LUInfo] | None = None) -> dict[str, Any]:
     rec = _partition(pool, name)
     if lus is None:
         lus = {r["name"]: r for r in pool.list_lus()}

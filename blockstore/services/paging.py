@@ -49,7 +49,7 @@ def list_cecs(pool: Pool) -> list[dict[str, Any]]:
 def find_node(pool: Pool, node: str) -> str | None:
     for cec in list_cecs(pool):
         if node in cec["nodes"]:
-            return cec["name"]
+            return str(cec["name"])
     return None
 
 

@@ -91,7 +91,9 @@ def settle(h0: np.ndarray | None, h1: np.ndarray | None, rec: np.ndarray) -> tup
     n = len(rec)
     direction = np.zeros(n, np.int8)
     if h0 is None or h1 is None:  # one copy: it is the truth; the other is resynced from it
-        return direction, (h1 if h0 is None else h0).copy()
+        only = h1 if h0 is None else h0
+        assert only is not None
+        return direction, only.copy()
     new = rec.copy()
     same = h0 == h1
     new[same] = h0[same]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ except ImportError:  # Python < 3.12 has no fcntl.fallocate; reach it through li
     _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
-    def fallocate(fd: int, mode: int, offset: int, length: int) -> None:  # type: ignore[misc]
+    def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         if _libc.fallocate(fd, mode, offset, length) != 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
@@ -43,7 +44,7 @@ class DataFile:
     """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
     lives in ``dirty_flag`` (one int32), where the C direct path sets it too."""
 
-    def __init__(self, path: str, *, create_size: int | None = None, label: dict | None = None,
+    def __init__(self, path: str, *, create_size: int | None = None, label: dict[str, Any] | None = None,
                  readonly: bool = False) -> None:
         """Open the data file at ``path`` (``readonly``: for reading only), or with
         ``create_size`` make a new one holding that many bytes of extents, followed by ``label``."""
@@ -80,8 +81,8 @@ class DataFile:
             self._map = native.FileMap(self.fd, max(self.size(), MAP_RESERVE))
         return self._map
 
-    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list,
-                      direct: list | None, zero_slow: bool, map_writes: bool, serve: bool,
+    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list[Any],
+                      direct: list[Any] | None, zero_slow: bool, map_writes: bool, serve: bool,
                       republish: object = None) -> None:
         """Point ``table`` (held by the caller) at this file: the units ``phys`` maps, written in
         place where ``direct`` allows, whole pieces through the mapping if ``map_writes``;
@@ -112,7 +113,7 @@ class DataFile:
             try:
                 done = os.pwrite(self.fd, data, offset)
             except OSError as e:
-                native.raise_errno(-e.errno, "write", self.path, offset)
+                native.raise_errno(-(e.errno or 5), "write", self.path, offset)
             if done == len(data):
                 return
             # a short write (the disk filling up): the C loop writes the rest or says why not
@@ -184,7 +185,7 @@ class DataFile:
 
     # -- identity --------------------------------------------------------------------------
 
-    def label(self) -> dict | None:
+    def label(self) -> dict[str, Any] | None:
         """The label at the file's end, or None when the file carries none (not the pool's)."""
         size = self.size()
         if size < LABEL:
@@ -198,7 +199,7 @@ class DataFile:
             return None
         return out if isinstance(out, dict) else None
 
-    def write_label(self, label: dict) -> None:
+    def write_label(self, label: dict[str, Any]) -> None:
         """Write ``label`` into the file's last LABEL bytes and make it durable."""
         raw = _MAGIC + json.dumps(label, sort_keys=True).encode()
         if len(raw) > LABEL:

@@ -36,7 +36,7 @@ class FailureGroups:
     """
 
     def __init__(self, root: str, meta: Meta, extent_size: int, pool_id: str | None, sums: SumStore,
-                 activity: ActivityLog, on_event: Callable[[str, dict], None], *, readonly: bool = False) -> None:
+                 activity: ActivityLog, on_event: Callable[[str, dict[str, Any]], None], *, readonly: bool = False) -> None:
         """``readonly``: the files are opened for reading and nothing is written to them (no label
         brought up to date: a pool that needs it is checked as far as it can be)."""
         self.root, self.meta, self.E, self.pool_id = root, meta, extent_size, pool_id
@@ -101,7 +101,7 @@ class FailureGroups:
                                       f"'pool failgrp replace' makes a new one")
             owner = label.get("owner")
             if owner is not None and owner != self.root:
-                if holds_pool(owner, self.pool_id):
+                if self.pool_id is not None and holds_pool(str(owner), self.pool_id):
                     raise BlockstoreError(f"{path} belongs to the pool at {owner} (this pool is a copy of it); "
                                           f"'pool failgrp replace DIR' gives this pool its own")
                 if not self.readonly:

@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class MirrorFile:
 
     def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
                  dirty_log: DirtyLog, sums: SumStore, activity: ActivityLog,
-                 need: int, on_event: Callable[[str, dict], None] | None = None) -> None:
+                 need: int, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.copies: list[DataFile | None] = [primary, secondary]
         self.paths = paths
         self.E = extent_size
@@ -109,7 +109,7 @@ class MirrorFile:
         #: extents the direct path may write (see the module's docstring)
         self.armed = native.ArmedUnits(need // extent_size)
         #: the direct tables that read and write this mirror -> how to republish each
-        self._tables: "weakref.WeakKeyDictionary[native.DirectTable, weakref.WeakMethod]" = weakref.WeakKeyDictionary()
+        self._tables: "weakref.WeakKeyDictionary[native.DirectTable, weakref.WeakMethod[Callable[[], None]]]" = weakref.WeakKeyDictionary()
 
     @property
     def degraded(self) -> list[int]:
@@ -143,8 +143,8 @@ class MirrorFile:
 
     # -- the direct path -------------------------------------------------------------------------
 
-    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list,
-                      direct: list | None, zero_slow: bool, map_writes: bool, serve: bool,
+    def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list[Any],
+                      direct: list[Any] | None, zero_slow: bool, map_writes: bool, serve: bool,
                       republish: Callable[[], None]) -> None:
         """Point ``table`` at these copies (the caller holds it): reads from the first live copy,
         writes to both (each through its mapping if ``map_writes``), of armed extents only;
@@ -153,15 +153,15 @@ class MirrorFile:
         other = self.copies[1] if i == 0 else None
         writes = direct if self.checksums and not self.degraded else None
         mapped = serve and map_writes and writes is not None
-        table.publish(first.fd if first is not None else -1, first.mapping() if mapped else native.NO_MAP,
+        table.publish(first.fd if first is not None else -1, first.mapping() if mapped and first is not None else native.NO_MAP,
                       unit, size, chunk, phys, writes, zero_slow,
                       first.dirty_flag if first is not None else np.zeros(1, np.int32))
-        table.mirror(other.fd if other is not None else -1, other.mapping() if mapped and other else native.NO_MAP,
+        table.mirror(other.fd if other is not None else -1, other.mapping() if mapped and other is not None else native.NO_MAP,
                      other.dirty_flag if other is not None else None, self.armed)
-        self._tables[table] = weakref.WeakMethod(republish)  # type: ignore[arg-type]
+        self._tables[table] = weakref.WeakMethod(republish)
 
     @contextmanager
-    def _tables_held(self) -> Iterator[list]:
+    def _tables_held(self) -> Iterator[list[Any]]:
         """Every direct table of this mirror held: no direct I/O is in flight until the end."""
         with ExitStack() as stack:
             held = list(self._tables.items())
@@ -426,7 +426,7 @@ class MirrorFile:
         pending checksums forgotten (the commit that freed them deleted their records)."""
         self._punch_copies(offset, length)
         exts = self._extents(offset, length)
-        self.armed.disarm(exts)  # no table maps them any more: no direct write is in flight
+        self.armed.disarm(list(exts))  # no table maps them any more: no direct write is in flight
         for e in exts:
             self.pending.pop(e, None)
             self._pending_c.pop(e, None)
