@@ -654,32 +654,103 @@ def _row(r: dict[str, Any]) -> str:
     return f"{r['name']:<42} {num(r['ours']):>12} {num(r['baseline']):>12} {r['unit']:<6} {ratio:>7} {target:>7} {mark}"
 
 
-def chart(results: list[dict[str, Any]], path: str) -> str | None:
+#: What a row is measured against when its name does not say (" vs ..."), by group.
+DEFAULT_BASELINE = {"core": "a plain file", "fuse": "a plain file"}
+
+
+def baseline_of(r: dict[str, Any]) -> str:
+    """The baseline a row's ratio is against, in words: what its name says after " vs ", else
+    its group's; rows with no baseline are absolute figures."""
+    if r["ratio"] is None:
+        return "absolute figures (no baseline)"
+    if " vs " in r["name"]:
+        said = r["name"].rsplit(" vs ", 1)[1]
+        return {"plain": "a plain file", "qemu": "QEMU's FUSE export"}.get(said, said)
+    return DEFAULT_BASELINE.get(r["group"], "a baseline the row names")
+
+
+def _figure(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f} {unit}" if abs(x) >= 100 else f"{x:,.2f} {unit}"
+
+
+def chart(results: list[dict[str, Any]], path: str, title: str = "blockstore bench") -> str | None:
+    """Every measured row: the ratio to its same-run baseline as a bar (log scale), with both
+    absolute figures beside it, rows grouped under the baseline they were measured against;
+    rows without a baseline listed with their figure. ``title`` names the run (date, commit)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no chart (pip install 'blockstore[bench]')"
-    rows = [r for r in results if r["ratio"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-    names = [r["name"] for r in rows]
-    ratios = [r["ratio"] for r in rows]
-    colors = ["tab:green" if r["ok"] else "tab:red" if r["ok"] is False else "tab:gray" for r in rows]
-    ax.barh(names, ratios, color=colors)
-    for i, r in enumerate(rows):
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(baseline_of(r), []).append(r)
+    order = sorted(groups, key=lambda g: (g.startswith("absolute"), g))
+    lines: list[tuple[str, dict[str, Any] | None]] = []
+    for g in order:
+        lines.append((g, None))
+        lines += [(r["name"], r) for r in groups[g]]
+    fig, ax = plt.subplots(figsize=(13, 0.26 * len(lines) + 1.3))
+    ratios = [r["ratio"] for _, r in lines if r is not None and r["ratio"] is not None]
+    lo, hi = min(ratios + [0.5]) / 1.5, max(ratios + [2.0]) * 8
+    for i, (label, r) in enumerate(lines):
+        if r is None:
+            continue
+        if r["ratio"] is None:
+            ax.text(lo * 1.05, i, _figure(r["ours"], r["unit"]), va="center", fontsize=8)
+            continue
+        color = "tab:green" if r["ok"] else "tab:red" if r["ok"] is False else "tab:gray"
+        ax.barh(i, r["ratio"], left=lo, color=color, height=0.6)
         if r["target"] is not None:
-            ax.plot([r["target"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
-        ax.text(r["ratio"], i, f" {r['ratio']:.2f}x", va="center")
-    ax.axvline(1.0, color="gray", linestyle=":")
+            ax.plot([r["target"]] * 2, [i - 0.35, i + 0.35], color="black", linewidth=2)
+        ax.text(r["ratio"], i, f" {r['ratio']:.2f}x   {_figure(r['ours'], r['unit'])} vs "
+                              f"{_figure(r['baseline'], r['unit'])}", va="center", fontsize=8)
+    ax.set_yticks(range(len(lines)))
+    ax.set_yticklabels([label if r is not None else ("against " + label if not label.startswith("absolute")
+                                                     else label) for label, r in lines], fontsize=8)
+    for tick, (_, r) in zip(ax.get_yticklabels(), lines):
+        if r is None:
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(lines) - 0.5, -0.5)
     ax.set_xscale("log")  # ratios: 0.5x and 2x sit equally far from 1x
-    ax.invert_yaxis()
-    ax.set_xlabel("ratio to the same-run baseline (green met, red missed, tick: target)")
-    ax.set_title("blockstore bench (medians)")
+    ax.set_xlim(lo, hi)
+    ax.axvline(1.0, color="gray", linestyle=":")
+    ax.set_xlabel("ours / the baseline measured in the same run (log scale; right is better)\n"
+                  "green: target met, red: missed, black tick: the target; both figures beside each bar")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+def replot(json_path: str, png_path: str | None = None) -> int:
+    """Draw the chart of an earlier run from its JSON (nothing is measured)."""
+    with open(json_path) as f:
+        doc = json.load(f)
+    png_path = png_path or os.path.splitext(json_path)[0] + ".png"
+    why = chart(doc["results"], png_path, title_of(doc))
+    print(why or f"wrote {png_path}")
+    return 1 if why else 0
+
+
+def title_of(doc: dict[str, Any]) -> str:
+    """A chart's title: what ran, when, on which commit."""
+    return (f"blockstore bench ({'quick' if doc.get('quick') else 'full'}; {', '.join(doc.get('groups') or [])}), "
+            f"{doc.get('when', '?')}, commit {doc.get('commit', 'unknown')}; medians")
+
+
+def _commit() -> str:
+    """The checkout's commit (short), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def main(quick: bool = False, json_path: str | None = None, png_path: str | None = None,
@@ -701,7 +772,7 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"version": 1, "quick": quick, "groups": only or list(GROUPS),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "seconds": round(time.time() - started, 1),
+           "seconds": round(time.time() - started, 1), "commit": _commit(),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
            "params": {"reps": b.reps, "seq_bytes": b.seq_total, "rand_ops": b.rand_ops, "rand_span": b.rand_span,
                       "extent_size": b.pool.extent_size},
@@ -716,6 +787,6 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
         print(f"wrote {json_path}")
         png_path = png_path or os.path.splitext(json_path)[0] + ".png"
     if png_path:
-        why = chart(b.results, png_path)
+        why = chart(b.results, png_path, title_of(doc))
         print(why or f"wrote {png_path}")
     return 0

@@ -2,7 +2,7 @@
 
 Both speak fusepy's API. mfusepy drives libfuse 3 (requests up to 1 MiB, ``lseek``); fusepy
 drives libfuse 2 (128 KiB requests at most). ``BLOCKSTORE_FUSE=fusepy`` picks the latter; the
-default is the one ``blockstore bench`` measured faster (README, "FUSE").
+default is the one ``blockstore bench`` measured faster (docs/fuse.md).
 """
 from __future__ import annotations
 

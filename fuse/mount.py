@@ -27,12 +27,12 @@ PR_SET_IO_FLUSHER = 57
 REQUEST = 1 << 20
 #: libfuse threads by default: one per core (2 at least). Direct requests need no GIL, so they
 #: run on every core at once; more threads than cores only spin on the data file's inode lock
-#: (README, "FUSE").
+#: (docs/fuse.md).
 THREADS = max(2, min(8, os.cpu_count() or 2))
 #: Asynchronous requests the kernel keeps queued for the daemon (its default is 12). A client with
 #: more in flight (fio's 2 jobs at iodepth 16 are 32) otherwise sleeps in submission until a slot
-#: frees, a sleep and a wake-up per request; 64 let 1 MiB writes run about 10% faster (README,
-#: "FUSE").
+#: frees, a sleep and a wake-up per request; 64 let 1 MiB writes run about 10% faster
+#: (docs/fuse.md).
 BACKGROUND = 64
 #: Below this a copy costs less than making a view of libfuse's buffer.
 SMALL = 64 << 10
@@ -127,7 +127,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     only help large requests (handing the GIL over costs more than a 4 KiB request).
     ``map_writes``: the direct path copies whole 256 KiB pieces of writes whose pages are in
     memory into a mapping of the data file (LU.direct_table). How the defaults were chosen:
-    README, "FUSE". ``access``: the files' owner, group and mode (default: the mounting user,
+    docs/fuse.md. ``access``: the files' owner, group and mode (default: the mounting user,
     0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.
     """
     _io_flusher()

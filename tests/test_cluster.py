@@ -181,7 +181,7 @@ def test_many_nodes_starting_at_once_elect_exactly_one(cluster):
 
 
 def _caller(pool: str, got: list[int], done: threading.Event, last: int) -> None:
-    """A caller as the README shows one: find the primary, register with since, read lines;
+    """A caller as docs/cluster.md shows one: find the primary, register with since, read lines;
     on a break, register again with the last number seen."""
     token = read_token(pool)
     since = 0

@@ -376,7 +376,7 @@ def test_allow_other_gives_other_users_what_uid_gid_and_mode_say(pool_path):
 
 def test_o_trunc_keeps_the_size_and_shared_mappings_are_refused(mnt, pool_path):
     """Issue 14, item 12, as decided: LU files keep their size under O_TRUNC as block devices do,
-    and a shared mapping is refused with ENODEV (README, "The FUSE mount", says why)."""
+    and a shared mapping is refused with ENODEV (docs/fuse.md says why)."""
     with open(f"{mnt}/disk", "r+b") as f:
         f.write(b"0123456789")
     subprocess.run(["sh", "-c", f"echo hi > {mnt}/disk"], check=True)

@@ -36,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add(top)
     cluster.add(top)
     b = command(top, "bench", "measure the engine against a plain file and QEMU's FUSE export",
-                "bench --quick --only core,fuse --json /tmp/b.json")
+                "bench --quick --only core,fuse --json /tmp/b.json", "bench --chart-from bench/results/bench.json")
     b.add_argument("--quick", action="store_true", help="small sizes, done within minutes")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --json)")
     b.add_argument("--dir", help="where to run (default: a temporary directory under the current one)")
+    b.add_argument("--chart-from", metavar="JSON", help="draw the chart of an earlier run's JSON (with --png: "
+                                                        "where; default beside it), measuring nothing")
     b.add_argument("--only", metavar="GROUPS",
                    help="comma-separated groups to run: core, mirror, services, cluster, fuse, fuse-mirror, "
                         "first-writes, live (default: all)")
@@ -100,6 +102,9 @@ def _only_looks(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.group == "bench" and args.chart_from:
+        from blockstore_bench.run import replot
+        return int(replot(args.chart_from, args.png))
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
         return int(bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir,
