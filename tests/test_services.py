@@ -345,9 +345,9 @@ def test_an_image_changed_during_its_import_never_imports_other_bytes(spool, tmp
             assert p.svc_get("image", "race") is None and not [r for r in p.list_lus() if "race" in r["name"]]
         else:
             assert attack == "swap a directory for a link"  # the held directory still had the file
-            (lu_name,) = [f["lu"] for f in images.show(p, "race")["file_list"] if f["path"] == "z/f"]
-            with p.lu(lu_name, writable=False) as lu:
-                assert lu.read(0, 8) == b"harmless"
+            (entry,) = [f for f in images.show(p, "race")["file_list"] if f["path"] == "z/f"]
+            with p.lu(entry["lu"], writable=False) as lu:
+                assert lu.read(entry["offset"], 8) == b"harmless"
         assert done
 
 
@@ -409,3 +409,49 @@ def test_a_petabyte_thin_lu_costs_what_its_data_costs(tmp_path):
         out.append(r.stdout)
     assert out[4] == b"hello" and out[5] == b"HELLO"
     assert run_cli("lu", "list", "--json", pool=pool).stdout.strip() == b"[]"
+
+
+def test_small_files_are_packed_and_deploy_byte_exact(spool, tmp_path):
+    """300 files of 1 byte to 30 KiB share a pack LU at 4 KiB-aligned offsets (they took an
+    extent each before: 300 x 64 KiB); a partition clones the pack once and reads every file at
+    its offset; writing the partition's copy changes nothing of the image's."""
+    import random
+    rng = random.Random(7)
+    src = tmp_path / "many"
+    (src / "etc").mkdir(parents=True)
+    want = {}
+    for i in range(300):
+        data = os.urandom(rng.choice([1, 6, 100, 4095, 4097, 20000, 30000]))
+        want[f"etc/f{i:03d}"] = data
+        (src / "etc" / f"f{i:03d}").write_bytes(data)
+    big = os.urandom(200_000)  # over half an extent: an LU of its own
+    want["big.bin"] = big
+    (src / "big.bin").write_bytes(big)
+    info = cli_json("image", "import", str(src), "--name", "many", pool=spool)
+    blocks = sum(-(-len(d) // 4096) for p, d in want.items() if p != "big.bin")
+    assert info["allocated"] <= (-(-blocks * 4096 // (64 << 10)) + 4) * (64 << 10), info  # pack + big file
+    assert info["allocated"] < 300 * (64 << 10) // 5  # an extent per file: 19 MiB
+    files = {f["path"]: f for f in cli_json("image", "show", "many", pool=spool)["file_list"]}
+    assert not files["big.bin"]["packed"] and files["big.bin"]["offset"] == 0
+    packs = {f["lu"] for p, f in files.items() if p != "big.bin"}
+    assert packs == {"img.many.pack"} and all(files[p]["packed"] for p in files if p != "big.bin")
+    assert all(f["offset"] % 4096 == 0 for f in files.values())
+    part = cli_json("partition", "create", "web", "--image", "many", pool=spool)
+    where = {x["path"]: x for x in part["lus"]}
+    assert len({x["lu"] for x in part["lus"]}) == 2  # the pack's clone, the big file's clone
+    with Pool.open(spool) as p:
+        for path, data in want.items():
+            x = where[path]
+            assert x["length"] == len(data)
+            with p.lu(x["lu"], writable=False) as lu:
+                assert lu.read(x["offset"], len(data)) == data, path
+        first = where["etc/f000"]
+        with p.lu(first["lu"]) as lu:
+            lu.write(first["offset"], b"changed")
+            lu.flush()
+        with p.lu(files["etc/f000"]["lu"], writable=False) as lu:
+            assert lu.read(files["etc/f000"]["offset"], len(want["etc/f000"])) == want["etc/f000"]
+    run_cli("partition", "rm", "web", pool=spool)
+    run_cli("image", "rm", "many", pool=spool)
+    assert cli_json("pool", "status", pool=spool)["allocated"] == 0
+    run_cli("pool", "check", pool=spool)

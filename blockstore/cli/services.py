@@ -93,7 +93,8 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         _image(args, pool)
     elif cmd == ("partition", "create"):
         info = images.create_partition(pool, args.name, args.image, args.cec)
-        done(args, info, f"partition {info['name']} is {info['state']} ({len(info['lus'])} LU(s))")
+        done(args, info, f"partition {info['name']} is {info['state']} ({len({x['lu'] for x in info['lus']})} LU(s) "
+                         f"for {len(info['lus'])} file(s))")
     elif cmd[0] == "partition" and cmd[1] in ("activate", "deactivate"):
         info = (images.activate if cmd[1] == "activate" else images.deactivate)(pool, args.name)
         done(args, info, f"partition {args.name} is {info['state']}")
@@ -108,7 +109,9 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("partition", "show"):
         info = images.show_partition(pool, args.name)
         emit(args, info, "\n".join([f"partition {info['name']}: {info['state']}, image {info['image']}, "
-                                    f"cec {info['cec'] or '-'}"] + [f"  {x['path']:<30} {x['lu']}" for x in info["lus"]]))
+                                    f"cec {info['cec'] or '-'}"] + [f"  {x['path']:<30} {x['lu']}"
+                                                                     + (f" at {x['offset']}" if x["offset"] else "")
+                                                                     for x in info["lus"]]))
     return 0
 
 
@@ -131,9 +134,10 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
         info = images.show(pool, args.name)
         emit(args, info, f"image {info['name']}: {format_size(info['logical'])} logical, "
                          f"{format_size(info['allocated'])} allocated\n" + columns(
-                             ["HANDLE", "PATH", "SIZE", "ROLE", "XXH128", "LU"],
-                             [[f["handle"], f["path"], format_size(f["size"]), f["role"], f["xxh128"], f["lu"]]
-                              for f in info["file_list"]]))
+                             ["HANDLE", "PATH", "SIZE", "ROLE", "XXH128", "LU", "AT"],
+                             [[f["handle"], f["path"], format_size(f["size"]), f["role"], f["xxh128"], f["lu"],
+                               str(f["offset"]) if f["packed"] else "-"] for f in info["file_list"]])
+                         + "\n(AT: the byte offset of a small file packed with others into one LU)")
     elif args.cmd == "rm":
         images.remove_image(pool, args.name)
         done(args, {"removed": args.name}, f"removed image {args.name}")

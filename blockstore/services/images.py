@@ -10,6 +10,13 @@ xxh3-128 finds a candidate among image extents already stored, and the bytes are
 the extent is shared. The image record says "importing" until the last file is in, so a crash or
 Ctrl-C leaves no half-visible image; the next import of that name clears the remains first.
 
+Small files are packed: a file of at most half an extent goes into one LU of the image shared by
+all of them (``img.IMAGE.pack``), at a 4 KiB-aligned offset, instead of an LU whose one extent it
+would fill with a few bytes (a 6-byte file took 1 MiB). Its entry names the pack LU and its
+``offset``; a partition clones the pack once and its files are at the same offsets. Why packing and
+not a smaller unit: the extent is the pool's one unit of mapping, sharing and copy on write, and a
+second, smaller unit for some LUs would give every map, reference count and copy two sizes.
+
 Manifest (optional): {"name": "...", "files": {"relative/path": {"role": "boot"|"data"|...,
 "sha256": "hex"}}}.
 """
@@ -67,6 +74,26 @@ def image_lu(image: str, handle: str) -> str:
 
 def part_lu(part: str, handle: str) -> str:
     return f"part.{part}.{handle}"
+
+
+#: The handle of an image's pack LU (file handles are "h" and hex, so it names no file).
+PACK = "pack"
+#: Small files start at multiples of this in the pack (whole blocks: a file's block is its own).
+PACK_ALIGN = 4096
+
+
+def packed(size: int, extent_size: int) -> bool:
+    """Whether a file of ``size`` bytes goes into the image's pack LU instead of an LU of its own."""
+    return size <= extent_size // 2
+
+
+def pack_layout(sizes: list[int]) -> tuple[list[int], int]:
+    """Offsets (bytes) of files of ``sizes`` laid one after another at PACK_ALIGN, and the end."""
+    offsets, end = [], 0
+    for n in sizes:
+        offsets.append(end)
+        end += -(-n // PACK_ALIGN) * PACK_ALIGN
+    return offsets, end
 
 
 # -- discovery ----------------------------------------------------------------------------------
@@ -252,9 +279,13 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
         pool.svc_put("image", name, rec)
         total = sum(f.size for f in files)
         done = 0
+        E = pool.extent_size
+        small = [(f, e) for f, e in zip(files, entries) if packed(f.size, E)]
         try:
             deduper = _Deduper(pool)
             for f, entry in zip(files, entries):
+                if packed(f.size, E):
+                    continue
                 lu_name = image_lu(name, entry["handle"])
                 entry["lu"] = lu_name
                 with pool.create_lu(lu_name, _lu_size(f.size)) as lu:
@@ -264,6 +295,8 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
                     deduper.remember(lu)
                 pool.update_lu(lu_name, role="image", readonly=True, image=name, path=f.path)
                 done += f.size
+            if small:
+                _pack(pool, name, small, listed, deduper, progress, done, total)
             rec["state"] = "ready"
             pool.svc_put("image", name, rec)
         except BaseException:
@@ -271,6 +304,78 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
             pool.svc_put("image", name, None)
             raise
     return show(pool, name)
+
+
+def _pack(pool: Pool, image: str, small: list[tuple[SourceFile, dict[str, Any]]], listed: dict[str, Any],
+          dedup: "_Deduper", progress: Progress, done: int, total: int) -> None:
+    """Copy the small files into the image's pack LU (pack_layout), an extent at a time through the
+    deduplication; fills each entry's ``lu``, ``offset``, ``xxh128``. ``done``: bytes of the
+    image copied before (for progress)."""
+    E = pool.extent_size
+    offsets, end = pack_layout([f.size for f, _ in small])
+    lu_name = image_lu(image, PACK)
+    with pool.create_lu(lu_name, _lu_size(end)) as lu:
+        writer = _ExtentWriter(lu, dedup)
+        for (f, entry), off in zip(small, offsets):
+            with f.opener() as fh:
+                data = fh.read(f.size + 1)
+            sha256 = listed.get(f.path, {}).get("sha256")
+            if len(data) != f.size or (sha256 and hashlib.sha256(data).hexdigest() != sha256.lower()):
+                raise InvalidArgument(f"{f.path}: checksum does not match {MANIFEST} (over the bytes copied)"
+                                      if len(data) == f.size else f"{f.path} changed size during the import")
+            writer.put(off, data)
+            entry.update(lu=lu_name, offset=off, xxh128=_small_sum(data, E), shared_extents=0)
+            done += f.size
+            if progress:
+                progress(f.path, f.size, f.size, done, total)
+        writer.close()
+        lu.flush()
+        dedup.remember(lu)
+    pool.update_lu(lu_name, role="image", readonly=True, image=image, path=f"({len(small)} small files)")
+
+
+def _small_sum(data: bytes, E: int) -> str:
+    """The file checksum ``_copy`` gives a file of less than one extent, so that a file has the
+    same checksum packed or not."""
+    whole = xxhash.xxh3_128(struct.pack(">Q", len(data)))
+    if not is_zero(data):
+        whole.update(struct.pack(">Q", 0) + xxhash.xxh3_128_digest(data.ljust(E, b"\0")))
+    return whole.hexdigest()
+
+
+class _ExtentWriter:
+    """Bytes laid at rising offsets into an LU, stored an extent at a time: an extent of zeros
+    stays a hole, one whose bytes are stored already is shared (the deduplication)."""
+
+    def __init__(self, lu: LU, dedup: "_Deduper") -> None:
+        self.lu, self.dedup, self.E = lu, dedup, lu.extent_size
+        self.ext, self.buf = 0, bytearray(self.E)
+
+    def put(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            ext, within = divmod(offset, self.E)
+            while self.ext < ext:
+                self._store()
+            n = min(len(view), self.E - within)
+            self.buf[within:within + n] = view[:n]
+            view, offset = view[n:], offset + n
+
+    def close(self) -> None:
+        if self.ext * self.E < self.lu.size:
+            self._store()
+
+    def _store(self) -> None:
+        data = bytes(self.buf)
+        if not is_zero(data):
+            digest = xxhash.xxh3_128_digest(data)
+            phys = self.dedup.find(digest, data)
+            if phys is not None:
+                self.lu.share_extent(self.ext, phys)
+            else:
+                self.lu.write(self.ext * self.E, data[:self.lu.size - self.ext * self.E])
+                self.dedup.add(digest, self.ext)
+        self.ext, self.buf = self.ext + 1, bytearray(self.E)
 
 
 class _Deduper:
@@ -397,7 +502,8 @@ def _remove_present(pool: Pool, names: list[str]) -> None:
 
 
 def _drop_luns(pool: Pool, rec: dict[str, Any]) -> None:
-    _remove_present(pool, [e.get("lu") or image_lu(rec["name"], e["handle"]) for e in rec["files"]])
+    names = [e.get("lu") or image_lu(rec["name"], e["handle"]) for e in rec["files"]]
+    _remove_present(pool, list(dict.fromkeys(names + [image_lu(rec["name"], PACK)])))
 
 
 # -- queries and removal ------------------------------------------------------------------------
@@ -416,7 +522,7 @@ def _get(pool: Pool, name: str) -> dict[str, Any]:
 def _summary(pool: Pool, rec: dict[str, Any]) -> dict[str, Any]:
     lus = {r["name"]: r for r in pool.list_lus()}
     logical = sum(f["size"] for f in rec["files"])
-    allocated = sum(lus[f["lu"]]["allocated"] for f in rec["files"] if f.get("lu") in lus)
+    allocated = sum(lus[lu]["allocated"] for lu in {f.get("lu") for f in rec["files"]} if lu in lus)
     return {"name": rec["name"], "files": len(rec["files"]), "logical": logical, "allocated": allocated,
             "created": rec["created"],
             "partitions": sorted(p["name"] for p in pool.svc_list("partition") if p["image"] == rec["name"])}
@@ -426,8 +532,8 @@ def show(pool: Pool, name: str) -> dict[str, Any]:
     rec = _get(pool, name)
     out = _summary(pool, rec)
     out["manifest_name"] = rec.get("manifest_name")
-    out["file_list"] = [{k: f.get(k) for k in ("path", "handle", "size", "role", "xxh128", "lu", "shared_extents")}
-                        for f in rec["files"]]
+    out["file_list"] = [{**{k: f.get(k) for k in ("path", "handle", "size", "role", "xxh128", "lu", "shared_extents")},
+                         "offset": f.get("offset", 0), "packed": "offset" in f} for f in rec["files"]]
     return out
 
 
@@ -463,12 +569,14 @@ def create_partition(pool: Pool, name: str, image: str, cec: str | None = None) 
     pool.svc_put("partition", name, rec)
     try:
         for f in img["files"]:
-            lu = part_lu(name, f["handle"])
-            pool.clone(f["lu"], lu)
-            pool.update_lu(lu, role="partition", partition=name, path=f["path"])
+            lu = part_lu(name, PACK if "offset" in f else f["handle"])
+            if lu not in made.values():  # the pack once, for all its files
+                pool.clone(f["lu"], lu)
+                pool.update_lu(lu, role="partition", partition=name,
+                               path=f["path"] if "offset" not in f else "(small files)")
             made[f["path"]] = lu
     except BaseException:
-        for lu in made.values():
+        for lu in dict.fromkeys(made.values()):
             pool.remove(lu)
         pool.svc_put("partition", name, None)
         raise
@@ -512,17 +620,23 @@ def remove_partition(pool: Pool, name: str) -> None:
     rec = _partition(pool, name)
     if rec["state"] == "active":
         raise Busy(f"partition {name!r} is active; deactivate it first")
-    _remove_present(pool, list(rec["lus"].values()))
+    _remove_present(pool, list(dict.fromkeys(rec["lus"].values())))
     pool.svc_put("partition", name, None)
 
 
 def show_partition(pool: Pool, name: str, lus: dict[str, LUInfo] | None = None) -> dict[str, Any]:
+    """A partition and, per image file, its LU with the file's ``offset`` in it (0 unless the file
+    is packed) and ``length`` (the file's size)."""
     rec = _partition(pool, name)
     if lus is None:
         lus = {r["name"]: r for r in pool.list_lus()}
+    img = pool.svc_get("image", rec["image"]) or {"files": []}
+    at = {f["path"]: f.get("offset", 0) for f in img["files"]}
+    lengths = {f["path"]: f["size"] for f in img["files"]}
     return {"name": rec["name"], "image": rec["image"], "cec": rec["cec"], "state": rec["state"],
             "created": rec["created"],
-            "lus": [{"path": p, "lu": lu, "size": lus[lu]["size"] if lu in lus else None,
+            "lus": [{"path": p, "lu": lu, "offset": at.get(p, 0), "length": lengths.get(p),
+                     "size": lus[lu]["size"] if lu in lus else None,
                      "allocated": lus[lu]["allocated"] if lu in lus else None} for p, lu in sorted(rec["lus"].items())]}
 
 
