@@ -94,6 +94,10 @@ BAD = [
     (["lu", "nosuchcmd"], 2),
     (["lu", "rename", "a", "c"], 1),                        # the name is taken
     (["lu", "export", "a", "EXISTING"], 1),                 # no silent overwrite
+    (["lu", "read", "a", "--length", "lots"], 2),           # said as --length, not offset
+    (["lu", "list", "--kind", "disk"], 2),
+    (["node", "stop"], 2),                                  # no name
+    (["cluster", "events"], 1),                             # no cluster: said, not an empty success
 ]
 
 
@@ -316,3 +320,14 @@ def test_du_columns_add_up_and_show_reads_as_words(cli_pool):
     assert "kind       clone of a@s1" in text and "size       4 MiB (4,194,304 bytes)" in text
     assert "None" not in text and "[" not in text
     assert run_cli("lu", "du", "nosuch", pool=cli_pool, check_rc=1).stderr.decode().count("\n") == 1
+
+
+def test_error_words_and_verbose_events(cli_pool):
+    err = run_cli("lu", "read", "a", "--length", "lots", pool=cli_pool, check_rc=2).stderr.decode()
+    assert "--length" in err and "offset" not in err
+    err = run_cli("lu", "resize", "a", "--size", "1M", pool=cli_pool, check_rc=1).stderr.decode()
+    assert "from 4 MiB to 1 MiB" in err and "bytes" not in err, err
+    assert b"has no cluster" in run_cli("cluster", "events", pool=cli_pool, check_rc=1).stderr
+    r = run_cli("-v", "lu", "create", "verbose1", "--size", "1M", pool=cli_pool)
+    assert b"lu_created name=verbose1 size=1048576" in r.stderr, r.stderr
+    assert b"lu_created" not in run_cli("lu", "create", "quiet1", "--size", "1M", pool=cli_pool).stderr

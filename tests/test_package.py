@@ -168,3 +168,23 @@ def test_mypy_is_clean_on_the_package(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mypy", "-p", "blockstore", "--cache-dir", str(tmp_path / "cache")],
                        capture_output=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stdout.decode()[-4000:]
+
+
+def test_a_wheel_installs_the_command_with_its_man_page_completion_and_units(tmp_path):
+    """Build the wheel and install it under a fresh prefix: every subpackage, the C module, and
+    the data files where man, bash-completion, zsh and systemd look under that prefix."""
+    wheels, prefix = tmp_path / "wheels", tmp_path / "prefix"
+    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), ROOT)
+    (wheel,) = wheels.iterdir()
+    sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel))
+    for path in ("share/man/man1/blockstore.1", "share/bash-completion/completions/blockstore",
+                 "share/zsh/site-functions/_blockstore", "lib/systemd/system/blockstore-mount@.service",
+                 "lib/systemd/system/blockstore-node@.service"):
+        assert (prefix / path).is_file(), path
+    (site,) = prefix.glob("lib/python3*/site-packages")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    probe = ("import blockstore, blockstore.cli, blockstore.storage.mirror, blockstore.cluster.node, "
+             "blockstore.services.images, blockstore.native; print(blockstore.__file__)")
+    out = sh(sys.executable, "-c", probe, env=env, cwd=str(tmp_path)).stdout.decode()
+    assert out.startswith(str(site)), out  # the installed copy, not the checkout
+    assert b"snapshot" in sh(sys.executable, "-m", "blockstore", "lu", "--help", env=env, cwd=str(tmp_path)).stdout

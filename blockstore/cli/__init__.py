@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         return pool.create(args)
     with Pool.open(args.pool, readonly=_only_looks(args)) as p:
         attach(p, origin="cli")
+        if args.verbose:  # -v: every engine event this command raises, as it happens
+            p.listeners.append(lambda kind, info: logging.getLogger("blockstore.events").info(
+                "%s %s", kind, " ".join(f"{k}={v}" for k, v in info.items() if v is not None)))
         runner: Any = {"pool": pool.run, "lu": lu.run}.get(args.group, services.run)
         return int(runner(args, p))
 

@@ -39,7 +39,8 @@ def add(top: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.group == "umount":
         from blockstore_fuse.mount import umount
-        print(umount(args.mountpoint, lazy=args.lazy))
+        line = umount(args.mountpoint, lazy=args.lazy)
+        done(args, {"mountpoint": os.path.abspath(args.mountpoint), "lazy": args.lazy, "result": line}, line)
         return 0
     from blockstore_fuse.mount import THREADS, log_path, mount
     threads = THREADS if args.threads is None else args.threads
