@@ -566,7 +566,7 @@ def test_a_clean_leave_is_no_failure_also_from_the_systemd_unit(cluster):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "systemd", "blockstore-node@.service")) as f:
         line = next(x for x in f.read().splitlines() if x.startswith("ExecStart="))[len("ExecStart="):]
-    exe = os.path.join(os.path.dirname(sys.executable), "blockstore")
+    exe = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "blockstore")
     cmd = line.replace("/usr/local/bin/blockstore", exe).replace("%i", "n2").replace("$NODE_OPTIONS", "").split()
     cluster.start("n1")
     cluster.start("n3")

@@ -99,7 +99,7 @@ def _units(tmp_path) -> str:
     """The unit templates with the installed path of the command pointed at this venv's."""
     out = tmp_path / "units"
     out.mkdir()
-    exe = os.path.join(os.path.dirname(sys.executable), "blockstore")
+    exe = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "blockstore")
     for name in os.listdir(UNITS):
         with open(os.path.join(UNITS, name)) as f:
             (out / name).write_text(f.read().replace("/usr/local/bin/blockstore", exe))
@@ -116,7 +116,7 @@ def test_systemd_units_verify(tmp_path):
         assert r.returncode == 0, r.stderr.decode()
     # the check can fail: a unit whose command is not there is refused
     with open(os.path.join(units, "blockstore-node@n1.service")) as f:
-        broken = f.read().replace(os.path.dirname(sys.executable), "/nonexistent")
+        broken = f.read().replace(os.path.dirname(os.path.abspath(sys.executable)), "/nonexistent")
     bad = os.path.join(units, "blockstore-node@n2.service")
     with open(bad, "w") as f:
         f.write(broken)

@@ -30,7 +30,7 @@ def test_quick_start_runs_as_written(tmp_path):
     script = _blocks(section)[0]
     assert "blockstore mount" in script and "mkfs.ext4" in script and "lu clone" in script
     env = {k: v for k, v in os.environ.items() if k != "BLOCKSTORE_POOL"}
-    env.update(HOME=str(tmp_path), PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    env.update(HOME=str(tmp_path), PATH=os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + env.get("PATH", ""))
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                        timeout=300)
     try:
