@@ -176,7 +176,8 @@ def test_a_wheel_installs_the_command_with_its_man_page_completion_and_units(tmp
     wheels, prefix = tmp_path / "wheels", tmp_path / "prefix"
     sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), ROOT)
     (wheel,) = wheels.iterdir()
-    sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel))
+    # --ignore-installed: else pip uninstalls the checkout's own (editable) installation first
+    sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel))
     for path in ("share/man/man1/blockstore.1", "share/bash-completion/completions/blockstore",
                  "share/zsh/site-functions/_blockstore", "lib/systemd/system/blockstore-mount@.service",
                  "lib/systemd/system/blockstore-node@.service"):
@@ -188,3 +189,5 @@ def test_a_wheel_installs_the_command_with_its_man_page_completion_and_units(tmp
     out = sh(sys.executable, "-c", probe, env=env, cwd=str(tmp_path)).stdout.decode()
     assert out.startswith(str(site)), out  # the installed copy, not the checkout
     assert b"snapshot" in sh(sys.executable, "-m", "blockstore", "lu", "--help", env=env, cwd=str(tmp_path)).stdout
+    # and the environment the tests run in still has its own
+    assert os.path.exists(os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "blockstore"))
