@@ -93,17 +93,11 @@ def add(top: Any) -> None:
     s = command(sub, "write", "write stdin into an LU at --offset", "lu write disk0 --offset 1M < blob", json=True)
     s.add_argument("name", help="NAME")
     s.add_argument("--offset", type=offset, default="0", help=f"where to start ({SIZE})")
-    s = command(sub, "read", "read bytes of an LU or snapshot to stdout",
-                "lu read disk0 --offset 1M --length 4K | xxd | head")
-    s.add_argument("name", help="NAME or NAME@SNAP")
-    s.add_argument("--offset", type=offset, default="0", help=f"where to start ({SIZE})")
-    s.add_argument("--length", type=length, default=None, help=f"how much ({SIZE}; default: to the end)")
-    s = command(sub, "discard", "give back the space of a byte range (it reads as zeros after): whole extents "
-                                "are unmapped, partial ones zeroed", "lu discard disk0 --offset 1G --length 1G",
-                json=True)
-    s.add_argument("name", help="NAME")
-    s.add_argument("--offset", type=offset, default="0", help=f"where the range starts ({SIZE})")
-    s.add_argument("--length", type=length, default=None, help=f"how much ({SIZE}; default: to the end of the LU)")
+    _span_args(command(sub, "read", "read bytes of an LU or snapshot to stdout",
+                       "lu read disk0 --offset 1M --length 4K | xxd | head"), "NAME or NAME@SNAP")
+    _span_args(command(sub, "discard", "give back the space of a byte range (it reads as zeros after): whole "
+                                       "extents are unmapped, partial ones zeroed",
+                       "lu discard disk0 --offset 1G --length 1G", json=True), "NAME")
     s = command(sub, "diff", "the byte ranges that changed from NAME@SNAP1 to NAME@SNAP2 (or to NAME now), "
                              "from the extent maps: no data is read", "lu diff disk0@monday disk0@tuesday",
                 json=True)
@@ -120,6 +114,13 @@ def add(top: Any) -> None:
                                     "takes the stream's ending snapshot", "lu import-diff disk0 tue.diff", json=True)
     s.add_argument("name", help="NAME")
     s.add_argument("file", help="the stream; - for stdin")
+
+
+def _span_args(p: argparse.ArgumentParser, name_help: str) -> None:
+    """NAME and the byte range ``--offset``/``--length`` of a command that reads or discards one."""
+    p.add_argument("name", help=name_help)
+    p.add_argument("--offset", type=offset, default="0", help=f"where the range starts ({SIZE})")
+    p.add_argument("--length", type=length, default=None, help=f"how much ({SIZE}; default: to the end of the LU)")
 
 
 def run(args: argparse.Namespace, pool: Pool) -> int:
