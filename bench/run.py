@@ -665,7 +665,8 @@ def baseline_of(r: dict[str, Any]) -> str:
         return "absolute figures (no baseline)"
     if " vs " in r["name"]:
         said = r["name"].rsplit(" vs ", 1)[1]
-        return {"plain": "a plain file", "qemu": "QEMU's FUSE export"}.get(said, said)
+        return {"plain": "a plain file", "qemu": "QEMU's FUSE export", "none": "the same without checksums",
+                "without": "the same without snapshots", "unmirrored": "an unmirrored LU"}.get(said, said)
     return DEFAULT_BASELINE.get(r["group"], "a baseline the row names")
 
 
