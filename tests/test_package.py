@@ -191,3 +191,30 @@ def test_a_wheel_installs_the_command_with_its_man_page_completion_and_units(tmp
     assert b"snapshot" in sh(sys.executable, "-m", "blockstore", "lu", "--help", env=env, cwd=str(tmp_path)).stdout
     # and the environment the tests run in still has its own
     assert os.path.exists(os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "blockstore"))
+
+
+def test_json_output_has_the_shape_of_the_typed_records(tmp_path):
+    """What --json prints is what blockstore/records.py declares: every required key, no
+    undeclared one, for status, list, show (mirrored), status of an LU, and du."""
+    from blockstore.records import DuRow, DuTotal, LUInfo, LUStatus, PoolStatus
+    pool = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "64M", "--extent-size", "64K", "--mirror-dir", str(tmp_path / "fg1"),
+            pool=pool)
+    run_cli("lu", "create", "a", "--size", "1M", "--mirrored", pool=pool)
+    run_cli("lu", "snapshot", "a", "s", pool=pool)
+
+    def shaped(obj: dict, record: type) -> None:
+        keys = set(obj)
+        assert record.__required_keys__ <= keys, (record.__name__, record.__required_keys__ - keys)
+        assert keys <= record.__required_keys__ | record.__optional_keys__, (record.__name__, keys)
+    shaped(json.loads(run_cli("pool", "status", "--json", pool=pool).stdout), PoolStatus)
+    for row in json.loads(run_cli("lu", "list", "--json", pool=pool).stdout):
+        shaped(row, LUInfo)
+    shown = json.loads(run_cli("lu", "show", "a", "--json", pool=pool).stdout)
+    shaped(shown, LUInfo)
+    assert set(shown["mirror"]) == {"state", "missing_copy", "dirty_extents"}
+    shaped(json.loads(run_cli("lu", "status", "a", "--json", pool=pool).stdout), LUStatus)
+    du = json.loads(run_cli("lu", "du", "--json", pool=pool).stdout)
+    for row in du["lus"]:
+        shaped(row, DuRow)
+    shaped(du["total"], DuTotal)
