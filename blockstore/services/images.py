@@ -366,15 +366,9 @@ class _ExtentWriter:
             self._store()
 
     def _store(self) -> None:
-        data = bytes(self.buf)
+        data = bytes(self.buf[:self.lu.size - self.ext * self.E])
         if not is_zero(data):
-            digest = xxhash.xxh3_128_digest(data)
-            phys = self.dedup.find(digest, data)
-            if phys is not None:
-                self.lu.share_extent(self.ext, phys)
-            else:
-                self.lu.write(self.ext * self.E, data[:self.lu.size - self.ext * self.E])
-                self.dedup.add(digest, self.ext)
+            self.dedup.store(self.lu, self.ext, data, xxhash.xxh3_128_digest(data.ljust(self.E, b"\0")))
         self.ext, self.buf = self.ext + 1, bytearray(self.E)
 
 
@@ -407,6 +401,17 @@ class _Deduper:
 
     def add(self, digest: bytes, ext: int) -> None:
         self.pending.append((digest, ext))
+
+    def store(self, lu: LU, ext: int, data: bytes, digest: bytes) -> bool:
+        """Put ``data`` (not all zeros; ``digest`` its extent's xxh3-128) at extent ``ext`` of
+        ``lu``: shared with a stored extent of the same bytes (True), else written (False)."""
+        phys = self.find(digest, data)
+        if phys is not None:
+            lu.share_extent(ext, phys)
+            return True
+        lu.write(ext * lu.extent_size, data)
+        self.add(digest, ext)
+        return False
 
     def remember(self, lu: LU) -> None:
         with self.pool.meta.write() as txn:
@@ -444,13 +449,7 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
             if not is_zero(data):
                 digest = xxhash.xxh3_128_digest(data.ljust(E, b"\0"))
                 whole.update(struct.pack(">Q", ext) + digest)
-                phys = dedup.find(digest, data)
-                if phys is not None:
-                    lu.share_extent(ext, phys)
-                    shared += 1
-                else:
-                    lu.write(start, data)
-                    dedup.add(digest, ext)
+                shared += dedup.store(lu, ext, data, digest)
             if progress:
                 progress(f.path, pos, f.size, before + pos, total)
     if sha is not None:
