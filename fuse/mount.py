@@ -194,7 +194,7 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
         run()
         return mp
     os.makedirs(os.path.join(pool_path, "mounts"), mode=0o700, exist_ok=True)
-    daemonize(lambda ready: run(on_ready=ready), _state_path(pool_path, mp, "log"), "mount daemon")
+    daemonize(lambda ready: run(on_ready=ready), log_path(pool_path, mp), "mount daemon")
     return mp
 
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from blockstore.cli import _commands, build_parser, completion, manpage
+from blockstore.cli import build_parser, commands, completion, examples, manpage
 
 from conftest import run_cli, sh
 
@@ -22,21 +22,18 @@ SHARE = os.path.join(ROOT, "share")
 UNITS = os.path.join(ROOT, "systemd")
 
 
-def _examples(p: argparse.ArgumentParser) -> list[str]:
-    return [line.strip() for line in (p.epilog or "").splitlines()[1:]]
-
-
 def test_every_command_has_help_and_examples_that_parse():
     parser = build_parser()
-    commands = _commands(parser)
-    assert len(commands) > 60
-    for p in commands:
+    every = commands(parser)
+    assert len(every) > 60
+    for p in every:
         assert p.description, p.prog
         assert p.epilog and p.epilog.startswith("examples:"), f"{p.prog}: no example"
         for a in p._actions:
             if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction):
                 assert a.help, f"{p.prog} {a.dest}: no help text"
-        for line in _examples(p):
+        assert examples(p), f"{p.prog}: no example"
+        for line in examples(p):
             part = next(seg for seg in line.split("|") if "blockstore " in seg)  # the part of a pipe it runs
             words = shlex.split(part.split(">")[0].split("<")[0])
             words = words[words.index("blockstore") + 1:]

@@ -18,7 +18,8 @@ from ..cluster.bridge import attach
 from ..errors import BlockstoreError, PoolCorrupt
 from ..pool import Pool
 from . import cluster, lu, mount, pool, services
-from .args import Parser, UsageError, add_globals, command, everywhere
+from .args import Parser, UsageError, add_globals, command, commands, everywhere, examples
+from .output import fields
 
 SHELLS = ("bash", "zsh", "tcsh")
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "/etc/bash_completion.d/blockstore", "completion zsh > ~/.zfunc/_blockstore")
     c.add_argument("shell", choices=SHELLS, help="the shell")
     command(top, "manpage", "print the manual page (roff) made from this parser", "manpage | man -l -")
-    everywhere(p, p)
+    everywhere(p)
     return p
 
 
@@ -65,8 +66,8 @@ def manpage() -> str:
     from argparse_manpage.manpage import Manpage
     parser = build_parser()
     parser.man_short_description = "thin-provisioned virtual block storage"  # type: ignore[attr-defined]
-    examples = [line.strip() for p in _commands(parser) for line in (p.epilog or "").splitlines()[1:]]
-    sections = [("EXAMPLES", ".nf\n" + "\n".join(e.replace("\\", "\\\\").replace("-", "\\-") for e in examples)
+    every = [e for p in commands(parser) for e in examples(p)]
+    sections = [("EXAMPLES", ".nf\n" + "\n".join(e.replace("\\", "\\\\").replace("-", "\\-") for e in every)
                  + "\n.fi"),
                 ("ENVIRONMENT", ".TP\n.B BLOCKSTORE_POOL\nthe pool's directory when --pool is not given"),
                 ("EXIT STATUS", "0 success; 1 a refused request (one line on stderr, the pool unchanged); 2 a usage "
@@ -74,16 +75,6 @@ def manpage() -> str:
                                 "bad blocks left (pool check, pool scrub, lu verify), a cluster down.")]
     parser._manpage = [{"heading": h, "content": c} for h, c in sections]  # type: ignore[attr-defined]
     return str(Manpage(parser))
-
-
-def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """Every command's parser, in the order of the help."""
-    out = []
-    for a in parser._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            for child in a.choices.values():
-                out += _commands(child) or [child]
-    return out
 
 
 #: Commands that only look: the pool is opened read-only for them, so nothing on disk changes
@@ -129,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         attach(p, origin="cli")
         if args.verbose:  # -v: every engine event this command raises, as it happens
             p.listeners.append(lambda kind, info: logging.getLogger("blockstore.events").info(
-                "%s %s", kind, " ".join(f"{k}={v}" for k, v in info.items() if v is not None)))
+                "%s %s", kind, fields(info)))
         runner: Any = {"pool": pool.run, "lu": lu.run}.get(args.group, services.run)
         return int(runner(args, p))
 
@@ -171,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
         return 4 if isinstance(e, lmdb.Error) else 1
 
 
-__all__ = ["build_parser", "completion", "main", "manpage"]
+__all__ = ["build_parser", "commands", "completion", "examples", "main", "manpage"]

@@ -77,12 +77,31 @@ def command(sub: Any, name: str, help: str, *examples: str, json: bool = False) 
     """One command: its help line (also its description), examples shown by ``--help`` and in the
     man page, and ``--json`` when it prints a record."""
     lines = [e if "blockstore " in e else f"blockstore {e}" for e in examples]  # a pipe names it itself
-    epilog = "examples:\n" + "\n".join(f"  {e}" for e in lines) if examples else None
+    epilog = EXAMPLES + "\n".join(f"  {e}" for e in lines) if examples else None
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, epilog=epilog,
                                                 formatter_class=_Help)
     if json:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+EXAMPLES = "examples:\n"
+
+
+def examples(p: argparse.ArgumentParser) -> list[str]:
+    """The example command lines ``command`` gave ``p`` (its epilog's lines)."""
+    epilog = p.epilog or ""
+    return [line.strip() for line in epilog[len(EXAMPLES):].splitlines()] if epilog.startswith(EXAMPLES) else []
+
+
+def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser under ``parser`` (the leaves), in the order of the help."""
+    out: list[argparse.ArgumentParser] = []
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in dict.fromkeys(a.choices.values()):  # an alias maps to the same parser
+                out += commands(child) or [child]
+    return out
 
 
 #: Options accepted before the command or anywhere after it: (flags, what add_argument takes).
@@ -105,22 +124,15 @@ def add_globals(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*flags, **kw)
 
 
-def everywhere(parser: argparse.ArgumentParser, top: argparse.ArgumentParser) -> None:
+def everywhere(top: argparse.ArgumentParser) -> None:
     """Give every command the global options, so they may follow it as well as precede it. A
     command's own option of the same name (bench --json FILE) stays its own; a global one given
     after the command defaults to nothing there (SUPPRESS), so it never undoes one given before."""
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
-        if parser is top:
-            return
-        taken = {o for a in parser._actions for o in a.option_strings}
-        for a in parser._actions:
+    for leaf in commands(top):
+        taken = {o for a in leaf._actions for o in a.option_strings}
+        for a in leaf._actions:
             if isinstance(a, argparse._StoreTrueAction) and any(a.option_strings == list(f) for f, _ in GLOBAL_OPTIONS):
                 a.default = argparse.SUPPRESS  # the command's own --json: given before it counts too
         for flags, kw in GLOBAL_OPTIONS:
             if not taken.intersection(flags):
-                parser.add_argument(*flags, **{**kw, "help": argparse.SUPPRESS}, default=argparse.SUPPRESS)
-        return
-    for sub in subs:
-        for child in set(sub.choices.values()):
-            everywhere(child, top)
+                leaf.add_argument(*flags, **{**kw, "help": argparse.SUPPRESS}, default=argparse.SUPPRESS)

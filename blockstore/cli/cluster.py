@@ -10,7 +10,7 @@ from ..cluster import admin, config, ffdc
 from ..cluster.events import EventLog
 from ..errors import InvalidArgument
 from .args import UsageError, command, group
-from .output import done, emit, when
+from .output import done, emit, fields, when
 
 
 def add(top: Any) -> None:
@@ -69,7 +69,7 @@ def _status_text(st: dict[str, Any]) -> str:
 
 
 def _event_text(ev: dict[str, Any]) -> str:
-    data = " ".join(f"{k}={v}" for k, v in ev["data"].items() if v is not None)
+    data = fields(ev["data"])
     return f"{ev['seq']:>8} {when(ev['time'])} {ev['kind']:<18} {ev['node'] or '-'}  {data}"
 
 

@@ -137,7 +137,7 @@ def _list(args: argparse.Namespace, pool: Pool) -> None:
     body = [[r["name"], format_size(r["size"]), format_size(r["allocated"]),
              r["kind"] + (" thick" if r["thick"] else "") + (f" ({r['role']})" if r["role"] else ""),
              r["parent"] or "-"] for r in shown]
-    text = columns(["NAME", "SIZE", "MAPPED", "KIND", "PARENT"], body) if shown else "no LUs"
+    text = columns(["NAME", "SIZE", "MAPPED", "KIND", "PARENT"], body, empty="no LUs")
     notes = ["MAPPED: what each maps, shared extents in every LU that maps them (lu du adds up)"] if shown else []
     if hidden:
         notes.append(f"{hidden} image LU(s) not shown (--kind image or --kind all)")

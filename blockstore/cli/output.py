@@ -22,14 +22,19 @@ def emit(args: argparse.Namespace, obj: Any, human: str) -> None:
 
 def done(args: argparse.Namespace, obj: Any, line: str) -> None:
     """What a change did: ``obj`` as JSON with --json, else ``line`` (nothing with --quiet)."""
-    if getattr(args, "json", False):
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    elif not getattr(args, "quiet", False):
-        print(line)
+    if getattr(args, "json", False) or not getattr(args, "quiet", False):
+        emit(args, obj, line)
 
 
-def columns(head: list[str], body: list[list[str]]) -> str:
-    """The one table helper: left-aligned columns two spaces apart."""
+def fields(d: dict[str, Any]) -> str:
+    """A record's set fields as ``key=value`` words (event lines)."""
+    return " ".join(f"{k}={v}" for k, v in d.items() if v is not None)
+
+
+def columns(head: list[str], body: list[list[str]], empty: str = "") -> str:
+    """The one table helper: left-aligned columns two spaces apart; ``empty`` when there are no rows."""
+    if not body and empty:
+        return empty
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body])
 

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         done(args, rec, f"CEC {rec['name']}: nodes {', '.join(rec['nodes']) or '-'}")
     elif cmd == ("cec", "list"):
         rows = paging.list_cecs(pool)
-        emit(args, rows, columns(["CEC", "NODES"], [[r["name"], ", ".join(r["nodes"]) or "-"] for r in rows])
-             if rows else "no CECs")
+        emit(args, rows, columns(["CEC", "NODES"], [[r["name"], ", ".join(r["nodes"]) or "-"] for r in rows],
+                                 empty="no CECs"))
     elif cmd == ("paging", "request"):
         r = paging.request(pool, args.lpar, args.min_size, args.node)
         done(args, r, f"{r['lpar']}: {r['lu']} {format_size(r['size'])} ({r['mirror']}) on {r['cec']}/{r['node']}")
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         rows = paging.list_paging(pool)
         emit(args, rows, columns(["LPAR", "LU", "SIZE", "MAPPED", "MIRROR", "CEC/NODE"], [
             [r["lpar"], r["lu"], format_size(r["size"]), format_size(r["allocated"]), r["mirror"] or "-",
-             f"{r['cec']}/{r['node']}" + (f" -> {r['migrating_to']}" if r["migrating_to"] else "")] for r in rows])
-             if rows else "no paging LUs")
+             f"{r['cec']}/{r['node']}" + (f" -> {r['migrating_to']}" if r["migrating_to"] else "")] for r in rows],
+             empty="no paging LUs"))
     elif cmd == ("paging", "release"):
         paging.release(pool, args.lpar)
         done(args, {"lpar": args.lpar, "released": True}, f"released the paging LU of {args.lpar}")
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("partition", "list"):
         rows = images.list_partitions(pool)
         emit(args, rows, columns(["PARTITION", "STATE", "IMAGE", "CEC"],
-                                 [[r["name"], r["state"], r["image"], r["cec"] or "-"] for r in rows])
-             if rows else "no partitions")
+                                 [[r["name"], r["state"], r["image"], r["cec"] or "-"] for r in rows],
+                                 empty="no partitions"))
     elif cmd == ("partition", "show"):
         info = images.show_partition(pool, args.name)
         emit(args, info, "\n".join([f"partition {info['name']}: {info['state']}, image {info['image']}, "
@@ -129,7 +129,7 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
         rows = images.list_images(pool)
         emit(args, rows, columns(["IMAGE", "FILES", "LOGICAL", "ALLOCATED", "PARTITIONS"], [
             [r["name"], str(r["files"]), format_size(r["logical"]), format_size(r["allocated"]),
-             ", ".join(r["partitions"]) or "-"] for r in rows]) if rows else "no images")
+             ", ".join(r["partitions"]) or "-"] for r in rows], empty="no images"))
     elif args.cmd == "show":
         info = images.show(pool, args.name)
         emit(args, info, f"image {info['name']}: {format_size(info['logical'])} logical, "
