@@ -14,6 +14,7 @@ copies (as the pool's settling does after a crash). It never changes a map, so n
 """
 from __future__ import annotations
 
+import json
 import os
 import struct
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from .locks import is_held
 from .storage import recovery
 
 if TYPE_CHECKING:
+    from .meta import Meta
     from .pool import Pool
 
 CLEAN, LEAKS, CORRUPT = 0, 3, 4
@@ -44,12 +46,19 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     mrefs = np.zeros(n, np.int64)
     records: list[dict[str, Any]] = []
     damaged: list[bytes] = []
+    relink: list[dict[str, Any]] = []
     for key, raw in meta.iter_prefix(txn, "lus", b""):
         try:
             rec = meta.lu_record(key, raw)
             if rec is not None:
                 records.append(rec)
         except PoolCorrupt as e:
+            rec = _relinked(meta, key, raw)
+            if rec is not None:
+                records.append(rec)
+                relink.append(rec)
+                errors.append(f"snapshot {rec['name']!r} has lost the link to its LU (its name gives it back)")
+                continue
             damaged.append(key)
             errors.append(str(e).removeprefix("pool metadata damaged: "))
     ids = {r["id"] for r in records}
@@ -138,7 +147,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
     if len(unsummed):
         leaks.append(f"{len(unsummed)} mirrored extent(s) have no checksum record")
     return {"errors": errors, "leaks": leaks, "refs": refs, "mrefs": mrefs, "live": live, "n": n,
-            "damaged": damaged,
+            "damaged": damaged, "relink": relink,
             "stray": stray, "unsummed": unsummed,
             "dead_keys": dead_keys, "reclaimable": int(np.count_nonzero(reclaimable)),
             "orphan_keys": orphan_keys, "lus": len(records),
@@ -179,8 +188,27 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
     return report
 
 
+def _relinked(meta: "Meta", key: bytes, raw: bytes) -> dict[str, Any] | None:
+    """A snapshot record whose one fault is a lost parent (a flatten of a snapshot wrote such
+    records before it was refused), with the parent its name ``LU@SNAP`` proves; else None."""
+    name = key.decode(errors="replace")
+    try:
+        rec = json.loads(bytes(raw))
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or rec.get("kind") != "snapshot" or rec.get("parent") is not None or "@" not in name:
+        return None
+    rec["parent"] = name.split("@", 1)[0]
+    try:
+        return meta.lu_record(key, json.dumps(rec).encode())
+    except PoolCorrupt:
+        return None
+
+
 def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
     meta, refs, live = pool.meta, found["refs"], found["live"]
+    for rec in found["relink"]:
+        meta.put_json(txn, "lus", rec["name"].encode(), rec)
     store_counts(meta, txn, "rc", 0, refs)
     store_counts(meta, txn, "mrc", 0, found["mrefs"])
     should_free = np.flatnonzero((refs == 0) & ~live)

@@ -386,7 +386,11 @@ class Pool:
 
     @contextmanager
     def writer(self, name: str) -> Iterator[LU]:
-        """This process's writable handle of ``name``, opened for the operation if need be."""
+        """This process's writable handle of ``name``, opened for the operation if need be; a
+        snapshot is refused (every operation that changes an LU comes here, and a snapshot never
+        changes: an operation that went on read-only would write records the checks call damage)."""
+        if split_snapshot(name)[1] is not None:
+            raise ReadOnly(f"{name!r} is a snapshot and never changes; clone it for a writable copy")
         lu = self.open_lu(name, writable=True)
         try:
             yield lu

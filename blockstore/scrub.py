@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -21,6 +21,7 @@ import numpy as np
 from . import native
 from .errors import BlockstoreError, Busy, InvalidArgument
 from .locks import HolderLock, is_held
+from .names import split_snapshot
 from .storage.datafile import DataFile
 from .storage.recovery import Examiner
 
@@ -165,7 +166,8 @@ def verify(pool: "Pool", name: str, *, repair: bool = False, progress: Progress 
         with pool.meta.read() as txn:
             if not pool.record(txn, name).get("mirrored"):
                 raise InvalidArgument(f"LU {name!r} is not mirrored")
-        with pool.writer(name):
+        # a snapshot never changes (its extents are shared, never written in place): nothing to hold
+        with pool.writer(name) if split_snapshot(name)[1] is None else nullcontext():
             pool.flush()
             with pool.meta.read() as txn:
                 exts = pool.lu_extents(txn, name)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from blockstore import Busy, Pool, PoolFull
+from blockstore import BlockstoreError, Busy, Pool, PoolFull
 from blockstore.check import check
 from blockstore import lu as lu_module
 from blockstore.extents import UNMAPPED
@@ -43,6 +43,8 @@ class PoolModel(RuleBasedStateMachine):
         self.parent: dict[str, str | None] = {}
         self.kind: dict[str, str] = {}
         self.mirrored: dict[str, bool] = {}
+        #: what a service made an LU for: "image" (sealed read-only) or "paging"
+        self.role: dict[str, str | None] = {}
         self.open: dict[str, object] = {}
         #: (copy, physical extent, byte in extent) flipped and maybe not yet repaired
         self.flips: set[tuple[int, int, int]] = set()
@@ -68,7 +70,34 @@ class PoolModel(RuleBasedStateMachine):
             h.close()
 
     def lus(self) -> list[str]:
-        return sorted(n for n, k in self.kind.items() if k != "snapshot")
+        """The LUs that take writes (not snapshots, not sealed images)."""
+        return sorted(n for n, k in self.kind.items() if k != "snapshot" and self.role.get(n) != "image")
+
+    def changeable(self, name: str) -> bool:
+        """Whether an operation that changes ``name`` may succeed: every other is refused."""
+        return self.kind[name] != "snapshot" and self.role.get(name) != "image"
+
+    def refused(self, op) -> None:
+        """``op`` must be refused with a one-line error and change nothing at all."""
+        for name in list(self.open):
+            self.close(name)
+        before = self.pool.list_lus()
+        try:
+            op()
+        except BlockstoreError as e:
+            assert "\n" not in str(e)
+        else:
+            raise AssertionError("an operation on a target that cannot take it was not refused")
+        assert self.pool.list_lus() == before
+        assert check(self.pool)["clean"]
+
+    def add(self, name: str, model: bytearray, kind: str, parent: str | None, mirrored: bool,
+            role: str | None = None) -> None:
+        self.model[name] = model
+        self.kind[name], self.parent[name], self.mirrored[name], self.role[name] = kind, parent, mirrored, role
+
+    def forget(self, name: str) -> None:
+        del self.model[name], self.kind[name], self.parent[name], self.mirrored[name], self.role[name]
 
     def family(self, name: str) -> list[str]:
         return [name] + [n for n, k in self.kind.items() if k == "snapshot" and self.parent[n] == name]
@@ -101,16 +130,30 @@ class PoolModel(RuleBasedStateMachine):
         # Mostly without the filler thread, so deferred copies stay held (lu.py) across steps.
         lu_module.FILLER = filler
         self.pool.create_lu("a", 4 * E, mirrored=mirrored).close()
-        self.model["a"] = bytearray(4 * E)
-        self.kind["a"], self.parent["a"], self.mirrored["a"] = "lu", None, mirrored
+        self.add("a", bytearray(4 * E), "lu", None, mirrored)
 
     @rule(name=NAMES, size=SIZES, mirrored=st.booleans())
     def create(self, name, size, mirrored):
         if name in self.model:
             return
         self.pool.create_lu(name, size, mirrored=mirrored).close()
-        self.model[name] = bytearray(size)
-        self.kind[name], self.parent[name], self.mirrored[name] = "lu", None, mirrored
+        self.add(name, bytearray(size), "lu", None, mirrored)
+
+    @rule(name=NAMES, size=SIZES, seed=st.integers(0, 1 << 32), role=st.sampled_from(["image", "paging"]))
+    def service_lu(self, name, size, seed, role):
+        """An LU as the services make them: an image's file, written once and sealed; a paging
+        file, mirrored and named for its partition (services/images.py, services/paging.py)."""
+        if name in self.model:
+            return
+        mirrored = role == "paging"
+        data = random.Random(seed).randbytes(size // 2)
+        with self.pool.create_lu(name, size, mirrored=mirrored) as lu:
+            lu.write(0, data)
+        if role == "image":
+            self.pool.update_lu(name, role="image", readonly=True, image="img", path="/f")
+        else:
+            self.pool.update_lu(name, role="paging", owner="lpar1")
+        self.add(name, bytearray(data + bytes(size - len(data))), "lu", None, mirrored, role)
 
     @precondition(lambda self: self.lus())
     @rule(data=st.data(), zeros=st.booleans())
@@ -159,16 +202,17 @@ class PoolModel(RuleBasedStateMachine):
             return
         self.model[name][off:off + n] = bytes(n)
 
-    @precondition(lambda self: self.lus())
+    @precondition(lambda self: self.model)
     @rule(data=st.data(), snap=SNAPS)
     def snapshot(self, data, snap):
-        name = data.draw(st.sampled_from(self.lus()))
+        name = data.draw(st.sampled_from(sorted(self.model)))
+        if not self.changeable(name):
+            return self.refused(lambda: self.pool.snapshot(name, snap))
         full = f"{name}@{snap}"
         if full in self.model:
             return
         self.pool.snapshot(name, snap)
-        self.model[full] = bytearray(self.model[name])
-        self.kind[full], self.parent[full], self.mirrored[full] = "snapshot", name, self.mirrored[name]
+        self.add(full, bytearray(self.model[name]), "snapshot", name, self.mirrored[name])
 
     @precondition(lambda self: self.model)
     @rule(data=st.data(), new=NAMES)
@@ -177,31 +221,44 @@ class PoolModel(RuleBasedStateMachine):
         if new in self.model:
             return
         self.pool.clone(src, new)
-        self.model[new] = bytearray(self.model[src])
-        self.kind[new], self.parent[new], self.mirrored[new] = "clone", src, self.mirrored[src]
+        self.add(new, bytearray(self.model[src]), "clone", src, self.mirrored[src])
 
-    @precondition(lambda self: any(k == "snapshot" for k in self.kind.values()))
-    @rule(data=st.data())
-    def rollback(self, data):
-        snap = data.draw(st.sampled_from(sorted(n for n, k in self.kind.items() if k == "snapshot")))
-        name, s = snap.split("@")
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), s=SNAPS)
+    def rollback(self, data, s):
+        """Mostly to a snapshot that exists; otherwise to any target and any name (refused)."""
+        snaps = sorted(n for n, k in self.kind.items() if k == "snapshot")
+        if snaps and data.draw(st.booleans()):
+            name, s = data.draw(st.sampled_from(snaps)).split("@")
+        else:
+            name = data.draw(st.sampled_from(sorted(self.model)))
+        snap = f"{name}@{s}"
+        if not self.changeable(name) or snap not in self.model:
+            return self.refused(lambda: self.pool.rollback(name, s))
         self.pool.rollback(name, s)
         self.model[name] = bytearray(self.model[snap])
 
-    @precondition(lambda self: any(k == "clone" for k in self.kind.values()))
+    @precondition(lambda self: self.model)
     @rule(data=st.data())
     def flatten(self, data):
-        name = data.draw(st.sampled_from(sorted(n for n, k in self.kind.items() if k == "clone")))
+        """Any target: a clone (also of a snapshot) stops sharing; an LU has nothing to copy; a
+        snapshot or a sealed image is refused."""
+        clones = sorted(n for n, k in self.kind.items() if k == "clone")
+        name = data.draw(st.sampled_from(clones if clones and data.draw(st.booleans()) else sorted(self.model)))
+        if not self.changeable(name):
+            return self.refused(lambda: self.pool.flatten(name))
         try:
             self.pool.flatten(name)
         except PoolFull:
             return
         self.kind[name], self.parent[name] = "lu", None
 
-    @precondition(lambda self: self.lus())
+    @precondition(lambda self: self.model)
     @rule(data=st.data(), size=SIZES)
     def resize(self, data, size):
-        name = data.draw(st.sampled_from(self.lus()))
+        name = data.draw(st.sampled_from(sorted(self.model)))
+        if not self.changeable(name):
+            return self.refused(lambda: self.pool.resize(name, size, force=True))
         old = len(self.model[name])
         self.pool.resize(name, size, force=True)
         if size < old:
@@ -223,25 +280,38 @@ class PoolModel(RuleBasedStateMachine):
             return
         assert not has_clones and sorted(removed) == sorted(doomed)
         for n in doomed:
-            del self.model[n], self.kind[n], self.parent[n], self.mirrored[n]
+            self.forget(n)
 
-    @precondition(lambda self: any(not self.mirrored[n] for n in self.lus()))
-    @rule(data=st.data())
-    def mirror(self, data):
-        name = data.draw(st.sampled_from([n for n in self.lus() if not self.mirrored[n]]))
-        self.pool.set_mirrored(name, True)
-        for n in self.family(name):
-            self.mirrored[n] = True
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), new=NAMES)
+    def rename(self, data, new):
+        """Any target: an LU's snapshots follow it, clones keep their parent by its new name."""
+        name = data.draw(st.sampled_from(sorted(self.model)))
+        if self.kind[name] == "snapshot" or new in self.model:
+            return self.refused(lambda: self.pool.rename(name, new))
+        self.close(name)
+        self.pool.rename(name, new)
+        moved = {n: new + n[len(name):] for n in self.family(name)}
+        for old, n in moved.items():
+            self.add(n, self.model[old], self.kind[old], new if self.kind[old] == "snapshot" else self.parent[old],
+                     self.mirrored[old], self.role[old])
+            self.forget(old)
+        for n in self.model:
+            if self.parent[n] in moved:
+                self.parent[n] = moved[self.parent[n]]
 
-    @precondition(lambda self: any(self.mirrored[n] for n in self.lus()))
-    @rule(data=st.data())
-    def unmirror(self, data):
-        name = data.draw(st.sampled_from([n for n in self.lus() if self.mirrored[n]]))
-        # Bad blocks of the family are repaired before the copy goes: from here on its flips no
-        # longer count as live, so the contents check would see one left in the copy kept.
-        self.pool.set_mirrored(name, False)
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), on=st.booleans())
+    def mirror(self, data, on):
+        """Mirror or unmirror any target (mostly one whose state changes); before a copy goes,
+        bad blocks of the family are repaired, so its flips no longer count as live."""
+        which = [n for n in self.lus() if self.mirrored[n] != on]
+        name = data.draw(st.sampled_from(which if which and data.draw(st.booleans()) else sorted(self.model)))
+        if not self.changeable(name):
+            return self.refused(lambda: self.pool.set_mirrored(name, on))
+        self.pool.set_mirrored(name, on)
         for n in self.family(name):
-            self.mirrored[n] = False
+            self.mirrored[n] = on
 
     @precondition(lambda self: any(self.mirrored.values()))
     @rule(data=st.data(), copy=st.integers(0, 1))
