@@ -10,7 +10,8 @@ carries a request out with its own open pool, so it is one more caller of the en
 snapshot taken there is a point in time of the LU as its writers see it (every write acknowledged
 before it is in it, none issued after it returns).
 
-Requests: ``snapshot`` {lu, snap}, ``clone`` {source, new}, ``grow`` {lu, size}, ``status`` {lu}.
+Requests: ``snapshot`` {lu, snap}, ``clone`` {source, new}, ``grow`` {lu, size}, ``status`` {lu},
+``resync`` {lu} (a resync runs where the LU is written: health.py).
 """
 from __future__ import annotations
 
@@ -120,6 +121,8 @@ class ControlServer:
                     raise InvalidArgument(f"LU {name!r} is in use: it can grow, not shrink")
                 pool.resize(name, size)
                 return pool.lu_info(name)
+            if op == "resync":
+                return {"copied": pool.resync(_str(req, "lu"))}
             if op == "status":
                 name = _str(req, "lu")
                 return {**pool.lu_info(name), "holder": os.getpid(), **self.describe(name)}

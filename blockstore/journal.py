@@ -72,6 +72,9 @@ class Journal:
                     for lu in self.writers.values():
                         self.save(txn, lu)
                     punch = a.commit(txn)
+                    # the copies as the pool records them: what this commit stores was written
+                    # without a copy another process failed
+                    self.groups.follow(txn)
                     if mirror is not None:
                         mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
             except BaseException:

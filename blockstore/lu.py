@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .locks import HolderLock
     from .storage.datafile import DataFile
     from .storage.mirror import MirrorFile
+    from .storage.redirect import RedirectedCopy
 
 Buffer = bytes | bytearray | memoryview
 _pread, _preadv = os.pread, os.preadv
@@ -436,10 +437,10 @@ class LU:
             self.mirrored = mirrored
             self._publish_direct()
 
-    def read_from(self, store: "DataFile") -> None:
+    def read_from(self, store: "RedirectedCopy") -> None:
         """A read-only handle reads ``store`` (one copy of a mirror: read redirection), always
         under the lock."""
-        self._df = store
+        self._df = store  # type: ignore[assignment]  # reads only: the handle is read-only
         self._fast = False
 
     def replace_map(self, emap: ExtentMap, size: int) -> None:

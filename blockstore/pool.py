@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import lmdb
@@ -27,7 +27,7 @@ from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
 from .catalog import Catalog, LURecord, check_lu_size
 from .records import DuReport, DuRow, DuTotal, LUInfo, LUStatus, PoolStatus
-from .extents import ExtentMap
+from .extents import ExtentMap, runs
 from .journal import Journal
 from .lifecycle import Lifecycle
 from .listeners import Listeners
@@ -40,6 +40,7 @@ from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
 from .storage.datafile import DataFile, fsync_dir
 from .storage.groups import FailureGroups, check_second_dir
+from .storage.health import FAILED
 from .storage.mirror import MirrorFile
 from .sizes import format_size, parse_size
 
@@ -118,8 +119,6 @@ class Pool:
                 return
             self._settle(everything=not cfg.get("block_sums"))  # before any I/O: copies agree
             self.reclaim_dead_sessions()
-            if self.mirror is not None and not self.mirror.degraded:
-                self.resync()  # a group that is back gets what it missed
         except BaseException:
             self._teardown()
             raise
@@ -496,27 +495,70 @@ class Pool:
             only = self.lu_extents(txn, name) if name else None
             out = {}
             for i in (0, 1):
-                d = self.mirror.dirty_log.load(txn, i)
+                d = self.mirror.health.load(txn, i)
                 out[i] = int(d[only].sum()) if only is not None else int(d.sum())
         return out
 
     def resync(self, name: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
-        """Copy to each copy the extents it missed while degraded (of ``name`` only, if given);
-        returns how many were copied. A group whose file is back (the same file, with this pool's
-        label) is put back in service first; a file that is not this pool's copy is refused:
-        ``replace`` (scrub.py) rebuilds one from scratch."""
+        """Copy to each copy the extents it lacks (of ``name`` and its snapshots, if given; else
+        of every LU, then the snapshots' and free extents); returns how many were copied. A
+        failed group whose file is back (the same file, this pool's label) is put back in
+        service first; a file that is not this pool's copy is refused: ``replace`` (scrub.py)
+        rebuilds one from scratch.
+
+        No other process's writes can race it: an LU is resynced by the process that holds it
+        (asked over its control channel) or held here meanwhile; the extents nobody can write
+        in place (a snapshot's, free ones) are resynced in one metadata transaction, which no
+        allocation can enter. A copy whose bitmap ends empty is ``ok`` again (health.py)."""
         m = self.need_mirror(healthy=False)
+        if name is not None:
+            with self.lifecycle.live(name, {"op": "resync", "lu": name}) as asked:
+                if asked.done:
+                    return int(asked.result["copied"])
         with self._lock:
-            for i in list(m.degraded):
-                try:
-                    with self.meta.read() as txn:
-                        self.groups.reopen(self.meta.config(txn), i)
-                except BlockstoreError as e:
-                    raise BlockstoreError(f"failure group {i} is still unavailable: {e}") from None
-            self.flush()
+            if name is not None:
+                return self._resync_lu(m, name, progress)
             with self.meta.read() as txn:
-                only = self.lu_extents(txn, name) if name else None
+                lus = [r["name"] for r in self.records(txn) if r.get("mirrored") and r["kind"] != "snapshot"
+                       and not r.get("readonly")]
+            copied = sum(self.resync(lu, progress) for lu in lus if sum(self.dirty_extents(lu).values()))
+            self._bring_back()
+            with self.meta.write() as txn:
+                rc = self.refcounts(txn)
+                free = self.meta.fg_array(txn, "free", 0, len(rc), bool, 0)
+                writable = np.zeros(len(rc), bool)
+                for r in self.records(txn):
+                    if r["kind"] != "snapshot" and not r.get("readonly"):
+                        writable[self.load_map(txn, r).mapped().astype(np.int64)] = True
+                # free: both copies punched alike; a reserved one (not free, no references) is
+                # being written by its session and waits for that LU's resync
+                lacking = [np.flatnonzero(m.health.load(txn, i) & free) for i in (0, 1)]
+                for i in (0, 1):
+                    for start, count in runs(lacking[i]):
+                        m.release(start * self.extent_size, count * self.extent_size)
+                    m.health.clear(txn, i, lacking[i])
+                return copied + recovery.resync(m, self.meta, np.flatnonzero((rc > 0) & ~writable), progress, txn)
+
+    def _resync_lu(self, m: MirrorFile, name: str, progress: Callable[[int, int], None] | None) -> int:
+        """Resync the extents of ``name`` and its snapshots, holding ``name`` (a snapshot or a
+        sealed LU never changes: nothing to hold)."""
+        with self.meta.read() as txn:
+            rec = self.record(txn, name)
+            records = self.records(txn)
+        family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+        fixed = rec["kind"] == "snapshot" or rec.get("readonly")
+        with nullcontext() if fixed else self.writer(name):
+            self._bring_back()
+            with self.meta.read() as txn:
+                only = np.unique(np.concatenate([self.lu_extents(txn, f) for f in family]))
             return recovery.resync(m, self.meta, only, progress)
+
+    def _bring_back(self) -> None:
+        """Failed copies back in service (groups.py), and a commit: from it on, this process
+        writes them (the others from their next commit)."""
+        with self.meta.read() as txn:
+            self.groups.bring_back(self.meta.config(txn))
+        self.commit(None)
 
     def _settle(self, *, everything: bool = False) -> int:
         """Make the copies of every region a dead session had in flight agree, and record their
@@ -712,7 +754,9 @@ class Pool:
         info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
         if info["mirrored"]:
             m = self.mirror
-            missing = m.degraded if m else [0, 1]
+            with self.meta.read() as txn:  # the pool's record, not this process's view
+                states = m.health.states(txn) if m else [FAILED, FAILED]
+            missing = [i for i, s in enumerate(states) if s == FAILED] or (m.degraded if m else [])
             dirty = self.dirty_extents(name)
             info["mirror"] = {"state": "degraded" if missing else "resyncing" if any(dirty.values()) else "in-sync",
                               "missing_copy": missing[0] if missing else None,

@@ -23,6 +23,7 @@ from .errors import BlockstoreError, Busy, InvalidArgument
 from .locks import HolderLock, is_held
 from .names import split_snapshot
 from .storage.datafile import DataFile
+from .storage.health import OK
 from .storage.recovery import Examiner
 
 if TYPE_CHECKING:
@@ -38,7 +39,14 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
     group 0 cannot bring back unmirrored LUs' extents (``unmirrored_lost``): they read as zeros."""
     m = pool.need_mirror(healthy=False)
     E = pool.extent_size
-    with pool.lock:
+    with pool.lock, ExitStack() as held:
+        # no process writes a mirrored LU meanwhile (Busy, naming the holder): every write is
+        # in the copy rebuilt from, so the new copy lacks nothing and is recorded ok
+        with pool.meta.read() as txn:
+            writable = [r["name"] for r in pool.records(txn) if r.get("mirrored") and r["kind"] != "snapshot"
+                        and not r.get("readonly")]
+        for name in writable:
+            held.enter_context(pool.writer(name))
         src = m.copies[1 - group]
         if src is None:
             raise BlockstoreError(f"failure group {1 - group} is unavailable too: nothing to rebuild from")
@@ -96,7 +104,8 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
             c["groups"][group]["path"] = pool.groups.stored_path(path)
             c["groups"][group]["labelled"] = True
             pool.meta.put_json(txn, "config", b"pool", c)
-            m.dirty_log.clear(txn, group, np.arange(n))
+            m.health.clear(txn, group, np.arange(n))
+            m.health.set_state(txn, group, OK)
         pool.commit(change)
         pool.groups.install(group, df, path)
     return {"group": group, "path": path, "extents": len(exts), "bytes": len(exts) * E,

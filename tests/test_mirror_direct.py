@@ -99,7 +99,9 @@ def test_a_copy_failing_under_direct_writes_degrades_without_an_error(tmp_path, 
     meta.close()
     assert missed.any()                         # what copy 1 missed is on record
     os.unlink(str(ctl) + ".write")
-    with Pool.open(pool) as p:                  # the copy is back: the open resyncs it
+    with Pool.open(pool) as p:                  # the copy is back: a resync (an explicit act) copies what it missed
+        assert p.failure_groups()[1]["state"] == "failed"
+        assert p.resync() > 0
         assert p.failure_groups()[1]["dirty_extents"] == 0
         assert copies_differ(p, "m") == []
         assert scrub(p)["clean"] and check(p)["clean"]
@@ -113,7 +115,7 @@ def test_a_removed_copy_is_dropped_at_the_next_flush(mirrored):
     job = fio_verify(f"{mnt}/m", "randwrite", "4k", size="16M", numjobs="1", end_fsync="1")
     assert job["write"]["io_bytes"] >= 16 * MiB
     status = run_cli("pool", "failgrp", "list", "--json", pool=pool).stdout
-    assert json.loads(status)[1]["state"] == "unavailable"
+    assert json.loads(status)[1]["state"] == "failed"
     run_cli("umount", mnt)
     with Pool.open(pool) as p:
         with p.lu("m", writable=False) as lu:

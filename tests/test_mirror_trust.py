@@ -220,7 +220,7 @@ def test_a_copied_pool_never_writes_into_the_originals_mirror(tmp_path):
     before = open(mirror + "/data", "rb").read()
     subprocess.run(["cp", "-a", a, b], check=True)
     with Pool.open(b) as q:
-        assert q.failure_groups()[1]["state"] == "unavailable"  # refused: it belongs to a
+        assert q.failure_groups()[1]["state"] == "failed"  # refused: it belongs to a
         with q.lu("m") as lu:
             lu.write(0, os.urandom(1 << 20))
     assert open(mirror + "/data", "rb").read() == before
@@ -285,7 +285,7 @@ def test_failures_under_a_mounted_mirrored_lu_are_seen(tmp_path):
     finally:
         run_cli("umount", mnt)
     rows = json.loads(run_cli("pool", "failgrp", "list", "--json", pool=pool).stdout)
-    assert [r["state"] for r in rows] == ["unavailable", "ok"]  # the cut file has no label left
+    assert [r["state"] for r in rows] == ["failed", "ok"]  # the mount failed it (the cut file has no label left)
     run_cli("lu", "create", "plain", "--size", "1M", pool=pool, check_rc=1)  # unmirrored: refused
     assert run_cli("lu", "read", "d", "--offset", "0", "--length", str(16 << 20), pool=pool).stdout == data
     r = run_cli("pool", "failgrp", "replace", "--group", "0", pool=pool)

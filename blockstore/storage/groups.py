@@ -22,7 +22,9 @@ from ..meta import Meta
 from .activity import ActivityLog
 from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
-from .mirror import DirtyLog, MirrorFile
+from .health import FAILED, OK, RESYNCING, CopyHealth
+from .mirror import MirrorFile
+from .redirect import RedirectedCopy
 
 log = logging.getLogger("blockstore")
 
@@ -115,8 +117,11 @@ class FailureGroups:
         return df
 
     def _attach_mirror(self, cfg: dict[str, Any]) -> None:
-        """Build the mirror over groups 0 and 1; a missing group 1 leaves it degraded, not the
-        pool shut."""
+        """Build the mirror over groups 0 and 1 as the pool's record of the copies has them
+        (health.py): a copy failed there stays out of service, one being resynced is written but
+        not read; a group that cannot be opened is recorded failed, leaving the pool degraded,
+        not shut."""
+        health = CopyHealth(self.meta)
         try:
             self.files[1] = self.open_group(cfg, 1)
         except BlockstoreError as e:
@@ -124,11 +129,50 @@ class FailureGroups:
         paths = [self.path(cfg, 0), self.path(cfg, 1)]
         if not self.files:
             raise BlockstoreError(f"both failure groups are unavailable ({paths[0]}, {paths[1]})")
-        self.mirror = MirrorFile(self.files.get(0), self.files.get(1), paths, self.E,
-                                 dirty_log=DirtyLog(self.meta), sums=self.sums, activity=self.activity,
-                                 need=cfg["groups"][0]["extents"] * self.E, on_event=self.on_event)
+        with self.meta.read() as txn:
+            states = health.states(txn)
+        copies = [self.files.get(i) if states[i] != FAILED else None for i in (0, 1)]
+        self.mirror = MirrorFile(copies[0], copies[1], paths, self.E, health=health, sums=self.sums,
+                                 activity=self.activity, need=cfg["groups"][0]["extents"] * self.E,
+                                 on_event=self.on_event, readable=[s == OK for s in states])
         for i in self.mirror.degraded:
-            self.on_event("mirror_degraded", {"copy": i, "path": paths[i], "why": "unavailable at open"})
+            why = states[i] == FAILED and "failed before this open" or "unavailable at open"
+            self.on_event("mirror_degraded", {"copy": i, "path": paths[i], "why": why})
+            if states[i] != FAILED and not self.readonly:
+                with self.meta.write() as txn:
+                    health.set_state(txn, i, FAILED, why)
+
+    def follow(self, txn: Any) -> None:
+        """Take the pool's record of the copies, inside ``txn`` (mirror.py: ``follow``)."""
+        if self.mirror is None:
+            return
+        cfg = self.meta.config(txn)
+
+        def reopen(i: int) -> DataFile | None:
+            try:
+                return self._swap(cfg, i)
+            except BlockstoreError as e:
+                log.warning("failure group %d is back in service for the pool but not here: %s", i, e)
+                return None
+        self.mirror.follow(txn, reopen)
+
+    def bring_back(self, cfg: dict[str, Any]) -> None:
+        """Every failed copy back in service to be resynced: its file reopened (the same file,
+        this pool's label; BlockstoreError naming the group if it is still unavailable) and
+        recorded ``resyncing``: from the next commit of each process on, it is written again."""
+        m = self.mirror
+        assert m is not None
+        with self.meta.write() as txn:
+            states = m.health.states(txn)
+            for i in (0, 1):
+                if states[i] != FAILED and m.copies[i] is not None:
+                    continue
+                try:
+                    m.attach(i, self._swap(cfg, i), readable=states[i] == OK)
+                except BlockstoreError as e:
+                    raise BlockstoreError(f"failure group {i} is still unavailable: {e}") from None
+                if states[i] == FAILED:
+                    m.health.set_state(txn, i, RESYNCING)
 
     # -- the stores ---------------------------------------------------------------------------
 
@@ -149,12 +193,13 @@ class FailureGroups:
         extent's index is the same in both groups)."""
         return self.mirror or self.files[0]
 
-    def redundant(self) -> DataFile:
-        """Group 1's copy, for reads that must not touch group 0 (read redirection)."""
+    def redundant(self) -> RedirectedCopy:
+        """Group 1's copy, for reads that must not touch group 0 (read redirection); each read
+        refused where the copy lacks the extent (redirect.py)."""
         m = self.mirror
         if m is None or m.copies[1] is None:
             raise BlockstoreError("the redundant copy is unavailable")
-        return m.copies[1]
+        return RedirectedCopy(m.copies[1], m.health, 1, self.E)
 
     @property
     def dirty(self) -> bool:
@@ -186,16 +231,15 @@ class FailureGroups:
         """The config now names group 1: open it and build the mirror."""
         self._attach_mirror(cfg)
 
-    def reopen(self, cfg: dict[str, Any], i: int) -> None:
-        """Put group ``i``'s file back in service after it came back (the same file, this pool's
-        label); BlockstoreError when it is still unavailable."""
+    def _swap(self, cfg: dict[str, Any], i: int) -> DataFile:
+        """Group ``i``'s file opened anew (the same file, this pool's label) in place of the one
+        held; BlockstoreError when it is still unavailable."""
         df = self.open_group(cfg, i)
         old = self.files.get(i)
         if old is not None and old is not df:
             old.close()
         self.files[i] = df
-        assert self.mirror is not None
-        self.mirror.attach(i, df)
+        return df
 
     def install(self, i: int, df: DataFile, path: str) -> None:
         """A rebuilt copy of group ``i`` (whole, synced, at ``path``) replaces the old one."""
@@ -206,7 +250,7 @@ class FailureGroups:
         assert self.mirror is not None
         self.mirror.paths[i] = path
         self.mirror.dirty[i].clear()
-        self.mirror.attach(i, df)
+        self.mirror.attach(i, df, readable=True)
 
     def grow(self, extents: int) -> None:
         for df in self.files.values():
@@ -224,12 +268,18 @@ class FailureGroups:
             m.copies[1].punch(start * self.E, count * self.E)
 
     def describe(self, cfg: dict[str, Any], dirty: dict[int, int]) -> list[dict[str, Any]]:
-        """Each group: path, extents, state, extents its copy lacks."""
+        """Each group: path, extents, state (the pool's record: ok, failed, resyncing; or
+        unavailable where this process cannot open it), extents its copy lacks."""
+        states = [OK, OK]
+        if self.mirror is not None:
+            with self.meta.read() as txn:
+                states = self.mirror.health.states(txn)
         out = []
         for fg in range(len(cfg["groups"])):
-            ok = self.mirror.copies[fg] is not None if self.mirror else fg == 0
+            here = self.mirror.copies[fg] is not None if self.mirror else fg in self.files
+            state = states[fg] if here or states[fg] == FAILED else "unavailable"
             out.append({"group": fg, "path": self.path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
-                        "state": "ok" if ok else "unavailable", "dirty_extents": dirty[fg]})
+                        "state": state, "dirty_extents": dirty[fg]})
         return out
 
 

@@ -5,6 +5,11 @@ goes to both copies in one C call (acknowledged only when both are written, like
 C), a read comes from the primary copy and falls back to the redundant one (the failing primary is
 then taken out of service).
 
+Which copy is in service, and what each lacks, is the pool's (health.py), not this process's:
+a copy this process fails is failed for every process, and one another process failed or
+brought back is followed here at the next commit (``follow``). Reads come only from a copy that
+lacks nothing (``readable``); a copy being resynced is written but not read.
+
 The mirror owns three records of what it wrote (checksums.py, activity.py):
 - ``pending``: the checksums of the blocks written since the last flush, taken from the client's
   buffers by the C write; the flush commits them with the maps (``commit_sums``);
@@ -38,57 +43,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import native
-from ..meta import set_bits
 from .activity import AHEAD, REGION, ActivityLog
 from .checksums import BLOCK, SumStore
 from .datafile import LABEL, DataFile
+from .health import FAILED, OK, CopyHealth
 
 log = logging.getLogger("blockstore")
 
 if TYPE_CHECKING:
     import lmdb
 
-    from ..meta import Meta
-
 Buffer = bytes | bytearray | memoryview
-
-
-class DirtyLog:
-    """The dirty bitmap of each copy, in the pool's metadata: the extents that copy lacks (what
-    it missed while failed or missing), which ``resync`` copies to it and then clears."""
-
-    def __init__(self, meta: "Meta") -> None:
-        self.meta = meta
-
-    def add(self, copy: int, extents: "list[int] | np.ndarray", txn: "lmdb.Transaction | None" = None) -> None:
-        """Record ``extents`` durably (in a commit of their own unless ``txn`` is given)."""
-        if txn is None:
-            with self.meta.write() as own:
-                self.add(copy, extents, own)
-            return
-        set_bits(self.meta, txn, "dirty", copy, np.asarray(extents, np.int64), True)
-
-    def clear(self, txn: "lmdb.Transaction", copy: int, extents: np.ndarray) -> None:
-        set_bits(self.meta, txn, "dirty", copy, np.asarray(extents, np.int64), False)
-
-    def load(self, txn: "lmdb.Transaction", copy: int) -> np.ndarray:
-        """The bitmap of ``copy`` (bool per extent)."""
-        n = self.meta.config(txn)["groups"][0]["extents"]
-        return self.meta.fg_array(txn, "dirty", copy, n, bool, 0)
 
 
 class MirrorFile:
     """Two copies of one extent space. ``copies[i]`` is None while copy ``i`` is missing or failed.
 
     Before a write to an extent that copy ``i`` lacks is acknowledged, the extent is recorded in
-    ``dirty_log``, so the dirty bitmap names every such extent even after a crash. ``need`` is
-    the bytes of extents each file must hold (checked at every sync).
+    ``health``, so the dirty bitmap names every such extent even after a crash. ``need`` is
+    the bytes of extents each file must hold (checked at every sync). ``readable[i]``: copy
+    ``i`` lacks nothing, so reads may come from it.
     """
 
     def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
-                 dirty_log: DirtyLog, sums: SumStore, activity: ActivityLog,
-                 need: int, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 health: CopyHealth, sums: SumStore, activity: ActivityLog,
+                 need: int, on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 readable: list[bool] | None = None) -> None:
         self.copies: list[DataFile | None] = [primary, secondary]
+        self.readable = readable or [True, True]
+        #: ``health``'s clear count when ``dirty`` was last known to be on record
+        self._cleared = 0
         self.paths = paths
         self.E = extent_size
         self.B = extent_size // BLOCK
@@ -101,7 +85,7 @@ class MirrorFile:
         self._pending_c: dict[int, object] = {}
         self.sums = sums
         self.activity = activity
-        self.dirty_log = dirty_log
+        self.health = health
         self.on_event = on_event
         #: False only to measure what checksums cost (the bench): writes then record none, and
         #: the pool's records no longer describe its data.
@@ -123,23 +107,73 @@ class MirrorFile:
         return c.fd if c else -1
 
     def fail(self, i: int, why: str) -> None:
-        """Stop using copy ``i``; I/O carries on with the other, and what the failed copy may have
-        missed since the last flush becomes dirty for it."""
+        """Stop using copy ``i``, for every process of the pool: recorded failed, with what it may
+        have missed since the last flush, in one commit; I/O carries on with the other copy.
+        EIO when the other copy is out of service too, or (as far as the pool's record says)
+        lacks what this one has."""
         if self.copies[i] is None:
             return
-        if self.copies[1 - i] is None:
+        other = 1 - i
+        if self.copies[other] is None or not self.readable[other]:
             raise OSError(errno.EIO, f"both copies of the mirror failed: {why}")
+        with self.health.meta.write() as txn:
+            if self.health.states(txn)[other] == FAILED:
+                raise OSError(errno.EIO, f"both copies of the mirror failed: {why} (another process failed "
+                                         f"failure group {other})")
+            self.health.set_state(txn, i, FAILED, why)
+            self.health.add(i, sorted(self.touched), txn)
         self.copies[i] = None
+        self.readable[i] = False
         log.warning("failure group %d (%s) failed: %s; continuing degraded", i, self.paths[i], why)
         if self.on_event:
             self.on_event("mirror_degraded", {"copy": i, "path": self.paths[i], "why": why})
-        self._dirty_for(i, self.touched)
+        self.dirty[i].update(self.touched)
         self._repoint()
 
-    def attach(self, i: int, df: DataFile) -> None:
-        """Put copy ``i`` back in service (resync or replace has made it whole)."""
+    def attach(self, i: int, df: DataFile, *, readable: bool = True) -> None:
+        """Put copy ``i`` back in service (``readable``: it lacks nothing)."""
         self.copies[i] = df
+        self.readable[i] = readable
         self._repoint()
+
+    def resynced(self, cleared: int, whole: list[int]) -> None:
+        """This process cleared bits (a resync, ``cleared`` the count after it): what it remembers
+        setting is still on record; the copies ``whole`` lack nothing now and are read again."""
+        self._cleared = cleared
+        for i in whole:
+            self.readable[i] = True
+        if whole:
+            self._repoint()
+
+    def follow(self, txn: "lmdb.Transaction", reopen: Callable[[int], DataFile | None]) -> None:
+        """Take the pool's record of the copies (inside ``txn``, a commit of this process): a copy
+        another process failed leaves service here too, what this process wrote since its last
+        flush marked as missed in ``txn``; one brought back (``reopen`` opens its file, None if it
+        cannot) is written again, and read once it lacks nothing."""
+        rec = self.health.record(txn)
+        if rec.get("cleared", 0) != self._cleared:  # another process cleared bits: ours may be gone
+            self.dirty = {0: set(), 1: set()}
+            self._cleared = rec.get("cleared", 0)
+        for i, state in enumerate(rec["states"]):
+            c = self.copies[i]
+            if state == FAILED:
+                if c is not None:
+                    log.warning("failure group %d (%s) was failed by another process: %s; continuing degraded",
+                                i, self.paths[i], rec["why"][i])
+                    self.copies[i], self.readable[i] = None, False
+                    self.health.add(i, sorted(self.touched), txn)
+                    self.dirty[i].update(self.touched)
+                    self._repoint()
+                continue
+            if c is None:
+                df = reopen(i)
+                if df is None:
+                    continue
+                self.copies[i] = df
+                self._repoint()
+            if self.readable[i] != (state == OK):
+                self.readable[i] = state == OK
+                self._repoint()
 
     # -- the direct path -------------------------------------------------------------------------
 
@@ -202,7 +236,7 @@ class MirrorFile:
     def _dirty_for(self, i: int, extents: set[int] | range) -> None:
         new = [e for e in extents if e not in self.dirty[i]]
         if new:
-            self.dirty_log.add(i, new)
+            self.health.add(i, new)
             self.dirty[i].update(new)
 
     def _extents(self, offset: int, length: int) -> range:
@@ -219,10 +253,15 @@ class MirrorFile:
         self._arm(exts)
 
     def _one(self) -> tuple[int, DataFile]:
+        """The first copy reads may come from."""
         for i, c in enumerate(self.copies):
-            if c is not None:
+            if c is not None and self.readable[i]:
                 return i, c
-        raise OSError(errno.EIO, "both copies of the mirror are missing")
+        raise OSError(errno.EIO, "no copy of the mirror holds every extent (both missing, or one missing "
+                                 "and the other being resynced)")
+
+    def _sources(self) -> list[tuple[int, DataFile]]:
+        return [(i, c) for i, c in enumerate(self.copies) if c is not None and self.readable[i]]
 
     # -- checksums -----------------------------------------------------------------------------
 
@@ -257,9 +296,7 @@ class MirrorFile:
         none). EIO when every copy is damaged: a write must not build on bad bytes."""
         ext, b = divmod(block, self.B)
         want = int(self.current_sums(ext)[b])
-        for i, c in enumerate(self.copies):
-            if c is None:
-                continue
+        for i, c in self._sources():
             try:
                 data = c.pread(block * BLOCK, BLOCK)
             except OSError as e:
@@ -381,10 +418,7 @@ class MirrorFile:
 
     def pread(self, offset: int, length: int) -> bytes:
         """From the primary; if it fails, from the redundant copy (the primary leaves service)."""
-        for i in (0, 1):
-            c = self.copies[i]
-            if c is None:
-                continue
+        for i, c in self._sources():
             try:
                 data = c.pread(offset, length)
             except OSError as e:
@@ -395,10 +429,7 @@ class MirrorFile:
 
     def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
         """As DataFile.read_multi, from the primary, failing over to the redundant copy."""
-        for i in (0, 1):
-            c = self.copies[i]
-            if c is None:
-                continue
+        for i, c in self._sources():
             try:
                 c.read_multi(buf, offsets, lengths)
                 return

@@ -10,6 +10,7 @@ block with no checksum whose copies differ is undecided and left alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import lmdb
@@ -20,6 +21,7 @@ from ..meta import Meta
 from .checksums import BLOCK, SumStore, judge
 from .checksums import settle as settle_blocks
 from .datafile import DataFile
+from .health import OK, RESYNCING
 from .mirror import MirrorFile
 
 Progress = Callable[[int, int], None] | None
@@ -60,7 +62,7 @@ def adopt(m: MirrorFile, sums: SumStore, txn: lmdb.Transaction, exts: np.ndarray
             src, dst = (0, 1) if direction[b] == 1 else (1, 0)
             copy_block(m, src, dst, e * m.B + b)
         for i in m.degraded:  # the missing copy gets this extent at resync
-            m.dirty_log.add(i, [e], txn)
+            m.health.add(i, [e], txn)
             m.dirty[i].add(e)
         if not np.array_equal(new, rec):
             sums.put(txn, e, new)
@@ -69,16 +71,22 @@ def adopt(m: MirrorFile, sums: SumStore, txn: lmdb.Transaction, exts: np.ndarray
             c.sync()
 
 
-def resync(m: MirrorFile, meta: Meta, only: np.ndarray | None = None, progress: Progress = None) -> int:
-    """Copy to each live copy the extents its dirty bitmap names (those of ``only``, if given),
-    from the other copy, then clear their bits. The caller has put every copy back in service and
-    flushed, and holds the pool's lock. Returns the extents copied."""
+def resync(m: MirrorFile, meta: Meta, only: np.ndarray, progress: Progress = None,
+           txn: lmdb.Transaction | None = None) -> int:
+    """Copy to each copy in service the extents of ``only`` its bitmap names, from the other copy
+    where that one has them, then clear their bits; a copy whose bitmap is then empty is ``ok``
+    (health.py). The caller holds the pool's lock and makes sure no process writes ``only``
+    meanwhile (it holds their LU, or they are a snapshot's, or free: ``txn``, the write
+    transaction that keeps them so, is where the bits are cleared). Returns the extents copied."""
     E = m.E
-    with meta.read() as txn:
-        dirty = [m.dirty_log.load(txn, i) for i in (0, 1)]
-    todo = [(i, np.flatnonzero(d)) for i, d in enumerate(dirty)]
-    if only is not None:
-        todo = [(i, np.intersect1d(exts, only)) for i, exts in todo]
+    with meta.read() if txn is None else nullcontext(txn) as t:
+        dirty = [m.health.load(t, i) for i in (0, 1)]
+    todo = []
+    for i in (0, 1):
+        if m.copies[i] is None or m.copies[1 - i] is None:
+            continue
+        exts = np.intersect1d(np.flatnonzero(dirty[i] & ~dirty[1 - i]), only)  # a source that has them
+        todo.append((i, exts))
     total = sum(len(e) for _, e in todo)
     done = 0
     for i, exts in todo:
@@ -91,11 +99,15 @@ def resync(m: MirrorFile, meta: Meta, only: np.ndarray | None = None, progress: 
                 progress(done, total)
         dst.dirty = True
         dst.sync()
-    with meta.write() as txn:
+    whole = []
+    with meta.write() if txn is None else nullcontext(txn) as t:
         for i, exts in todo:
-            m.dirty_log.clear(txn, i, exts)
-    for i, exts in todo:
-        m.dirty[i].difference_update(exts.tolist())
+            m.health.clear(t, i, exts)
+            m.dirty[i].difference_update(exts.tolist())
+            if not m.health.load(t, i).any() and m.health.states(t)[i] == RESYNCING:
+                m.health.set_state(t, i, OK)
+                whole.append(i)
+        m.resynced(m.health.cleared(t), whole)
     return total
 
 

@@ -1,0 +1,121 @@
+"""Mirror health is one truth across processes (health.py): a copy failed by one process is
+failed for every process; opening the pool elsewhere never resyncs behind a degraded writer's
+back; a resync runs where the LU is held; nothing reads a copy for an extent it lacks. The
+copy fails for real: its directory is a fault-injecting FUSE passthrough (faultfs.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blockstore import Pool
+from blockstore.check import check
+
+E = 64 << 10
+
+
+def other_process(pool: str, code: str) -> dict:
+    """Run ``code`` in another process with ``p``, the pool opened read-write; what it assigns
+    to ``out`` comes back."""
+    prog = (f"import json, os\nfrom blockstore import Pool\nout = {{}}\n"
+            f"with Pool.open({pool!r}) as p:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+            + "print(json.dumps(out))\n")
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    return json.loads(r.stdout.decode().splitlines()[-1])
+
+
+@pytest.fixture
+def degraded(tmp_path, faulty):
+    """A pool whose second copy lives on the faulty file system; LUs ``m`` and ``n`` mirrored,
+    ``m`` held by this process and written after copy 1 failed under it."""
+    fmnt, ctl = faulty
+    pool = str(tmp_path / "pool")
+    Pool.create(pool, "32M", extent_size=E, mirror_dir=os.path.join(fmnt, "fg1")).close()
+    p = Pool.open(pool)
+    p.create_lu("n", "1M", mirrored=True).close()
+    lu = p.create_lu("m", "1M", mirrored=True)
+    lu.write(0, b"A" * (4 * E))
+    lu.flush()
+    open(str(ctl) + ".write", "w").close()
+    lu.write(0, b"B" * E)  # copy 1 fails under this write: degraded from here on
+    lu.flush()
+    assert p.mirror.degraded == [1]
+    os.unlink(str(ctl) + ".write")  # the file system is back; the copy stays failed until a resync
+    yield pool, p, lu
+    lu.close()
+    p.close()
+
+
+def test_a_copy_failed_in_one_process_is_failed_in_every_other(degraded):
+    pool, p, lu = degraded
+    seen = other_process(pool, """
+out["groups"] = [g["state"] for g in p.failure_groups()]
+out["m"] = p.lu_info("m")["mirror"]["state"]
+with p.lu("n") as n:
+    n.write(0, b"N" * 4096)
+out["n_dirty"] = p.dirty_extents("n")[1]
+out["copied"] = p.resync("n")              # n is nobody else's: copy 1 back in service, resyncing
+out["after"] = [g["state"] for g in p.failure_groups()]
+with p.open_redundant("n") as r:
+    out["n_redirected"] = r.read(0, 4).decode()
+with p.open_redundant("m") as r:
+    try:
+        out["m_redirected"] = r.read(0, 4).decode()
+    except OSError as e:
+        out["m_error"] = str(e)
+""")
+    assert seen["groups"] == ["ok", "failed"] and seen["m"] == "degraded"
+    assert seen["n_dirty"] == 1            # its writes without copy 1 are on record too
+    assert seen["copied"] == 1 and seen["after"] == ["ok", "resyncing"]
+    assert seen["n_redirected"] == "NNNN"
+    assert "m_redirected" not in seen      # copy 1's old bytes ("AAAA") are never read
+    assert "lacks" in seen["m_error"]
+    assert p.dirty_extents("m")[1] == 1
+    lu.write(E, b"D" * E)                  # still without copy 1 here: marked
+    lu.flush()                             # and this commit follows the record: copy 1 is back
+    assert p.mirror.degraded == [] and p.dirty_extents("m")[1] == 2
+    lu.write(2 * E, b"D" * E)              # written to both copies: not marked
+    lu.flush()
+    assert p.dirty_extents("m")[1] == 2
+    assert p.resync() == 2 and p.failure_groups()[1]["state"] == "ok"
+    assert check(p)["clean"]
+
+
+def test_an_open_elsewhere_never_resyncs_behind_a_degraded_writer(degraded, tmp_path):
+    """Before: the other process's open resynced and cleared the bits while this one kept
+    writing without copy 1; a later loss of copy 0 then lost acknowledged writes silently."""
+    pool, p, lu = degraded
+    other_process(pool, "out['opened'] = True")    # an ordinary read-write open, elsewhere
+    lu.write(0, b"C" * E)                            # still degraded here: marked again
+    lu.flush()
+    assert p.dirty_extents("m")[1] == 1
+    refused = other_process(pool, """
+try:
+    p.resync("m")
+except Exception as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+""")
+    assert refused["error"].startswith("Busy") and str(os.getpid()) in refused["error"]
+    assert p.resync("m") == 1                        # where the LU is held
+    assert p.failure_groups()[1]["state"] == "ok" and p.lu_info("m")["mirror"]["state"] == "in-sync"
+    lu.close()
+    os.truncate(os.path.join(pool, "fg0", "data"), 0)  # copy 0 lost: copy 1 must hold every write
+    with p.lu("m", writable=False) as r:
+        assert r.read(0, 2 * E) == b"C" * E + b"A" * E
+
+
+def test_the_pool_wide_resync_leaves_a_held_lu_to_its_holder(degraded):
+    pool, p, lu = degraded
+    refused = other_process(pool, """
+try:
+    p.resync()
+except Exception as e:
+    out["error"] = type(e).__name__
+""")
+    assert refused["error"] == "Busy" and p.failure_groups()[1]["state"] == "failed"  # as before
+    assert p.resync() == 1 and p.failure_groups()[1]["state"] == "ok"
+    assert check(p)["clean"]
