@@ -24,13 +24,19 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from .cluster.doorman import Doorman
 from .errors import BlockstoreError, Busy, InvalidArgument
 
 if TYPE_CHECKING:
     from .pool import Pool
 
 log = logging.getLogger("blockstore.control")
-MAX_REQUEST = 4096
+#: connections waiting for their request line, at most (the oldest is dropped for a newcomer)
+DOOR_LIMIT = 256
+#: seconds a connection has to send its whole request line
+REQUEST_DEADLINE = 5.0
+#: requests carried out at once (each on a thread); more are answered Busy at once
+BUSY_LIMIT = 8
 
 
 def socket_path(pool_path: str, pid: int) -> str:
@@ -38,8 +44,7 @@ def socket_path(pool_path: str, pid: int) -> str:
 
 
 class ControlServer:
-    """Serves the control socket of this process for ``pool`` (one thread, one request at a
-    time per connection). ``status`` entries come from ``describe(name)``, the holder's view of
+    """Serves the control socket of this process for ``pool`` (one request per connection). ``status`` entries come from ``describe(name)``, the holder's view of
     an LU it has open (handles, bytes written), merged over the engine's."""
 
     def __init__(self, pool: "Pool", describe: Any = None) -> None:
@@ -48,6 +53,8 @@ class ControlServer:
         self.path = socket_path(pool.path, os.getpid())
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._door: Doorman | None = None
+        self._busy = threading.BoundedSemaphore(BUSY_LIMIT)
 
     def start(self) -> "ControlServer":
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
@@ -62,9 +69,14 @@ class ControlServer:
             sock.bind(self.path)
         finally:
             os.umask(old)
-        sock.listen(16)
+        # The backlog matches the door: a burst of asks waits in the kernel, not in EAGAIN.
+        sock.listen(DOOR_LIMIT)
         self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        # One selector thread holds every connection until its request line is complete (bounded,
+        # each with a deadline: idle connections cost no thread); a request then runs on a
+        # thread of its own, at most BUSY_LIMIT at a time.
+        self._door = Doorman(sock, lambda first: None, self._admit, limit=DOOR_LIMIT, deadline=REQUEST_DEADLINE)
+        self._thread = threading.Thread(target=self._door.serve, name="control", daemon=True)
         self._thread.start()
         return self
 
@@ -74,30 +86,29 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            if self._door is not None:
+                self._door.close()
             self._sock.close()
             self._sock = None
 
-    def _serve(self) -> None:
-        while self._sock is not None:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
+    def _admit(self, conn: socket.socket, req: dict[str, Any], reader: Any) -> None:
         with conn:
             _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            try:
-                if uid not in (0, os.getuid()):
-                    raise errors.ReadOnly(f"user {uid} may not control this pool's LUs")
-                req = _read_line(conn)
-                reply = {"ok": True, "result": self.handle(req)}
-            except BlockstoreError as e:
-                reply = {"ok": False, "error": str(e), "kind": type(e).__name__}
-            except Exception as e:  # noqa: BLE001  (a reply, never a dead thread)
-                log.exception("control request failed")
-                reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "kind": "BlockstoreError"}
+            if not self._busy.acquire(blocking=False):
+                reply = {"ok": False, "error": f"more than {BUSY_LIMIT} requests in progress; try again",
+                         "kind": "Busy"}
+            else:
+                try:
+                    if uid not in (0, os.getuid()):
+                        raise errors.ReadOnly(f"user {uid} may not control this pool's LUs")
+                    reply = {"ok": True, "result": self.handle(req)}
+                except BlockstoreError as e:
+                    reply = {"ok": False, "error": str(e), "kind": type(e).__name__}
+                except Exception as e:  # noqa: BLE001  (a reply, never a dead thread)
+                    log.exception("control request failed")
+                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "kind": "BlockstoreError"}
+                finally:
+                    self._busy.release()
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
@@ -136,21 +147,6 @@ def _str(req: dict[str, Any], key: str) -> str:
     if not isinstance(v, str) or not v:
         raise InvalidArgument(f"bad request: {key!r} must be a non-empty string")
     return v
-
-
-def _read_line(conn: socket.socket) -> Any:
-    buf = b""
-    while b"\n" not in buf:
-        chunk = conn.recv(MAX_REQUEST)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > MAX_REQUEST:
-            raise InvalidArgument("bad request: longer than 4 KiB")
-    try:
-        return json.loads(buf.split(b"\n", 1)[0] or b"null")
-    except ValueError as e:
-        raise InvalidArgument(f"bad request: not JSON ({e})") from None
 
 
 def ask(pool_path: str, holder: int, request: dict[str, Any], timeout: float = 60.0) -> Any:

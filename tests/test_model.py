@@ -4,12 +4,19 @@ One pool with a second failure group holds mirrored and unmirrored LUs side by s
 compares every LU's and snapshot's full contents with the model, and ``pool check`` must be
 clean after each step. Between steps, bytes are flipped in either copy of mirrored data (never
 the same block in both): scrub must blame exactly the flipped copies, repair must fix them from
-the other copy, and nothing else may change what any LU or snapshot reads.
+the other copy, and nothing else may change what any LU or snapshot reads. The second copy's file
+also goes away and comes back: a second process of the pool (pool_peer.py) opens it meanwhile,
+must see the copy failed, must be refused a resync of what this process holds (changing
+nothing), and reads every LU this process does not hold as the model has it.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from hypothesis import HealthCheck, settings
@@ -49,9 +56,15 @@ class PoolModel(RuleBasedStateMachine):
         #: (copy, physical extent, byte in extent) flipped and maybe not yet repaired
         self.flips: set[tuple[int, int, int]] = set()
         self.steps = 0
+        #: copy 1's file is away (the pool runs degraded once it notices)
+        self.away = False
+        self.peer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "pool_peer.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def teardown(self) -> None:
         try:
+            self.peer.stdin.close()
+            self.peer.wait(timeout=30)
             self.pool.close()
         finally:
             lu_module.FILLER = True
@@ -109,6 +122,12 @@ class PoolModel(RuleBasedStateMachine):
             return h.extent_map.phys_range(0, len(h.extent_map) - 1)
         with self.pool.lu(name, writable=False) as r:
             return r.extent_map.phys_range(0, len(r.extent_map) - 1)
+
+    def ask(self, **req) -> dict:
+        """One request to the second process (pool_peer.py)."""
+        self.peer.stdin.write(json.dumps(req) + "\n")
+        self.peer.stdin.flush()
+        return json.loads(self.peer.stdout.readline())
 
     def byte(self, copy: int, pos: int) -> int:
         with open(self.files[copy], "rb") as f:
@@ -307,13 +326,13 @@ class PoolModel(RuleBasedStateMachine):
         bad blocks of the family are repaired, so its flips no longer count as live."""
         which = [n for n in self.lus() if self.mirrored[n] != on]
         name = data.draw(st.sampled_from(which if which and data.draw(st.booleans()) else sorted(self.model)))
-        if not self.changeable(name):
+        if not self.changeable(name) or self.away:  # also refused while a copy is missing
             return self.refused(lambda: self.pool.set_mirrored(name, on))
         self.pool.set_mirrored(name, on)
         for n in self.family(name):
             self.mirrored[n] = on
 
-    @precondition(lambda self: any(self.mirrored.values()))
+    @precondition(lambda self: any(self.mirrored.values()) and not self.away)
     @rule(data=st.data(), copy=st.integers(0, 1))
     def flip(self, data, copy):
         """Damage one byte of one copy of an extent only mirrored LUs reference."""
@@ -337,6 +356,7 @@ class PoolModel(RuleBasedStateMachine):
             f.write(bytes([b ^ 0x5A]))
         self.flips.add((copy, e, off))
 
+    @precondition(lambda self: not self.away)
     @rule(repair=st.booleans())
     def scrub_pool(self, repair):
         live = self.live_flips()
@@ -348,7 +368,7 @@ class PoolModel(RuleBasedStateMachine):
             self.flips.clear()
             assert scrub(self.pool)["bad"] == []
 
-    @precondition(lambda self: any(self.mirrored[n] for n in self.model))
+    @precondition(lambda self: any(self.mirrored[n] for n in self.model) and not self.away)
     @rule(data=st.data(), repair=st.booleans())
     def verify_lu(self, data, repair):
         name = data.draw(st.sampled_from(sorted(n for n in self.model if self.mirrored[n])))
@@ -361,6 +381,53 @@ class PoolModel(RuleBasedStateMachine):
         if repair:
             self.flips = {f for f in self.flips if f[1] not in mine}
             assert verify(self.pool, name)["mismatched"] == []
+
+    @precondition(lambda self: not self.away and not self.flips)
+    @rule()
+    def copy_goes_away(self):
+        """Copy 1's file is taken away: the next commit finds it gone and fails the copy."""
+        os.rename(self.files[1], self.files[1] + ".away")
+        self.away = True
+        self.pool.commit(None)
+        assert self.pool.failure_groups()[1]["state"] == "failed"
+
+    @precondition(lambda self: self.away)
+    @rule()
+    def copy_comes_back(self):
+        """The file is back; the second process's resync is refused while this one holds a
+        mirrored LU that lacks extents (Busy, nothing changed), this one's resync copies all."""
+        os.rename(self.files[1] + ".away", self.files[1])
+        self.away = False
+        held = [n for n in self.open if self.mirrored[n] and sum(self.pool.dirty_extents(n).values())]
+        assert self.ask(op="open", path=self.dir + "/p") == {"ok": True}
+        try:
+            got = self.ask(op="resync")
+            if held:
+                assert got["error"].startswith("Busy"), got
+                assert self.ask(op="states") == {"ok": ["ok", "failed"]}
+            else:
+                assert "ok" in got, got
+        finally:
+            self.ask(op="close")
+        self.pool.resync()
+        assert [g["state"] for g in self.pool.failure_groups()] == ["ok", "ok"]
+        assert self.pool.dirty_extents() == {0: 0, 1: 0}
+
+    @rule()
+    def elsewhere(self):
+        """The second process opens the pool (which never resyncs), sees the copies as this one
+        records them, and reads every LU this process does not hold as the model has it."""
+        self.pool.flush()
+        assert self.ask(op="open", path=self.dir + "/p") == {"ok": True}
+        try:
+            mine = [g["state"] for g in self.pool.failure_groups()]
+            assert self.ask(op="states") == {"ok": mine}
+            for name, want in self.model.items():
+                if name in self.open or (self.flips and self.mirrored[name]):
+                    continue
+                assert self.ask(op="read", name=name) == {"ok": bytes(want).hex()}, name
+        finally:
+            self.ask(op="close")
 
     @rule()
     def flush(self):
