@@ -42,6 +42,14 @@ if TYPE_CHECKING:
     from .storage.mirror import MirrorFile
     from .storage.redirect import RedirectedCopy
 
+
+class Reader(Protocol):
+    """Where a handle's reads come from (a store, or its unverified reads)."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None: ...
+
 Buffer = bytes | bytearray | memoryview
 _pread, _preadv = os.pread, os.preadv
 
@@ -99,7 +107,9 @@ class LU:
     """
 
     def __init__(self, host: Host, record: LURecord, emap: ExtentMap, store: "DataFile | MirrorFile",
-                 allocator: "Allocator", *, writable: bool, holder: "HolderLock | None" = None) -> None:
+                 allocator: "Allocator", *, writable: bool, holder: "HolderLock | None" = None,
+                 settled: bool = False) -> None:
+        """``settled``: no other process writes the LU (its checksums are known here as they are)."""
         self._host = host
         self._lock = host.lock
         self.name: str = record["name"]
@@ -117,6 +127,10 @@ class LU:
         # Reads may skip the lock when nothing else changes the map under them: this process
         # writes it, or it is a snapshot (read-only handles of live LUs re-read the map).
         self._fast = writable or self.kind == "snapshot"
+        # Reads verify against the checksums (a mirror's) only where this process knows them as
+        # they are now: it writes the LU, or nothing does (mirror.py); the others read unverified.
+        self._knows = self._fast or settled
+        self._rd = self._reader(store)
         self._holder = holder
         self._opens = 1
         self._closed = False
@@ -130,6 +144,12 @@ class LU:
         # (what it does stays one step), and the filler needs none to say it is done.
         self._filled = threading.Condition()
         self._defer = self._E % COPY_BLOCK == 0 and self._E > COPY_BLOCK
+
+    def _reader(self, store: "DataFile | MirrorFile") -> "Reader":
+        """What reads come from: ``store``, verified where this handle knows the truth; set with
+        ``_df`` (the lock-free paths read a data file's descriptor, so not a verifying store's)."""
+        self._lockfree = self._fast and not (self._knows and store.verifies)
+        return store if self._knows else store.unverified
 
     # -- BlockDevice -------------------------------------------------------------------------
 
@@ -195,7 +215,7 @@ class LU:
     def read(self, offset: int, length: int) -> bytes:
         E = self._E
         ext, start = divmod(offset, E)
-        if self._fast and offset >= 0 and length >= 0 and start + length <= E and offset + length <= self._size:
+        if self._lockfree and offset >= 0 and length >= 0 and start + length <= E and offset + length <= self._size:
             # Lock-free within one extent (the lock costs a third of a 4 KiB read). An extent read
             # here can change owner only after the allocator recycles it, which bumps `recycled`;
             # if that happened meanwhile, read again under the lock.
@@ -224,7 +244,7 @@ class LU:
             ext, start = divmod(offset, E)
             if start + length <= E and ext not in self._held:
                 p = self._map.get(ext)
-                return bytes(length) if p == UNMAPPED else self._df.pread(p * E + start, length)
+                return bytes(length) if p == UNMAPPED else self._rd.pread(p * E + start, length)
             buf = bytearray(length)
             self._readinto(memoryview(buf), offset)
             return bytes(buf)
@@ -234,7 +254,7 @@ class LU:
         mv = memoryview(buf).cast("B")
         n, E = len(mv), self._E
         ext, start = divmod(offset, E)
-        if self._fast and offset >= 0 and start + n <= E and offset + n <= self._size:
+        if self._lockfree and offset >= 0 and start + n <= E and offset + n <= self._size:
             seen = self._alloc.recycled
             c, i = divmod(ext, CHUNK)
             tab = self._map.tabs[c]
@@ -266,7 +286,7 @@ class LU:
         ends[-1] = offset + n - last * E
         p = self._map.phys_range(first, last).astype(np.int64)
         offsets = np.where(p == UNMAPPED, -1, p * E + starts)
-        self._df.read_multi(mv, offsets, ends - starts)
+        self._rd.read_multi(mv, offsets, ends - starts)
         if self._held:
             self._read_sources(mv, offset, first, last)
 
@@ -279,7 +299,7 @@ class LU:
             for b, k in runs(np.flatnonzero(~c.have)):
                 lo, hi = max(offset, base + b * B), min(end, base + (b + k) * B)
                 if lo < hi:
-                    mv[lo - offset:hi - offset] = self._df.pread(c.src * E + lo - base, hi - lo)
+                    mv[lo - offset:hi - offset] = self._rd.pread(c.src * E + lo - base, hi - lo)
 
     def write(self, offset: int, data: Buffer) -> None:
         n = len(data)
@@ -335,7 +355,7 @@ class LU:
             self._df.publish_table(self._direct, unit=self._E, size=self._size, chunk=CHUNK, phys=m.tabs,
                                    direct=m.owns if self._writable else None, zero_slow=not self.thick,
                                    map_writes=self._map_writes, serve=not self._closed,
-                                   republish=self._publish_direct)
+                                   republish=self._publish_direct, verify=self._knows)
             self._direct.held(CHUNK, len(m.tabs), {e: c.have for e, c in self._held.items()})
 
     def _retire_direct(self) -> None:
@@ -425,7 +445,7 @@ class LU:
     def retire(self) -> None:
         """The handle serves nothing from now on (its writer lock is the pool's to release)."""
         self._closed = True
-        self._fast = False
+        self._fast = self._lockfree = False
         self._retire_direct()
 
     def restack(self, store: "DataFile | MirrorFile", mirrored: bool) -> None:
@@ -433,15 +453,15 @@ class LU:
         the direct table follows before any I/O can use the old store."""
         self.settle()
         with self._map.guard:
-            self._df = store
+            self._df, self._rd = store, self._reader(store)
             self.mirrored = mirrored
             self._publish_direct()
 
     def read_from(self, store: "RedirectedCopy") -> None:
         """A read-only handle reads ``store`` (one copy of a mirror: read redirection), always
         under the lock."""
-        self._df = store  # type: ignore[assignment]  # reads only: the handle is read-only
-        self._fast = False
+        self._df = self._rd = store  # type: ignore[assignment]  # reads only: the handle is read-only
+        self._fast = self._lockfree = False
 
     def replace_map(self, emap: ExtentMap, size: int) -> None:
         """Take another map (rollback) and size, in step with the direct table."""

@@ -52,6 +52,16 @@ def pwrite2(fd0: int, fd1: int, buf: Buffer, offset: int, sums: "np.ndarray | No
     return r, failed[0]
 
 
+def stripe_lock(stripe: int) -> None:
+    """Hold the lock the C writers of extent ``stripe`` take (bs_stripe_lock): none of them is
+    in flight until ``stripe_unlock``."""
+    lib.bs_stripe_lock(stripe)
+
+
+def stripe_unlock(stripe: int) -> None:
+    lib.bs_stripe_unlock(stripe)
+
+
 def sums_pointer(sums: np.ndarray):  # type: ignore[no-untyped-def]
     """A C pointer into ``sums`` (uint64), to hand to ``pwrite2`` many times: making one costs
     a small write more than the hash does."""
@@ -174,14 +184,18 @@ class DirectTable:
         lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, self._dirs[0], self._dirs[1],
                              chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty))
 
-    def mirror(self, fd2: int, mapping2: FileMap, dirty2: np.ndarray | None, armed: "ArmedUnits") -> None:
+    def mirror(self, fd2: int, mapping2: FileMap, dirty2: np.ndarray | None, armed: "UnitArrays",
+               verify: "UnitArrays | None" = None) -> None:
         """Make the table just published mirrored: ``fd2`` the second copy (-1: none) mapped by
-        ``mapping2``, and only the units ``armed`` names are written (native/fastpath.h). Hold
-        the table, as for publish."""
-        self._keep2 = (dirty2, armed)
+        ``mapping2``, and only the units ``armed`` names are written; with ``verify``, reads are
+        checked against the checksums it names (native/fastpath.h). Hold the table, as for
+        publish."""
+        self._keep2 = (dirty2, armed, verify)
         lib.bs_table_mirror(self.ptr, fd2, mapping2.ptr, mapping2.length,
                             ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
                             armed.directory, armed.chunk, len(armed.directory))
+        if verify is not None:
+            lib.bs_table_verify(self.ptr, verify.directory, verify.chunk, len(verify.directory))
 
     def held(self, chunk: int, chunks: int, arrays: "dict[int, np.ndarray]") -> None:
         """Point the table at the block arrays of its HELD units (native/fastpath.h,
@@ -236,12 +250,14 @@ class DirectTable:
         return int(lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset))
 
 
-class ArmedUnits:
-    """Which physical units a mirrored table may write, each pointing at the array its checksums
-    go to (native/fastpath.h, bs_table_mirror): a directory of chunks of ``chunk`` pointers, made
-    for ``units`` units and grown by ``grow`` (republish the tables after). Changing an entry
-    from a pointer to NULL needs every table that uses it held; arming needs nothing (a write
-    that does not see it yet takes the slow path)."""
+class UnitArrays:
+    """A checksum array per physical unit, for the C direct path of mirrored tables
+    (native/fastpath.h): which units a table may write, each pointing at the array its checksums
+    go to (bs_table_mirror), or the checksums a unit's reads are verified against
+    (bs_table_verify). A directory of chunks of ``chunk`` pointers, made for ``units`` units and
+    grown by ``grow`` (republish the tables after). Changing an entry from a pointer to NULL
+    needs every table that uses it held; adding one needs nothing (I/O that does not see it yet
+    takes the slow path)."""
 
     def __init__(self, units: int, chunk: int = 1 << 14) -> None:
         self.chunk = chunk

@@ -315,8 +315,12 @@ class Pool:
                 if holder:
                     holder.release()
                 raise
+            # A read-only handle of a live LU that no process writes knows its checksums as they
+            # are (mirror.py: its reads verify); one that a writer may change under it does not.
+            settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
+                or not is_held(self.holder_path(rec["id"]))
             lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
-                    writable=writable, holder=holder)
+                    writable=writable, holder=holder, settled=settled)
             if writable:
                 self._writers[name] = lu
             return lu

@@ -29,6 +29,8 @@ struct bs_table {
     int *dirty2;
     uint64_t **const *sums;
     uint64_t sums_chunk, sums_chunks;
+    uint64_t **const *vsums; /* what reads are verified against (bs_table_verify), or NULL */
+    uint64_t vsums_chunk, vsums_chunks;
     /* held units' block arrays (bs_table_held), per chunk of `chunk` logical units */
     uint8_t **const *blocks;
     uint64_t blocks_chunks;
@@ -79,6 +81,7 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->mirror = 0;
     t->fd2 = -1;
     t->sums = NULL;
+    t->vsums = NULL;
     t->blocks = NULL;
     t->blocks_chunks = 0;
 }
@@ -100,6 +103,13 @@ void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *d
     t->sums = sums;
     t->sums_chunk = sums_chunk;
     t->sums_chunks = sums_chunks;
+}
+
+void bs_table_verify(bs_table *t, uint64_t **const *vsums, uint64_t vsums_chunk, uint64_t vsums_chunks)
+{
+    t->vsums = vsums;
+    t->vsums_chunk = vsums_chunk;
+    t->vsums_chunks = vsums_chunks;
 }
 
 /* Unit i's physical unit, and whether it may be written in place (i < n). */
@@ -125,6 +135,15 @@ static inline uint64_t *sums_of(const bs_table *t, uint32_t p)
     return c == NULL ? NULL : c[p % t->sums_chunk];
 }
 
+/* The checksums physical unit p's reads are verified against, or NULL (none known yet). */
+static inline uint64_t *vsums_of(const bs_table *t, uint32_t p)
+{
+    if (t->vsums_chunk == 0 || p / t->vsums_chunk >= t->vsums_chunks)
+        return NULL;
+    uint64_t **const c = t->vsums[p / t->vsums_chunk];
+    return c == NULL ? NULL : c[p % t->vsums_chunk];
+}
+
 /* The block array of held unit i (i < n), or NULL. */
 static inline uint8_t *blocks_of(const bs_table *t, uint64_t i)
 {
@@ -142,9 +161,13 @@ static int servable(const bs_table *t, size_t len, uint64_t off, int write, cons
         return 1;
     uint64_t first = off / t->unit, last = (off + len - 1) / t->unit;
     if (!write) {
-        for (uint64_t i = first; i <= last; i++)
+        for (uint64_t i = first; i <= last; i++) {
             if (direct_of(t, i) >= BS_DIRECT_HELD)
                 return 0;
+            uint32_t p = phys_of(t, i);
+            if (t->vsums != NULL && p != (uint32_t)BS_UNMAPPED && vsums_of(t, p) == NULL)
+                return 0; /* not verifiable yet: the owner's path loads its checksums */
+        }
         return 1;
     }
     if (t->mirror && (off % BS_SUM_BLOCK || len % BS_SUM_BLOCK || t->unit % BS_SUM_BLOCK))
@@ -262,6 +285,54 @@ static int write_at(int fd, char *map, uint64_t map_len, const char *buf, size_t
     return from < len ? bs_pwrite_all(fd, buf + from, len - from, at + (int64_t)from) : 0;
 }
 
+/* Whether the n whole blocks at buf match their checksums `want` (0: none known, any matches). */
+static int blocks_match(const char *buf, size_t n, const uint64_t *want)
+{
+    uint64_t got[64];
+    for (size_t i = 0; i < n; i += 64) {
+        size_t k = n - i < 64 ? n - i : 64;
+        bs_sum_blocks(buf + i * BS_SUM_BLOCK, k * BS_SUM_BLOCK, BS_SUM_BLOCK, got);
+        for (size_t j = 0; j < k; j++)
+            if (want[i + j] != 0 && want[i + j] != got[j])
+                return 0;
+    }
+    return 1;
+}
+
+/* A verified read of [in, in + len) of a unit whose blocks must match `want`, the unit at byte
+ * `base` of fd: whole blocks are read straight into buf, a partial one at either end through a
+ * block of its own. 0, BS_SLOW on a mismatch, or a negative errno. */
+static int read_verified(int fd, char *buf, size_t len, uint64_t base, uint64_t in, const uint64_t *want)
+{
+    char tmp[BS_SUM_BLOCK];
+    uint64_t end = in + len;
+    uint64_t lo = (in + BS_SUM_BLOCK - 1) / BS_SUM_BLOCK * BS_SUM_BLOCK, hi = end / BS_SUM_BLOCK * BS_SUM_BLOCK;
+    int r;
+    if (lo < hi) {
+        r = bs_pread_all(fd, buf + (lo - in), hi - lo, (int64_t)(base + lo));
+        if (r != 0)
+            return r;
+        if (!blocks_match(buf + (lo - in), (hi - lo) / BS_SUM_BLOCK, want + lo / BS_SUM_BLOCK))
+            return BS_SLOW;
+    }
+    /* the partial blocks: the one holding `in` if it starts before lo, the one holding end - 1 */
+    uint64_t edges[2] = {in / BS_SUM_BLOCK, (end - 1) / BS_SUM_BLOCK};
+    for (int e = 0; e < 2; e++) {
+        uint64_t b = edges[e], bstart = b * BS_SUM_BLOCK, bend = bstart + BS_SUM_BLOCK;
+        int partial = bstart < in || bend > end;
+        if (!partial || (e == 1 && b == edges[0]))
+            continue; /* whole (read above), or the same block as the head */
+        r = bs_pread_all(fd, tmp, BS_SUM_BLOCK, (int64_t)(base + bstart));
+        if (r != 0)
+            return r;
+        if (!blocks_match(tmp, 1, want + b))
+            return BS_SLOW;
+        uint64_t from = bstart > in ? bstart : in, to = bend < end ? bend : end;
+        memcpy(buf + (from - in), tmp + (from - bstart), to - from);
+    }
+    return 0;
+}
+
 /* One request through the table: a read into rbuf, or a write from wbuf. */
 static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint64_t off)
 {
@@ -279,6 +350,9 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         if (wbuf != NULL && t->mirror) {
             bs_stripe_lock(p);
             bs_sum_blocks(wbuf + done, step, BS_SUM_BLOCK, sums_of(t, p) + in / BS_SUM_BLOCK);
+            uint64_t *vs = t->vsums != NULL ? vsums_of(t, p) : NULL;
+            if (vs != NULL) /* before the bytes: a reader meeting the new sum and old bytes goes slow */
+                memcpy(vs + in / BS_SUM_BLOCK, sums_of(t, p) + in / BS_SUM_BLOCK, step / BS_SUM_BLOCK * sizeof *vs);
             r = write_at(t->fd, t->map, t->map_len, wbuf + done, step, at);
             if (r == 0 && t->fd2 >= 0)
                 r = write_at(t->fd2, t->map2, t->map2_len, wbuf + done, step, at);
@@ -291,6 +365,8 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         }
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
+        else if (t->vsums != NULL)
+            r = read_verified(t->fd, rbuf + done, step, (uint64_t)p * t->unit, in, vsums_of(t, p));
         else
             r = bs_pread_all(t->fd, rbuf + done, step, at);
         done += step;

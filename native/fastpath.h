@@ -32,6 +32,15 @@
  * again: a BS_SLOW write of a mirrored table may have written some of its bytes, and the fallback
  * writes all of them again, the same bytes to the same places.
  *
+ * A mirrored table may also verify its reads (bs_table_verify): vsums[c][j] (per chunk of
+ * `vsums_chunk` physical units) points at the checksums that unit's blocks must have (0: none
+ * known for a block). A read then takes the whole blocks it touches, checks each against its
+ * checksum, and is BS_SLOW when one does not match (buf may then hold part of the request,
+ * which the owner's path reads again whole), or when a unit it reads has no entry (nothing
+ * read): the owner's path finds the good copy and repairs the bad one. A mirrored
+ * write stores the checksums it computes into the unit's vsums entry too, under the stripe lock.
+ * The owner adds entries at any time and removes them only holding every table that uses them.
+ *
  * Whole aligned pieces of BS_WRITE_PIECE of a write (within one unit: units smaller than a piece
  * are always pwritten) go through `map`, a shared mapping of the file (bs_map_file), when every
  * page they touch is in the page cache: a copy into mapped pages takes neither a system call nor
@@ -71,6 +80,10 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
  * flag; `sums` the directory of armed units described above, `sums_chunks` entries long. */
 void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
                      uint64_t sums_chunk, uint64_t sums_chunks);
+/* Verify the reads of the mirrored table just made so (after bs_table_mirror): `vsums` the
+ * directory described above, `vsums_chunks` entries long; NULL (as bs_table_publish leaves it):
+ * reads are not verified. */
+void bs_table_verify(bs_table *t, uint64_t **const *vsums, uint64_t vsums_chunk, uint64_t vsums_chunks);
 /* The block arrays of HELD units: blocks[c][j] for unit c * chunk + j (blocks[c] NULL, or an
  * entry NULL: none, and the unit's writes are BS_SLOW), `chunks` entries long; reset by
  * bs_table_publish. Entries change only while the unit is not HELD. */

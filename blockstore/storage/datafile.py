@@ -81,9 +81,16 @@ class DataFile:
             self._map = native.FileMap(self.fd, max(self.size(), MAP_RESERVE))
         return self._map
 
+    #: its reads are not checked against checksums (a single file has none)
+    verifies = False
+
+    @property
+    def unverified(self) -> "DataFile":
+        return self
+
     def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list[Any],
                       direct: list[Any] | None, zero_slow: bool, map_writes: bool, serve: bool,
-                      republish: object = None) -> None:
+                      republish: object = None, verify: bool = False) -> None:
         """Point ``table`` (held by the caller) at this file: the units ``phys`` maps, written in
         place where ``direct`` allows, whole pieces through the mapping if ``map_writes``;
         ``serve`` False: nothing. A single file never changes under its tables, so ``republish``

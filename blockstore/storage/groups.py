@@ -134,7 +134,8 @@ class FailureGroups:
         copies = [self.files.get(i) if states[i] != FAILED else None for i in (0, 1)]
         self.mirror = MirrorFile(copies[0], copies[1], paths, self.E, health=health, sums=self.sums,
                                  activity=self.activity, need=cfg["groups"][0]["extents"] * self.E,
-                                 on_event=self.on_event, readable=[s == OK for s in states])
+                                 on_event=self.on_event, readable=[s == OK for s in states],
+                                 readonly=self.readonly)
         for i in self.mirror.degraded:
             why = states[i] == FAILED and "failed before this open" or "unavailable at open"
             self.on_event("mirror_degraded", {"copy": i, "path": paths[i], "why": why})

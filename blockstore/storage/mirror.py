@@ -21,6 +21,16 @@ The mirror owns three records of what it wrote (checksums.py, activity.py):
 A copy fails on an I/O error, on a short read, and at a flush that finds its file deleted,
 replaced or truncated (``DataFile.problem``); the mirror then carries on degraded on the survivor.
 
+Every read is verified: each 4 KiB block against the checksum that describes it now (its
+*truth*: the committed record with what this process wrote since over it). A block that does not
+match is read from the other copy; where that one matches, the client gets its bytes and the bad
+copy is rewritten from it (the repair scrub would make, under the stripe lock that orders the
+block's writers), reported as ``checksum_mismatch``; where no copy matches, the read is EIO. The
+truths of the extents read are kept in memory (``known``, bounded), where the C direct path
+verifies its reads too. Only readers that know the truth verify: a handle that writes the LU,
+or one of a snapshot or a sealed LU; a read-only handle of an LU another process writes reads
+``unverified`` (that process's newer checksums are not on record yet).
+
 The C direct path (native/fastpath.h) reads a mirrored LU from its first live copy and writes
 both copies in place, storing the checksums into ``pending`` itself, but only into extents that
 are *armed*: the first write into an extent after each flush comes here, does the write-ahead
@@ -68,7 +78,10 @@ class MirrorFile:
     def __init__(self, primary: DataFile | None, secondary: DataFile | None, paths: list[str], extent_size: int,
                  health: CopyHealth, sums: SumStore, activity: ActivityLog,
                  need: int, on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 readable: list[bool] | None = None) -> None:
+                 readable: list[bool] | None = None, readonly: bool = False) -> None:
+        """``readonly``: the pool is open read-only: nothing is written (a failed copy is left
+        out here, not recorded; a bad block is not repaired)."""
+        self.readonly = readonly
         self.copies: list[DataFile | None] = [primary, secondary]
         self.readable = readable or [True, True]
         #: ``health``'s clear count when ``dirty`` was last known to be on record
@@ -91,7 +104,15 @@ class MirrorFile:
         #: the pool's records no longer describe its data.
         self.checksums = True
         #: extents the direct path may write (see the module's docstring)
-        self.armed = native.ArmedUnits(need // extent_size)
+        self.armed = native.UnitArrays(need // extent_size)
+        #: extent -> the checksums of its blocks as they are now (verified reads), and as C sees them
+        self._truth: dict[int, np.ndarray] = {}
+        self.known = native.UnitArrays(need // extent_size)
+        #: False only to measure what verified reads cost (the bench)
+        self.verify_reads = True
+        #: blocks repaired by reads since the pool opened
+        self.healed = 0
+        self.unverified = _Unverified(self)
         #: the direct tables that read and write this mirror -> how to republish each
         self._tables: "weakref.WeakKeyDictionary[native.DirectTable, weakref.WeakMethod[Callable[[], None]]]" = weakref.WeakKeyDictionary()
 
@@ -116,12 +137,13 @@ class MirrorFile:
         other = 1 - i
         if self.copies[other] is None or not self.readable[other]:
             raise OSError(errno.EIO, f"both copies of the mirror failed: {why}")
-        with self.health.meta.write() as txn:
-            if self.health.states(txn)[other] == FAILED:
-                raise OSError(errno.EIO, f"both copies of the mirror failed: {why} (another process failed "
-                                         f"failure group {other})")
-            self.health.set_state(txn, i, FAILED, why)
-            self.health.add(i, sorted(self.touched), txn)
+        if not self.readonly:  # a read-only open records nothing
+            with self.health.meta.write() as txn:
+                if self.health.states(txn)[other] == FAILED:
+                    raise OSError(errno.EIO, f"both copies of the mirror failed: {why} (another process "
+                                             f"failed failure group {other})")
+                self.health.set_state(txn, i, FAILED, why)
+                self.health.add(i, sorted(self.touched), txn)
         self.copies[i] = None
         self.readable[i] = False
         log.warning("failure group %d (%s) failed: %s; continuing degraded", i, self.paths[i], why)
@@ -179,10 +201,11 @@ class MirrorFile:
 
     def publish_table(self, table: "native.DirectTable", *, unit: int, size: int, chunk: int, phys: list[Any],
                       direct: list[Any] | None, zero_slow: bool, map_writes: bool, serve: bool,
-                      republish: Callable[[], None]) -> None:
+                      republish: Callable[[], None], verify: bool = True) -> None:
         """Point ``table`` at these copies (the caller holds it): reads from the first live copy,
-        writes to both (each through its mapping if ``map_writes``), of armed extents only;
-        ``republish`` (a bound method) is called, with the table held, whenever the copies change."""
+        verified against ``known`` if ``verify``, writes to both (each through its mapping if
+        ``map_writes``), of armed extents only; ``republish`` (a bound method) is called, with
+        the table held, whenever the copies change."""
         i, first = self._one() if serve else (0, None)
         other = self.copies[1] if i == 0 else None
         writes = direct if self.checksums and not self.degraded else None
@@ -191,7 +214,8 @@ class MirrorFile:
                       unit, size, chunk, phys, writes, zero_slow,
                       first.dirty_flag if first is not None else np.zeros(1, np.int32))
         table.mirror(other.fd if other is not None else -1, other.mapping() if mapped and other is not None else native.NO_MAP,
-                     other.dirty_flag if other is not None else None, self.armed)
+                     other.dirty_flag if other is not None else None, self.armed,
+                     self.known if verify and self.verifies else None)
         self._tables[table] = weakref.WeakMethod(republish)
 
     @contextmanager
@@ -289,6 +313,9 @@ class MirrorFile:
             ext, b = divmod(first + pos, self.B)
             k = min(self.B - b, len(sums) - pos)
             self._pending_of(ext)[b:b + k] = sums[pos:pos + k]
+            t = self._truth.get(ext)
+            if t is not None:
+                t[b:b + k] = sums[pos:pos + k]
             pos += k
 
     def good_block(self, block: int) -> bytes:
@@ -325,6 +352,7 @@ class MirrorFile:
         of extents a mirrored LU still references (``mirrored``: bool per extent, after this
         commit's count changes) over their committed records. ``flushed`` clears pending."""
         self.sums.delete(txn, gone)
+        self.forget_truth(gone)
         if not self.pending:
             return
         exts = np.fromiter(self.pending, np.int64, len(self.pending))
@@ -390,6 +418,9 @@ class MirrorFile:
                 c.dirty = True
         r, failed = native.pwrite2(c0.fd if c0 else -1, c1.fd if c1 else -1, data, offset, sums_c=sums_c,
                                    stripe=ext if one else -1)
+        t = self._truth.get(ext) if one and self.checksums else None
+        if t is not None:  # after the bytes: a reader between them goes slow, to the LU's lock
+            t[b:b + nb] = self.pending[ext][b:b + nb]
         for i in (0, 1):
             if failed & (1 << i):
                 self.fail(i, f"write at offset {offset}: {os.strerror(-r)}")
@@ -416,7 +447,12 @@ class MirrorFile:
         """As ``cow`` with nothing laid over."""
         self.cow(src_off, dst_off, length, None, 0)
 
-    def pread(self, offset: int, length: int) -> bytes:
+    @property
+    def verifies(self) -> bool:
+        """Whether its reads are checked against the checksums (``pread``, ``read_multi``)."""
+        return self.verify_reads and self.checksums
+
+    def pread_unverified(self, offset: int, length: int) -> bytes:
         """From the primary; if it fails, from the redundant copy (the primary leaves service)."""
         for i, c in self._sources():
             try:
@@ -427,7 +463,7 @@ class MirrorFile:
             return data
         raise OSError(errno.EIO, "no readable copy")
 
-    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
+    def read_multi_unverified(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
         """As DataFile.read_multi, from the primary, failing over to the redundant copy."""
         for i, c in self._sources():
             try:
@@ -436,6 +472,121 @@ class MirrorFile:
             except OSError as e:
                 self.fail(i, f"read: {e.strerror}")
         raise OSError(errno.EIO, "no readable copy")
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """As ``pread_unverified``, every block verified and healed (the module's docstring).
+        The caller holds the lock that orders the LU's own writes (the LU's)."""
+        buf = bytearray(self.pread_unverified(offset, length))
+        self._verify(memoryview(buf), offset)
+        return bytes(buf)
+
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
+        """As ``read_multi_unverified``, every block verified and healed (as ``pread``)."""
+        self.read_multi_unverified(buf, offsets, lengths)
+        pos = 0
+        for off, n in zip(offsets.tolist(), lengths.tolist()):
+            if off >= 0:
+                self._verify(buf[pos:pos + n], off)
+            pos += n
+
+    def _verify(self, mv: memoryview, offset: int) -> None:
+        """Check ``mv`` (the bytes at ``offset``, within one extent) block by block against the
+        truth, and put the good bytes over any block that does not match."""
+        if not self.verifies or not len(mv):
+            return
+        ext = offset // self.E
+        want = self.truth(ext)
+        if not want.any():
+            return
+        first, last = offset // BLOCK, (offset + len(mv) - 1) // BLOCK
+        lo, hi = -(-offset // BLOCK), (offset + len(mv)) // BLOCK  # the blocks mv holds whole
+        bad: list[int] = []
+        if lo < hi:
+            inner = mv[lo * BLOCK - offset:hi * BLOCK - offset]
+            got = native.sum_blocks(inner)
+            w = want[lo % self.B:lo % self.B + hi - lo]
+            bad = [lo + int(b) for b in np.flatnonzero((w != 0) & (got != w))]
+        for b in {first, last} - set(range(lo, hi)):  # partial blocks: the whole block is read
+            k = b % self.B
+            if want[k] and int(native.sum_blocks(self.pread_unverified(b * BLOCK, BLOCK))[0]) != int(want[k]):
+                bad.append(b)
+        for b in bad:
+            good = self._heal(b)
+            a, z = max(offset, b * BLOCK), min(offset + len(mv), (b + 1) * BLOCK)
+            mv[a - offset:z - offset] = good[a - b * BLOCK:z - b * BLOCK]
+
+    def truth(self, ext: int) -> np.ndarray:
+        """The checksums extent ``ext``'s blocks must have now (0: none known), kept in memory
+        and shown to the C direct path (``known``)."""
+        t = self._truth.get(ext)
+        if t is None:
+            if len(self._truth) >= MAX_TRUTH:
+                self.forget_truth(list(self._truth))
+            t = self._truth[ext] = np.array(self.current_sums(ext), np.uint64)
+            self.known.arm(ext, native.sums_pointer(t))
+        return t
+
+    def forget_truth(self, extents: "list[int] | np.ndarray") -> None:
+        """Drop what is known of ``extents`` (their records changed under it, or to bound memory)."""
+        drop = [int(e) for e in extents if int(e) in self._truth]
+        if drop:
+            with self._tables_held():
+                self.known.disarm(drop)
+            for e in drop:
+                del self._truth[e]
+
+    def _heal(self, block: int) -> bytes:
+        """Block number ``block``, which did not match its checksum as first read: under its
+        extent's stripe lock (no write to it is in flight), each readable copy is read again and
+        judged; a bad copy is rewritten from a good one and the repair reported. EIO when no copy
+        matches."""
+        ext, k = divmod(block, self.B)
+        truth = self.truth(ext)  # before the lock: loading it may wait for the tables
+        found: bytes | None = None
+        bad: list[int] = []
+        failed: list[tuple[int, str]] = []
+        native.stripe_lock(ext)
+        try:
+            want = int(truth[k])
+            for i, c in self._sources():
+                try:
+                    data = c.pread(block * BLOCK, BLOCK)
+                except OSError as e:
+                    failed.append((i, f"read at offset {block * BLOCK}: {e.strerror}"))
+                    continue
+                if not want or int(native.sum_blocks(data)[0]) == want:
+                    found = found or data
+                else:
+                    bad.append(i)
+            for i in bad if found is not None and not self.readonly else []:
+                dst = self.copies[i]
+                assert dst is not None and found is not None
+                try:
+                    dst.pwrite(found, block * BLOCK)
+                except OSError as e:
+                    failed.append((i, f"write at offset {block * BLOCK}: {e.strerror}"))
+                dst.dirty = True
+        finally:
+            native.stripe_unlock(ext)
+        for i, why in failed:  # outside the stripe lock: failing a copy holds every table
+            self.fail(i, why)
+        if found is None:
+            self._report({"unrecoverable": [ext], "bad": [], "repaired": 0, "by": "read"})
+            raise OSError(errno.EIO, f"block {block} (extent {ext}) does not match its checksum in any copy")
+        if bad and self.readonly:
+            log.warning("block %d (extent %d) is bad in failure group(s) %s; read from the other copy "
+                        "(a read-only open repairs nothing: pool scrub --repair does)", block, ext, bad)
+        elif bad:
+            self.healed += len(bad)
+            log.warning("block %d (extent %d) was bad in failure group(s) %s; repaired from the other copy",
+                        block, ext, bad)
+            self._report({"bad": [{"extent": ext, "copy": i, "blocks": 1} for i in bad], "unrecoverable": [],
+                          "repaired": len(bad), "by": "read"})
+        return found
+
+    def _report(self, info: dict[str, Any]) -> None:
+        if self.on_event:
+            self.on_event("checksum_mismatch", info)
 
     def punch(self, offset: int, length: int) -> None:
         """Make the range read as zeros in every copy: whole blocks are punched (and checksummed
@@ -457,10 +608,12 @@ class MirrorFile:
         pending checksums forgotten (the commit that freed them deleted their records)."""
         self._punch_copies(offset, length)
         exts = self._extents(offset, length)
-        self.armed.disarm(list(exts))  # no table maps them any more: no direct write is in flight
+        self.armed.disarm(list(exts))  # no table maps them any more: no direct I/O is in flight
+        self.known.disarm(list(exts))
         for e in exts:
             self.pending.pop(e, None)
             self._pending_c.pop(e, None)
+            self._truth.pop(e, None)
 
     def _punch_copies(self, offset: int, length: int) -> None:
         for i, c in enumerate(self.copies):
@@ -511,7 +664,20 @@ class MirrorFile:
         """The files now hold ``need`` bytes of extents (the pool grew)."""
         self.need = need
         self.armed.grow(need // self.E)
+        self.known.grow(need // self.E)
         self._repoint()  # the armed directory may have moved
 
 
 _ZERO_SUM = int(native.sum_blocks(bytes(BLOCK))[0])
+#: extents whose truth is kept in memory at most (8 KiB each with 1 MiB extents): past it, all
+#: are forgotten and loaded again as they are read
+MAX_TRUTH = 1 << 15
+
+
+class _Unverified:
+    """The reads of a mirror, not verified: for a handle that does not know the truth (a
+    read-only handle of an LU another process may be writing)."""
+
+    def __init__(self, m: MirrorFile) -> None:
+        self.pread = m.pread_unverified
+        self.read_multi = m.read_multi_unverified
