@@ -185,6 +185,21 @@ def mirror_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def verify_run(workdir: str, quick: bool) -> dict[str, list[float]]:
+    """Random 4K reads of a filled mirrored LU through the mount, with every block checked
+    against its checksum and without (mount(verify_reads=False)): each round both, a fresh pool
+    each, who goes first alternating by round. {"verified" | "unverified": [IOPS each round]}."""
+    size = (256 if quick else 1024) << 20
+    runtime = 2 if quick else 4
+    out: dict[str, list[float]] = {"verified": [], "unverified": []}
+    for r in range(3 if quick else 5):
+        for who in ["verified", "unverified"][::(-1) ** r]:
+            with mounted_pool(workdir, size, {"m": True}, verify_reads=who == "verified") as files:
+                fill(files["m"], size)
+                out[who].append(fio(files["m"], "randread", "4k", size, runtime))
+    return out
+
+
 def first_writes_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
     """First writes into fresh targets, each round a fresh one, the order alternating by round:
     a fresh thin LU through the mount against a fresh sparse plain file (fio O_DIRECT, fsynced at

@@ -525,6 +525,12 @@ class Bench:
                      note=f"same mount, fio direct iodepth 16; rounds: mirrored {min(m):,.0f}-{max(m):,.0f}, "
                           f"unmirrored {min(u):,.0f}-{max(u):,.0f}")
         self.fuse_mirror_samples = runs
+        v = fuse_bench.verify_run(self.dir, self.quick)
+        on, off = v["verified"], v["unverified"]
+        self.add("fuse mirrored rand read 4K, verified vs not", "fuse", "IOPS", statistics.median(on),
+                 statistics.median(off), 0.9,
+                 note=f"every block checked against its checksum (C) vs the check off; fio direct iodepth 16; "
+                      f"rounds: verified {min(on):,.0f}-{max(on):,.0f}, unverified {min(off):,.0f}-{max(off):,.0f}")
 
     def first_writes(self) -> None:
         """Fresh targets' first writes through the mount against a fresh plain file, and a fresh

@@ -4,7 +4,10 @@ Result codes (a contract scripts may rely on, in the manner of ``qemu-img check`
   0  clean
   3  leaks only: extents or records nothing uses; ``--repair`` reclaims them safely
   4  corruption: the metadata contradicts itself (an extent in use but marked free, a count
-     lower than its references, a map entry out of range or used twice in one map)
+     lower than its references, a map entry out of range or used twice in one map), or a data
+     file is there but damaged (its label, or cut short), named in ``errors``
+  5  degraded: the metadata is sound but a copy of the mirror is out of service or lacks
+     extents (``degraded`` says which; ``pool resync`` or ``pool failgrp replace`` mends it)
 (1 and 2 stay the CLI's codes for a refused request and a usage error.)
 
 Repair recomputes reference counts from the maps, rebuilds the free bitmap from them and the
@@ -33,7 +36,18 @@ if TYPE_CHECKING:
     from .meta import Meta
     from .pool import Pool
 
-CLEAN, LEAKS, CORRUPT = 0, 3, 4
+CLEAN, LEAKS, CORRUPT, DEGRADED = 0, 3, 4, 5
+
+
+def groups_verdict(rows: list[dict[str, Any]]) -> tuple[int, list[str], list[str]]:
+    """The failure groups (``Pool.failure_groups``) judged: (code, damage, degradation). A data
+    file that is there but not a whole file of this pool (its label or length wrong) is damage
+    (CORRUPT); a copy out of service, or lacking extents, is DEGRADED; else CLEAN."""
+    damage = [f"failure group {r['group']}: {r['problem']}" for r in rows if r.get("damaged")]
+    degraded = [f"failure group {r['group']} ({r['path']}) is {r['state']}"
+                + (f", {r['dirty_extents']} extent(s) to resync" if r["dirty_extents"] else "")
+                for r in rows if not r.get("damaged") and (r["state"] != "ok" or r["dirty_extents"])]
+    return (CORRUPT if damage else DEGRADED if degraded else CLEAN), damage, degraded
 
 
 def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
@@ -164,7 +178,7 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
         except (PoolCorrupt, lmdb.Error) as e:
             # unreadable beyond one record (the configuration, LMDB's own pages): nothing to count
             return {"code": CORRUPT, "clean": False, "errors": [f"{type(e).__name__}: {e}"], "leaks": [],
-                    "repaired": [], "not_repaired": "the metadata cannot be read", "lus": None,
+                    "degraded": [], "repaired": [], "not_repaired": "the metadata cannot be read", "lus": None,
                     "allocated_extents": None}
         repaired: list[str] = []
         refused = None
@@ -179,10 +193,12 @@ def check(pool: "Pool", *, repair: bool = False) -> dict[str, Any]:
             repaired = found["leaks"] + found["errors"]
             with pool.meta.read() as txn:
                 found = _scan(pool, txn)
-    code = CORRUPT if found["errors"] else LEAKS if found["leaks"] else CLEAN
-    report = {"code": code, "clean": code == CLEAN, "errors": found["errors"], "leaks": found["leaks"],
-              "repaired": repaired, "lus": found["lus"], "allocated_extents": found["allocated_extents"],
-              "reclaimable": found["reclaimable"]}
+    _, damage, degraded = groups_verdict(pool.failure_groups())
+    errors = found["errors"] + damage
+    code = CORRUPT if errors else DEGRADED if degraded else LEAKS if found["leaks"] else CLEAN
+    report = {"code": code, "clean": code == CLEAN, "errors": errors, "leaks": found["leaks"],
+              "degraded": degraded, "repaired": repaired, "lus": found["lus"],
+              "allocated_extents": found["allocated_extents"], "reclaimable": found["reclaimable"]}
     if refused:
         report["not_repaired"] = refused
     return report

@@ -75,7 +75,8 @@ class ControlServer:
         # One selector thread holds every connection until its request line is complete (bounded,
         # each with a deadline: idle connections cost no thread); a request then runs on a
         # thread of its own, at most BUSY_LIMIT at a time.
-        self._door = Doorman(sock, lambda first: None, self._admit, limit=DOOR_LIMIT, deadline=REQUEST_DEADLINE)
+        self._door = Doorman(sock, lambda first: None, self._admit, limit=DOOR_LIMIT, deadline=REQUEST_DEADLINE,
+                             refusal=lambda why: {"ok": False, "error": f"bad request: {why}", "kind": "InvalidArgument"})
         self._thread = threading.Thread(target=self._door.serve, name="control", daemon=True)
         self._thread.start()
         return self

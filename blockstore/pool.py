@@ -23,7 +23,7 @@ from typing import Any, cast
 import lmdb
 import numpy as np
 
-from .allocator import Allocator, init_free, read_resv, resv_owner, set_free
+from .allocator import Allocator, init_free, read_resv, resv_key, resv_owner, set_free
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
 from .catalog import Catalog, LURecord, check_lu_size
 from .records import DuReport, DuRow, DuTotal, LUInfo, LUStatus, PoolStatus
@@ -127,6 +127,12 @@ class Pool:
     def mirror(self) -> MirrorFile | None:
         """The mirror layer (None without a second failure group)."""
         return self.groups.mirror
+
+    def verify_reads(self, on: bool) -> None:
+        """Whether mirrored reads are checked against their checksums (on by default; off only to
+        measure what the check costs). Applies to handles opened from now on."""
+        if self.mirror is not None:
+            self.mirror.verify_reads = on
 
     def emit(self, kind: str, info: dict[str, Any]) -> None:
         self.listeners.emit(kind, info)
@@ -534,9 +540,13 @@ class Pool:
                 for r in self.records(txn):
                     if r["kind"] != "snapshot" and not r.get("readonly"):
                         writable[self.load_map(txn, r).mapped().astype(np.int64)] = True
-                # free: both copies punched alike; a reserved one (not free, no references) is
-                # being written by its session and waits for that LU's resync
-                lacking = [np.flatnonzero(m.health.load(txn, i) & free) for i in (0, 1)]
+                # free, or reserved by this session (flushed, under the pool's lock: unwritten):
+                # both copies punched alike; one another session reserved may be being written
+                # by it and waits for that LU's resync
+                own = read_resv(txn, self.meta, resv_key(self.session, 0))
+                unused = free.copy()
+                unused[own[rc[own] == 0]] = True
+                lacking = [np.flatnonzero(m.health.load(txn, i) & unused) for i in (0, 1)]
                 for i in (0, 1):
                     for start, count in runs(lacking[i]):
                         m.release(start * self.extent_size, count * self.extent_size)
@@ -825,6 +835,7 @@ class Pool:
             "lus": sum(1 for r in records if r["kind"] != "snapshot"),
             "snapshots": sum(1 for r in records if r["kind"] == "snapshot"),
             "metadata_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "copies": [g["state"] for g in self.groups.describe(cfg, self.dirty_extents())],
         }
 
     def grow(self, size: int | str) -> None:

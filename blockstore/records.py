@@ -78,3 +78,4 @@ class PoolStatus(TypedDict):
     lus: int
     snapshots: int
     metadata_bytes: int
+    copies: list[str]          # each failure group's state (ok, failed, resyncing, unavailable)

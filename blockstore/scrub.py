@@ -199,4 +199,5 @@ def scrub(pool: "Pool", *, repair: bool = False, progress: Progress = None) -> d
     copies = [i for i, c in enumerate(m.copies) if c is not None]
     total = len(exts) * E * len(copies)
     return {"extents": len(exts), "bytes": total, **ex.report(), "seconds": secs,
-            "mib_per_s": total / (1 << 20) / secs if secs else 0.0, "copies": copies}
+            "mib_per_s": total / (1 << 20) / secs if secs else 0.0, "copies": copies,
+            "groups": pool.failure_groups()}

@@ -118,7 +118,8 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
           threads: int = THREADS, direct: bool = True, map_writes: bool = True,
-          access: Access | None = None, on_ready: Callable[[], None] | None = None) -> None:
+          access: Access | None = None, on_ready: Callable[[], None] | None = None,
+          verify_reads: bool = True) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
@@ -129,10 +130,13 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     memory into a mapping of the data file (LU.direct_table). How the defaults were chosen:
     docs/fuse.md. ``access``: the files' owner, group and mode (default: the mounting user,
     0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.
+    ``verify_reads`` False: mirrored reads are not checked against their checksums (only to
+    measure what the check costs: bench/).
     """
     _io_flusher()
     _steady_malloc()
     pool = Pool.open(pool_path)
+    pool.verify_reads(verify_reads)
     attach(pool, origin=f"mount {mountpoint}")
     os.makedirs(os.path.join(pool.path, "mounts"), mode=0o700, exist_ok=True)
     pidfile = _state_path(pool.path, mountpoint, "pid")
@@ -181,15 +185,15 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
           allow_other: bool = False, threads: int = THREADS, direct: bool = True,
-          map_writes: bool = True, access: Access | None = None) -> str:
+          map_writes: bool = True, access: Access | None = None, verify_reads: bool = True) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
-    ``threads``, ``direct``, ``map_writes`` and ``access``: see ``serve``."""
+    ``threads``, ``direct``, ``map_writes``, ``access`` and ``verify_reads``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                            direct=direct, map_writes=map_writes, access=access)
+                            direct=direct, map_writes=map_writes, access=access, verify_reads=verify_reads)
     if foreground:
         run()
         return mp

@@ -21,7 +21,8 @@ SLOW = 1
 def pool(tmp_path):
     with Pool.create(str(tmp_path / "pool"), "64M", extent_size=E, mirror_dir=str(tmp_path / "fg1")) as p:
         yield p
-        assert check(p)["clean"]
+        rep = check(p)
+        assert rep["clean"], (rep, p.failure_groups())
 
 
 def test_in_place_writes_and_reads(pool):
@@ -103,6 +104,8 @@ def test_mirrored_lus_are_written_directly_to_both_copies(pool):
         assert t.pwrite(b"a" * 4096, 0) == 0     # unmirrored: the primary's own
         pool.set_mirrored("d", True)
         buf = bytearray(E)
+        assert t.pread(buf, 0) == SLOW           # reads are verified: no checksums known here yet
+        assert lu.read(0, E) == lu.read(0, E)    # the engine's read loads them for the table too
         assert t.pread(buf, 0) == 0 and bytes(buf) == lu.read(0, E)
         pool.flush()
         assert t.pwrite(os.urandom(4096), 0) == SLOW   # not armed since the flush
@@ -145,6 +148,7 @@ def test_a_failing_copy_stops_direct_writes_to_it(pool, tmp_path):
         m.write(0, data)                         # degraded: the engine writes copy 0 alone
         assert t.pwrite(os.urandom(4096), 0) == SLOW     # and arms nothing
         buf = bytearray(4096)
+        assert m.read(0, 4096) == data                   # verified, which the table can do next
         assert t.pread(buf, 0) == 0 and bytes(buf) == data
         assert m.physical_extent(0) in pool.mirror.dirty[1]
     pool.resync()

@@ -114,13 +114,14 @@ def test_a_removed_copy_is_dropped_at_the_next_flush(mirrored):
     os.unlink(os.path.join(os.path.dirname(pool), "M", "data"))
     job = fio_verify(f"{mnt}/m", "randwrite", "4k", size="16M", numjobs="1", end_fsync="1")
     assert job["write"]["io_bytes"] >= 16 * MiB
-    status = run_cli("pool", "failgrp", "list", "--json", pool=pool).stdout
+    status = run_cli("pool", "failgrp", "list", "--json", pool=pool, check_rc=5).stdout  # 5: degraded
     assert json.loads(status)[1]["state"] == "failed"
     run_cli("umount", mnt)
     with Pool.open(pool) as p:
         with p.lu("m", writable=False) as lu:
             assert lu.read(0, 4096) != bytes(4096)
-        assert check(p)["clean"]
+        rep = check(p)
+        assert rep["code"] == 5 and not rep["errors"] and not rep["leaks"], rep  # degraded, nothing else
 
 
 def test_sigkill_after_fsync_keeps_both_copies(mirrored):

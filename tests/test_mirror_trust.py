@@ -284,7 +284,7 @@ def test_failures_under_a_mounted_mirrored_lu_are_seen(tmp_path):
             assert f.read() == data
     finally:
         run_cli("umount", mnt)
-    rows = json.loads(run_cli("pool", "failgrp", "list", "--json", pool=pool).stdout)
+    rows = json.loads(run_cli("pool", "failgrp", "list", "--json", pool=pool, check_rc=4).stdout)  # 4: a damaged file
     assert [r["state"] for r in rows] == ["failed", "ok"]  # the mount failed it (the cut file has no label left)
     run_cli("lu", "create", "plain", "--size", "1M", pool=pool, check_rc=1)  # unmirrored: refused
     assert run_cli("lu", "read", "d", "--offset", "0", "--length", str(16 << 20), pool=pool).stdout == data

@@ -72,7 +72,9 @@ def manpage() -> str:
                 ("ENVIRONMENT", ".TP\n.B BLOCKSTORE_POOL\nthe pool's directory when --pool is not given"),
                 ("EXIT STATUS", "0 success; 1 a refused request (one line on stderr, the pool unchanged); 2 a usage "
                                 "error; 3 leaks only (pool check), a degraded cluster (cluster status); 4 corruption, "
-                                "bad blocks left (pool check, pool scrub, lu verify), a cluster down.")]
+                                "bad blocks left, a damaged data file (pool check, pool scrub, pool failgrp list, "
+                                "lu verify), a cluster down; 5 a degraded mirror: a copy out of service or lacking "
+                                "extents (pool check, pool scrub, pool failgrp list).")]
     parser._manpage = [{"heading": h, "content": c} for h, c in sections]  # type: ignore[attr-defined]
     return str(Manpage(parser))
 

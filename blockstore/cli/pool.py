@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..check import check
+from ..check import CORRUPT, check, groups_verdict
 from ..pool import Pool
 from ..records import PoolStatus
 from ..sizes import format_size
@@ -32,16 +32,21 @@ def add(top: Any) -> None:
     f = command(fgp, "add", "add the second failure group (ideally another disk)", "pool failgrp add /mnt/disk2/fg1",
                 json=True)
     f.add_argument("dir", help="an empty or missing directory for the copies")
-    command(fgp, "list", "the failure groups, their state and what they missed", "pool failgrp list", json=True)
+    command(fgp, "list", "the failure groups, their state and what they missed; exit 0 all ok, 4 a data file "
+                         "damaged, 5 degraded", "pool failgrp list", json=True)
     r = command(fgp, "replace", "rebuild a lost or foreign copy from the other one, then verify it",
                 "pool failgrp replace /mnt/new-disk/fg1", json=True)
     r.add_argument("dir", nargs="?", help="where the new copy goes (default: where the old one was)")
     r.add_argument("--group", dest="fg", type=int, choices=(0, 1), default=1, help="the failure group to rebuild")
+    command(sub, "resync", "copy to each copy of the mirror what it lacks (a failed copy whose file is back "
+                           "first goes back in service); LUs another process holds are resynced by it",
+            "pool resync", json=True)
     k = command(sub, "scrub", "check every block of every mirrored extent against its checksum; exit 0 clean, "
-                              "4 bad, unrecoverable or undecided blocks left", "pool scrub --repair", json=True)
+                              "4 bad, unrecoverable or undecided blocks left (or a data file damaged), 5 degraded",
+                "pool scrub --repair", json=True)
     k.add_argument("--repair", action="store_true",
                    help="rewrite a block proven bad from a copy proven good (nothing else is written)")
-    k = command(sub, "check", "verify every metadata invariant; exit 0 clean, 3 leaks only, 4 corrupt",
+    k = command(sub, "check", "verify every metadata invariant; exit 0 clean, 3 leaks only, 4 corrupt, 5 degraded",
                 "pool check", "pool check --repair", json=True)
     k.add_argument("--repair", action="store_true", help="give back leaked extents (corruption is never guessed at)")
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == "check":
         rep = check(pool, repair=args.repair)
         lines = [f"error: {e}" for e in rep["errors"]] + [f"leak: {e}" for e in rep["leaks"]]
+        lines += [f"degraded: {e}" for e in rep["degraded"]]
         lines += [f"repaired: {e}" for e in rep["repaired"]]
         if rep.get("reclaimable"):
             lines.append(f"reclaimable: {rep['reclaimable']} extent(s) held by sessions that died "
@@ -72,6 +78,12 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         return int(rep["code"])
     elif cmd == "failgrp":
         return _failgrp(args, pool)
+    elif cmd == "resync":
+        with progress(args, "resync", unit_bytes=pool.extent_size) as step:
+            n = pool.resync(progress=step)
+        rows = pool.failure_groups()
+        done(args, {"copied": n, "groups": rows}, f"resynced {n} extent(s); copies: "
+                                                  + ", ".join(f"fg{r['group']} {r['state']}" for r in rows))
     elif cmd == "scrub":
         from ..scrub import scrub
         with progress(args, "scrub", unit_bytes=pool.extent_size) as step:
@@ -83,9 +95,11 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         lines += [f"undecided: extent {e} (copies differ, no checksum to decide)" for e in rep["undecided"]]
         if rep["in_use"]:
             lines.append(f"not judged: {len(rep['in_use'])} extent(s) open for writing in another process")
+        code, damage, degraded = groups_verdict(rep["groups"])
+        lines += [f"error: {e}" for e in damage] + [f"degraded: {e}" for e in degraded]
         lines.append(f"repaired {rep['repaired']} block(s)" if rep["repaired"] else ("clean" if rep["clean"] else "not clean"))
         emit(args, rep, "\n".join(lines))
-        return 0 if rep["clean"] else 4
+        return CORRUPT if not rep["clean"] else code
     return 0
 
 
@@ -107,8 +121,8 @@ def _failgrp(args: argparse.Namespace, pool: Pool) -> int:
         return 4 if rep["unrecoverable"] else 0
     rows = pool.failure_groups()
     emit(args, rows, "\n".join(f"fg{r['group']}  {r['state']:<11} {r['dirty_extents']:>6} dirty  {r['path']}"
-                               for r in rows))
-    return 0
+                               + (f"  ({r['problem']})" if r["problem"] else "") for r in rows))
+    return groups_verdict(rows)[0]
 
 
 def _status_text(s: PoolStatus) -> str:
@@ -126,7 +140,9 @@ def _status_text(s: PoolStatus) -> str:
         f"provisioned {format_size(s['provisioned'])}  (overcommit {s['overcommit']:.2f}x)",
         f"LUs         {s['lus']}  snapshots {s['snapshots']}",
         f"metadata    {format_size(s['metadata_bytes'])}",
-    ])
+    ] + (["copies      " + ", ".join(f"fg{i} {st}" for i, st in enumerate(s["copies"]))
+          + ("" if all(st == "ok" for st in s["copies"]) else "  (DEGRADED: pool failgrp list)")]
+         if len(s["copies"]) > 1 else []))
 
 
 def create(args: argparse.Namespace) -> int:

@@ -33,8 +33,11 @@ Authorize = Callable[[dict[str, Any]], None]  # raises ProtocolError to refuse a
 
 class Doorman:
     def __init__(self, server: socket.socket, authorize: Authorize, admit: Admit, *,
-                 limit: int = 256, deadline: float = 5.0) -> None:
+                 limit: int = 256, deadline: float = 5.0,
+                 refusal: Callable[[str], dict[str, Any]] = lambda message: {"error": message}) -> None:
+        """``refusal(message)``: the reply to a first line that is garbage or refused."""
         self.server = server
+        self.refusal = refusal
         self.authorize = authorize
         self.admit = admit
         self.limit = limit
@@ -132,7 +135,7 @@ class Doorman:
 
     def _refuse(self, conn: socket.socket, message: str) -> None:
         try:
-            conn.send(encode({"error": message}))  # one line fits any socket buffer; never blocks
+            conn.send(encode(self.refusal(message)))  # one line fits any socket buffer; never blocks
         except OSError:
             pass
         self._drop(conn)

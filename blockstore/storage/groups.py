@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AlreadyExists, BlockstoreError, InvalidArgument
+from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, PoolCorrupt
 from ..extents import runs
 from ..meta import Meta
 from .activity import ActivityLog
@@ -46,6 +46,8 @@ class FailureGroups:
         self.sums, self.activity, self.on_event = sums, activity, on_event
         self.files: dict[int, DataFile] = {}
         self.mirror: MirrorFile | None = None
+        #: group -> why its file could not be opened here (at open, or when brought back)
+        self.problems: dict[int, str] = {}
 
     def open(self, cfg: dict[str, Any]) -> None:
         """Open every group the config names; a missing group 0 is tolerated when group 1 can
@@ -55,6 +57,7 @@ class FailureGroups:
         except BlockstoreError as e:
             if len(cfg["groups"]) < 2:
                 raise
+            self.problems[0] = str(e)
             log.warning("failure group 0 is unavailable: %s; only mirrored LUs can be used", e)
         if len(cfg["groups"]) > 1:
             self._attach_mirror(cfg)
@@ -99,7 +102,7 @@ class FailureGroups:
                 self.meta.set_config(groups=cfg["groups"])
             label = {"pool": self.pool_id, "group": fg} if self.readonly and unlabelled else df.label()
             if label is None or label.get("pool") != self.pool_id or label.get("group") != fg:
-                raise BlockstoreError(f"{path} is not failure group {fg} of this pool (no matching label); "
+                raise PoolCorrupt(f"{path} is not failure group {fg} of this pool (no matching label); "
                                       f"'pool failgrp replace' makes a new one")
             owner = label.get("owner")
             if owner is not None and owner != self.root:
@@ -110,7 +113,7 @@ class FailureGroups:
                     df.write_label(self.label(fg, path))  # the pool was moved: the file follows it
             why = df.problem(need)
             if why:
-                raise BlockstoreError(f"data file {why}: damaged pool")
+                raise PoolCorrupt(f"data file {why}: damaged pool")
         except BaseException:
             df.close()
             raise
@@ -125,6 +128,7 @@ class FailureGroups:
         try:
             self.files[1] = self.open_group(cfg, 1)
         except BlockstoreError as e:
+            self.problems[1] = str(e)
             log.warning("failure group 1 is unavailable: %s; mirrored LUs run degraded", e)
         paths = [self.path(cfg, 0), self.path(cfg, 1)]
         if not self.files:
@@ -279,8 +283,12 @@ class FailureGroups:
         for fg in range(len(cfg["groups"])):
             here = self.mirror.copies[fg] is not None if self.mirror else fg in self.files
             state = states[fg] if here or states[fg] == FAILED else "unavailable"
-            out.append({"group": fg, "path": self.path(cfg, fg), "extents": cfg["groups"][fg]["extents"],
-                        "state": state, "dirty_extents": dirty[fg]})
+            path = self.path(cfg, fg)
+            problem = None if here else self.problems.get(fg)
+            out.append({"group": fg, "path": path, "extents": cfg["groups"][fg]["extents"],
+                        "state": state, "dirty_extents": dirty[fg], "problem": problem,
+                        # there, but not a whole data file of this pool's (a label or a length wrong)
+                        "damaged": problem is not None and os.path.exists(path)})
         return out
 
 
