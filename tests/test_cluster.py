@@ -342,6 +342,10 @@ def test_bad_input_on_the_event_port(cluster):
         (encode({"op": "register", "kinds": ["*"]}), "bad token"),
         (encode({"op": "register", "token": token, "kinds": ["node_up", "bogus"]}), "unknown event kind 'bogus'"),
         (encode({"op": "register", "token": token, "kinds": []}), "non-empty list"),
+        # malformed kinds: refused in one line (they killed the connection's thread, with an FFDC bundle)
+        (encode({"op": "register", "token": token, "kinds": [["node_up"]]}), "non-empty list"),
+        (encode({"op": "register", "token": token, "kinds": [{"a": 1}]}), "non-empty list"),
+        (encode({"op": "register", "token": token, "kinds": "*"}), "non-empty list"),
         (encode({"op": "register", "token": token, "kinds": ["*"], "since": -1}), "since must be"),
         (encode({"op": "register", "token": token, "kinds": ["*"], "since": "7"}), "since must be"),
         (encode({"op": "register", "token": token, "kinds": ["*"], "since": head + 100}), "past the last event"),
@@ -593,3 +597,48 @@ def test_a_clean_leave_is_no_failure_also_from_the_systemd_unit(cluster):
         if unit.poll() is None:
             unit.kill()
             unit.wait()
+
+
+def test_a_damaged_payload_file_is_skipped_with_a_marker_and_delivery_goes_on(cluster):
+    names = ["d1", "d2"]
+    for n in names:
+        cluster.start(n)
+    cluster.wait(lambda: cluster.views_agree(names))
+    log = EventLog(cluster.pool)
+    first = log.publish("lu_created", {"name": "before"})
+    bad = log.publish("lu_created", {"name": "damaged"})
+    with open(log._path(bad), "wb") as f:  # the damage: bytes that are no event (not UTF-8 either)
+        f.write(b"\xff\xfe\x00garbage")
+    after = log.publish("lu_removed", {"name": "after"})
+    got: list[dict] = []
+    with socket.create_connection(parse_address(cluster.status()["primary_address"]), timeout=10) as s:
+        s.sendall(encode({"op": "register", "token": read_token(cluster.pool), "kinds": ["lu_created", "lu_removed"],
+                          "since": first - 1}))
+        reader = LineReader(s)
+        assert reader.read_json()["ok"] is True
+        while not got or got[-1]["seq"] < after:
+            got.append(reader.read_json())
+    kinds = {ev["seq"]: ev["kind"] for ev in got}
+    assert kinds[first] == "lu_created" and kinds[bad] == "damaged" and kinds[after] == "lu_removed"
+    r = run_cli("cluster", "events", "--since", str(first - 1), pool=cluster.pool, check_rc=4)
+    assert b"before" in r.stdout and b"after" in r.stdout
+    assert r.stderr.decode().count("\n") == 1 and log._path(bad).encode() in r.stderr
+    ffdc_dir = os.path.join(cluster.pool, "ffdc")
+    assert not os.path.isdir(ffdc_dir) or not os.listdir(ffdc_dir), os.listdir(ffdc_dir)
+
+
+def test_the_notifier_keeps_only_what_callers_have_not_read(tmp_path):
+    """No caller: nothing is kept in memory, however many events are published."""
+    from blockstore.cluster.notifier import Notifier
+    log = EventLog(str(tmp_path))
+    n = Notifier(log, poll=0.001)
+    try:
+        for k in range(2000):
+            log.publish("lu_created", {"name": f"x{k}", "pad": "y" * 500})
+        deadline = time.monotonic() + 10
+        while n.head < log.head() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert n.head == log.head()
+        assert len(n.lines) <= 1 and n.bytes < 4096, (len(n.lines), n.bytes)  # was: all 2000 kept
+    finally:
+        n.stop()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..cluster import admin, config, ffdc
-from ..cluster.events import EventLog
+from ..cluster.events import DAMAGED, EventLog
 from ..errors import InvalidArgument
 from .args import UsageError, command, group
 from .output import done, emit, fields, when
@@ -144,16 +145,21 @@ def _events(args: argparse.Namespace, pool: str) -> int:
         raise InvalidArgument("--since takes a sequence number >= 0")
 
     def show(ev: dict[str, Any]) -> None:
-        if kinds is None or ev["kind"] in kinds:
+        if kinds is None or ev["kind"] in kinds or ev["kind"] == DAMAGED:
             print(json.dumps(ev, sort_keys=True) if args.json else _event_text(ev), flush=True)
     if not args.follow:
         evs = EventLog(pool).events(args.since)
         if args.json:
-            print(json.dumps([e for e in evs if kinds is None or e["kind"] in kinds], indent=2, sort_keys=True))
+            print(json.dumps([e for e in evs if kinds is None or e["kind"] in kinds or e["kind"] == DAMAGED],
+                             indent=2, sort_keys=True))
         else:
             for ev in evs:
                 show(ev)
-        return 0
+        damaged = [e for e in evs if e["kind"] == DAMAGED]
+        for ev in damaged:
+            print(f"blockstore: event {ev['seq']}: {ev['data']['file']} is {ev['data']['why']}; skipped",
+                  file=sys.stderr)
+        return 4 if damaged else 0
     from ..cluster.client import EventClient
     for ev in EventClient(pool, kinds=args.kind, since=args.since):
         show(ev)

@@ -32,13 +32,28 @@ class Gone(Exception):
     """The events asked for were pruned: the caller must resync from the current state."""
 
 
+#: The kind of the marker that stands in for a damaged payload file (every caller gets it).
+DAMAGED = "damaged"
+
+
 def check_kinds(kinds: list[str] | tuple[str, ...]) -> frozenset[str]:
-    if not isinstance(kinds, (list, tuple)) or not kinds:
+    if not isinstance(kinds, (list, tuple)) or not kinds or not all(isinstance(k, str) for k in kinds):
         raise InvalidArgument("kinds must be a non-empty list of event kinds (or [\"*\"])")
     unknown = [k for k in kinds if k != "*" and k not in KINDS]
     if unknown:
         raise InvalidArgument(f"unknown event kind {unknown[0]!r}; known: {', '.join(sorted(KINDS))}")
     return KINDS if "*" in kinds else frozenset(kinds)
+
+
+def _damage(body: bytes) -> str | None:
+    """Why a payload file's bytes are not an event (None: they are one)."""
+    try:
+        ev = json.loads(body)
+    except (ValueError, RecursionError):
+        return "not a JSON object (damaged)"
+    if not isinstance(ev, dict) or not isinstance(ev.get("kind"), str) or not body.startswith(b"{"):
+        return "not an event record (damaged)"
+    return None
 
 
 class EventLog:
@@ -125,10 +140,18 @@ class EventLog:
             body = os.read(fd, MAX_PAYLOAD)  # a payload file is whole and at most MAX_PAYLOAD bytes
         finally:
             os.close(fd)
+        why = _damage(body)
+        if why is not None:  # skipped with a marker: one damaged file must not stop delivery
+            return json.dumps({"seq": seq, "kind": DAMAGED, "time": time.time(), "node": None,
+                               "data": {"file": self._path(seq), "why": why}}, separators=(",", ":")).encode() + b"\n"
         return b'{"seq":%d,%s\n' % (seq, body[1:])
 
     def events(self, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Published events after ``since``, oldest first."""
+        """Published events after ``since``, oldest first (a damaged payload file as a marker of
+        kind DAMAGED)."""
+        return self._events(since, limit)
+
+    def _events(self, since: int, limit: int | None) -> list[dict[str, Any]]:
         if since + 1 < self.oldest():
             raise Gone(f"events after {since} were pruned (the oldest kept is {self.oldest()}); resync")
         out: list[dict[str, Any]] = []

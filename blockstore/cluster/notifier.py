@@ -1,10 +1,13 @@
 """The primary's notifier daemon: follows the payload directory and posts each event
 to the TCP socket of every caller registered for its kind.
 
-One reader thread follows the log into a bounded in-memory window of encoded lines; each caller
-has its own sender thread with its own cursor, which sends everything it is behind in one
-``sendall``. A slow caller therefore only falls behind (and reads from the payload files once it
-is older than the window); it never holds up the reader or another caller. Delivery is in order
+One reader thread follows the log into an in-memory window of encoded lines; each caller has
+its own sender thread with its own cursor, which sends everything it is behind in one
+``sendall``. The window holds only what some caller has not read yet (nothing when no caller is
+registered), and at most WINDOW_BYTES: a slow caller therefore only falls behind (and reads from
+the payload files once it is older than the window); it never holds up the reader or another
+caller, and memory stays bounded whatever the callers do. A damaged payload file reaches every
+caller as a marker of kind ``damaged`` (events.py), and delivery goes on. Delivery is in order
 per caller and at-least-once across reconnects: a caller says ``since`` and gets every later
 number it registered for.
 """
@@ -15,11 +18,11 @@ import logging
 import socket
 import threading
 
-from .events import EventLog, Gone
+from .events import DAMAGED, EventLog, Gone
 from .protocol import encode
 
 log = logging.getLogger("blockstore.cluster.notifier")
-WINDOW = 200_000     # recent events kept in memory
+WINDOW_BYTES = 64 << 20  # encoded events kept in memory, at most
 BATCH = 4096         # events per sendall at most
 SEND_TIMEOUT = 30.0  # a caller that takes no bytes for this long is dropped (it can reconnect)
 
@@ -34,6 +37,8 @@ class Notifier:
         self.kinds: list[str] = []
         self.stopped = False
         self.callers: set[socket.socket] = set()
+        self.cursors: dict[socket.socket, int] = {}  # each caller's last event sent
+        self.bytes = 0  # in self.lines
         self._reader = threading.Thread(target=self._follow, name="notifier-reader", daemon=True)
         self._reader.start()
 
@@ -58,11 +63,23 @@ class Notifier:
             with self.cond:
                 self.lines.append(line)
                 self.kinds.append(kind)
-                if len(self.lines) > WINDOW:
-                    drop = len(self.lines) - WINDOW // 2
-                    del self.lines[:drop], self.kinds[:drop]
-                    self.base += drop
+                self.bytes += len(line)
+                self._trim()
                 self.cond.notify_all()
+
+    def _trim(self) -> None:
+        """Drop what every caller has read, then the oldest lines past WINDOW_BYTES (a caller
+        behind them reads the payload files). Called with the condition held."""
+        keep = min(self.cursors.values(), default=self.head) + 1  # the first line someone still needs
+        drop = max(0, min(keep - self.base, len(self.lines)))
+        gone = sum(map(len, self.lines[:drop]))
+        while drop < len(self.lines) and self.bytes - gone > WINDOW_BYTES:
+            gone += len(self.lines[drop])
+            drop += 1
+        if drop:
+            self.bytes -= gone
+            del self.lines[:drop], self.kinds[:drop]
+            self.base += drop
 
     def wake(self) -> None:
         """Someone published: look now rather than at the next poll."""
@@ -75,6 +92,7 @@ class Notifier:
         sock.settimeout(SEND_TIMEOUT)
         with self.cond:
             self.callers.add(sock)
+            self.cursors[sock] = since
         threading.Thread(target=self._send, args=(sock, kinds, since), name="notifier-caller", daemon=True).start()
 
     def _from_window(self, cursor: int, kinds: frozenset[str]) -> tuple[list[bytes], int]:
@@ -82,7 +100,8 @@ class Notifier:
         looked at, and the new cursor. Called with the condition held."""
         end = min(self.head, cursor + BATCH)
         lines, names = self.lines, self.kinds
-        out = [lines[i] for i in range(cursor + 1 - self.base, end + 1 - self.base) if names[i] in kinds]
+        out = [lines[i] for i in range(cursor + 1 - self.base, end + 1 - self.base)
+               if names[i] in kinds or names[i] == DAMAGED]
         return out, end
 
     def _from_files(self, cursor: int, kinds: frozenset[str]) -> tuple[list[bytes], int]:
@@ -94,7 +113,8 @@ class Notifier:
             if line is None:
                 break
             seq += 1
-            if json.loads(line)["kind"] in kinds:
+            kind = json.loads(line)["kind"]
+            if kind in kinds or kind == DAMAGED:
                 out.append(line)
         return out, seq
 
@@ -113,6 +133,8 @@ class Notifier:
                     lines, cursor = self._from_files(cursor, kinds)
                 if lines:
                     sock.sendall(b"".join(lines))
+                with self.cond:
+                    self.cursors[sock] = cursor
         except Gone as e:
             self._say(sock, {"error": "gone", "detail": str(e), "resync": True})
         except OSError as e:
@@ -120,6 +142,7 @@ class Notifier:
         finally:
             with self.cond:
                 self.callers.discard(sock)
+                self.cursors.pop(sock, None)
             sock.close()
 
     @staticmethod

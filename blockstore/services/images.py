@@ -102,19 +102,41 @@ def pack_layout(sizes: list[int]) -> tuple[list[int], int]:
 def discover(src: str) -> Iterator[tuple[list[SourceFile], dict[str, Any] | None]]:
     """The files of a captured image and its manifest; refuses anything unsafe or unreadable."""
     if os.path.isdir(src):
-        dirs: list[int] = []
         try:
-            yield _discover_dir(src, dirs)
+            root = os.open(src, _DIR)
+        except OSError as e:
+            raise InvalidArgument(f"cannot read image source {src}: {e.strerror}") from None
+        try:
+            yield _discover_dir(root)
         finally:
-            for fd in dirs:
-                os.close(fd)
+            os.close(root)
     elif os.path.isfile(src) and tarfile.is_tarfile(src):
         with tarfile.open(src) as tar:
-            yield _discover_tar(tar)
+            try:
+                found = _discover_tar(tar)
+                _check_end(tar)
+            except (tarfile.TarError, EOFError) as e:
+                # a damaged or cut-short archive: say so, naming the last member read whole
+                read = getattr(tar, "members", [])  # the members read whole before the damage
+                last = read[-1].name if read else None
+                raise InvalidArgument(f"the tar archive {src} is damaged or cut short"
+                                      + (f" after member {last!r}" if last else "") + f": {e}") from None
+            yield found
     elif not os.path.exists(src):
         raise NotFound(f"image source {src} does not exist")
     else:
         raise InvalidArgument(f"image source {src} is neither a directory nor a tar archive")
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """A tar archive ends with blocks of zeros; one cut short in a header reads like an archive
+    that ended there (tarfile stops quietly), so the end is looked for."""
+    f = tar.fileobj  # the archive's stream, decompressed where it is compressed
+    assert f is not None
+    f.seek(tar.offset)  # just past the last member read
+    marker = f.read(tarfile.BLOCKSIZE)
+    if len(marker) < tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise tarfile.ReadError("no end-of-archive marker after the last member")
 
 
 def _manifest(raw: bytes) -> dict[str, Any]:
@@ -131,60 +153,101 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def _discover_dir(src: str, dirs: list[int]) -> tuple[list[SourceFile], dict[str, Any] | None]:
-    """Walk the image by directory descriptors (``dirs``, kept open for the import), never by
-    path: whoever owns the source may swap a directory for a symbolic link at any moment, and a
-    held descriptor still names the directory that was checked. Links are not followed at all.
-    Each file is later reopened relative to its directory's descriptor, without following a link,
-    and must still be the same inode."""
-    try:
-        dirs.append(os.open(src, _DIR))
-    except OSError as e:
-        raise InvalidArgument(f"cannot read image source {src}: {e.strerror}") from None
+#: (name, (device, inode)) of each directory from the image's root down to a file's directory
+Chain = tuple[tuple[str, tuple[int, int]], ...]
+
+
+def _discover_dir(root: int) -> tuple[list[SourceFile], dict[str, Any] | None]:
+    """Walk the image from the descriptor of its root, never by path: whoever owns the source
+    may swap a directory for a symbolic link at any moment. Each directory is opened relative to
+    its parent's descriptor without following a link and must be the directory (device, inode)
+    seen when its parent was read; only one directory is open at a time besides the root (an
+    image of any number of directories, nested to any depth, takes no more descriptors, and the
+    walk keeps its own list of directories to visit instead of recursing). Links are not
+    followed at all. Each file is later reopened the same way and must still be the same inode."""
     files: list[SourceFile] = []
     manifest = None
-
-    def walk(dfd: int, prefix: str) -> None:
-        nonlocal manifest
-        for name in sorted(e.name for e in os.scandir(dfd)):
-            rel = prefix + name
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                raise InvalidArgument(f"{rel} is a symbolic link: an image is read without following "
-                                      "links, so none can point outside the image")
-            if stat.S_ISDIR(st.st_mode):
-                dirs.append(os.open(name, _DIR, dir_fd=dfd))
-                walk(dirs[-1], rel + "/")
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidArgument(f"{rel} is not a regular file")
-            try:
-                fd = _open_in(dfd, name, rel, (st.st_dev, st.st_ino))
+    todo: list[tuple[Chain, str]] = [((), "")]
+    while todo:
+        chain, prefix = todo.pop()
+        dfd = _open_chain(root, chain, prefix)
+        try:
+            subdirs = []
+            for name in sorted(e.name for e in os.scandir(dfd)):
+                rel = prefix + name
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    raise InvalidArgument(f"{rel} is a symbolic link: an image is read without following "
+                                          "links, so none can point outside the image")
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append((chain + ((name, (st.st_dev, st.st_ino)),), rel + "/"))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    raise InvalidArgument(f"{rel} is not a regular file")
                 try:
-                    size = os.fstat(fd).st_size
-                    ranges = list(data_ranges(fd, size))
-                    if rel == MANIFEST:
-                        if size > MAX_MANIFEST:
-                            raise InvalidArgument(f"{MANIFEST} is larger than {MAX_MANIFEST >> 20} MiB")
-                        manifest = _manifest(os.pread(fd, size, 0))
-                        continue
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
-            files.append(SourceFile(rel, size, ranges, functools.partial(_reopen, dfd, name, rel, (st.st_dev, st.st_ino))))
-    walk(dirs[0], "")
+                    fd = _open_in(dfd, name, rel, (st.st_dev, st.st_ino))
+                    try:
+                        size = os.fstat(fd).st_size
+                        ranges = list(data_ranges(fd, size))
+                        if rel == MANIFEST:
+                            if size > MAX_MANIFEST:
+                                raise InvalidArgument(f"{MANIFEST} is larger than {MAX_MANIFEST >> 20} MiB")
+                            manifest = _manifest(os.pread(fd, size, 0))
+                            continue
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
+                files.append(SourceFile(rel, size, ranges, functools.partial(
+                    _reopen, root, chain, prefix, name, (st.st_dev, st.st_ino))))
+            todo.extend(reversed(subdirs))  # depth first, in name order
+        finally:
+            if dfd != root:
+                os.close(dfd)
+    files.sort(key=lambda f: f.path.split("/"))  # the order a recursive walk in name order gives
     return files, manifest
 
 
-def _reopen(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> IO[bytes]:
-    return os.fdopen(_open_in(dfd, name, rel, ident), "rb")
+def _open_chain(root: int, chain: Chain, where: str) -> int:
+    """The directory ``chain`` leads to from ``root``, each step opened without following a link
+    and checked to be the directory seen before; the caller closes it (unless it is ``root``)."""
+    fd = root
+    try:
+        for name, ident in chain:
+            nxt = os.open(name, _DIR, dir_fd=fd)
+            if fd != root:
+                os.close(fd)
+            fd = nxt
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != ident:
+                raise InvalidArgument(f"{where or '/'} was replaced during the import")
+    except OSError as e:
+        if fd != root:
+            os.close(fd)
+        raise InvalidArgument(f"{where or '/'} was replaced during the import ({e.strerror})") from None
+    except BaseException:
+        if fd != root:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _reopen(root: int, chain: Chain, prefix: str, name: str, ident: tuple[int, int]) -> IO[bytes]:
+    dfd = _open_chain(root, chain, prefix)
+    try:
+        return os.fdopen(_open_in(dfd, name, prefix + name, ident), "rb")
+    finally:
+        if dfd != root:
+            os.close(dfd)
 
 
 def _open_in(dfd: int, name: str, rel: str, ident: tuple[int, int]) -> int:
     """``name`` in directory ``dfd``, opened without following a link; it must be the regular
     file ``ident`` (device, inode) that discovery saw."""
-    fd = os.open(name, _FILE, dir_fd=dfd)
+    try:
+        fd = os.open(name, _FILE, dir_fd=dfd)
+    except OSError as e:
+        raise InvalidArgument(f"{rel} was replaced during the import ({e.strerror})") from None
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != ident or not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -252,7 +315,9 @@ def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | No
     for f in files:
         pool.check_lu_size(_lu_size(f.size))
     E = pool.extent_size
-    need = sum(_count_extents(f.ranges, E) for f in files)  # arithmetic: a 2^50-byte member costs nothing
+    # arithmetic: a 2^50-byte member costs nothing; small files count as the pack holds them
+    need = sum(_count_extents(f.ranges, E) for f in files if not packed(f.size, E))
+    need += extents_for(pack_layout([f.size for f in files if packed(f.size, E)])[1], E)
     free = pool.status()["free"] // E
     if need > free:
         raise PoolFull(f"the image needs up to {format_size(need * E)} and the pool has {format_size(free * E)} free")
@@ -440,8 +505,11 @@ def _copy(lu: LU, f: SourceFile, dedup: _Deduper, progress: Progress, before: in
     with f.opener() as fh:
         for ext in _extents_of(f.ranges, E):
             start = ext * E
-            fh.seek(start)
-            data = fh.read(min(E, f.size - start))
+            try:
+                fh.seek(start)
+                data = fh.read(min(E, f.size - start))
+            except (tarfile.TarError, EOFError) as e:
+                raise InvalidArgument(f"{f.path}: the archive is damaged or cut short in this member ({e})") from None
             if sha is not None:
                 _hash_zeros(sha, start - pos)
                 sha.update(data)
