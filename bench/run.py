@@ -300,9 +300,34 @@ class Bench:
                 assert len(p.list_lus()) == count
                 return time.perf_counter() - t
             listed = self.median(listing)
+            big = self._lifecycle_ops(p)
+        with Pool.create(os.path.join(self.dir, "few"), "1T") as q:
+            for i in range(10):
+                q.create_lu(f"lu{i:05d}", "10G").close()
+            small = self._lifecycle_ops(q)
         shutil.rmtree(path)
+        shutil.rmtree(os.path.join(self.dir, "few"))
         self.add(f"pool open, {count} LUs", "core", "ms", opened * 1e3, note=f"created in {created:.1f}s")
         self.add(f"lu list, {count} LUs", "core", "ms", listed * 1e3)
+        for op in ("create", "remove", "snapshot", "clone"):
+            self.add(f"lu {op} at {count} LUs vs at 10", "core", "ms", big[op] * 1e3, small[op] * 1e3, 0.8,
+                     higher_is_better=False, note="median of 15; API, every handle closed")
+
+    def _lifecycle_ops(self, p: Pool) -> dict[str, float]:
+        """Seconds per create, snapshot, clone and remove in ``p`` (medians of 15 each)."""
+        times: dict[str, list[float]] = {"create": [], "snapshot": [], "clone": [], "remove": []}
+        for k in range(15):
+            steps = [("create", lambda: p.create_lu(f"b{k}", "1G").close()),
+                     ("snapshot", lambda: p.snapshot(f"b{k}", "s")),
+                     ("clone", lambda: p.clone(f"b{k}@s", f"c{k}")),
+                     ("remove", lambda: (p.remove(f"c{k}"), p.remove(f"b{k}", recursive=True)))]
+            for op, fn in steps:
+                t = time.perf_counter()
+                fn()
+                times[op].append(time.perf_counter() - t)
+        out = {op: statistics.median(v) for op, v in times.items()}
+        out["remove"] /= 2  # two removals per round
+        return out
 
     def mirror(self) -> None:
         """Mirrored writes (C, both copies from one buffer in one call) against the plain file and

@@ -49,6 +49,7 @@ class LURecord(TypedDict, total=False):
     created: float  # seconds since the epoch
     thick: bool
     mirrored: bool
+    clones: list[str]  # the clones made of this LU or snapshot (an index: removal asks it)
     role: str  # what a service made it for (paging, image)
     readonly: bool  # sealed by a service
     owner: str
@@ -69,6 +70,50 @@ class Catalog:
             raise NotFound(f"no LU named {name!r}")
         return rec  # type: ignore[return-value]
 
+    def snapshots(self, txn: lmdb.Transaction, name: str) -> list[LURecord]:
+        """The snapshots of LU ``name``: their keys are ``name@SNAP``, one prefix of the catalog
+        (so finding them costs what they are, not what the pool holds)."""
+        return [self.meta.lu_record(key, raw)  # type: ignore[misc]
+                for key, raw in self.meta.iter_prefix(txn, "lus", name.encode() + b"@")]
+
+    @staticmethod
+    def clones(rec: LURecord) -> list[str]:
+        """The clones made of ``rec`` (its record keeps their names)."""
+        return list(rec.get("clones", []))
+
+    def _relink(self, txn: lmdb.Transaction, parent: str, drop: str | None, add: str | None) -> None:
+        """In ``parent``'s list of clones, ``drop`` one name and ``add`` another."""
+        rec = self.get(txn, parent, missing_ok=True)
+        if rec is None:
+            return
+        names = [n for n in rec.get("clones", []) if n != drop] + ([add] if add else [])
+        rec["clones"] = sorted(set(names))
+        self.put(txn, rec)
+
+    def unlink_clone(self, txn: lmdb.Transaction, rec: LURecord) -> None:
+        """``rec`` stops being a clone of its parent (flattened, or removed)."""
+        if rec["kind"] == "clone" and rec["parent"]:
+            self._relink(txn, rec["parent"], rec["name"], None)
+
+    def renamed_clone(self, txn: lmdb.Transaction, parent: str, old: str, new: str) -> None:
+        self._relink(txn, parent, old, new)
+
+    def index_clones(self, txn: lmdb.Transaction) -> bool:
+        """Make every record's list of clones what the records say (a pool of an earlier
+        version has none; ``pool check --repair`` mends a wrong one). Whether anything changed."""
+        records = self.all(txn)
+        want: dict[str, list[str]] = {r["name"]: [] for r in records}
+        for r in records:
+            if r["kind"] == "clone" and r["parent"] in want:
+                want[str(r["parent"])].append(r["name"])
+        changed = False
+        for r in records:
+            if sorted(r.get("clones", [])) != sorted(want[r["name"]]):
+                r["clones"] = sorted(want[r["name"]])
+                self.put(txn, r)
+                changed = True
+        return changed
+
     def all(self, txn: lmdb.Transaction) -> list[LURecord]:
         return [self.meta.lu_record(key, raw) for key, raw in self.meta.iter_prefix(txn, "lus", b"")]  # type: ignore[misc]
 
@@ -87,12 +132,15 @@ class Catalog:
         rec = cast(LURecord, {"id": lu_id, "name": name, "size": size, "kind": kind, "parent": parent,
                               "allocated": 0, "gen": 1, "created": time.time(), **extra})
         self.put(txn, rec)
+        if kind == "clone" and parent:
+            self._relink(txn, parent, None, name)
         return rec
 
     def remove(self, txn: lmdb.Transaction, rec: LURecord) -> None:
-        """Delete a record and its map."""
+        """Delete a record and its map (and its name from its parent's clones)."""
         self.meta.delete_map(txn, rec["id"])
         txn.delete(rec["name"].encode(), db=self.meta.db["lus"])
+        self.unlink_clone(txn, rec)
 
     def load_map(self, txn: lmdb.Transaction, rec: LURecord) -> ExtentMap:
         """The stored map of ``rec``; PoolCorrupt when it cannot be the map of such an LU."""

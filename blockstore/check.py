@@ -77,6 +77,15 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
             errors.append(str(e).removeprefix("pool metadata damaged: "))
     ids = {r["id"] for r in records}
     names = {r["name"] for r in records}
+    # each record lists its clones (an index removal relies on): it must say what the records say
+    kids: dict[str, set[str]] = {r["name"]: set() for r in records}
+    for r in records:
+        if r["kind"] == "clone" and r["parent"] in kids:
+            kids[r["parent"]].add(r["name"])
+    wrong = [r["name"] for r in records if set(r.get("clones", [])) != kids[r["name"]]]
+    if wrong:
+        errors.append(f"{len(wrong)} LU record(s) list their clones wrongly ({', '.join(sorted(wrong)[:5])}); "
+                      "--repair rebuilds the lists from the records")
     for r in records:
         chunks = []
         for no, raw in meta.map_chunks(txn, r["id"]):
@@ -225,6 +234,7 @@ def _repair(pool: "Pool", txn: lmdb.Transaction, found: dict[str, Any]) -> None:
     meta, refs, live = pool.meta, found["refs"], found["live"]
     for rec in found["relink"]:
         meta.put_json(txn, "lus", rec["name"].encode(), rec)
+    pool.catalog.index_clones(txn)
     store_counts(meta, txn, "rc", 0, refs)
     store_counts(meta, txn, "mrc", 0, found["mrefs"])
     should_free = np.flatnonzero((refs == 0) & ~live)

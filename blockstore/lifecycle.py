@@ -175,6 +175,7 @@ class Lifecycle:
 
             def change(txn: lmdb.Transaction) -> None:
                 rec = self.pool.record(txn, name)
+                self.pool.catalog.unlink_clone(txn, rec)
                 rec["parent"] = None
                 if rec["kind"] == "clone":
                     rec["kind"] = "lu"
@@ -212,14 +213,15 @@ class Lifecycle:
         """
         base, snap = split_snapshot(name)
         with self.pool.lock:
-            with self.pool.meta.read() as txn:
-                lu_id = self.pool.record(txn, name)["id"]
-                records = self.pool.records(txn)
-            snaps = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+            with self.pool.meta.read() as txn:  # what depends on it, from the indexes (catalog.py)
+                rec = self.pool.record(txn, name)
+                lu_id = rec["id"]
+                family = [rec] + (self.pool.catalog.snapshots(txn, name) if snap is None else [])
+            snaps = [r["name"] for r in family[1:]]
             if snaps and not recursive:
                 raise Busy(f"LU {name!r} has snapshots ({', '.join(snaps)}); remove them first or use --recursive")
             doomed = [name] + snaps
-            clones = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] in doomed]
+            clones = sorted(c for r in family for c in self.pool.catalog.clones(r))
             if clones:
                 raise Busy(f"{name!r} has clones ({', '.join(clones)}); remove or flatten them first")
             if self.pool.writing(name) is not None:
@@ -261,6 +263,7 @@ class Lifecycle:
                 if self.pool.record(txn, new, missing_ok=True) is not None:
                     raise AlreadyExists(f"an LU named {new!r} already exists")
                 renames = {old: new}
+                moved_clones: list[tuple[str, str, str]] = []  # (parent, old name, new name)
                 for r in self.pool.records(txn):
                     if r["kind"] == "snapshot" and r["parent"] == old:
                         renames[r["name"]] = f"{new}@{r['name'].split('@', 1)[1]}"
@@ -271,10 +274,15 @@ class Lifecycle:
                         changed = True
                     if r["name"] in renames:
                         txn.delete(r["name"].encode(), db=self.pool.meta.db["lus"])
+                        if r["kind"] == "clone" and r["parent"] and r["parent"] not in renames.values():
+                            moved_clones.append((str(r["parent"]), r["name"], renames[r["name"]]))
                         r["name"] = renames[r["name"]]
+                        r["clones"] = sorted(renames.get(c, c) for c in r.get("clones", []))
                         changed = True
                     if changed:
                         self.pool.catalog.put(txn, r)
+                for parent, was, now in moved_clones:
+                    self.pool.catalog.renamed_clone(txn, parent, was, now)
             try:
                 self.pool.commit(change)
             finally:

@@ -220,6 +220,9 @@ class Meta:
         elif "parent" not in rec or not (rec["parent"] is None or isinstance(rec["parent"], str)) or \
                 (rec["kind"] != "lu" and not isinstance(rec.get("parent"), str)):
             problem = "has no valid parent"
+        clones = rec.get("clones", [])
+        if not isinstance(clones, list) or not all(isinstance(c, str) for c in clones):
+            problem = "has no valid list of clones"
         if problem:
             raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} {problem}")
         return rec

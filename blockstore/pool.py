@@ -104,6 +104,12 @@ class Pool:
         try:
             if "id" not in cfg and not readonly:  # a pool made before pools had ids
                 cfg = self.meta.set_config(id=uuid.uuid4().hex)
+            if not cfg.get("clone_index") and not readonly:  # made before records listed their clones
+                with self.meta.write() as txn:
+                    self.catalog.index_clones(txn)
+                    c = self.meta.config(txn)
+                    c["clone_index"] = True
+                    self.meta.put_json(txn, "config", b"pool", c)
             self.id: str | None = cfg.get("id")
             self.groups: FailureGroups = FailureGroups(self.path, self.meta, self.extent_size, self.id, self.sums,
                                         self._activity, self.emit, readonly=readonly)
@@ -117,7 +123,8 @@ class Pool:
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             if readonly:
                 return
-            self._settle(everything=not cfg.get("block_sums"))  # before any I/O: copies agree
+            # before any I/O: copies agree (the pool's open also looks where older versions logged)
+            self._settle(everything=not cfg.get("block_sums"), legacy=True)
             self.reclaim_dead_sessions()
         except BaseException:
             self._teardown()
@@ -175,7 +182,7 @@ class Pool:
                 meta.put_json(txn, "config", b"pool", {
                     "format": FORMAT, "extent_size": E, "threshold": threshold, "next_lu_id": 1,
                     "groups": [{"path": "fg0/data", "extents": n, "labelled": True}], "created": time.time(),
-                    "id": pool_id, "block_sums": True,
+                    "id": pool_id, "block_sums": True, "clone_index": True,
                 })
                 init_free(meta, txn, 0, 0, n)
             meta.close()
@@ -558,8 +565,7 @@ class Pool:
         sealed LU never changes: nothing to hold)."""
         with self.meta.read() as txn:
             rec = self.record(txn, name)
-            records = self.records(txn)
-        family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+            family = [name] + [r["name"] for r in self.catalog.snapshots(txn, name)]
         fixed = rec["kind"] == "snapshot" or rec.get("readonly")
         with nullcontext() if fixed else self.writer(name):
             self._bring_back()
@@ -574,17 +580,18 @@ class Pool:
             self.groups.bring_back(self.meta.config(txn))
         self.commit(None)
 
-    def _settle(self, *, everything: bool = False) -> int:
+    def _settle(self, *, everything: bool = False, legacy: bool = False) -> int:
         """Make the copies of every region a dead session had in flight agree, and record their
         checksums, before any I/O; ``everything``: every mirrored extent (a pool from before
-        block checksums). Returns the extents examined."""
-        if not everything and not dead_logs(self.locks_dir):
-            return 0  # the common open: one listdir
+        block checksums); ``legacy``: logs where older versions kept them too. Returns the
+        extents examined."""
+        if not everything and not dead_logs(self.locks_dir, legacy=legacy):
+            return 0  # the common open: one listdir of the live sessions' logs
         m, E = self.mirror, self.extent_size
         done = 0
         with self._lock:
             with self.meta.write() as txn:  # one settler at a time, across processes
-                logs = dead_logs(self.locks_dir)
+                logs = dead_logs(self.locks_dir, legacy=legacy)
                 if m is not None and m.copies != [None, None]:
                     if everything:  # from before mirrored reference counts: count them now
                         counts = self.mirrored_refs(txn)
@@ -615,8 +622,7 @@ class Pool:
         m = self.need_mirror()
         with self._lock, self.writer(name) as lu:
             with self.meta.read() as txn:
-                records = self.records(txn)
-            family = [name] + [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
+                family = [name] + [r["name"] for r in self.catalog.snapshots(txn, name)]
             with self.meta.read() as txn:
                 exts = np.unique(np.concatenate(
                     [lu.extent_map.mapped()] + [self.load_map(txn, self.record(txn, f)).mapped() for f in family[1:]]
@@ -738,10 +744,8 @@ class Pool:
         ``exclusive`` (extents nothing else references: what removing it alone frees) and
         ``shared`` (the rest). ``total``: the sums, with the shared extents counted once."""
         with self._lock, self.meta.read() as txn:
-            records = [r for r in self.records(txn)
-                       if name is None or r["name"] == name or (r["kind"] == "snapshot" and r["parent"] == name)]
-            if name is not None and not records:
-                self.record(txn, name)  # NotFound, said as the catalog says it
+            records = self.records(txn) if name is None else \
+                [self.record(txn, name)] + self.catalog.snapshots(txn, name)
             rc = self.refcounts(txn)
             maps = {r["name"]: (self._writers[r["name"]].extent_map if r["name"] in self._writers
                                 else self.load_map(txn, r)) for r in records}
@@ -761,10 +765,10 @@ class Pool:
     def lu_info(self, name: str) -> LUInfo:
         with self._lock, self.meta.read() as txn:
             rec = self.record(txn, name)
-            records = self.records(txn)
+            snaps = self.catalog.snapshots(txn, name) if "@" not in name else []
         info = self.describe(rec)
-        info["snapshots"] = [r["name"] for r in records if r["kind"] == "snapshot" and r["parent"] == name]
-        info["clones"] = [r["name"] for r in records if r["kind"] == "clone" and r["parent"] == name]
+        info["snapshots"] = [r["name"] for r in snaps]
+        info["clones"] = self.catalog.clones(rec)
         info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
         if info["mirrored"]:
             m = self.mirror

@@ -252,7 +252,7 @@ lu.flush()
 lu.write(3 << 20, os.urandom(4096))
 os._exit(9)
 """], check=False)
-    assert any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks")))
+    assert any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks", "al")))
     before = disk_state(d, m)
     out = tmp_path / "out"
     for cmd in (["pool", "status"], ["lu", "list"], ["lu", "show", "a"], ["pool", "check"],
@@ -266,7 +266,7 @@ os._exit(9)
     assert disk_state(d, m) == before
     run_cli("lu", "snapshot", "a", "s", pool=d)  # a change: the open settles, reclaims, commits
     after = disk_state(d, m)
-    assert after != before and not any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks")))
+    assert after != before and not any(f.startswith("al-") for f in os.listdir(os.path.join(d, "locks", "al")))
     assert cli_json("pool", "check", pool=d)["reclaimable"] == 0
 
 

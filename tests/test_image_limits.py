@@ -57,10 +57,19 @@ def test_a_tree_nested_1500_deep_imports_without_recursion(ipool, tmp_path):
     os.close(leaf)
     os.close(fd)
     (src / "top").write_bytes(b"top")
-    r = _limited_import(ipool, str(src), "deep", 64)  # was: internal error: RecursionError
-    assert r.returncode == 0, r.stderr.decode()[-500:]
-    paths = {f["path"] for f in cli_json("image", "show", "deep", pool=ipool)["file_list"]}
-    assert paths == {"top", "d/" * 1500 + "leaf"}
+    try:
+        r = _limited_import(ipool, str(src), "deep", 64)  # was: internal error: RecursionError
+        assert r.returncode == 0, r.stderr.decode()[-500:]
+        paths = {f["path"] for f in cli_json("image", "show", "deep", pool=ipool)["file_list"]}
+        assert paths == {"top", "d/" * 1500 + "leaf"}
+    finally:
+        _remove_deep(str(src))
+
+
+def _remove_deep(top: str) -> None:
+    """Remove a tree nested deeper than shutil.rmtree (or pytest's clean-up of old temporary
+    directories) can recurse: the deepest directory first."""
+    subprocess.run(["rm", "-rf", top], check=True)
 
 
 def test_the_room_check_counts_small_files_as_packed(ipool, tmp_path):

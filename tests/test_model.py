@@ -102,7 +102,15 @@ class PoolModel(RuleBasedStateMachine):
         else:
             raise AssertionError("an operation on a target that cannot take it was not refused")
         assert self.pool.list_lus() == before
-        assert check(self.pool)["clean"]
+        self.checks_out()
+
+    def checks_out(self) -> None:
+        """``pool check`` is clean; while copy 1 is away, degraded (5) and nothing else."""
+        rep = check(self.pool)
+        if self.away:
+            assert rep["code"] == 5 and not rep["errors"] and not rep["leaks"], rep
+        else:
+            assert rep["clean"], rep
 
     def add(self, name: str, model: bytearray, kind: str, parent: str | None, mirrored: bool,
             role: str | None = None) -> None:
@@ -468,11 +476,7 @@ class PoolModel(RuleBasedStateMachine):
         self.steps += 1
         if self.steps % 2:
             return
-        rep = check(self.pool)
-        if self.away:  # degraded: a status of its own, and nothing else wrong
-            assert rep["code"] == 5 and not rep["errors"] and not rep["leaks"], rep
-        else:
-            assert rep["clean"], rep
+        self.checks_out()
 
 
 TestPoolModel = PoolModel.TestCase

@@ -8,7 +8,8 @@ region a dead session had logged (copies made to agree, checksums recorded: ``re
 before any I/O is served. Only those regions can disagree, so recovery reads them and nothing
 else.
 
-One log file per pool session, ``POOL/locks/al-SESSION``: region numbers, 8 bytes each,
+One log file per pool session, ``POOL/locks/al/al-SESSION`` (a directory of their own: finding
+the dead sessions' logs lists the live sessions' logs, not a lock per LU): region numbers, 8 bytes each,
 appended with an fdatasync before the write they cover. A clean close removes it; a flush that
 leaves more than ``HOT_LIMIT`` regions hot empties it, so a session's recovery work stays bounded
 (``HOT_LIMIT * REGION`` bytes) without a log write for every write.
@@ -30,8 +31,12 @@ HOT_LIMIT = 256
 AHEAD = 16
 
 
+def log_dir(locks_dir: str) -> str:
+    return os.path.join(locks_dir, "al")
+
+
 def log_path(locks_dir: str, session: str) -> str:
-    return os.path.join(locks_dir, f"al-{session}")
+    return os.path.join(log_dir(locks_dir), f"al-{session}")
 
 
 class ActivityLog:
@@ -39,7 +44,8 @@ class ActivityLog:
 
     def __init__(self, locks_dir: str, session: str) -> None:
         self.path = log_path(locks_dir, session)
-        self.dir = locks_dir
+        self.dir = log_dir(locks_dir)
+        self.locks_dir = locks_dir
         self.hot: set[int] = set()
         self.fd = -1
 
@@ -52,12 +58,11 @@ class ActivityLog:
             return
         new = [r for r in range(first, max(last + 1, first + AHEAD)) if r not in self.hot]
         if self.fd < 0:
+            if not os.path.isdir(self.dir):
+                os.makedirs(self.dir, mode=0o700, exist_ok=True)
+                _fsync_dir(self.locks_dir)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            dfd = os.open(self.dir, os.O_RDONLY)  # the new name must outlive a crash too
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(self.dir)  # the new name must outlive a crash too
         os.write(self.fd, np.array(new, np.uint64).tobytes())
         os.fdatasync(self.fd)
         self.hot.update(new)
@@ -91,15 +96,29 @@ def read_log(path: str) -> np.ndarray:
     return np.unique(np.frombuffer(raw[: len(raw) // 8 * 8], np.uint64).astype(np.int64))
 
 
-def dead_logs(locks_dir: str) -> list[tuple[str, np.ndarray]]:
-    """(path, regions) of every log whose session is gone (its session lock not held)."""
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def dead_logs(locks_dir: str, *, legacy: bool = False) -> list[tuple[str, np.ndarray]]:
+    """(path, regions) of every log whose session is gone (its session lock not held);
+    ``legacy``: also those a pool of an earlier version kept beside the locks."""
     out = []
-    for name in sorted(os.listdir(locks_dir)):
-        if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:])):
-            path = os.path.join(locks_dir, name)
-            try:
-                out.append((path, read_log(path)))
-            except FileNotFoundError:
-                pass  # settled by another process just now
+    for where in [log_dir(locks_dir)] + ([locks_dir] if legacy else []):
+        try:
+            names = sorted(os.listdir(where))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:])):
+                path = os.path.join(where, name)
+                try:
+                    out.append((path, read_log(path)))
+                except FileNotFoundError:
+                    pass  # settled by another process just now
     return out
 
