@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from .cluster.doorman import Doorman
 from .errors import BlockstoreError, Busy, InvalidArgument
+from .pooldir import subdir
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -57,8 +58,7 @@ class ControlServer:
         self._busy = threading.BoundedSemaphore(BUSY_LIMIT)
 
     def start(self) -> "ControlServer":
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        os.chmod(os.path.dirname(self.path), 0o700)
+        subdir(self.pool.path, "control")
         try:
             os.unlink(self.path)  # a socket left by a process that died with this pid
         except FileNotFoundError:

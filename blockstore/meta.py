@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import BlockstoreError, NotAPool, PoolCorrupt
 from .extents import CHUNK
+from .pooldir import check_owner
 
 FORMAT = 1
 DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
@@ -109,6 +110,7 @@ def meta_dir(pool_path: str) -> str:
     """The metadata directory of the pool at ``pool_path`` (absolute), or the one-line reason there
     is none to use: no such directory, not a directory, not ours to read, not a pool."""
     path = os.path.abspath(pool_path)
+    check_owner(path)
     if not os.path.isdir(path):
         raise NotAPool(f"no pool at {path}: " + ("it is not a directory" if os.path.exists(path)
                                                 else "directory does not exist"))

@@ -35,6 +35,7 @@ from .locks import HolderLock, is_held
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import split_snapshot
+from .pooldir import subdir
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
@@ -90,7 +91,7 @@ class Pool:
         self.session = uuid.uuid4().hex[:16]
         self._session_lock: HolderLock | None = None
         if not readonly:
-            os.makedirs(self.locks_dir, exist_ok=True)
+            subdir(self.path, "locks")
             self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"))
             self._session_lock.acquire("session")
         self._allocators: dict[int, Allocator] = {}
@@ -169,8 +170,8 @@ class Pool:
             # private by default: the metadata names every LU, the data files hold their bytes
             os.makedirs(path, mode=0o700, exist_ok=True)
             os.chmod(path, 0o700)
-            os.makedirs(os.path.join(path, "fg0"), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(path, "locks"), mode=0o700, exist_ok=True)
+            subdir(path, "fg0")
+            subdir(path, "locks")
             pool_id = uuid.uuid4().hex
             DataFile(os.path.join(path, "fg0", "data"), create_size=n * E,
                      label={"pool": pool_id, "group": 0, "owner": None}).close()

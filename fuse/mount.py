@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from blockstore import BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, Pool
+from blockstore.pooldir import subdir
 from blockstore.cluster.bridge import attach
 from blockstore.control import ControlServer
 from blockstore.daemon import daemonize
@@ -138,7 +139,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     pool = Pool.open(pool_path)
     pool.verify_reads(verify_reads)
     attach(pool, origin=f"mount {mountpoint}")
-    os.makedirs(os.path.join(pool.path, "mounts"), mode=0o700, exist_ok=True)
+    subdir(pool.path, "mounts")
     pidfile = _state_path(pool.path, mountpoint, "pid")
     with os.fdopen(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(f"{os.getpid()}\n")
@@ -197,7 +198,7 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
     if foreground:
         run()
         return mp
-    os.makedirs(os.path.join(pool_path, "mounts"), mode=0o700, exist_ok=True)
+    subdir(pool_path, "mounts")
     daemonize(lambda ready: run(on_ready=ready), log_path(pool_path, mp), "mount daemon")
     return mp
 

@@ -12,6 +12,7 @@ from typing import Any
 from ..daemon import daemonize
 from ..errors import BlockstoreError, NotFound
 from ..names import check_name
+from ..pooldir import subdir
 from . import election
 from .config import load_config, open_store, read_key, read_token
 from .protocol import ProtocolError, request
@@ -37,7 +38,7 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         node.run()
         return {"name": name, "address": node.address}
-    os.makedirs(os.path.join(pool_path, "nodes"), mode=0o700, exist_ok=True)
+    subdir(pool_path, "nodes")
 
     def serve(ready) -> None:  # type: ignore[no-untyped-def]
         node = Node(pool_path, name, listen=listen, cec=cec)

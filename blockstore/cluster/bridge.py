@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ..errors import BlockstoreError
+from ..pooldir import subdir
 from .config import token_path
 from .events import EventLog
 
@@ -35,8 +36,7 @@ def faults_dir(pool_path: str) -> str:
 
 def report_fault(pool_path: str, condition: str, detail: dict[str, Any]) -> str:
     """Leave a fault report for the primary (written whole: temporary name, then rename)."""
-    d = faults_dir(pool_path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
+    d = subdir(pool_path, "faults")
     name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(d, f".{name}")
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..meta import meta_dir
 from ..names import check_name
+from ..pooldir import subdir
 from .store import CoordinationStore, LmdbStore
 
 KEY = "cluster"
@@ -86,7 +87,7 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3)
         if store.compare_and_set(KEY, 0, json.dumps(asdict(cfg)).encode()) is None:
             raise AlreadyExists("another process created the pool's cluster first")
         for d in ("payloads", "ffdc", "faults", "nodes"):
-            os.makedirs(os.path.join(path, d), mode=0o700, exist_ok=True)
+            subdir(path, d)
     finally:
         store.close()
     return cfg

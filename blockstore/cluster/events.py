@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..pooldir import subdir
 
 #: What callers may register for ("*" is every kind).
 KINDS = frozenset({
@@ -58,8 +59,7 @@ def _damage(body: bytes) -> str | None:
 
 class EventLog:
     def __init__(self, pool_path: str) -> None:
-        self.dir = os.path.join(pool_path, "payloads")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.dir = subdir(pool_path, "payloads")
         self._guess = 0  # a number known to exist (or 0): where probing for the head starts
 
     def _path(self, seq: int) -> str:

@@ -31,6 +31,7 @@ import traceback
 from typing import Any
 
 from ..errors import InvalidArgument, NotFound
+from ..pooldir import subdir
 from .config import ClusterConfig
 from .store import CoordinationStore
 
@@ -109,8 +110,7 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
     manifest = {"id": bid, "node": node, "condition": condition, "reason": reason, "time": now,
                 "files": sorted(files)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
-    d = repo(pool_path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
+    d = subdir(pool_path, "ffdc")
     tmp = os.path.join(d, f".tmp-{bid}")
     # bundles name LUs and nodes: only the pool's owner reads them
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as raw:

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from ..locks import is_held
+from ..pooldir import subdir
 
 #: Bytes of physical space per logged region.
 REGION = 4 << 20
@@ -59,7 +60,7 @@ class ActivityLog:
         new = [r for r in range(first, max(last + 1, first + AHEAD)) if r not in self.hot]
         if self.fd < 0:
             if not os.path.isdir(self.dir):
-                os.makedirs(self.dir, mode=0o700, exist_ok=True)
+                subdir(os.path.dirname(self.locks_dir), "locks", "al")
                 _fsync_dir(self.locks_dir)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             _fsync_dir(self.dir)  # the new name must outlive a crash too
