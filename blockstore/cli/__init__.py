@@ -69,7 +69,9 @@ def manpage() -> str:
     every = [e for p in commands(parser) for e in examples(p)]
     sections = [("EXAMPLES", ".nf\n" + "\n".join(e.replace("\\", "\\\\").replace("-", "\\-") for e in every)
                  + "\n.fi"),
-                ("ENVIRONMENT", ".TP\n.B BLOCKSTORE_POOL\nthe pool's directory when --pool is not given"),
+                ("ENVIRONMENT", ".TP\n.B BLOCKSTORE_POOL\nthe pool's directory when --pool is not given\n"
+                                ".TP\n.B BLOCKSTORE_SAFE_POOLS\npools (colon-separated, or *) that root works on "
+                                "although another user owns their directory"),
                 ("EXIT STATUS", "0 success; 1 a refused request (one line on stderr, the pool unchanged); 2 a usage "
                                 "error; 3 leaks only (pool check), a degraded cluster (cluster status); 4 corruption, "
                                 "bad blocks left, a damaged data file (pool check, pool scrub, pool failgrp list, "

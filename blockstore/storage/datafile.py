@@ -180,15 +180,18 @@ class DataFile:
         return os.fstat(self.fd).st_size
 
     def grow(self, size: int) -> None:
-        """Make room for ``size`` bytes of extents; the label moves to the new end."""
+        """Make room for ``size`` bytes of extents; the label moves to the new end. Durable when
+        it returns: the caller commits metadata that counts on the new extents next."""
         old = self.size()
         if size + LABEL > old:
             label = self.label()
             os.ftruncate(self.fd, size + LABEL)
             if label is not None:
                 self.write_label(label)
-                # the old label's place now lies among the extents, which must read as zeros
-                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, old - LABEL, LABEL)
+                # the old label's place now lies among the extents, which must read as zeros: a
+                # hole where the file system punches one, zeros written where it cannot
+                self.punch(old - LABEL, LABEL)
+            os.fdatasync(self.fd)
 
     # -- identity --------------------------------------------------------------------------
 
