@@ -542,24 +542,28 @@ class Pool:
             copied = sum(self.resync(lu, progress) for lu in lus if sum(self.dirty_extents(lu).values()))
             self._bring_back()
             with self.meta.write() as txn:
-                rc = self.refcounts(txn)
-                free = self.meta.fg_array(txn, "free", 0, len(rc), bool, 0)
+                rc = self._resync_unused(m, txn)
                 writable = np.zeros(len(rc), bool)
                 for r in self.records(txn):
                     if r["kind"] != "snapshot" and not r.get("readonly"):
                         writable[self.load_map(txn, r).mapped().astype(np.int64)] = True
-                # free, or reserved by this session (flushed, under the pool's lock: unwritten):
-                # both copies punched alike; one another session reserved may be being written
-                # by it and waits for that LU's resync
-                own = read_resv(txn, self.meta, resv_key(self.session, 0))
-                unused = free.copy()
-                unused[own[rc[own] == 0]] = True
-                lacking = [np.flatnonzero(m.health.load(txn, i) & unused) for i in (0, 1)]
-                for i in (0, 1):
-                    for start, count in runs(lacking[i]):
-                        m.release(start * self.extent_size, count * self.extent_size)
-                    m.health.clear(txn, i, lacking[i])
                 return copied + recovery.resync(m, self.meta, np.flatnonzero((rc > 0) & ~writable), progress, txn)
+
+    def _resync_unused(self, m: MirrorFile, txn: lmdb.Transaction) -> np.ndarray:
+        """Inside ``txn`` (which no allocation can enter): the extents no LU uses, free or reserved
+        by this session (flushed, under the pool's lock: unwritten), punched in both copies alike
+        and cleared; one another session reserved may be being written by it and waits for that
+        LU's resync. Returns the reference counts."""
+        rc = self.refcounts(txn)
+        unused = self.meta.fg_array(txn, "free", 0, len(rc), bool, 0)
+        own = read_resv(txn, self.meta, resv_key(self.session, 0))
+        unused[own[rc[own] == 0]] = True
+        for i in (0, 1):
+            lacking = np.flatnonzero(m.health.load(txn, i) & unused)
+            for start, count in runs(lacking):
+                m.release(start * self.extent_size, count * self.extent_size)
+            m.health.clear(txn, i, lacking)
+        return rc
 
     def _resync_lu(self, m: MirrorFile, name: str, progress: Callable[[int, int], None] | None) -> int:
         """Resync the extents of ``name`` and its snapshots, holding ``name`` (a snapshot or a
@@ -570,9 +574,11 @@ class Pool:
         fixed = rec["kind"] == "snapshot" or rec.get("readonly")
         with nullcontext() if fixed else self.writer(name):
             self._bring_back()
+            with self.meta.write() as txn:
+                self._resync_unused(m, txn)  # extents a failing copy had armed ahead, never used
             with self.meta.read() as txn:
                 only = np.unique(np.concatenate([self.lu_extents(txn, f) for f in family]))
-            return recovery.resync(m, self.meta, only, progress)
+            return recovery.resync(m, self.meta, only, progress)  # the LU is held: no txn needed
 
     def _bring_back(self) -> None:
         """Failed copies back in service (groups.py), and a commit: from it on, this process

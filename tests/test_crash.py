@@ -17,7 +17,7 @@ from blockstore.check import check
 from blockstore.scrub import verify as mirror_verify
 from conftest import SLOW
 
-ITERATIONS = 200 if SLOW else 25
+ITERATIONS = 200 if SLOW else 16
 HERE = os.path.dirname(__file__)
 
 

@@ -29,6 +29,8 @@ from blockstore import lu as lu_module
 from blockstore.extents import UNMAPPED
 from blockstore.scrub import scrub, verify
 
+from conftest import SLOW
+
 E = 64 << 10
 BLOCK = 4096
 SIZES = st.sampled_from([E, 3 * E, 5 * E + 512, 8 * E])
@@ -406,6 +408,7 @@ class PoolModel(RuleBasedStateMachine):
         mirrored LU that lacks extents (Busy, nothing changed), this one's resync copies all."""
         os.rename(self.files[1] + ".away", self.files[1])
         self.away = False
+        self.pool.flush()  # the other process sees the maps as committed
         held = [n for n in self.open if self.mirrored[n] and sum(self.pool.dirty_extents(n).values())]
         assert self.ask(op="open", path=self.dir + "/p") == {"ok": True}
         try:
@@ -480,5 +483,5 @@ class PoolModel(RuleBasedStateMachine):
 
 
 TestPoolModel = PoolModel.TestCase
-TestPoolModel.settings = settings(max_examples=120, stateful_step_count=40, deadline=None,
+TestPoolModel.settings = settings(max_examples=240 if SLOW else 60, stateful_step_count=40, deadline=None,
                                   suppress_health_check=list(HealthCheck))

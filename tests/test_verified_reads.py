@@ -31,12 +31,20 @@ def _phys(p: Pool, name: str, ext: int) -> int:
         return int(lu.extent_map.phys_range(ext, ext)[0])
 
 
-def test_a_flipped_byte_is_never_read_and_is_healed(tmp_path):
+def _mirrored(tmp_path, extents: int) -> tuple[str, str, bytes]:
+    """A pool with a second failure group and a mirrored LU ``m`` of random data (pool, mirror
+    directory, the data)."""
     pool, mirror = str(tmp_path / "pool"), str(tmp_path / "M")
-    data = os.urandom(4 * E)
+    data = os.urandom(extents * E)
     with Pool.create(pool, "16M", extent_size=E, mirror_dir=mirror) as p:
         with p.create_lu("m", "1M", mirrored=True) as lu:
             lu.write(0, data)
+    return pool, mirror, data
+
+
+def test_a_flipped_byte_is_never_read_and_is_healed(tmp_path):
+    pool, mirror, data = _mirrored(tmp_path, 4)
+    with Pool.open(pool) as p:
         e = _phys(p, "m", 1)
         events = []
         p.listeners.append(lambda kind, info: events.append((kind, info)))
@@ -63,11 +71,8 @@ def test_a_flipped_byte_is_never_read_and_is_healed(tmp_path):
 
 
 def test_through_the_mount_the_direct_path_verifies_and_heals(tmp_path):
-    pool, mirror = str(tmp_path / "pool"), str(tmp_path / "M")
-    data = os.urandom(8 * E)
-    with Pool.create(pool, "16M", extent_size=E, mirror_dir=mirror) as p:
-        with p.create_lu("m", "1M", mirrored=True) as lu:
-            lu.write(0, data)
+    pool, mirror, data = _mirrored(tmp_path, 8)
+    with Pool.open(pool) as p:
         phys = [_phys(p, "m", x) for x in range(8)]
     with mounted(pool, str(tmp_path / "mnt")) as mp:
         with open(f"{mp}/m", "rb", buffering=0) as f:
@@ -90,10 +95,7 @@ def test_through_the_mount_the_direct_path_verifies_and_heals(tmp_path):
 def test_a_reader_that_does_not_know_the_truth_reads_unverified(tmp_path):
     """Another process writes the LU in place (its checksums not committed yet): a read-only
     handle here reads without verifying, never an EIO for bytes that are only newer."""
-    pool, mirror = str(tmp_path / "pool"), str(tmp_path / "M")
-    with Pool.create(pool, "16M", extent_size=E, mirror_dir=mirror) as p:
-        with p.create_lu("m", "1M", mirrored=True) as lu:
-            lu.write(0, b"a" * E)
+    pool, _, _ = _mirrored(tmp_path, 1)
     import subprocess
     import sys
     writer = subprocess.Popen([sys.executable, "-c", f"""
