@@ -150,6 +150,11 @@ def _str(req: dict[str, Any], key: str) -> str:
     return v
 
 
+def serves(pool_path: str, pid: int) -> bool:
+    """Whether process ``pid`` serves a control channel for the pool (it can be asked)."""
+    return os.path.exists(socket_path(pool_path, pid))
+
+
 def ask(pool_path: str, holder: int, request: dict[str, Any], timeout: float = 60.0) -> Any:
     """Send ``request`` to the process ``holder`` (the pid a Busy named) and return its result;
     its error is raised here as the same engine exception. A holder without a control socket

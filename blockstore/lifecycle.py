@@ -88,7 +88,7 @@ class Lifecycle:
         """Run the block for ``name``; if another process holds it open for writing and serves
         a control channel (control.py), ask that process instead: ``asked.done``, ``asked.result``."""
         asked = SimpleNamespace(done=False, result=None)
-        pid = self._holder_of(name)
+        pid = self.holder_of(name)
         if pid:
             try:
                 asked.result, asked.done = control.ask(self.pool.path, pid, request), True
@@ -96,7 +96,7 @@ class Lifecycle:
                 pass  # no control channel: the block meets the holder's Busy
         yield asked
 
-    def _holder_of(self, name: str) -> int | None:
+    def holder_of(self, name: str) -> int | None:
         """The pid of another process holding LU ``name`` open for writing, if any."""
         if self.pool.writing(name) is not None or "@" in name:
             return None
@@ -188,7 +188,7 @@ class Lifecycle:
         n = check_lu_size(size, allow_empty, self.pool.extent_size)
         if "@" in name:
             raise ReadOnly(f"{name!r} is a snapshot and cannot be resized")
-        if self._holder_of(name) and n >= self.pool.lu_info(name)["size"]:
+        if self.holder_of(name) and n >= self.pool.lu_info(name)["size"]:
             with self.live(name, {"op": "grow", "lu": name, "size": n}) as asked:
                 if asked.done:
                     return

@@ -23,6 +23,7 @@ from typing import Any, cast
 import lmdb
 import numpy as np
 
+from . import control
 from .allocator import Allocator, init_free, read_resv, resv_key, resv_owner, set_free
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
 from .catalog import Catalog, LURecord, check_lu_size
@@ -539,15 +540,26 @@ class Pool:
             with self.meta.read() as txn:
                 lus = [r["name"] for r in self.records(txn) if r.get("mirrored") and r["kind"] != "snapshot"
                        and not r.get("readonly")]
-            copied = sum(self.resync(lu, progress) for lu in lus if sum(self.dirty_extents(lu).values()))
+            lus = [lu for lu in lus if sum(self.dirty_extents(lu).values())]
+            for lu in lus:  # refused before anything changes if a holder cannot be asked
+                pid = self.lifecycle.holder_of(lu)
+                if pid and not control.serves(self.path, pid):
+                    raise Busy(f"LU {lu!r} is held by process {pid}, which takes no requests: resync it there "
+                               "or close it", holder=pid)
+            copied = sum(self.resync(lu, progress) for lu in lus)
             self._bring_back()
             with self.meta.write() as txn:
                 rc = self._resync_unused(m, txn)
+                mrc = self.refcounts(txn, "mrc")
                 writable = np.zeros(len(rc), bool)
                 for r in self.records(txn):
                     if r["kind"] != "snapshot" and not r.get("readonly"):
                         writable[self.load_map(txn, r).mapped().astype(np.int64)] = True
-                return copied + recovery.resync(m, self.meta, np.flatnonzero((rc > 0) & ~writable), progress, txn)
+                for i in (0, 1):  # data no mirrored LU references: its redundant copy means nothing
+                    m.health.clear(txn, i, np.flatnonzero(m.health.load(txn, i) & (rc > 0) & (mrc == 0)))
+                # nobody writes in place an extent no writable LU maps, or one shared (copy on write)
+                fixed = (rc > 0) & (mrc > 0) & (~writable | (rc >= 2))
+                return copied + recovery.resync(m, self.meta, np.flatnonzero(fixed), progress, txn)
 
     def _resync_unused(self, m: MirrorFile, txn: lmdb.Transaction) -> np.ndarray:
         """Inside ``txn`` (which no allocation can enter): the extents no LU uses, free or reserved

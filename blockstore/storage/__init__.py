@@ -6,6 +6,8 @@
       |  the same interface, once per copy
     DataFile (datafile.py)    one failure group's sparse file
     FailureGroups (groups.py) builds this stack and re-points it; nothing else assembles one
+    CopyHealth (health.py)    each copy's state and what it lacks: one record for every process
+    RedirectedCopy (redirect.py)  one copy read alone (read redirection), refusing what it lacks
 
 A layer added later (the cluster's read redirection, an ownership fence) is another Store
 wrapping the one below and handing each call on, and is put in place by ``FailureGroups``.
