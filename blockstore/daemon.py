@@ -29,7 +29,7 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(out, 1)

@@ -141,7 +141,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     attach(pool, origin=f"mount {mountpoint}")
     subdir(pool.path, "mounts")
     pidfile = _state_path(pool.path, mountpoint, "pid")
-    with os.fdopen(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    with os.fdopen(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
         f.write(f"{os.getpid()}\n")
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
     ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)

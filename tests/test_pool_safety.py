@@ -58,3 +58,27 @@ def test_a_link_planted_for_a_directory_of_the_engine_is_never_followed(tmp_path
         assert r.returncode != 0 and "not a directory (a link" in err, err
         subprocess.run(["fusermount3", "-uz", str(tmp_path / "mnt")], check=False, capture_output=True)
     assert os.listdir(target) == [] and target.stat().st_mode & 0o777 == 0o755  # untouched
+
+
+def test_links_planted_at_the_names_of_files_are_not_followed_either(tmp_path):
+    """A pid file's name (the mount writes it) and a payload file's (the notifier reads it)."""
+    import hashlib
+
+    from blockstore.cluster.events import EventLog
+    pool, secret = str(tmp_path / "pool"), tmp_path / "secret"
+    Pool.create(pool, "16M").close()
+    secret.write_bytes(b"do not touch")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    os.makedirs(os.path.join(pool, "mounts"), mode=0o700)
+    key = hashlib.sha1(str(mp).encode()).hexdigest()[:12]
+    os.symlink(secret, os.path.join(pool, "mounts", f"{key}.pid"))
+    r = _cli(pool, "mount", str(mp))
+    subprocess.run(["fusermount3", "-uz", str(mp)], check=False, capture_output=True)
+    assert r.returncode != 0 and secret.read_bytes() == b"do not touch", r.stderr.decode()
+    log = EventLog(pool)
+    log.publish("lu_created", {"name": "x"})
+    os.symlink(secret, log._path(2))
+    evs = log.events(0)
+    assert [e["kind"] for e in evs] == ["lu_created", "damaged"]
+    assert b"do not touch" not in str(evs).encode()

@@ -39,7 +39,7 @@ def report_fault(pool_path: str, condition: str, detail: dict[str, Any]) -> str:
     d = subdir(pool_path, "faults")
     name = f"{time.time_ns()}-{os.getpid()}.json"
     tmp = os.path.join(d, f".{name}")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
         json.dump({"condition": condition, "detail": detail, "time": time.time(), "pid": os.getpid()}, f, default=str)
     os.rename(tmp, os.path.join(d, name))
     return name

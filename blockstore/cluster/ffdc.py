@@ -113,7 +113,7 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
     d = subdir(pool_path, "ffdc")
     tmp = os.path.join(d, f".tmp-{bid}")
     # bundles name LUs and nodes: only the pool's owner reads them
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as raw:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600), "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for name in ["manifest.json", *sorted(n for n in files if n != "manifest.json")]:
                 data = files[name].encode()
