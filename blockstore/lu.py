@@ -21,7 +21,6 @@ extent as it loses any write not flushed.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -51,7 +50,6 @@ class Reader(Protocol):
     def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None: ...
 
 Buffer = bytes | bytearray | memoryview
-_pread, _preadv = os.pread, os.preadv
 
 #: Bytes of a deferred copy's block: what a write must cover whole to defer the copy.
 COPY_BLOCK = 4096
@@ -232,7 +230,7 @@ class LU:
             data = b""
             if not self._held or self._map.owns[c][i] < HELD:  # type: ignore[index]
                 try:
-                    data = _pread(self._df.fd, length, p * E + start)
+                    data = self._df.pread(p * E + start, length)
                 except OSError:
                     pass  # a failing copy: the locked path below fails over to the mirror
             if alloc.recycled == seen and len(data) == length:
@@ -264,7 +262,7 @@ class LU:
                 return
             try:
                 if ((not self._held or self._map.owns[c][i] < HELD)  # type: ignore[index]
-                        and _preadv(self._df.fd, [mv], p * E + start) == n and self._alloc.recycled == seen):
+                        and self._df.readinto(mv, p * E + start) == n and self._alloc.recycled == seen):
                     return
             except OSError:
                 pass  # a failing copy: the locked path below fails over to the mirror

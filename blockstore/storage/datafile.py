@@ -106,6 +106,10 @@ class DataFile:
             native.raise_errno(-errno.EIO, "short read (truncated?) of", self.path, offset + len(data))
         return data
 
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        """Read into ``buf`` from ``offset``; the bytes read (fewer only at the file's end)."""
+        return os.preadv(self.fd, [buf], offset)
+
     def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None:
         """Scatter-read: consecutive pieces of ``buf`` from ``offsets`` (-1: a hole, zeros), in C."""
         native.pread_multi(self.fd, buf, offsets, lengths, self.path)

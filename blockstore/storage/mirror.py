@@ -473,6 +473,11 @@ class MirrorFile:
                 self.fail(i, f"read: {e.strerror}")
         raise OSError(errno.EIO, "no readable copy")
 
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        """Unverified, from the first readable copy (the lock-free path of a mirror whose reads
+        are not verified: bench/ only); an error leaves the copy to the caller's locked path."""
+        return self._one()[1].readinto(buf, offset)
+
     def pread(self, offset: int, length: int) -> bytes:
         """As ``pread_unverified``, every block verified and healed (the module's docstring).
         The caller holds the lock that orders the LU's own writes (the LU's)."""
