@@ -138,7 +138,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
         session, _ = resv_owner(key)
         held = read_resv(txn, meta, key)
         held = held[held < n]
-        alive = session == pool.session or is_held(os.path.join(pool.path, "locks", f"session-{session}"))
+        alive = session == pool.session or is_held(os.path.join(pool.path, "locks", f"session-{session}"), pool.path)
         if alive:
             live[held] = True
             np.add.at(owner, held, 1)

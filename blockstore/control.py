@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from .cluster.doorman import Doorman
 from .errors import BlockstoreError, Busy, InvalidArgument
-from .pooldir import subdir
+from .pooldir import opened_dir, subdir
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -58,17 +58,20 @@ class ControlServer:
         self._busy = threading.BoundedSemaphore(BUSY_LIMIT)
 
     def start(self) -> "ControlServer":
-        subdir(self.pool.path, "control")
-        try:
-            os.unlink(self.path)  # a socket left by a process that died with this pid
-        except FileNotFoundError:
-            pass
+        where = subdir(self.pool.path, "control")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
+        with opened_dir(self.pool.path, where) as dfd:
+            name = os.path.basename(self.path)
+            try:
+                os.unlink(name, dir_fd=dfd)  # a socket left by a process that died with this pid
+            except FileNotFoundError:
+                pass
+            old = os.umask(0o177)
+            try:
+                # named through the directory's descriptor: no link on the way is followed
+                sock.bind(f"/proc/self/fd/{dfd}/{name}")
+            finally:
+                os.umask(old)
         # The backlog matches the door: a burst of asks waits in the kernel, not in EAGAIN.
         sock.listen(DOOR_LIMIT)
         self._sock = sock
@@ -84,8 +87,9 @@ class ControlServer:
     def stop(self) -> None:
         if self._sock is not None:
             try:
-                os.unlink(self.path)
-            except FileNotFoundError:
+                with opened_dir(self.pool.path, os.path.dirname(self.path)) as dfd:
+                    os.unlink(os.path.basename(self.path), dir_fd=dfd)
+            except (FileNotFoundError, BlockstoreError):
                 pass
             if self._door is not None:
                 self._door.close()
@@ -169,6 +173,11 @@ def ask(pool_path: str, holder: int, request: dict[str, Any], timeout: float = 6
             s.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
             raise errors.NotFound(f"process {holder} takes no requests") from None
+        # whoever answers must be the pool's owner or root: a socket planted there by another
+        # user would otherwise be told what this process asks
+        _, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid not in (0, os.stat(pool_path).st_uid):
+            raise errors.Unsafe(f"{path} is served by user {uid}, not the pool's owner: refusing to ask it")
         s.sendall(json.dumps(request).encode() + b"\n")
         raw = b""
         while not raw.endswith(b"\n"):

@@ -46,6 +46,13 @@ class Busy(BlockstoreError):
         self.holder = holder
 
 
+class Unsafe(BlockstoreError):
+    """Something in the pool's directory is not what the engine made (a link, another user's
+    file): refused rather than followed (pooldir.py)."""
+
+    errno = _errno.EPERM
+
+
 class PoolFull(BlockstoreError):
     errno = _errno.ENOSPC
 

@@ -102,7 +102,7 @@ class Lifecycle:
             return None
         with self.pool.meta.read() as txn:
             rec = self.pool.record(txn, name, missing_ok=True)
-        pid = holder(self.pool.holder_path(rec["id"])) if rec else None
+        pid = holder(self.pool.holder_path(rec["id"]), self.pool.path) if rec else None
         return pid if pid and pid != os.getpid() else None
 
     def clone(self, source: str, new: str) -> LUInfo:
@@ -227,7 +227,7 @@ class Lifecycle:
             if self.pool.writing(name) is not None:
                 raise Busy(f"LU {name!r} is open in this process; close it first")
             # A snapshot never changes, so only a live LU needs its holder lock for removal.
-            holder = HolderLock(self.pool.holder_path(lu_id)).acquire(f"LU {name!r}") if snap is None else None
+            holder = HolderLock(self.pool.holder_path(lu_id), self.pool.path).acquire(f"LU {name!r}") if snap is None else None
             a = self.pool.allocator
 
             def change(txn: lmdb.Transaction) -> None:
@@ -257,7 +257,7 @@ class Lifecycle:
             if rec["kind"] == "snapshot":
                 raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
             mine = self.pool.writing(old)
-            holder = None if mine else HolderLock(self.pool.holder_path(rec["id"])).acquire(f"LU {old!r}")
+            holder = None if mine else HolderLock(self.pool.holder_path(rec["id"]), self.pool.path).acquire(f"LU {old!r}")
 
             def change(txn: lmdb.Transaction) -> None:
                 if self.pool.record(txn, new, missing_ok=True) is not None:

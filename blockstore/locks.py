@@ -8,6 +8,7 @@ import os
 import sys
 
 from .errors import Busy
+from .pooldir import open_file, read_file
 
 
 def _describe_self() -> str:
@@ -16,14 +17,15 @@ def _describe_self() -> str:
 
 
 class HolderLock:
-    """An exclusive flock on ``path``; ``acquire`` raises Busy naming the current holder."""
+    """An exclusive flock on ``path``, a file inside the pool at ``root`` (opened as
+    pooldir.open_file opens); ``acquire`` raises Busy naming the current holder."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, root: str) -> None:
+        self.path, self.root = path, root
         self.fd = -1
 
     def acquire(self, what: str) -> "HolderLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_file(self.root, self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -49,23 +51,22 @@ class HolderLock:
         self.release()
 
 
-def holder(path: str) -> int | None:
+def holder(path: str, root: str) -> int | None:
     """The pid of the live process holding ``path``'s lock, 0 when it is held but names no
     pid, None when it is not held."""
-    if not is_held(path):
+    if not is_held(path, root):
         return None
     try:
-        with open(path) as f:
-            words = f.read(256).split()
+        words = read_file(root, path, 256).decode(errors="replace").split()
     except OSError:
         return 0
     return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else 0
 
 
-def is_held(path: str) -> bool:
+def is_held(path: str, root: str) -> bool:
     """True while some live process holds ``path``'s lock."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_file(root, path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import BlockstoreError, NotAPool, PoolCorrupt
 from .extents import CHUNK
-from .pooldir import check_owner
+from .pooldir import check_owner, for_library, subdir
 
 FORMAT = 1
 DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
@@ -133,13 +133,17 @@ class Meta:
         """``readonly``: no write transaction, ever (LMDB's reader table in lock.mdb is all it
         touches); Outdated when the pool lacks a database (only a writable open adds it)."""
         self.readonly = readonly
+        root, name = os.path.split(os.path.abspath(path))
         try:
             if create:
-                os.makedirs(path, mode=0o700, exist_ok=True)
-            self.env = lmdb.open(
-                path, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
-                readahead=False, meminit=False, max_readers=256, mode=0o600, readonly=readonly,
-            )
+                subdir(root, name)
+            # LMDB opens its two files by name: refuse a link or a stranger's file there, and let
+            # it open them with the pool owner's permissions (pooldir.py)
+            with for_library(root, path, ("data.mdb", "lock.mdb")) as where:
+                self.env = lmdb.open(
+                    where, map_size=MAP_SIZE, max_dbs=len(DBS), subdir=True, create=create,
+                    readahead=False, meminit=False, max_readers=256, mode=0o600, readonly=readonly,
+                )
             # LMDB reads its file through a mapping and trusts it: a file cut short (a partial copy,
             # a restore that stopped) would be read past its end, a SIGBUS in the middle of a command
             end = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]

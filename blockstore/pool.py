@@ -93,7 +93,7 @@ class Pool:
         self._session_lock: HolderLock | None = None
         if not readonly:
             subdir(self.path, "locks")
-            self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"))
+            self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"), self.path)
             self._session_lock.acquire("session")
         self._allocators: dict[int, Allocator] = {}
         self._writers: dict[str, LU] = {}
@@ -174,7 +174,7 @@ class Pool:
             subdir(path, "fg0")
             subdir(path, "locks")
             pool_id = uuid.uuid4().hex
-            DataFile(os.path.join(path, "fg0", "data"), create_size=n * E,
+            DataFile(os.path.join(path, "fg0", "data"), root=path, create_size=n * E,
                      label={"pool": pool_id, "group": 0, "owner": None}).close()
             fsync_dir(path)
             if made_dir:
@@ -253,7 +253,7 @@ class Pool:
             for key, _ in list(self.meta.iter_prefix(txn, "resv", b"")):
                 session, fg = resv_owner(key)
                 lock = os.path.join(self.locks_dir, f"session-{session}")
-                if session == self.session or is_held(lock):
+                if session == self.session or is_held(lock, self.path):
                     continue
                 held = read_resv(txn, self.meta, key)
                 held = held[rc[fg][held] == 0]
@@ -314,7 +314,7 @@ class Pool:
                     lu_id = rec0["id"]
                 if rec0.get("readonly"):
                     raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
-                holder = HolderLock(self.holder_path(lu_id)).acquire(f"LU {name!r}")
+                holder = HolderLock(self.holder_path(lu_id), self.path).acquire(f"LU {name!r}")
             try:
                 with self.meta.read() as txn:
                     rec = self.record(txn, name)
@@ -333,7 +333,7 @@ class Pool:
             # A read-only handle of a live LU that no process writes knows its checksums as they
             # are (mirror.py: its reads verify); one that a writer may change under it does not.
             settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
-                or not is_held(self.holder_path(rec["id"]))
+                or not is_held(self.holder_path(rec["id"]), self.path)
             lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
                     writable=writable, holder=holder, settled=settled)
             if writable:
@@ -788,7 +788,7 @@ class Pool:
         info = self.describe(rec)
         info["snapshots"] = [r["name"] for r in snaps]
         info["clones"] = self.catalog.clones(rec)
-        info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]))
+        info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]), self.path)
         if info["mirrored"]:
             m = self.mirror
             with self.meta.read() as txn:  # the pool's record, not this process's view

@@ -65,7 +65,7 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         tmp = path + ".rebuild"
         if os.path.exists(tmp):
             os.unlink(tmp)
-        df = DataFile(tmp, create_size=n * E, label=pool.groups.label(group, path))
+        df = DataFile(tmp, root=pool.path, create_size=n * E, label=pool.groups.label(group, path))
         exts = np.flatnonzero(keep)
         unrecoverable: list[int] = []
         recs: dict[int, np.ndarray | None] = {}
@@ -142,12 +142,12 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
             if owner is not None and pool.writing(owner[0]) is None:
                 lock = pool.holder_path(owner[1])
                 if not repair:
-                    if is_held(lock):
+                    if is_held(lock, pool.path):
                         ex.in_use.append(e)
                         return
                 else:
                     try:  # held for the repair: nobody writes the extent meanwhile
-                        stack.enter_context(HolderLock(lock).acquire(f"LU {owner[0]!r}"))
+                        stack.enter_context(HolderLock(lock, pool.path).acquire(f"LU {owner[0]!r}"))
                     except Busy:
                         ex.in_use.append(e)
                         return

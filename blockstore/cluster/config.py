@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from ..errors import AlreadyExists, InvalidArgument, NotFound
 from ..meta import meta_dir
 from ..names import check_name
-from ..pooldir import subdir
+from ..pooldir import open_file, read_file, subdir
 from .store import CoordinationStore, LmdbStore
 
 KEY = "cluster"
@@ -103,7 +103,7 @@ def load_config(store: CoordinationStore, pool_path: str = "") -> ClusterConfig:
 
 def _secret_file(tmp: str) -> str:
     """A new secret in the file ``tmp`` (0600, synced), to be renamed or linked into place."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_file(os.path.dirname(tmp), tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(16) + "\n")
         f.flush()
@@ -114,8 +114,7 @@ def _secret_file(tmp: str) -> str:
 def read_token(pool_path: str) -> str:
     """The callers' token."""
     try:
-        with open(token_path(pool_path)) as f:
-            return f.read().strip()
+        return read_file(pool_path, token_path(pool_path), 4096).decode().strip()
     except FileNotFoundError:
         raise NotFound(f"no cluster token in {pool_path}: create the cluster first") from None
 
@@ -126,8 +125,7 @@ def read_key(pool_path: str) -> str:
     path = key_path(pool_path)
     read_token(pool_path)  # no cluster, no key
     try:
-        with open(path) as f:
-            return f.read().strip()
+        return read_file(pool_path, path, 4096).decode().strip()
     except FileNotFoundError:
         pass
     tmp = _secret_file(f"{path}.{os.getpid()}")
@@ -137,5 +135,4 @@ def read_key(pool_path: str) -> str:
         pass
     finally:
         os.unlink(tmp)
-    with open(path) as f:
-        return f.read().strip()
+    return read_file(pool_path, path, 4096).decode().strip()

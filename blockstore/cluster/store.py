@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import lmdb
 
 from ..errors import InvalidArgument, NotFound
+from ..pooldir import for_library, subdir
 
 MAX_KEY = 256
 MAX_VALUE = 1 << 20
@@ -86,12 +87,14 @@ class LmdbStore:
     DBS = (b"kv", b"leases", b"log", b"meta")
 
     def __init__(self, path: str) -> None:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        subdir(*os.path.split(os.path.abspath(path)))
         self.path = os.path.realpath(path)
         with self._open_lock:
             env, dbs, users = self._open.get(self.path, (None, (), 0))
             if env is None:
-                env = lmdb.open(self.path, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True, mode=0o600)
+                # LMDB opens its files by name: refuse links there, open with the owner's rights
+                with for_library(os.path.dirname(self.path), self.path, ("data.mdb", "lock.mdb")) as where:
+                    env = lmdb.open(where, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True, mode=0o600)
                 # An explicit transaction: open_db's own one waits for the writer lock holding
                 # the GIL, which deadlocks against a writer thread of this process.
                 with env.begin(write=True) as txn:

@@ -135,7 +135,7 @@ def migrate(pool: Pool, lpar: str, to_cec: str, node: str | None = None, timeout
     new_node = node or (target["nodes"][0] if target["nodes"] else to_cec)
     rec.update(state="migrating", migrating_to=to_cec)
     pool.svc_put("lpar", lpar, rec)
-    holder = HolderLock(pool.holder_path(pool.lu_info(rec["lu"])["id"]))
+    holder = HolderLock(pool.holder_path(pool.lu_info(rec["lu"])["id"]), pool.path)
     deadline = time.monotonic() + timeout
     while True:
         try:

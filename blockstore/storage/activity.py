@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from ..locks import is_held
-from ..pooldir import subdir
+from ..pooldir import open_file, read_file, subdir
 
 #: Bytes of physical space per logged region.
 REGION = 4 << 20
@@ -62,7 +62,7 @@ class ActivityLog:
             if not os.path.isdir(self.dir):
                 subdir(os.path.dirname(self.locks_dir), "locks", "al")
                 _fsync_dir(self.locks_dir)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self.fd = open_file(os.path.dirname(self.locks_dir), self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             _fsync_dir(self.dir)  # the new name must outlive a crash too
         os.write(self.fd, np.array(new, np.uint64).tobytes())
         os.fdatasync(self.fd)
@@ -90,10 +90,10 @@ class ActivityLog:
         self.hot.clear()
 
 
-def read_log(path: str) -> np.ndarray:
-    """The regions a log names (unique, ascending); a torn last entry is ignored."""
-    with open(path, "rb") as f:
-        raw = f.read()
+def read_log(path: str, root: str) -> np.ndarray:
+    """The regions the log at ``path`` (in the pool at ``root``) names (unique, ascending); a
+    torn last entry is ignored."""
+    raw = read_file(root, path)
     return np.unique(np.frombuffer(raw[: len(raw) // 8 * 8], np.uint64).astype(np.int64))
 
 
@@ -109,16 +109,17 @@ def dead_logs(locks_dir: str, *, legacy: bool = False) -> list[tuple[str, np.nda
     """(path, regions) of every log whose session is gone (its session lock not held);
     ``legacy``: also those a pool of an earlier version kept beside the locks."""
     out = []
+    root = os.path.dirname(locks_dir)
     for where in [log_dir(locks_dir)] + ([locks_dir] if legacy else []):
         try:
             names = sorted(os.listdir(where))
         except FileNotFoundError:
             continue
         for name in names:
-            if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:])):
+            if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:]), root):
                 path = os.path.join(where, name)
                 try:
-                    out.append((path, read_log(path)))
+                    out.append((path, read_log(path, root)))
                 except FileNotFoundError:
                     pass  # settled by another process just now
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import native
 from ..errors import BlockstoreError
+from ..pooldir import open_file
 
 try:
     from fcntl import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate  # type: ignore[attr-defined]
@@ -44,15 +45,17 @@ class DataFile:
     """Positional I/O on one sparse file. ``dirty`` is set by every write and cleared by sync; it
     lives in ``dirty_flag`` (one int32), where the C direct path sets it too."""
 
-    def __init__(self, path: str, *, create_size: int | None = None, label: dict[str, Any] | None = None,
-                 readonly: bool = False) -> None:
+    def __init__(self, path: str, *, root: str, create_size: int | None = None,
+                 label: dict[str, Any] | None = None, readonly: bool = False) -> None:
         """Open the data file at ``path`` (``readonly``: for reading only), or with
-        ``create_size`` make a new one holding that many bytes of extents, followed by ``label``."""
+        ``create_size`` make a new one holding that many bytes of extents, followed by ``label``.
+        ``root``: the pool's directory, from which a path inside it is reached without following
+        a link (pooldir.open_file); a file elsewhere is reached from its own directory."""
         self.path = path
-        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
+        flags = os.O_RDONLY if readonly else os.O_RDWR
         flags |= os.O_CREAT | os.O_EXCL if create_size is not None else 0
         try:
-            self.fd = os.open(path, flags, 0o600)
+            self.fd = open_file(root, path, flags)
         except OSError as e:
             raise BlockstoreError(f"cannot open data file {path}: {e.strerror}") from None
         if create_size is not None:

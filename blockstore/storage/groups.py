@@ -88,7 +88,7 @@ class FailureGroups:
         """Open group ``fg``'s data file, refusing one that is not this pool's or is too short."""
         path = self.path(cfg, fg)
         need = cfg["groups"][fg]["extents"] * self.E
-        df = DataFile(path, readonly=self.readonly)
+        df = DataFile(path, root=self.root, readonly=self.readonly)
         try:
             size = df.size()
             unlabelled = self.pool_id is None or not cfg["groups"][fg].get("labelled")
@@ -229,7 +229,7 @@ class FailureGroups:
         if made:
             fsync_dir(os.path.dirname(d))
         path = os.path.join(d, "data")
-        DataFile(path, create_size=extents * self.E, label=self.label(1, path)).close()
+        DataFile(path, root=self.root, create_size=extents * self.E, label=self.label(1, path)).close()
         return path, {"path": self.stored_path(path), "extents": extents, "labelled": True}
 
     def attach_second(self, cfg: dict[str, Any]) -> None:
@@ -305,7 +305,7 @@ def check_second_dir(directory: str, pool_path: str) -> None:
 def holds_pool(path: str, pool_id: str) -> bool:
     """Whether a pool with id ``pool_id`` lives at ``path`` (its first data file says so)."""
     try:
-        df = DataFile(os.path.join(path, "fg0", "data"))
+        df = DataFile(os.path.join(path, "fg0", "data"), root=path)
     except BlockstoreError:
         return False
     try:
