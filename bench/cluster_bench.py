@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.cluster import admin, config
 from blockstore.cluster.events import EventLog
 

@@ -50,7 +50,7 @@ step "a mirrored LU: a byte of its primary copy damaged on disk, found and repai
 head -c 64M "$DATA" | "$BS" --pool "$POOL" lu write vault
 .venv/bin/python - "$POOL" <<'PY'
 import sys
-from blockstore import Pool
+from blockstore.pool import Pool
 with Pool.open(sys.argv[1]) as p, p.lu("vault", writable=False) as lu:
     at = lu.physical_extent(0) * p.extent_size + 12345
 with open(f"{sys.argv[1]}/fg0/data", "r+b") as f:  # what a failing disk does, silently

@@ -72,7 +72,7 @@ def mounted_pool(workdir: str, size: int, lus: dict[str, bool], capacity: int | 
     """A fresh pool (with a second failure group when an LU is mirrored) holding ``lus`` (name:
     mirrored), each ``size`` bytes, mounted; yields name -> file in the mount. ``capacity``:
     the pool's (default: room for the LUs and one more)."""
-    from blockstore import Pool
+    from blockstore.pool import Pool
     from blockstore_fuse.mount import mount, umount
 
     pool = os.path.join(workdir, "fuse-pool")
@@ -241,7 +241,7 @@ def clone_target(workdir: str, size: int, who: str) -> Iterator[str]:
             finally:
                 os.unlink(base)
             return
-        from blockstore import Pool
+        from blockstore.pool import Pool
         from blockstore.transfer import import_file
         from blockstore_fuse.mount import mount, umount
 
@@ -269,7 +269,7 @@ def live_snapshot_run(workdir: str, quick: bool) -> dict[str, Any]:
     over its control channel. Each round runs fio once with snapshots every half second and once
     without, the order alternating; {"latency": [s each snapshot], "with": [IOPS each round],
     "without": [IOPS each round]}."""
-    from blockstore import Pool
+    from blockstore.pool import Pool
 
     size = 256 << 20
     runtime = 4 if quick else 8

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.errors import InvalidArgument
 from blockstore.sizes import format_size
 

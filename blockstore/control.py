@@ -141,7 +141,7 @@ class ControlServer:
                 return {"copied": pool.resync(_str(req, "lu"))}
             if op == "status":
                 name = _str(req, "lu")
-                return {**pool.lu_info(name), "holder": os.getpid(), **self.describe(name)}
+                return {**pool.lu_status(name), **self.describe(name)}
         except Busy as e:
             raise Busy(str(e)) from None  # never forwarded again: this is the holder
         raise InvalidArgument(f"bad request: unknown op {op!r}")

@@ -102,8 +102,8 @@ class Lifecycle:
             return None
         with self.pool.meta.read() as txn:
             rec = self.pool.record(txn, name, missing_ok=True)
-        pid = holder(self.pool.holder_path(rec["id"]), self.pool.path) if rec else None
-        return pid if pid and pid != os.getpid() else None
+        who = holder(self.pool.holder_path(rec["id"]), self.pool.path) if rec else None
+        return who["pid"] if who and who["pid"] and who["pid"] != os.getpid() else None
 
     def clone(self, source: str, new: str) -> LUInfo:
         """A writable copy-on-write LU ``new`` of an LU or snapshot ``source``."""

@@ -9,11 +9,24 @@ import sys
 
 from .errors import Busy
 from .pooldir import open_file, read_file
+from .records import Holder
+
+
+def this_process() -> Holder:
+    """This process as ``ps`` would name it: the program and its first arguments (80 characters)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")[:4]
+    except OSError:
+        argv = [sys.executable, *sys.argv[:3]]
+    cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(argv) if a)
+    cmd = " ".join(cmd.split())  # one line
+    return {"pid": os.getpid(), "command": (cmd[:77] + "...") if len(cmd) > 80 else cmd or "python"}
 
 
 def _describe_self() -> str:
-    cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:4]))
-    return f"pid {os.getpid()} ({cmd or 'python'})"
+    me = this_process()
+    return f"pid {me['pid']} ({me['command']})"
 
 
 class HolderLock:
@@ -51,16 +64,19 @@ class HolderLock:
         self.release()
 
 
-def holder(path: str, root: str) -> int | None:
-    """The pid of the live process holding ``path``'s lock, 0 when it is held but names no
-    pid, None when it is not held."""
+def holder(path: str, root: str) -> Holder | None:
+    """The live process holding ``path``'s lock (pid 0 when the lock names none), None when it
+    is not held."""
     if not is_held(path, root):
         return None
     try:
-        words = read_file(root, path, 256).decode(errors="replace").split()
+        text = read_file(root, path, 256).decode(errors="replace").strip()
     except OSError:
-        return 0
-    return int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else 0
+        text = ""
+    words = text.split(maxsplit=2)
+    if len(words) > 1 and words[0] == "pid" and words[1].isdigit():
+        return {"pid": int(words[1]), "command": words[2].strip("()") if len(words) > 2 else "?"}
+    return {"pid": 0, "command": text or "?"}
 
 
 def is_held(path: str, root: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import lmdb
 import numpy as np
 
-from .errors import BlockstoreError, NotAPool, PoolCorrupt
+from .errors import BlockstoreError, Busy, NotAPool, PoolCorrupt
 from .extents import CHUNK
 from .pooldir import check_owner, for_library, subdir
 
@@ -167,6 +167,10 @@ class Meta:
             if txn is not None:
                 txn.commit()
         except lmdb.Error as e:
+            if "already open in this process" in str(e):
+                # LMDB's locks belong to the process: a second environment would share, then drop them
+                raise Busy(f"the pool at {root} is already open in this process: use that Pool object "
+                           f"(or close it first)") from None
             raise PoolCorrupt(f"pool metadata in {path} cannot be opened: {e}") from None
 
     def _open_db(self, name: str, txn: lmdb.Transaction | None) -> Any:

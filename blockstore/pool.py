@@ -32,7 +32,7 @@ from .extents import ExtentMap, runs
 from .journal import Journal
 from .lifecycle import Lifecycle
 from .listeners import Listeners
-from .locks import HolderLock, is_held
+from .locks import HolderLock, holder, is_held, this_process
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import split_snapshot
@@ -788,7 +788,9 @@ class Pool:
         info = self.describe(rec)
         info["snapshots"] = [r["name"] for r in snaps]
         info["clones"] = self.catalog.clones(rec)
-        info["open_for_writing"] = name in self._writers or is_held(self.holder_path(rec["id"]), self.path)
+        info["holder"] = this_process() if name in self._writers else \
+            None if "@" in name else holder(self.holder_path(rec["id"]), self.path)
+        info["open_for_writing"] = info["holder"] is not None
         if info["mirrored"]:
             m = self.mirror
             with self.meta.read() as txn:  # the pool's record, not this process's view
@@ -819,11 +821,15 @@ class Pool:
         with self.lifecycle.live(name, {"op": "status", "lu": name}) as asked:
             if asked.done:
                 return cast(LUStatus, asked.result)
+        # held here, by nobody, or by a process that takes no requests (a program of the Python
+        # API: its handles and counts are its own to know)
         info = self.lu_info(name)
         lu = self._writers.get(name)
-        return {**info, "holder": os.getpid() if lu else None, "open_handles": 1 if lu else 0,
-                "writable": lu is not None, "bytes_written": lu.bytes_written if lu else 0,
-                "pending_copies": lu.pending_copies if lu else 0}
+        elsewhere = lu is None and info["holder"] is not None
+        return {**info, "open_handles": None if elsewhere else 1 if lu else 0,
+                "writable": info["holder"] is not None,
+                "bytes_written": None if elsewhere else lu.bytes_written if lu else 0,
+                "pending_copies": None if elsewhere else lu.pending_copies if lu else 0}
 
     def describe(self, rec: LURecord) -> LUInfo:
         """An LU record as the API shows it (sizes in bytes; this process's open writer's figures)."""

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import TypedDict
 
 
+class Holder(TypedDict):
+    """Who holds an LU open for writing: ``pid`` (0 when the lock names none) and ``command``."""
+    pid: int
+    command: str
+
+
 class MirrorState(TypedDict):
     state: str                 # "in-sync", "resyncing" or "degraded"
     missing_copy: int | None   # the failure group that is gone, when degraded
@@ -30,16 +36,16 @@ class LUInfo(_LUBase, total=False):
     snapshots: list[str]
     clones: list[str]
     open_for_writing: bool
+    holder: Holder | None      # the process writing it (pid, command), None when nobody does
     mirror: MirrorState        # only for a mirrored LU
 
 
 class LUStatus(LUInfo, total=False):
     """``lu_info`` as the process that holds the LU open sees it (``Pool.lu_status``)."""
-    holder: int | None         # its pid, None when nobody holds it
-    open_handles: int
+    open_handles: int | None   # None: held by a process that takes no requests (the Python API)
     writable: bool
-    bytes_written: int
-    pending_copies: int        # held extents whose copy is not complete
+    bytes_written: int | None
+    pending_copies: int | None  # held extents whose copy is not complete
 
 
 class DuRow(TypedDict):

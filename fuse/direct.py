@@ -5,7 +5,7 @@ mirrored LU) falls back to the binding's Python callbacks. With libfuse's thread
 requests then run in parallel on every core."""
 from __future__ import annotations
 
-from blockstore import LU
+from blockstore.lu import LU
 from blockstore.native import fuse_direct_attach, fuse_direct_counts, fuse_direct_detach, fuse_direct_setup
 
 from . import binding

@@ -13,7 +13,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from blockstore import BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound, Pool
+from blockstore import BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound
+from blockstore.pool import Pool
 from blockstore.pooldir import subdir
 from blockstore.cluster.bridge import attach
 from blockstore.control import ControlServer

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from blockstore import LU, BlockstoreError, Busy, Pool
+from blockstore import BlockstoreError, Busy
+from blockstore.lu import LU
+from blockstore.pool import Pool
 from blockstore.names import check_name
 
 from .binding import FuseOSError, Operations, caller_uid

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 
 SLOW = os.environ.get("BLOCKSTORE_SLOW") == "1"

@@ -53,7 +53,8 @@ def round_ops(it: int, r: int) -> list[tuple[str, ...]]:
 
 
 def main() -> None:
-    from blockstore import NotFound, Pool
+    from blockstore import NotFound
+    from blockstore.pool import Pool
 
     pool_dir, seed, it = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     pool = Pool.open(pool_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 
 def main() -> None:

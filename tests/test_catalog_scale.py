@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 
 

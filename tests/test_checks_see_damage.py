@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 from conftest import mounted, run_cli
 

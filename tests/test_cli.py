@@ -133,7 +133,7 @@ def test_missing_and_damaged_pools(tmp_path):
 def test_writer_lock_names_holder(cli_pool):
     import subprocess
     import sys
-    code = (f"import sys; from blockstore import Pool; p = Pool.open({cli_pool!r}); lu = p.open_lu('a'); "
+    code = (f"import sys; from blockstore.pool import Pool; p = Pool.open({cli_pool!r}); lu = p.open_lu('a'); "
             "print('ready', flush=True); sys.stdin.readline()")
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -146,7 +146,7 @@ def test_writer_lock_names_holder(cli_pool):
 
 
 def test_check_reports_and_repairs(cli_pool):
-    from blockstore import Pool
+    from blockstore.pool import Pool
     from blockstore.allocator import set_free
     with Pool.open(cli_pool) as p, p.meta.write() as txn:
         set_free(p.meta, txn, 0, __import__("numpy").array([500, 501]), False)  # leak two extents
@@ -244,7 +244,7 @@ def test_commands_that_look_change_nothing_on_disk(tmp_path):
     # a writer that dies without closing: its session file, reservation and activity log stay
     subprocess.run([sys.executable, "-c", f"""
 import os
-from blockstore import Pool
+from blockstore.pool import Pool
 p = Pool.open({d!r})
 lu = p.open_lu("a")
 lu.write(2 << 20, os.urandom(256 << 10))

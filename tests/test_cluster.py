@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.cluster import admin, election
 from blockstore.cluster.config import open_store, read_key, read_token
 from blockstore.cluster.election import Deposed

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from blockstore import (AlreadyExists, Busy, InvalidArgument, NotAPool, OutOfRange, Pool, PoolCorrupt,
-                        PoolFull, ReadOnly)
+from blockstore import AlreadyExists, Busy, InvalidArgument, NotAPool, OutOfRange, PoolCorrupt, PoolFull, ReadOnly
+from blockstore.pool import Pool
 from blockstore.check import check
 
 E = 64 << 10
@@ -284,7 +284,8 @@ def test_second_process_writer_is_refused_readers_see_commits(pool_dir):
         lu.flush()
         code = textwrap.dedent(f"""
             import sys
-            from blockstore import Pool, Busy
+            from blockstore import Busy
+            from blockstore.pool import Pool
             with Pool.open({pool_dir!r}) as p:
                 try:
                     p.open_lu("a")
@@ -312,7 +313,7 @@ def test_killed_session_reservations_are_reclaimed(pool_dir):
     Pool.create(pool_dir, "64M", extent_size=E).close()
     code = textwrap.dedent(f"""
         import os
-        from blockstore import Pool
+        from blockstore.pool import Pool
         p = Pool.open({pool_dir!r})
         lu = p.create_lu("a", "4M")
         lu.write(0, os.urandom(1 << 20))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore import lu as lu_module
 from blockstore.check import check
 
@@ -167,7 +167,8 @@ def test_held_extents_are_lost_on_a_crash_as_unflushed_writes_are(tmp_path, no_f
         p.snapshot("a", "s")
     script = textwrap.dedent(f"""
         import os, sys
-        from blockstore import Pool, lu as lu_module
+        from blockstore import lu as lu_module
+        from blockstore.pool import Pool
         lu_module.FILLER = False
         p = Pool.open({path!r})
         lu = p.open_lu("a")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import crash_workload as W
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.scrub import verify as mirror_verify
 from conftest import SLOW

@@ -14,7 +14,7 @@ import sys
 import lmdb
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 from conftest import SLOW, run_cli
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from conftest import page_cached
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from conftest import run_cli
 
 
@@ -58,10 +58,11 @@ def test_create_grow_and_failgrp_add_make_the_data_file_durable_before_the_commi
 def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, faulty):
     mnt, ctl = faulty
     pool = str(tmp_path / "pool")
-    Pool.create(pool, "64M", extent_size="64K").close()
-    shutil.move(f"{pool}/fg0/data", f"{mnt}/data")  # the data file now lives on the faulty fs
-    os.rmdir(f"{pool}/fg0")
-    os.symlink(mnt, f"{pool}/fg0")
+    with Pool.create(pool, "64M", extent_size="64K") as p:  # its data file moves to the faulty fs
+        with p.meta.read() as txn:
+            group = p.meta.config(txn)["groups"][0]
+        p.meta.set_config(groups=[{**group, "path": f"{mnt}/data"}])
+    shutil.move(f"{pool}/fg0/data", f"{mnt}/data")
     p = Pool.open(pool)
     lu = p.create_lu("d", "1M")
     lu.write(0, b"a" * 4096)

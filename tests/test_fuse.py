@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore_fuse.mount import BACKGROUND
 from conftest import cli_json, daemon_pid, direct_counts, mount_log, run_cli, sh

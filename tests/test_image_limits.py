@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 from conftest import cli_json, run_cli
 

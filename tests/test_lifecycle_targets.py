@@ -7,7 +7,7 @@ import os
 
 import lmdb
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 from conftest import run_cli
 

@@ -7,7 +7,8 @@ import socket
 import threading
 import time
 
-from blockstore import Pool, control
+from blockstore import control
+from blockstore.pool import Pool
 
 
 def test_idle_connections_cost_no_thread_and_a_burst_of_asks_is_served(tmp_path):

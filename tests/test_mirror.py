@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.scrub import scrub, verify
 from conftest import cli_json, flip, run_cli

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.scrub import scrub, verify
 from conftest import SLOW, daemon_pid, run_cli

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.meta import Meta
 from blockstore.scrub import scrub

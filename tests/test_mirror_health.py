@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 
 E = 64 << 10
@@ -20,7 +20,7 @@ E = 64 << 10
 def other_process(pool: str, code: str) -> dict:
     """Run ``code`` in another process with ``p``, the pool opened read-write; what it assigns
     to ``out`` comes back."""
-    prog = (f"import json, os\nfrom blockstore import Pool\nout = {{}}\n"
+    prog = (f"import json, os\nfrom blockstore.pool import Pool\nout = {{}}\n"
             f"with Pool.open({pool!r}) as p:\n" + "".join(f"    {line}\n" for line in code.splitlines())
             + "print(json.dumps(out))\n")
     r = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=120)

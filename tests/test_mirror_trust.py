@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.scrub import replace, scrub, verify
 from conftest import flip, run_cli
@@ -99,7 +99,7 @@ def test_a_write_beside_a_flipped_byte_does_not_bake_it_in(tmp_path, write):
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from blockstore import Pool
+    from blockstore.pool import Pool
     pool, version, tear = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     p = Pool.open(pool)
     lu = p.open_lu("d")
@@ -183,7 +183,7 @@ def test_verify_refuses_an_lu_another_process_writes(tmp_path):
         p.create_lu("m", "1M", mirrored=True).close()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from blockstore import Pool
+        from blockstore.pool import Pool
         p = Pool.open({pool!r}); lu = p.open_lu("m"); lu.write(0, b"x" * 4096)
         print("open", flush=True); time.sleep(60)
     """)], stdout=subprocess.PIPE)

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from blockstore import BlockstoreError, Busy, Pool, PoolFull
+from blockstore import BlockstoreError, Busy, PoolFull
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore import lu as lu_module
 from blockstore.extents import UNMAPPED

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 
 NOBODY = 65534
 

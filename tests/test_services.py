@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.check import check
 from blockstore.services import images, paging
 from conftest import cli_json, fingerprint, run_cli
@@ -73,7 +73,7 @@ def test_migration_reads_the_redundant_copy_then_hands_over(spool):
     first, second = random.Random(1).randbytes(MiB), random.Random(2).randbytes(MiB)
     source = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import random, sys
-        from blockstore import Pool
+        from blockstore.pool import Pool
         with Pool.open({spool!r}) as p:
             lu = p.open_lu("paging.lp")
             lu.write(0, random.Random(1).randbytes(1 << 20)); lu.flush()
@@ -111,7 +111,7 @@ def test_migration_reads_the_redundant_copy_then_hands_over(spool):
 def test_migration_gives_up_while_the_source_holds_on(spool):
     run_cli("cec", "add", "cecB", "--node", "vios2", pool=spool)
     run_cli("paging", "request", "--lpar", "lp", "--min-size", "1M", pool=spool)
-    holder = subprocess.Popen([sys.executable, "-c", f"from blockstore import Pool\nimport sys\np = Pool.open({spool!r})\n"
+    holder = subprocess.Popen([sys.executable, "-c", f"from blockstore.pool import Pool\nimport sys\np = Pool.open({spool!r})\n"
                                "lu = p.open_lu('paging.lp')\nprint('ok', flush=True)\nsys.stdin.readline()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from blockstore import Pool
+from blockstore.pool import Pool
 from blockstore.scrub import scrub
 
 from conftest import direct_counts, flip, mount_log, mounted, run_cli
@@ -100,7 +100,7 @@ def test_a_reader_that_does_not_know_the_truth_reads_unverified(tmp_path):
     import sys
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-from blockstore import Pool
+from blockstore.pool import Pool
 p = Pool.open({pool!r}); lu = p.open_lu("m"); lu.write(0, b"b" * {E}); lu.write(0, b"c" * 4096)
 print("written", flush=True); sys.stdin.read()
 """], stdin=subprocess.PIPE, stdout=subprocess.PIPE)

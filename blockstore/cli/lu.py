@@ -164,7 +164,7 @@ def _show(args: argparse.Namespace, pool: Pool) -> None:
             ("created", when(info["created"])),
             ("snapshots", ", ".join(info.get("snapshots") or []) or "none"),
             ("clones", ", ".join(info.get("clones") or []) or "none"),
-            ("open", "for writing" if info.get("open_for_writing") else "no"),
+            ("open", _held(info)),
             ("role", info.get("role") or "-")]
     emit(args, info, "\n".join(f"{k:<10} {v}" for k, v in rows))
 
@@ -181,10 +181,17 @@ def _du(args: argparse.Namespace, pool: Pool) -> None:
 
 def _status(args: argparse.Namespace, pool: Pool) -> None:
     st = pool.lu_status(args.name)
-    who = f"held by pid {st['holder']}" if st["holder"] else "not open for writing"
+    who = _held(st)
     emit(args, st, f"{args.name}: {format_size(st['size'])}, {format_size(st['allocated'])} mapped, {who}"
-                   + (f", {st['open_handles']} open handle(s), {format_size(st['bytes_written'])} written"
-                      if st["holder"] else ""))
+                   + (f", {st['open_handles']} open handle(s), {format_size(st['bytes_written'] or 0)} written"
+                      if st["holder"] and st["open_handles"] is not None else ""))
+
+
+def _held(info: Any) -> str:
+    h = info.get("holder")
+    if not h:
+        return "not open for writing"
+    return f"open for writing by pid {h['pid']} ({h['command']})" if h["pid"] else f"open for writing ({h['command']})"
 
 
 def _diff(args: argparse.Namespace, pool: Pool) -> None:
