@@ -28,7 +28,7 @@ $(VENV)/.stamp: .stamp-debs pyproject.toml $(wildcard setup.py native/*.c native
 	@touch $@
 
 test: deps venv
-	$(PY) -m pytest -q -p no:cacheprovider --durations=12 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=12 tests
 
 demo: deps venv
 	bash bench/demo.sh

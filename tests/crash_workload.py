@@ -1,7 +1,7 @@
 """The workload of the crash test, run as a child process and replayed by the parent.
 
 Iteration ``it`` first removes the clones and snapshots of earlier iterations, then runs rounds
-forever: each round writes (or discards) distinct 4 KiB blocks of every writable LU, flushes,
+forever (after a line "start"): each round writes (or discards) distinct 4 KiB blocks of every writable LU, flushes,
 sometimes takes a snapshot, clones one, or removes one, and then prints the round number. The
 actions depend only on (seed, it, round), so the parent can compute every state the child
 reached. ``python crash_workload.py POOL SEED IT``.
@@ -65,6 +65,8 @@ def main() -> None:
                 pool.remove(rec["name"])
             except NotFound:
                 pass
+    sys.stdout.write("start\n")  # the earlier iteration's clones and snapshots are gone
+    sys.stdout.flush()
     handles = {}
     r = 0
     while True:

@@ -111,7 +111,8 @@ def test_sigkill_at_random_instants(tmp_path, seed, mirrored):
     for it in range(ITERATIONS // 2 if mirrored else ITERATIONS):
         child = subprocess.Popen([sys.executable, os.path.join(HERE, "crash_workload.py"), pool_dir, str(seed), str(it)],
                                  stdout=subprocess.PIPE, env=env)
-        time.sleep(0.4 + rng.random() * 1.2)  # past interpreter start-up, into the rounds
+        assert child.stdout is not None and child.stdout.readline() == b"start\n", "the workload died by itself"
+        time.sleep(rng.random() * 1.2)  # into the rounds (a busy machine starts the child slowly)
         assert child.poll() is None, "the workload died by itself"
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()

@@ -123,7 +123,7 @@ def test_live_clone_grow_and_status(mnt, pool_path):
         f.flush()
         os.fsync(f.fileno())
         st = cli_json("lu", "status", "vol", pool=pool_path)
-        assert st["holder"] > 0 and st["open_handles"] == 1 and st["writable"] and st["bytes_written"] >= 9
+        assert st["holder"]["pid"] > 0 and "blockstore" in st["holder"]["command"] and st["open_handles"] == 1 and st["writable"] and st["bytes_written"] >= 9
         run_cli("lu", "snapshot", "vol", "x", pool=pool_path)
         for refused in (["lu", "resize", "vol", "--size", "256M", "--force"], ["lu", "rollback", "vol", "x"],
                         ["lu", "rm", "vol", "-r"]):
