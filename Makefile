@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BS := $(VENV)/bin/blockstore
-DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash libxxhash-dev strace systemd groff-base
+DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash libxxhash-dev strace systemd groff-base \
+        python3-venv python3-dev gcc
 
 .PHONY: all deps venv demo test bench bench-quick clean
 
@@ -34,10 +35,10 @@ demo: deps venv
 	bash bench/demo.sh
 
 bench: deps venv
-	$(BS) bench --json bench/results/bench.json
+	$(BS) bench --save bench/results/bench.json
 
 bench-quick: deps venv
-	$(BS) bench --quick --json bench/results/bench-quick.json
+	$(BS) bench --quick --save bench/results/bench-quick.json
 
 clean:
 	rm -rf $(VENV) demo-pool demo-mnt .stamp-debs build *.egg-info

@@ -17,6 +17,7 @@ no baseline; ``target`` is the ratio (or bound) the issue sets, ``ok`` whether i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -786,10 +788,24 @@ def _commit() -> str:
 
 
 def main(quick: bool = False, json_path: str | None = None, png_path: str | None = None,
-         workdir: str | None = None, only: list[str] | None = None) -> int:
+         workdir: str | None = None, only: list[str] | None = None, as_json: bool = False) -> int:
+    """Run the groups ``only`` (default: all); ``json_path``: save the results there;
+    ``as_json``: print them as JSON on stdout (the table goes to stderr then)."""
     unknown = sorted(set(only or ()) - set(GROUPS))
     if unknown:
         raise InvalidArgument(f"unknown bench group {', '.join(unknown)} (groups: {', '.join(GROUPS)})")
+    if as_json:
+        with contextlib.redirect_stdout(sys.stderr):
+            doc = _run(quick, json_path, png_path, workdir, only)
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _run(quick, json_path, png_path, workdir, only)
+    return 0
+
+
+def _run(quick: bool, json_path: str | None, png_path: str | None, workdir: str | None,
+         only: list[str] | None) -> dict:
     base = workdir or os.getcwd()
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".blockstore-bench-", dir=base)
@@ -821,4 +837,4 @@ def main(quick: bool = False, json_path: str | None = None, png_path: str | None
     if png_path:
         why = chart(b.results, png_path, title_of(doc))
         print(why or f"wrote {png_path}")
-    return 0
+    return doc

@@ -37,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add(top)
     cluster.add(top)
     b = command(top, "bench", "measure the engine against a plain file and QEMU's FUSE export",
-                "bench --quick --only core,fuse --json /tmp/b.json", "bench --chart-from bench/results/bench.json")
+                "bench --quick --only core,fuse --save /tmp/b.json", "bench --chart-from bench/results/bench.json")
     b.add_argument("--quick", action="store_true", help="small sizes, done within minutes")
-    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --json)")
+    b.add_argument("--save", metavar="FILE", help="also write the results as JSON to FILE (--json prints them)")
+    b.add_argument("--png", metavar="FILE", help="write a chart (default: beside --save)")
     b.add_argument("--dir", help="where to run (default: a temporary directory under the current one)")
     b.add_argument("--chart-from", metavar="JSON", help="draw the chart of an earlier run's JSON (with --png: "
                                                         "where; default beside it), measuring nothing")
@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         return int(replot(args.chart_from, args.png))
     if args.group == "bench":
         from blockstore_bench.run import main as bench_main
-        return int(bench_main(quick=args.quick, json_path=args.json, png_path=args.png, workdir=args.dir,
-                              only=args.only.split(",") if args.only else None))
+        return int(bench_main(quick=args.quick, json_path=args.save, png_path=args.png, workdir=args.dir,
+                              only=args.only.split(",") if args.only else None, as_json=args.json))
     if args.group == "completion":
         sys.stdout.write(completion(args.shell))
         return 0

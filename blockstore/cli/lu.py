@@ -78,7 +78,7 @@ def add(top: Any) -> None:
     s = command(sub, "resync", "copy to a copy what it missed while degraded", "lu resync disk0", json=True)
     s.add_argument("name", help="NAME")
     s = command(sub, "import", "a raw disk image (or a pipe) into a new LU; holes and zeros take no space",
-                "lu import vm1 vm1.raw", "qemu-img convert -O raw vm.qcow2 /dev/stdout | blockstore lu import vm1 -",
+                "lu import vm1 vm1.raw", "zcat vm1.raw.gz | blockstore lu import vm1 -",
                 json=True)
     s.add_argument("name", help="the new LU's name")
     s.add_argument("file", help="the image; - for stdin (its length sets the LU's size, rounded up to 512)")
