@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal as _signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -64,3 +65,31 @@ def callbacks_replaced(install: Callable[[dict[str, int]], dict[str, int]]) -> I
 
 #: Where libfuse's fuse_file_info keeps the file handle.
 FH_OFFSET = _fusemod.fuse_file_info.fh.offset
+
+
+def current_session() -> int:
+    """Inside a callback: the address of the libfuse instance serving it (for ``stop_session``)."""
+    return int(_fusemod._libfuse.fuse_get_context().contents.fuse or 0)
+
+
+def stop_session(address: int) -> None:
+    """Make the loop of libfuse instance ``address`` return, as libfuse's own SIGTERM handler
+    does but with a clean exit code; it returns once one more request has been served."""
+    _fusemod._libfuse.fuse_exit(ctypes.c_void_p(address))
+
+
+@contextmanager
+def signals_kept() -> Iterator[None]:
+    """While mounting, keep the binding from setting SIGINT's handler to the default (both
+    bindings do, so that libfuse installs its own, which ends the loop with an error code): the
+    caller's handler stays (fuse/mount.py)."""
+    real = _fusemod.signal
+
+    def keep(sig, handler):  # type: ignore[no-untyped-def]
+        return _signal.getsignal(sig)
+
+    _fusemod.signal = keep
+    try:
+        yield
+    finally:
+        _fusemod.signal = real

@@ -8,8 +8,11 @@ import functools
 import hashlib
 import logging
 import os
+import select
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -135,6 +138,17 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     ``verify_reads`` False: mirrored reads are not checked against their checksums (only to
     measure what the check costs: bench/).
     """
+    stop = _StopSignals(mountpoint)  # first: every thread from here on blocks the signals
+    try:
+        _serve(stop, pool_path, mountpoint, read_only=read_only, allow_other=allow_other, threads=threads,
+               direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads)
+    finally:
+        stop.close()
+
+
+def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: bool, allow_other: bool,
+           threads: int, direct: bool, map_writes: bool, access: Access | None,
+           on_ready: Callable[[], None] | None, verify_reads: bool) -> None:
     _io_flusher()
     _steady_malloc()
     pool = Pool.open(pool_path)
@@ -167,6 +181,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
         options["ro"] = True
 
     def init_with_config(conn, config) -> None:  # type: ignore[no-untyped-def]
+        stop.serving(binding.current_session())
         if conn is not None and binding.LIBFUSE == 3:
             conn.max_write = REQUEST
             conn.max_readahead = REQUEST
@@ -175,7 +190,8 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
         ops.init("/")
     ops.init_with_config = init_with_config  # type: ignore[attr-defined]
     try:
-        with binding.callbacks_replaced(fast.install) if fast else contextlib.nullcontext():
+        with binding.callbacks_replaced(fast.install) if fast else contextlib.nullcontext(), \
+                binding.signals_kept():
             _FUSE(ops, mountpoint, **options)
     finally:
         ctl.stop()
@@ -183,6 +199,71 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
             os.unlink(pidfile)
         except OSError:
             pass
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT (a service stopped, Ctrl-C) end the mount as an unmount does: every
+    write flushed, exit 0. libfuse's own handlers would end its loop with an error code, and they
+    are installed only where a signal's handler is the default: ours are not (binding.py keeps the
+    binding from resetting SIGINT's). Our handlers cannot run while the main thread is in
+    libfuse's loop, but the interpreter writes each signal to a wakeup descriptor whichever thread
+    takes it; one thread of ours reads it, asks libfuse to stop and sends one request to wake its
+    loop."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.session = 0
+        self.received: int | None = None
+        self._lock = threading.Lock()
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._handlers = {s: signal.signal(s, lambda *_: None) for s in self.SIGNALS}
+        self._wakeup = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._wait, name="stop-signals", daemon=True)
+        self._thread.start()
+
+    def serving(self, session: int) -> None:
+        """The loop of libfuse instance ``session`` serves now (a signal before it stops it now)."""
+        with self._lock:
+            self.session = session
+            if self.received is not None:
+                self._stop()
+
+    def _wait(self) -> None:
+        while True:
+            select.select([self._r], [], [])
+            try:
+                got = os.read(self._r, 64)
+            except BlockingIOError:
+                continue
+            if not got or 0 in got:  # closed, or close()'s own byte
+                return
+            sig = got[-1]
+            log.info("%s: unmounting", signal.Signals(sig).name)
+            with self._lock:
+                self.received = sig
+                if self.session:
+                    self._stop()
+
+    def _stop(self) -> None:
+        binding.stop_session(self.session)
+        threading.Thread(target=self._wake, daemon=True).start()  # never under our lock: it is served
+
+    def _wake(self) -> None:
+        try:
+            os.listdir(self.mountpoint)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._wakeup)
+        for s, h in self._handlers.items():
+            signal.signal(s, h)
+        os.write(self._w, b"\0")
+        self._thread.join()
+        os.close(self._r)
+        os.close(self._w)
 
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,

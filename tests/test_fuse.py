@@ -397,3 +397,34 @@ def test_o_trunc_keeps_the_size_and_shared_mappings_are_refused(mnt, pool_path):
         m[8192:8199] = b"changed"  # a private copy: the LU keeps its bytes
         m.close()
     assert run_cli("lu", "read", "disk", "--offset", "8192", "--length", "12", pool=pool_path).stdout == b"private view"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_foreground_mount_stopped_by_a_signal_exits_0_with_every_write_kept(tmp_path, sig):
+    """What systemd (SIGTERM) and Ctrl-C (SIGINT) do to `mount --foreground`: an unmount, exit 0."""
+    import sys
+    pool = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "256M", pool=pool)
+    run_cli("lu", "create", "a", "--size", "8M", pool=pool)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", pool, "mount", "--foreground", str(mp)],
+                            stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if os.path.ismount(mp):
+                break
+            time.sleep(0.05)
+        data = os.urandom(3 << 20)
+        with open(mp / "a", "r+b") as f:
+            f.write(data)  # written, not flushed: the stop flushes it
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=60)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "error" not in err, err
+    assert not os.path.ismount(mp)
+    r = subprocess.run([sys.executable, "-m", "blockstore", "--pool", pool, "lu", "read", "a", "--length", "3M"],
+                       capture_output=True, check=True)
+    assert r.stdout == data
