@@ -167,10 +167,10 @@ class Pool:
     # -- LUs -------------------------------------------------------------------------------
 
     def create_lu(self, name: str, size: int | str, *, thick: bool = False, mirrored: bool = False) -> LU:
-        """Make LU ``name`` of ``size`` (thin; ``thick``: every extent allocated now;
+        """Make LU ``name`` of ``size`` (0 too: grown later; thin; ``thick``: every extent allocated now;
         ``mirrored``: with a copy in the second failure group). Returns a writable handle, which
         opens the LU when first used."""
-        self._engine.create_lu(name, size, thick=thick, mirrored=mirrored).close()
+        self._engine.create_lu(name, size, thick=thick, mirrored=mirrored, allow_empty=True).close()
         return LU(self._engine, name, writable=True)
 
     def lu(self, name: str, *, writable: bool = True) -> LU:
@@ -200,7 +200,7 @@ class Pool:
 
     def rollback(self, name: str, snap: str) -> None:
         """Make ``name`` again what it was at snapshot ``snap`` (a name, or ``NAME@SNAP``)."""
-        self._engine.rollback(name, snap.split("@", 1)[1] if snap.startswith(name + "@") else snap)
+        self._engine.rollback(name, snap)
 
     def flatten(self, name: str) -> int:
         """Give clone ``name`` its own copy of every extent it shares; returns extents copied."""

@@ -143,7 +143,10 @@ class Lifecycle:
         return rec
 
     def rollback(self, name: str, snap: str) -> None:
-        """Make ``name`` again what it was when ``name@snap`` was taken (size included)."""
+        """Make ``name`` again what it was when ``name@snap`` was taken (size included); ``snap``
+        is the snapshot's name or its whole ``NAME@SNAP`` (as rbd takes it)."""
+        if snap.startswith(name + "@"):
+            snap = snap[len(name) + 1:]
         full = snapshot_name(name, snap)
         with self.pool.lock, self.pool.writer(name) as lu:
             with self.pool.meta.read() as txn:
@@ -168,9 +171,16 @@ class Lifecycle:
     def flatten(self, name: str) -> int:
         """Copy every extent ``name`` shares into its own, and drop its parent link.
 
-        Returns the number of extents copied.
+        Returns the number of extents copied. Only a clone has a parent to let go of: an LU
+        shares extents with its own snapshots alone, and copying those would only double the
+        space it takes (refused, as rbd refuses flattening an image without a parent).
         """
         with self.pool.lock, self.pool.writer(name) as lu:
+            with self.pool.meta.read() as txn:
+                kind = self.pool.record(txn, name)["kind"]
+            if kind != "clone":
+                raise InvalidArgument(f"{name!r} is not a clone: it has no parent to stop sharing with "
+                                      f"(what it shares, it shares with its own snapshots)")
             copied = lu.copy_shared()
 
             def change(txn: lmdb.Transaction) -> None:

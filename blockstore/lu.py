@@ -522,6 +522,20 @@ class LU:
             what = "a snapshot" if self.kind == "snapshot" else "open read-only"
             raise ReadOnly(f"LU {self.name!r} is {what}")
 
+    def reserve(self, offset: int, length: int) -> None:
+        """Take up front every extent a write of bytes ``[offset, offset + length)`` may need, so
+        that one arriving in pieces is refused whole (PoolFull, nothing written) rather than half
+        applied. The extents stay this session's until used or the next commit returns them."""
+        self._check(offset, length)
+        self._check_writable()
+        if length == 0:
+            return
+        with self._lock:
+            exts = np.arange(offset // self._E, (offset + length - 1) // self._E + 1, dtype=np.int64)
+            need = int(np.count_nonzero(~self._map.writable_in_place(exts)))
+            if need:
+                self._alloc.ensure(need)
+
     def _reserve_for(self, pieces: list[tuple[int, int, int, int]]) -> None:
         """Take every extent a multi-extent write may need up front, so ENOSPC leaves it unapplied."""
         exts = np.array([p[0] for p in pieces], np.int64)

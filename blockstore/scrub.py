@@ -19,7 +19,7 @@ import lmdb
 import numpy as np
 
 from . import native
-from .errors import BlockstoreError, Busy, InvalidArgument
+from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument
 from .locks import HolderLock, is_held
 from .names import split_snapshot
 from .storage.datafile import DataFile
@@ -61,6 +61,9 @@ def replace(pool: "Pool", group: int = 1, directory: str | None = None, progress
         path = os.path.join(os.path.abspath(directory), "data") if directory else old_path
         if directory and os.path.abspath(directory) == os.path.dirname(pool.groups.path(cfg, 1 - group)):
             raise InvalidArgument("the new copy must be outside the other failure group")
+        if directory and path != old_path and os.path.lexists(path):
+            # as `failgrp add` refuses: the rename at the end would replace that file
+            raise AlreadyExists(f"{os.path.abspath(directory)} already holds a data file")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".rebuild"
         if os.path.exists(tmp):

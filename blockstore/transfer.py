@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -36,7 +37,11 @@ def import_file(pool: Pool, name: str, path: str, progress: Callable[[int, int],
     except OSError as e:
         raise BlockstoreError(f"cannot read {path}: {e.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise InvalidArgument(f"{path} is {what}: give a raw image file (or - and a pipe)")
+        size = st.st_size
         if size == 0:
             raise InvalidArgument(f"{path} is empty")
         with _filling(pool, name, -(-size // SECTOR) * SECTOR) as lu:

@@ -65,10 +65,10 @@ def test_lifecycle_commands(cli_pool):
 
 BAD = [
     (["pool", "create", "--size", "-1G"], 2),
-    (["lu", "create", "x", "--size", "0"], 2),
+    (["lu", "create", "x", "--size", "-1"], 2),
     (["lu", "create", "x", "--size", "banana"], 2),
     (["lu", "create", "x", "--size", "99999999T"], 2),
-    (["lu", "create", "x", "--size", "1000"], 1),          # not a multiple of 512
+    (["lu", "create", "x", "--size", "1000"], 2),          # not a multiple of 512: a usage error
     (["lu", "create", "", "--size", "1M"], 1),
     (["lu", "create", "x" * 65, "--size", "1M"], 1),
     (["lu", "create", "a/b", "--size", "1M"], 1),

@@ -271,11 +271,11 @@ class PoolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def flatten(self, data):
-        """Any target: a clone (also of a snapshot) stops sharing; an LU has nothing to copy; a
-        snapshot or a sealed image is refused."""
+        """Any target: a clone (also of a snapshot) stops sharing; an LU (no parent), a snapshot
+        or a sealed image is refused."""
         clones = sorted(n for n, k in self.kind.items() if k == "clone")
         name = data.draw(st.sampled_from(clones if clones and data.draw(st.booleans()) else sorted(self.model)))
-        if not self.changeable(name):
+        if not self.changeable(name) or self.kind.get(name) != "clone":
             return self.refused(lambda: self.pool.flatten(name))
         try:
             self.pool.flatten(name)

@@ -29,7 +29,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+        if action.default not in (None, False, argparse.SUPPRESS, []) and "default" not in text and action.option_strings:
             text += " (default: %(default)s)"
         return text
 
@@ -39,6 +39,17 @@ def size(text: str) -> int:
         return parse_size(text)
     except InvalidArgument as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def lu_size(text: str) -> int:
+    """An LU's size: whole 512-byte sectors (0: an empty LU, grown later)."""
+    try:
+        n = parse_size(text, allow_zero=True)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n % 512:
+        raise argparse.ArgumentTypeError(f"an LU's size is a multiple of 512 bytes, not {n}")
+    return n
 
 
 def offset(text: str) -> int:

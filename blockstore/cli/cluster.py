@@ -147,8 +147,8 @@ def _events(args: argparse.Namespace, pool: str) -> int:
     def show(ev: dict[str, Any]) -> None:
         if kinds is None or ev["kind"] in kinds or ev["kind"] == DAMAGED:
             print(json.dumps(ev, sort_keys=True) if args.json else _event_text(ev), flush=True)
+    evs = EventLog(pool).events(args.since)
     if not args.follow:
-        evs = EventLog(pool).events(args.since)
         if args.json:
             print(json.dumps([e for e in evs if kinds is None or e["kind"] in kinds or e["kind"] == DAMAGED],
                              indent=2, sort_keys=True))
@@ -160,7 +160,20 @@ def _events(args: argparse.Namespace, pool: str) -> int:
             print(f"blockstore: event {ev['seq']}: {ev['data']['file']} is {ev['data']['why']}; skipped",
                   file=sys.stderr)
         return 4 if damaged else 0
+    # the backlog first, from the pool, whether or not a primary is up to send what follows
+    for ev in evs:
+        show(ev)
+    since = max([args.since] + [e["seq"] for e in evs])
+    from ..cluster import election
     from ..cluster.client import EventClient
-    for ev in EventClient(pool, kinds=args.kind, since=args.since):
+    store = config.open_store(pool)
+    try:
+        up = store.get(election.LOCK) is not None  # the primary's lock lives as long as its lease
+    finally:
+        store.close()
+    if not up:
+        print(f"blockstore: no primary is up; waiting for one to follow events after {since} "
+              f"(start a node: blockstore node start NAME)", file=sys.stderr, flush=True)
+    for ev in EventClient(pool, kinds=args.kind, since=since, wait=float("inf")):
         show(ev)
     return 0

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import AlreadyExists, InvalidArgument
@@ -15,7 +18,7 @@ from ..pool import Pool
 from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import export_file, export_stream, import_file, import_stream
-from .args import SIZE, command, group, length, offset, size
+from .args import SIZE, command, group, length, lu_size, offset
 from .output import columns, done, emit, progress, sized, when
 
 STDIN_STEP = 1 << 20
@@ -28,7 +31,8 @@ def add(top: Any) -> None:
     c = command(sub, "create", "a new thin LU (it reads as zeros; space is taken as it is written)",
                 "lu create disk0 --size 10G", "lu create db --size 100G --mirrored", json=True)
     c.add_argument("name", help="the LU's name (letters, digits, . _ -)")
-    c.add_argument("--size", type=size, required=True, help=f"the LU's size ({SIZE}; a multiple of 512)")
+    c.add_argument("--size", type=lu_size, required=True,
+                   help=f"the LU's size ({SIZE}; a multiple of 512; 0 for an empty LU, grown later)")
     c.add_argument("--thick", action="store_true", help="reserve every extent now")
     c.add_argument("--mirrored", action="store_true", help="keep a redundant copy in the second failure group")
     c = command(sub, "list", "LUs, clones and snapshots (image LUs only with --kind image or all)",
@@ -46,7 +50,7 @@ def add(top: Any) -> None:
     r = command(sub, "resize", "grow an LU (live, also while mounted), or shrink it with --force",
                 "lu resize disk0 --size 20G", json=True)
     r.add_argument("name", help="NAME")
-    r.add_argument("--size", type=size, required=True, help=f"the new size ({SIZE})")
+    r.add_argument("--size", type=lu_size, required=True, help=f"the new size ({SIZE}; a multiple of 512)")
     r.add_argument("--force", action="store_true", help="allow a shrink (what lies past the new end is lost)")
     r = command(sub, "rm", "remove an LU, or one snapshot (NAME@SNAP)", "lu rm disk0@monday", "lu rm disk0 -r",
                 json=True)
@@ -63,7 +67,7 @@ def add(top: Any) -> None:
     s = command(sub, "rollback", "return NAME to its snapshot SNAP (what was written since is lost)",
                 "lu rollback disk0 monday", json=True)
     s.add_argument("name", help="NAME")
-    s.add_argument("snap", help="SNAP, a snapshot of NAME")
+    s.add_argument("snap", help="SNAP (or NAME@SNAP), a snapshot of NAME")
     s = command(sub, "flatten", "a clone copies what it shares and stops depending on its parent",
                 "lu flatten test1", json=True)
     s.add_argument("name", help="NAME")
@@ -205,7 +209,7 @@ def _diff(args: argparse.Namespace, pool: Pool) -> None:
 # -- changing ----------------------------------------------------------------------------------------
 
 def _create(args: argparse.Namespace, pool: Pool) -> None:
-    with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored):
+    with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored, allow_empty=True):
         pass
     info = pool.lu_info(args.name)
     done(args, info, f"created LU {args.name} of {format_size(info['size'])}"
@@ -214,7 +218,7 @@ def _create(args: argparse.Namespace, pool: Pool) -> None:
 
 def _resize(args: argparse.Namespace, pool: Pool) -> None:
     old = pool.lu_info(args.name)["size"]
-    pool.resize(args.name, args.size, force=args.force)
+    pool.resize(args.name, args.size, force=args.force, allow_empty=True)
     info = pool.lu_info(args.name)
     done(args, info, f"{args.name} resized from {format_size(old)} to {format_size(info['size'])}")
 
@@ -236,7 +240,8 @@ def _clone(args: argparse.Namespace, pool: Pool) -> None:
 
 def _rollback(args: argparse.Namespace, pool: Pool) -> None:
     pool.rollback(args.name, args.snap)
-    done(args, pool.lu_info(args.name), f"{args.name} is back at {args.name}@{args.snap}")
+    snap = args.snap if args.snap.startswith(args.name + "@") else f"{args.name}@{args.snap}"
+    done(args, pool.lu_info(args.name), f"{args.name} is back at {snap}")
 
 
 def _flatten(args: argparse.Namespace, pool: Pool) -> None:
@@ -250,12 +255,18 @@ def _rename(args: argparse.Namespace, pool: Pool) -> None:
 
 
 def _mirror(args: argparse.Namespace, pool: Pool) -> None:
+    if pool.lu_info(args.name)["mirrored"] and "@" not in args.name:
+        done(args, pool.lu_info(args.name), f"{args.name} is mirrored already: nothing to do")
+        return
     with progress(args, f"mirror {args.name}", unit_bytes=pool.extent_size) as step:
         n = pool.set_mirrored(args.name, True, progress=step)
     done(args, pool.lu_info(args.name), f"{args.name} is mirrored ({n} extent(s) copied)")
 
 
 def _unmirror(args: argparse.Namespace, pool: Pool) -> None:
+    if not pool.lu_info(args.name)["mirrored"] and "@" not in args.name:
+        done(args, pool.lu_info(args.name), f"{args.name} is not mirrored: nothing to do")
+        return
     pool.set_mirrored(args.name, False)
     done(args, pool.lu_info(args.name), f"{args.name} is no longer mirrored")
 
@@ -289,6 +300,8 @@ def _discard(args: argparse.Namespace, pool: Pool) -> None:
 
 def _span(args: argparse.Namespace, lu_size: int) -> tuple[int, int]:
     """``--offset``/``--length`` as a byte range within the LU, or a refusal naming both."""
+    if args.offset > lu_size:
+        raise InvalidArgument(f"--offset {format_size(args.offset)} is past the end of {args.name} ({sized(lu_size)})")
     end = lu_size if args.length is None else args.offset + args.length
     if args.offset > lu_size or end > lu_size:
         raise InvalidArgument(f"--offset {format_size(args.offset)} --length {format_size(end - args.offset)} "
@@ -299,11 +312,13 @@ def _span(args: argparse.Namespace, lu_size: int) -> tuple[int, int]:
 # -- data in and out ---------------------------------------------------------------------------------
 
 def _is_stream(path: str) -> bool:
-    """``-`` (stdin or stdout), or a path that is no regular file: a pipe, /dev/stdout."""
+    """``-`` (stdin or stdout), or a path that is no regular file (nor a directory, which the
+    file's path refuses in words): a pipe, /dev/stdout."""
     if path == "-":
         return True
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
+        return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
     except FileNotFoundError:
         return False
 
@@ -324,25 +339,51 @@ def _import(args: argparse.Namespace, pool: Pool) -> None:
                                         f"{format_size(alloc)} mapped, {time.monotonic() - t:.2f}s")
 
 
+def _binary_stdout(what: str) -> None:
+    """Refuse to write an LU's bytes onto a terminal, as rbd export does."""
+    if sys.stdout.isatty():
+        raise InvalidArgument(f"refusing to write {what} to a terminal: redirect it (> FILE, | CMD) or name a file")
+
+
+@contextmanager
+def _replacing(path: str, force: bool) -> Iterator[str]:
+    """A temporary name beside ``path`` to write, renamed to ``path`` when the block completes
+    and removed when it does not: an interrupted export leaves no file that looks whole, and a
+    failed one leaves nothing that a retry would have to --force."""
+    if os.path.lexists(path) and not force:
+        raise AlreadyExists(f"{path} exists; add --force to overwrite it")
+    where, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(where, f".{name}.part-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _export(args: argparse.Namespace, pool: Pool) -> None:
     stream = _is_stream(args.file)
-    if not stream and os.path.exists(args.file) and not args.force:
-        raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
+    if args.file == "-":
+        _binary_stdout(f"{args.name}'s bytes")
     with pool.lu(args.name, writable=False) as lu:
         if stream:
             fd = os.dup(sys.stdout.fileno()) if args.file == "-" else os.open(args.file, os.O_WRONLY)
             with progress(args, f"export {args.name}") as step, os.fdopen(fd, "wb") as out:
                 export_stream(lu, out, progress=step)
         else:
-            with progress(args, f"export {args.name}", unit_bytes=lu.extent_size) as step:
-                export_file(lu, args.file, progress=step)
+            with progress(args, f"export {args.name}", unit_bytes=lu.extent_size) as step, \
+                    _replacing(args.file, args.force) as tmp:
+                export_file(lu, tmp, progress=step)
     if not stream:
         done(args, {"name": args.name, "file": args.file, "size": lu.size},
              f"exported {args.name} to {args.file} ({format_size(lu.size)})")
 
 
-def _bounded_stdin(room: int, name: str) -> BinaryIO:
-    """Stdin as a file that holds at most ``room`` bytes, or a refusal before anything is written.
+def _bounded_stdin(room: int, name: str) -> tuple[BinaryIO, int]:
+    """Stdin as a file that holds at most ``room`` bytes, and its length; or a refusal before
+    anything is written.
 
     A pipe's length is unknown until its end, so it is spooled to a temporary file first: a
     write that would run past the LU's end is refused whole instead of half-applied.
@@ -367,12 +408,13 @@ def _bounded_stdin(room: int, name: str) -> BinaryIO:
         src.seek(0)
     if n > room:
         raise InvalidArgument(f"the data runs past the end of {name} ({sized(room)} fit after the offset)")
-    return src
+    return src, n
 
 
 def _write(args: argparse.Namespace, pool: Pool) -> None:
     with pool.lu(args.name) as lu:
-        src = _bounded_stdin(max(0, lu.size - args.offset), args.name)
+        src, n = _bounded_stdin(max(0, lu.size - args.offset), args.name)
+        lu.reserve(args.offset, n)  # the pool's room for all of it, before any of it is written
         pos = args.offset
         while chunk := src.read(STDIN_STEP):
             lu.write(pos, chunk)
@@ -383,6 +425,7 @@ def _write(args: argparse.Namespace, pool: Pool) -> None:
 
 
 def _read(args: argparse.Namespace, pool: Pool) -> None:
+    _binary_stdout(f"{args.name}'s bytes")
     with pool.lu(args.name, writable=False) as lu:
         start, end = _span(args, lu.size)
         out = sys.stdout.buffer
@@ -393,10 +436,13 @@ def _read(args: argparse.Namespace, pool: Pool) -> None:
 
 def _export_diff(args: argparse.Namespace, pool: Pool) -> None:
     from ..diff import export_diff, open_stream
-    if args.file != "-" and os.path.exists(args.file) and not args.force:
-        raise AlreadyExists(f"{args.file} exists; add --force to overwrite it")
-    with open_stream(args.file, "w") as out:
-        d = export_diff(pool, args.name, args.since, out)
+    if args.file == "-":
+        _binary_stdout("a diff stream")
+        with open_stream("-", "w") as out:
+            d = export_diff(pool, args.name, args.since, out)
+    else:
+        with _replacing(args.file, args.force) as tmp, open_stream(tmp, "w") as out:
+            d = export_diff(pool, args.name, args.since, out)
     if args.file != "-":
         done(args, d, f"wrote {len(d['ranges'])} range(s), {format_size(d['changed'])} changed from "
                       f"{split_snapshot(args.name)[0]}@{args.since} to {args.name}, to {args.file}")

@@ -19,7 +19,7 @@ def add(top: Any) -> None:
                 "--pool /srv/pool pool create --size 1T --mirror-dir /mnt/disk2/pool-fg1", json=True)
     c.add_argument("--size", type=size, required=True, help=f"capacity of the pool's data file ({SIZE})")
     c.add_argument("--extent-size", type=size, default="1M", metavar="SIZE",
-                   help="the unit of allocation and copy on write, a power of two from 4K to 16M")
+                   help="the unit of allocation and copy on write, a power of two from 64K to 16M")
     c.add_argument("--threshold", type=fraction, default="80%",
                    help="warn when this much is allocated (0.8 or 80%%)")
     c.add_argument("--mirror-dir", metavar="DIR", help="a second failure group for mirrored LUs (another disk)")
