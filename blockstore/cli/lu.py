@@ -2,24 +2,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from ..errors import AlreadyExists, InvalidArgument
+from ..errors import InvalidArgument
 from ..names import split_snapshot
 from ..pool import Pool
 from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import export_file, export_stream, import_file, import_stream
 from .args import SIZE, command, group, length, lu_size, offset
-from .output import columns, done, emit, progress, sized, when
+from .output import binary_stdout, columns, done, emit, progress, replacing, sized, when
 
 STDIN_STEP = 1 << 20
 #: ``lu list --kind``: what each kind selects. Image LUs are hidden unless asked for.
@@ -339,34 +336,10 @@ def _import(args: argparse.Namespace, pool: Pool) -> None:
                                         f"{format_size(alloc)} mapped, {time.monotonic() - t:.2f}s")
 
 
-def _binary_stdout(what: str) -> None:
-    """Refuse to write an LU's bytes onto a terminal, as rbd export does."""
-    if sys.stdout.isatty():
-        raise InvalidArgument(f"refusing to write {what} to a terminal: redirect it (> FILE, | CMD) or name a file")
-
-
-@contextmanager
-def _replacing(path: str, force: bool) -> Iterator[str]:
-    """A temporary name beside ``path`` to write, renamed to ``path`` when the block completes
-    and removed when it does not: an interrupted export leaves no file that looks whole, and a
-    failed one leaves nothing that a retry would have to --force."""
-    if os.path.lexists(path) and not force:
-        raise AlreadyExists(f"{path} exists; add --force to overwrite it")
-    where, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(where, f".{name}.part-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _export(args: argparse.Namespace, pool: Pool) -> None:
     stream = _is_stream(args.file)
     if args.file == "-":
-        _binary_stdout(f"{args.name}'s bytes")
+        binary_stdout(f"{args.name}'s bytes")
     with pool.lu(args.name, writable=False) as lu:
         if stream:
             fd = os.dup(sys.stdout.fileno()) if args.file == "-" else os.open(args.file, os.O_WRONLY)
@@ -374,7 +347,7 @@ def _export(args: argparse.Namespace, pool: Pool) -> None:
                 export_stream(lu, out, progress=step)
         else:
             with progress(args, f"export {args.name}", unit_bytes=lu.extent_size) as step, \
-                    _replacing(args.file, args.force) as tmp:
+                    replacing(args.file, args.force) as tmp:
                 export_file(lu, tmp, progress=step)
     if not stream:
         done(args, {"name": args.name, "file": args.file, "size": lu.size},
@@ -425,7 +398,7 @@ def _write(args: argparse.Namespace, pool: Pool) -> None:
 
 
 def _read(args: argparse.Namespace, pool: Pool) -> None:
-    _binary_stdout(f"{args.name}'s bytes")
+    binary_stdout(f"{args.name}'s bytes")
     with pool.lu(args.name, writable=False) as lu:
         start, end = _span(args, lu.size)
         out = sys.stdout.buffer
@@ -437,11 +410,11 @@ def _read(args: argparse.Namespace, pool: Pool) -> None:
 def _export_diff(args: argparse.Namespace, pool: Pool) -> None:
     from ..diff import export_diff, open_stream
     if args.file == "-":
-        _binary_stdout("a diff stream")
+        binary_stdout("a diff stream")
         with open_stream("-", "w") as out:
             d = export_diff(pool, args.name, args.since, out)
     else:
-        with _replacing(args.file, args.force) as tmp, open_stream(tmp, "w") as out:
+        with replacing(args.file, args.force) as tmp, open_stream(tmp, "w") as out:
             d = export_diff(pool, args.name, args.since, out)
     if args.file != "-":
         done(args, d, f"wrote {len(d['ranges'])} range(s), {format_size(d['changed'])} changed from "

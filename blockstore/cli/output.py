@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import AlreadyExists, InvalidArgument
 from ..sizes import format_size
 
 
@@ -72,3 +75,27 @@ def progress(args: argparse.Namespace, label: str, total: int = 0, unit_bytes: i
         yield step
     finally:
         bar.close()
+
+
+def binary_stdout(what: str) -> None:
+    """Refuse to write an LU's bytes onto a terminal, as rbd export does."""
+    if sys.stdout.isatty():
+        raise InvalidArgument(f"refusing to write {what} to a terminal: redirect it (> FILE, | CMD) or name a file")
+
+
+@contextmanager
+def replacing(path: str, force: bool) -> Iterator[str]:
+    """A temporary name beside ``path`` to write, renamed to ``path`` when the block completes
+    and removed when it does not: an interrupted export leaves no file that looks whole, and a
+    failed one leaves nothing that a retry would have to --force."""
+    if os.path.lexists(path) and not force:
+        raise AlreadyExists(f"{path} exists; add --force to overwrite it")
+    where, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(where, f".{name}.part-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

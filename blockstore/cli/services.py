@@ -3,6 +3,7 @@ client partitions, captured OS images and the partitions deployed from them)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from ..pool import Pool
 from ..sizes import format_size
 from .args import SIZE, command, group, size
-from .output import columns, done, emit, progress
+from .output import binary_stdout, columns, done, emit, progress, replacing
 
 GROUPS = ("cec", "paging", "image", "partition")
 
@@ -62,6 +63,12 @@ def add(top: Any) -> None:
     command(pt, "list", "partitions and their state", "partition list", json=True)
     c = command(pt, "show", "one partition and its LUs", "partition show web1", json=True)
     c.add_argument("name", help="the partition")
+    c = command(pt, "export", "the partition's tree as a tar archive: files as it holds them, links, "
+                "devices, modes, owners, times", "partition export web1 web1.tar",
+                "partition export web1 - | tar -x -C /mnt/web1", json=True)
+    c.add_argument("name", help="the partition")
+    c.add_argument("file", help="where to write it; - for stdout")
+    c.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
 
 
 def run(args: argparse.Namespace, pool: Pool) -> int:
@@ -106,6 +113,16 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         emit(args, rows, columns(["PARTITION", "STATE", "IMAGE", "CEC"],
                                  [[r["name"], r["state"], r["image"], r["cec"] or "-"] for r in rows],
                                  empty="no partitions"))
+    elif cmd == ("partition", "export"):
+        if args.file == "-":
+            binary_stdout("a tar archive")
+            with os.fdopen(os.dup(sys.stdout.fileno()), "wb") as out:
+                images.export_partition(pool, args.name, out)
+        else:
+            with replacing(args.file, args.force) as tmp, open(tmp, "wb") as out:
+                rep = images.export_partition(pool, args.name, out)
+            done(args, rep, f"wrote partition {args.name} to {args.file}: {rep['entries']} entries, "
+                            f"{format_size(rep['bytes'])} of files")
     elif cmd == ("partition", "show"):
         info = images.show_partition(pool, args.name)
         emit(args, info, "\n".join([f"partition {info['name']}: {info['state']}, image {info['image']}, "
@@ -123,7 +140,8 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
             def each(path: str, done_: int, size_: int, total_done: int, total: int) -> None:
                 step(total_done, total)
             info = images.import_image(pool, args.src, args.name, each)
-        done(args, info, f"imported {args.name}: {info['files']} file(s), {format_size(info['logical'])} logical, "
+        done(args, info, f"imported {args.name}: {info['files']} file(s), {info['dirs']} dir(s), {info['links']} "
+                         f"link(s), {info['special']} device(s) and FIFO(s), {format_size(info['logical'])} logical, "
                          f"{format_size(info['allocated'])} allocated, {time.monotonic() - t:.2f}s")
     elif args.cmd == "list":
         rows = images.list_images(pool)
@@ -137,7 +155,9 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
                              ["HANDLE", "PATH", "SIZE", "ROLE", "XXH128", "LU", "AT"],
                              [[f["handle"], f["path"], format_size(f["size"]), f["role"], f["xxh128"], f["lu"],
                                str(f["offset"]) if f["packed"] else "-"] for f in info["file_list"]])
-                         + "\n(AT: the byte offset of a small file packed with others into one LU)")
+                         + "\n(AT: the byte offset of a small file packed with others into one LU)"
+                         + "".join(f"\n{e['kind']:<8} {e['path']}" + (f" -> {e['target']}" if "target" in e else "")
+                                   for e in info["tree"] if e["kind"] != "dir"))
     elif args.cmd == "rm":
         images.remove_image(pool, args.name)
         done(args, {"removed": args.name}, f"removed image {args.name}")

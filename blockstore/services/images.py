@@ -32,7 +32,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
@@ -61,6 +61,34 @@ class SourceFile:
     size: int
     ranges: list[tuple[int, int]]  # byte ranges holding data
     opener: Callable[[], IO[bytes]]
+    meta: dict[str, int] = field(default_factory=dict)  # mode, uid, gid, mtime_ns (as _meta gives)
+
+
+#: What an image records of an entry that is not a regular file's bytes: its kind, and for a
+#: link its target (a symbolic link's text, never followed; a hard link's first name in the image).
+KINDS = ("dir", "symlink", "hardlink", "char", "block", "fifo")
+
+
+@dataclass
+class TreeEntry:
+    path: str
+    kind: str                                 # one of KINDS
+    meta: dict[str, int]
+    target: str | None = None                 # symlink: its text; hardlink: the path it is another name of
+    rdev: tuple[int, int] | None = None       # char, block: (major, minor)
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "kind": self.kind, **self.meta}
+        if self.target is not None:
+            out["target"] = self.target
+        if self.rdev is not None:
+            out["rdev"] = list(self.rdev)
+        return out
+
+
+def _meta(mode: int, uid: int, gid: int, mtime_ns: int) -> dict[str, int]:
+    """An entry's permission bits (with setuid, setgid and sticky), owner and modification time."""
+    return {"mode": stat.S_IMODE(mode), "uid": uid, "gid": gid, "mtime_ns": mtime_ns}
 
 
 def handle_of(image: str, path: str) -> str:
@@ -98,9 +126,13 @@ def pack_layout(sizes: list[int]) -> tuple[list[int], int]:
 
 # -- discovery ----------------------------------------------------------------------------------
 
+Found = tuple[list[SourceFile], list[TreeEntry], dict[str, Any] | None]
+
+
 @contextmanager
-def discover(src: str) -> Iterator[tuple[list[SourceFile], dict[str, Any] | None]]:
-    """The files of a captured image and its manifest; refuses anything unsafe or unreadable."""
+def discover(src: str) -> Iterator[Found]:
+    """The files of a captured image, the rest of its tree (directories, links, devices, FIFOs:
+    recorded, never followed or read) and its manifest; refuses anything unreadable."""
     if os.path.isdir(src):
         try:
             root = os.open(src, _DIR)
@@ -157,15 +189,19 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 Chain = tuple[tuple[str, tuple[int, int]], ...]
 
 
-def _discover_dir(root: int) -> tuple[list[SourceFile], dict[str, Any] | None]:
+def _discover_dir(root: int) -> Found:
     """Walk the image from the descriptor of its root, never by path: whoever owns the source
     may swap a directory for a symbolic link at any moment. Each directory is opened relative to
     its parent's descriptor without following a link and must be the directory (device, inode)
     seen when its parent was read; only one directory is open at a time besides the root (an
     image of any number of directories, nested to any depth, takes no more descriptors, and the
     walk keeps its own list of directories to visit instead of recursing). Links are not
-    followed at all. Each file is later reopened the same way and must still be the same inode."""
+    followed at all: a symbolic link is recorded by its text, a file's second name as a hard link
+    to its first, a device or FIFO by its kind (sockets are left out, as tar leaves them). Each
+    file is later reopened the same way and must still be the same inode."""
     files: list[SourceFile] = []
+    tree: list[TreeEntry] = []
+    first_name: dict[tuple[int, int], str] = {}  # (device, inode) of a file with several names
     manifest = None
     todo: list[tuple[Chain, str]] = [((), "")]
     while todo:
@@ -176,14 +212,28 @@ def _discover_dir(root: int) -> tuple[list[SourceFile], dict[str, Any] | None]:
             for name in sorted(e.name for e in os.scandir(dfd)):
                 rel = prefix + name
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    raise InvalidArgument(f"{rel} is a symbolic link: an image is read without following "
-                                          "links, so none can point outside the image")
-                if stat.S_ISDIR(st.st_mode):
+                meta = _meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+                kind = _kind(st.st_mode)
+                if kind == "dir":
+                    tree.append(TreeEntry(rel, kind, meta))
                     subdirs.append((chain + ((name, (st.st_dev, st.st_ino)),), rel + "/"))
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    raise InvalidArgument(f"{rel} is not a regular file")
+                if kind == "symlink":
+                    tree.append(TreeEntry(rel, kind, meta, target=os.readlink(name, dir_fd=dfd)))
+                    continue
+                if kind in ("char", "block"):
+                    tree.append(TreeEntry(rel, kind, meta, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))))
+                    continue
+                if kind != "file":
+                    if kind == "fifo":
+                        tree.append(TreeEntry(rel, kind, meta))
+                    continue
+                if st.st_nlink > 1 and rel != MANIFEST:
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in first_name:
+                        tree.append(TreeEntry(rel, "hardlink", meta, target=first_name[ident]))
+                        continue
+                    first_name[ident] = rel
                 try:
                     fd = _open_in(dfd, name, rel, (st.st_dev, st.st_ino))
                     try:
@@ -199,13 +249,22 @@ def _discover_dir(root: int) -> tuple[list[SourceFile], dict[str, Any] | None]:
                 except OSError as e:
                     raise BlockstoreError(f"cannot read {rel}: {e.strerror}") from None
                 files.append(SourceFile(rel, size, ranges, functools.partial(
-                    _reopen, root, chain, prefix, name, (st.st_dev, st.st_ino))))
+                    _reopen, root, chain, prefix, name, (st.st_dev, st.st_ino)), meta))
             todo.extend(reversed(subdirs))  # depth first, in name order
         finally:
             if dfd != root:
                 os.close(dfd)
     files.sort(key=lambda f: f.path.split("/"))  # the order a recursive walk in name order gives
-    return files, manifest
+    tree.sort(key=lambda e: e.path.split("/"))
+    return files, tree, manifest
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo")):
+        if test(mode):
+            return kind
+    return "socket"
 
 
 def _open_chain(root: int, chain: Chain, where: str) -> int:
@@ -263,48 +322,61 @@ def _member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> IO[bytes]:
     return f
 
 
-def _discover_tar(tar: tarfile.TarFile) -> tuple[list[SourceFile], dict[str, Any] | None]:
-    files: list[SourceFile] = []
+def _discover_tar(tar: tarfile.TarFile) -> Found:
+    """The members of a tar archive as an image: a symbolic link by its text (never followed),
+    a hard link as another name of a file member before it, directories, devices and FIFOs
+    recorded; a member named with an absolute or escaping path is refused (it would land outside
+    the partition's tree). A later member of the same name replaces an earlier one, as tar does."""
+    files: dict[str, SourceFile] = {}
+    tree: dict[str, TreeEntry] = {}
     manifest = None
-    members: dict[str, tarfile.TarInfo] = {}
     for m in tar.getmembers():
-        name = m.name
-        parts = name.split("/")
-        if name.startswith("/") or ".." in parts:
-            raise InvalidArgument(f"tar member {name!r} has an absolute or escaping path")
-        if m.issym() or m.islnk():
-            dest = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
-            if m.linkname.startswith("/") or dest.startswith(".."):
-                raise InvalidArgument(f"tar member {name!r} links outside the image")
-        members[os.path.normpath(name)] = m
-    for name, m in sorted(members.items()):
-        target = m
-        seen = 0
-        while target.issym() or target.islnk():
-            key = target.linkname if target.islnk() else os.path.normpath(
-                os.path.join(os.path.dirname(target.name), target.linkname))
-            found = members.get(key)
-            seen += 1
-            if found is None or seen > 16:
-                raise InvalidArgument(f"tar member {name!r} links to nothing in the image")
-            target = found
-        if target.isdir():
-            continue
-        if not target.isfile():
-            raise InvalidArgument(f"tar member {name!r} is not a regular file")
-        if name == MANIFEST:
-            manifest = _manifest(tar.extractfile(target).read())  # type: ignore[union-attr]
-            continue
-        # a sparse member (GNU or PAX) holds data only where its map says: count it by that
-        sparse: list[tuple[int, int]] | None = getattr(target, "sparse", None)  # (offset, length) pairs
-        ranges = [(o, o + n) for o, n in sparse if n] if sparse else ([(0, target.size)] if target.size else [])
-        files.append(SourceFile(name, target.size, ranges, functools.partial(_member, tar, target)))
-    return files, manifest
+        name = _member_path(m.name)
+        if name is None:
+            continue  # the archive's top directory itself
+        meta = _meta(m.mode, m.uid, m.gid, int(m.mtime * 1_000_000_000))
+        files.pop(name, None)
+        tree.pop(name, None)
+        if m.issym():
+            tree[name] = TreeEntry(name, "symlink", meta, target=m.linkname)
+        elif m.islnk():
+            target = _member_path(m.linkname)
+            if target is None or target not in files:
+                raise InvalidArgument(f"tar member {name!r} is a hard link to {m.linkname!r}, no file before it in the image")
+            tree[name] = TreeEntry(name, "hardlink", meta, target=target)
+        elif m.isdir():
+            tree[name] = TreeEntry(name, "dir", meta)
+        elif m.ischr() or m.isblk():
+            tree[name] = TreeEntry(name, "char" if m.ischr() else "block", meta, rdev=(m.devmajor, m.devminor))
+        elif m.isfifo():
+            tree[name] = TreeEntry(name, "fifo", meta)
+        elif m.isfile():
+            if name == MANIFEST:
+                manifest = _manifest(_member(tar, m).read())
+                continue
+            # a sparse member (GNU or PAX) holds data only where its map says: count it by that
+            sparse: list[tuple[int, int]] | None = getattr(m, "sparse", None)  # (offset, length) pairs
+            ranges = [(o, o + n) for o, n in sparse if n] if sparse else ([(0, m.size)] if m.size else [])
+            files[name] = SourceFile(name, m.size, ranges, functools.partial(_member, tar, m), meta)
+        else:
+            raise InvalidArgument(f"tar member {name!r} is of a kind an image cannot hold")
+    return (sorted(files.values(), key=lambda f: f.path.split("/")),
+            sorted(tree.values(), key=lambda e: e.path.split("/")), manifest)
 
 
-def _validate(pool: Pool, files: list[SourceFile], manifest: dict[str, Any] | None) -> dict[str, Any]:
-    if not files:
-        raise InvalidArgument("the image holds no files")
+def _member_path(name: str) -> str | None:
+    """A member's path in the image ("./etc/x" and "etc/x" alike), None for the top directory;
+    InvalidArgument for one that is absolute or climbs out."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise InvalidArgument(f"tar member {name!r} has an absolute or escaping path")
+    return "/".join(parts) or None
+
+
+def _validate(pool: Pool, files: list[SourceFile], tree: list[TreeEntry],
+              manifest: dict[str, Any] | None) -> dict[str, Any]:
+    if not files and not tree:
+        raise InvalidArgument("the image holds nothing")
     listed: dict[str, Any] = (manifest or {}).get("files", {})
     unknown = set(listed) - {f.path for f in files}
     if unknown:
@@ -333,14 +405,16 @@ def import_image(pool: Pool, src: str, name: str, progress: Progress = None) -> 
     old = pool.svc_get("image", name)
     if old is not None and old["state"] == "ready":
         raise AlreadyExists(f"an image named {name!r} already exists")
-    with discover(src) as (files, manifest):
-        listed = _validate(pool, files, manifest)
+    with discover(src) as (files, tree, manifest):
+        listed = _validate(pool, files, tree, manifest)
         if old is not None:
             _drop_luns(pool, old)  # the remains of an interrupted import
         entries: list[dict[str, Any]] = [{"path": f.path, "handle": handle_of(name, f.path), "size": f.size,
-                                          "role": listed.get(f.path, {}).get("role", "data")} for f in files]
+                                          "role": listed.get(f.path, {}).get("role", "data"), **f.meta}
+                                         for f in files]
         rec = {"name": name, "state": "importing", "source": os.path.abspath(src), "created": time.time(),
-               "manifest_name": (manifest or {}).get("name"), "files": entries}
+               "manifest_name": (manifest or {}).get("name"), "files": entries,
+               "tree": [e.record() for e in tree]}
         pool.svc_put("image", name, rec)
         total = sum(f.size for f in files)
         done = 0
@@ -590,8 +664,11 @@ def _summary(pool: Pool, rec: dict[str, Any]) -> dict[str, Any]:
     lus = {r["name"]: r for r in pool.list_lus()}
     logical = sum(f["size"] for f in rec["files"])
     allocated = sum(lus[lu]["allocated"] for lu in {f.get("lu") for f in rec["files"]} if lu in lus)
+    kinds = [e["kind"] for e in rec.get("tree", [])]
     return {"name": rec["name"], "files": len(rec["files"]), "logical": logical, "allocated": allocated,
-            "created": rec["created"],
+            "created": rec["created"], "dirs": kinds.count("dir"),
+            "links": kinds.count("symlink") + kinds.count("hardlink"),
+            "special": sum(kinds.count(k) for k in ("char", "block", "fifo")),
             "partitions": sorted(p["name"] for p in pool.svc_list("partition") if p["image"] == rec["name"])}
 
 
@@ -600,8 +677,17 @@ def show(pool: Pool, name: str) -> dict[str, Any]:
     out = _summary(pool, rec)
     out["manifest_name"] = rec.get("manifest_name")
     out["file_list"] = [{**{k: f.get(k) for k in ("path", "handle", "size", "role", "xxh128", "lu", "shared_extents")},
-                         "offset": f.get("offset", 0), "packed": "offset" in f} for f in rec["files"]]
+                         "offset": f.get("offset", 0), "packed": "offset" in f, **_meta_of(rec, f)}
+                        for f in rec["files"]]
+    out["tree"] = rec.get("tree", [])
     return out
+
+
+def _meta_of(rec: dict[str, Any], f: dict[str, Any]) -> dict[str, int]:
+    """A file's mode, owner and time; an image made before they were recorded: 0644, root's,
+    the image's time."""
+    return {"mode": f.get("mode", 0o644), "uid": f.get("uid", 0), "gid": f.get("gid", 0),
+            "mtime_ns": f.get("mtime_ns", int(rec["created"] * 1_000_000_000))}
 
 
 def remove_image(pool: Pool, name: str) -> None:
@@ -705,6 +791,66 @@ def show_partition(pool: Pool, name: str, lus: dict[str, LUInfo] | None = None) 
             "lus": [{"path": p, "lu": lu, "offset": at.get(p, 0), "length": lengths.get(p),
                      "size": lus[lu]["size"] if lu in lus else None,
                      "allocated": lus[lu]["allocated"] if lu in lus else None} for p, lu in sorted(rec["lus"].items())]}
+
+
+_TAR_TYPE = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+             "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
+
+
+def export_partition(pool: Pool, name: str, out: IO[bytes]) -> dict[str, Any]:
+    """Write partition ``name``'s tree to ``out`` as a tar stream (POSIX pax): every directory,
+    link, device and FIFO of its image, and every file with its bytes as the partition's own LUs
+    hold them now, each with its mode, owner and time. ``tar -x`` as root gives the tree back."""
+    rec = _partition(pool, name)
+    img = pool.svc_get("image", rec["image"])
+    if img is None:
+        raise NotFound(f"partition {name!r}'s image {rec['image']!r} is gone")
+    # in path order (a directory before what it holds), hard links last (each after its file)
+    items = sorted([(f["path"], f, None) for f in img["files"]] + [(e["path"], None, e) for e in img.get("tree", [])],
+                   key=lambda it: (it[2] is not None and it[2]["kind"] == "hardlink", it[0].split("/")))
+    opened: dict[str, LU] = {}
+    written = 0
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path, f, e in items:
+                info = tarfile.TarInfo(path)
+                meta = _meta_of(img, f) if f is not None else e
+                assert meta is not None
+                info.mode, info.uid, info.gid = meta["mode"], meta["uid"], meta["gid"]
+                ns = meta["mtime_ns"]
+                info.mtime = ns // 1_000_000_000 if ns % 1_000_000_000 == 0 else ns / 1e9
+                if f is not None:
+                    lu_name = rec["lus"][path]
+                    if lu_name not in opened:
+                        opened[lu_name] = pool.open_lu(lu_name, writable=False)
+                    info.size = f["size"]
+                    tar.addfile(info, _Slice(opened[lu_name], f.get("offset", 0), f["size"]))
+                    written += f["size"]
+                    continue
+                assert e is not None
+                info.type = _TAR_TYPE[e["kind"]]
+                if "target" in e:
+                    info.linkname = e["target"]
+                if "rdev" in e:
+                    info.devmajor, info.devminor = e["rdev"]
+                tar.addfile(info)
+    finally:
+        for lu in opened.values():
+            lu.close()
+    return {"partition": name, "image": rec["image"], "entries": len(items), "bytes": written}
+
+
+class _Slice:
+    """``length`` bytes of an LU from ``offset``, read as a file (what tarfile copies from)."""
+
+    def __init__(self, lu: LU, offset: int, length: int) -> None:
+        self.lu, self.pos, self.end = lu, offset, offset + length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
+        data = self.lu.read(self.pos, n) if n > 0 else b""
+        self.pos += len(data)
+        return data
 
 
 def list_partitions(pool: Pool) -> list[dict[str, Any]]:
