@@ -62,16 +62,39 @@ def test_completion_made_from_the_parser_and_shipped_current(shell, path):
     assert run_cli("completion", shell).stdout.decode() == made
 
 
+def _bash_complete(line: str, env: dict[str, str] | None = None) -> list[str]:
+    """What TAB offers at the end of ``line`` in a real bash that sourced the shipped script."""
+    script = os.path.join(SHARE, "completions", "blockstore")
+    words = line.split(" ")
+    prog = (f"source {shlex.quote(script)}; COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); "
+            f"COMP_CWORD={len(words) - 1}; COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}; "
+            "_shtab_blockstore; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    path = os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + os.environ["PATH"]
+    full = {k: v for k, v in os.environ.items() if k != "BLOCKSTORE_POOL"}
+    return sh("bash", "-c", prog, env={**full, "PATH": path, **(env or {})}).stdout.decode().split()
+
+
+def test_bash_completion_completes_names_from_the_pool_and_paths(tmp_path):
+    pool = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "64M", pool=pool)
+    for lu in ("disk0", "disk1", "web"):
+        run_cli("lu", "create", lu, "--size", "1M", pool=pool)
+    run_cli("lu", "snapshot", "disk0", "monday", pool=pool)
+    assert set(_bash_complete(f"blockstore --pool {pool} lu show d")) == {"disk0", "disk1", "disk0@monday"}
+    assert set(_bash_complete("blockstore lu rm w", env={"BLOCKSTORE_POOL": pool})) == {"web"}
+    assert set(_bash_complete(f"blockstore lu diff --pool {pool} disk0@")) == {"disk0@monday"}
+    assert _bash_complete(f"blockstore --pool {pool} lu create d") == []  # a new name: nothing to offer
+    (tmp_path / "image.raw").write_bytes(b"x")
+    (tmp_path / "mnt").mkdir()
+    assert f"{tmp_path}/image.raw" in _bash_complete(f"blockstore --pool {pool} lu import vm {tmp_path}/im")
+    assert f"{tmp_path}/mnt" in _bash_complete(f"blockstore --pool {pool} mount {tmp_path}/mn")
+    assert f"{tmp_path}/pool" in _bash_complete(f"blockstore --pool {tmp_path}/po")
+
+
 def test_bash_completion_completes_commands_and_options():
     script = os.path.join(SHARE, "completions", "blockstore")
     sh("bash", "-n", script)
-
-    def complete(line: str) -> list[str]:
-        words = line.split(" ")
-        prog = (f"source {shlex.quote(script)}; COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); "
-                f"COMP_CWORD={len(words) - 1}; COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}; "
-                "_shtab_blockstore; printf '%s\\n' \"${COMPREPLY[@]}\"")
-        return sh("bash", "-c", prog).stdout.decode().split()
+    complete = _bash_complete
     assert "snapshot" in complete("blockstore lu sn")
     assert set(complete("blockstore lu ")) >= {"create", "list", "snapshot", "clone", "du", "export-diff"}
     assert "--mirrored" in complete("blockstore lu create --mi")

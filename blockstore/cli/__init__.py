@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def completion(shell: str) -> str:
-    """The completion script for ``shell``, made from the parser (shtab)."""
-    import shtab
-    return str(shtab.complete(build_parser(), shell=shell))
+    """The completion script for ``shell``, made from the parser (shtab: complete.py)."""
+    from .complete import completion as made
+    return made(build_parser(), shell)
 
 
 def manpage() -> str:

@@ -20,8 +20,9 @@ def add(top: Any) -> None:
     c.add_argument("name", help="the cluster's name")
     c.add_argument("--interval", type=float, default=1.0, help="seconds between keep-alives")
     c.add_argument("--misses", type=int, default=3, help="keep-alives missed before a node is down")
-    command(cl, "status", "OK/DEGRADED/DOWN, each node, the primary and epoch; exit 0 OK, 3 degraded, 4 down",
-            "cluster status", json=True)
+    c = command(cl, "status", "OK/DEGRADED/DOWN, each node, the primary and epoch; exit 0 OK, 3 degraded, 4 down",
+                "cluster status", json=True)
+    c.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # one per line: shell completion
     e = command(cl, "events", "the event log (--follow: live, through the primary)",
                 "cluster events --follow --kind node_down", json=True)
     e.add_argument("--since", type=int, default=0, metavar="SEQ", help="events after SEQ (default: all kept)")
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
             f"callers' token in {config.token_path(pool)}")
     elif cmd == ("cluster", "status"):
         st = admin.status(pool)
+        if args.names:
+            print("\n".join(n["name"] for n in st["nodes"]))
+            return 0
         out(args, st, _status_text(st))
         return 0 if st["state"] == "OK" else 3 if st["state"] == "DEGRADED" else 4
     elif cmd == ("cluster", "events"):

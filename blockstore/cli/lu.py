@@ -36,6 +36,7 @@ def add(top: Any) -> None:
                 "lu list", "lu list --kind snapshot --json", json=True)
     c.add_argument("--kind", choices=KINDS, action="append",
                    help="only this kind; repeat for more (default: all but image LUs)")
+    c.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # one per line: shell completion
     s = command(sub, "show", "one LU or snapshot in words", "lu show disk0", "lu show disk0@monday --json", json=True)
     s.add_argument("name", help="NAME or NAME@SNAP")
     s = command(sub, "du", "space per LU and snapshot: provisioned, used, exclusive, shared (like rbd du)",
@@ -134,6 +135,9 @@ def _list(args: argparse.Namespace, pool: Pool) -> None:
     rows = sorted(pool.list_lus(), key=lambda r: r["name"])
     kinds = set(args.kind or [])
     shown = [r for r in rows if _kind_matches(r, kinds)]
+    if args.names:
+        print("\n".join(r["name"] for r in shown))
+        return
     hidden = sum(1 for r in rows if r["role"] == "image") if not kinds else 0
     body = [[r["name"], format_size(r["size"]), format_size(r["allocated"]),
              r["kind"] + (" thick" if r["thick"] else "") + (f" ({r['role']})" if r["role"] else ""),
