@@ -308,13 +308,39 @@ def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[
             int(ffi.cast("uintptr_t", ffi.addressof(lib, "bs_fuse_write"))))
 
 
-def fuse_direct_attach(fh: int, table: DirectTable) -> bool:
-    """Serve file handle ``fh`` through ``table`` (False: no free slot; it keeps the fallback)."""
-    return bool(lib.bs_fuse_attach(fh, table.ptr) == 0)
+def fuse_direct_attach(fh: int, table: DirectTable | None, stat: int = -1) -> bool:
+    """Serve file handle ``fh`` through ``table`` (None: the fallback always), counting its
+    requests under ``stat`` (``fuse_stat``; -1: not counted). False: no free slot, the handle
+    keeps the fallback and is not counted."""
+    return bool(lib.bs_fuse_attach(fh, table.ptr if table is not None else ffi.NULL, stat) == 0)
 
 
 def fuse_direct_detach(fh: int) -> None:
     lib.bs_fuse_detach(fh)
+
+
+#: LUs a mount counts requests of (``fuse_stat``'s indexes are 0 .. STAT_LUS - 1)
+STAT_LUS = int(lib.BS_STAT_LUS)
+
+
+def fuse_stat(index: int) -> dict[str, dict[str, Any]]:
+    """The request counters of LU ``index`` of the mount: per ``read`` and ``write``, ``ops``,
+    ``bytes``, ``seconds`` (their sum) and ``buckets`` (requests by time: bucket i shorter than
+    2**i microseconds, the last the rest; not cumulative)."""
+    words, nb = int(lib.BS_STAT_WORDS), int(lib.BS_STAT_BUCKETS)
+    out = ffi.new(f"uint64_t[{words}]")
+    lib.bs_fuse_stat(index, out)
+    vals = list(out)
+    per = {}
+    for op, at in (("read", 0), ("write", 3 + nb)):
+        per[op] = {"ops": vals[at], "bytes": vals[at + 1], "seconds": vals[at + 2] / 1e9,
+                   "buckets": vals[at + 3:at + 3 + nb]}
+    return per
+
+
+def fuse_stat_add(index: int, write: bool, result: int, ns: int) -> None:
+    """Count one request served without the C callbacks (a mount without the direct path)."""
+    lib.bs_fuse_stat_add(index, int(write), result, ns)
 
 
 def fuse_direct_counts() -> dict[str, int]:

@@ -21,11 +21,10 @@ class DirectPath:
         read, write = fuse_direct_setup(binding.FH_OFFSET, originals["read"], originals["write"])
         return {"read": read, "write": write}
 
-    def attach(self, fh: int, lu: LU) -> None:
-        """Serve file handle ``fh`` of ``lu`` directly, if its LU can be served so."""
-        table = lu.direct_table(map_writes=self.map_writes)
-        if table is not None:
-            fuse_direct_attach(fh, table)
+    def attach(self, fh: int, lu: LU, stat: int = -1) -> None:
+        """Serve file handle ``fh`` of ``lu`` directly, if its LU can be served so; count its
+        requests under ``stat`` (native.fuse_stat) either way."""
+        fuse_direct_attach(fh, lu.direct_table(map_writes=self.map_writes), stat)
 
     def detach(self, fh: int) -> None:
         fuse_direct_detach(fh)

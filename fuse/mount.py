@@ -124,7 +124,7 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
           threads: int = THREADS, direct: bool = True, map_writes: bool = True,
           access: Access | None = None, on_ready: Callable[[], None] | None = None,
-          verify_reads: bool = True) -> None:
+          verify_reads: bool = True, metrics: str | None = None) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
@@ -136,19 +136,21 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     docs/fuse.md. ``access``: the files' owner, group and mode (default: the mounting user,
     0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.
     ``verify_reads`` False: mirrored reads are not checked against their checksums (only to
-    measure what the check costs: bench/).
+    measure what the check costs: bench/). ``metrics``: HOST:PORT where Prometheus scrapes the
+    mount's figures (metrics.py).
     """
     stop = _StopSignals(mountpoint)  # first: every thread from here on blocks the signals
     try:
         _serve(stop, pool_path, mountpoint, read_only=read_only, allow_other=allow_other, threads=threads,
-               direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads)
+               direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads,
+               metrics=metrics)
     finally:
         stop.close()
 
 
 def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: bool, allow_other: bool,
            threads: int, direct: bool, map_writes: bool, access: Access | None,
-           on_ready: Callable[[], None] | None, verify_reads: bool) -> None:
+           on_ready: Callable[[], None] | None, verify_reads: bool, metrics: str | None) -> None:
     _io_flusher()
     _steady_malloc()
     pool = Pool.open(pool_path)
@@ -164,6 +166,10 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
     # Another process's snapshot, clone, grow or status of an LU this mount holds open comes
     # here instead of meeting Busy (control.py).
     ctl = ControlServer(pool, describe=ops.describe).start()
+    scraped = None
+    if metrics:
+        from blockstore import metrics as figures
+        scraped = figures.serve(metrics, [figures.lu_requests(ops.request_stats), figures.pool_figures(pool)])
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
         "default_permissions": True, "direct_io": True, "nothreads": threads == 0,
@@ -194,6 +200,8 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
                 binding.signals_kept():
             _FUSE(ops, mountpoint, **options)
     finally:
+        if scraped is not None:
+            scraped.shutdown()
         ctl.stop()
         try:
             os.unlink(pidfile)
@@ -268,7 +276,8 @@ class _StopSignals:
 
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
           allow_other: bool = False, threads: int = THREADS, direct: bool = True,
-          map_writes: bool = True, access: Access | None = None, verify_reads: bool = True) -> str:
+          map_writes: bool = True, access: Access | None = None, verify_reads: bool = True,
+          metrics: str | None = None) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
     ``threads``, ``direct``, ``map_writes``, ``access`` and ``verify_reads``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
@@ -276,7 +285,8 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
-                            direct=direct, map_writes=map_writes, access=access, verify_reads=verify_reads)
+                            direct=direct, map_writes=map_writes, access=access, verify_reads=verify_reads,
+                            metrics=metrics)
     if foreground:
         run()
         return mp

@@ -19,6 +19,7 @@ import numpy as np
 
 from blockstore import BlockstoreError, Busy
 from blockstore.lu import LU
+from blockstore.native import STAT_LUS, fuse_stat, fuse_stat_add
 from blockstore.pool import Pool
 from blockstore.names import check_name
 
@@ -85,6 +86,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         self.server_uid = os.getuid()
         self.started = time.time_ns()
         self.on_ready: Callable[[], None] | None = None
+        # LU name -> its index in the mount's request counters (native.fuse_stat), given at first open
+        self.stat_index: dict[str, int] = {}
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -197,9 +200,25 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         with self._lock:
             fh = next(self._fh)
             self.handles[fh] = lu
+            stat = self.stat_index.get(lu.name)
+            if stat is None and len(self.stat_index) < STAT_LUS:
+                stat = self.stat_index[lu.name] = len(self.stat_index)
         if self.direct is not None:
-            self.direct.attach(fh, lu)
+            self.direct.attach(fh, lu, -1 if stat is None else stat)
         return fh
+
+    def request_stats(self) -> dict[str, dict[str, Any]]:
+        """Per LU opened through this mount: its requests (native.fuse_stat), for metrics.py."""
+        with self._lock:
+            index = dict(self.stat_index)
+        return {name: fuse_stat(i) for name, i in index.items()}
+
+    def _counted(self, fh: int, write: bool, started: int, result: int) -> None:
+        """Count a request the C callbacks did not see (a mount without the direct path)."""
+        if self.direct is None:
+            stat = self.stat_index.get(self.handles[fh].name)
+            if stat is not None:
+                fuse_stat_add(stat, write, result, time.monotonic_ns() - started)
 
     @errors
     def open(self, path: str, flags: int) -> int:
@@ -237,17 +256,22 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        started = time.monotonic_ns()
         lu = self.handles[fh]
         end = min(offset + size, lu.size)
-        return lu.read(offset, end - offset) if end > offset else b""
+        data = lu.read(offset, end - offset) if end > offset else b""
+        self._counted(fh, False, started, len(data))
+        return data
 
     @errors
     def read_into(self, buf: memoryview, offset: int, fh: int) -> int:
         """Fill libfuse's buffer in place; returns the bytes read (short at the end of the LU)."""
+        started = time.monotonic_ns()
         lu = self.handles[fh]
         n = max(0, min(len(buf), lu.size - offset))
         if n:
             lu.readinto(offset, buf[:n])
+        self._counted(fh, False, started, n)
         return n
 
     @errors
@@ -259,7 +283,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.ENOSPC)  # an LU does not grow by writing past its end
         if len(data) > room:
             data = data[:room]
+        started = time.monotonic_ns()
         lu.write(offset, data)
+        self._counted(fh, True, started, len(data))
         return len(data)
 
     @errors

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blockstore_native.h"
@@ -404,12 +405,44 @@ int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off)
 static struct {
     uint64_t fh;
     bs_table *table;
+    int stat, used;
 } slots[SLOTS];
 static pthread_rwlock_t slots_lock = PTHREAD_RWLOCK_INITIALIZER;
 static size_t fh_offset;
 static bs_fuse_read_fn slow_read;
 static bs_fuse_write_fn slow_write;
 static uint64_t counts[4];
+/* per LU: [read, write] x [requests, bytes, ns, buckets...] (fastpath.h) */
+static uint64_t stats[BS_STAT_LUS][BS_STAT_WORDS];
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void bs_fuse_stat_add(int stat, int write, int64_t result, uint64_t ns)
+{
+    if (stat < 0 || stat >= BS_STAT_LUS)
+        return;
+    uint64_t *s = stats[stat] + (write ? 3 + BS_STAT_BUCKETS : 0);
+    uint64_t us = ns / 1000;
+    int b = us ? 64 - __builtin_clzll(us) : 0;
+    if (b >= BS_STAT_BUCKETS)
+        b = BS_STAT_BUCKETS - 1;
+    __atomic_add_fetch(&s[0], 1, __ATOMIC_RELAXED);
+    if (result > 0)
+        __atomic_add_fetch(&s[1], (uint64_t)result, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s[2], ns, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s[3 + b], 1, __ATOMIC_RELAXED);
+}
+
+void bs_fuse_stat(int stat, uint64_t *out)
+{
+    for (int i = 0; i < BS_STAT_WORDS; i++)
+        out[i] = stat >= 0 && stat < BS_STAT_LUS ? __atomic_load_n(&stats[stat][i], __ATOMIC_RELAXED) : 0;
+}
 
 void bs_fuse_setup(size_t offset, bs_fuse_read_fn read_fn, bs_fuse_write_fn write_fn)
 {
@@ -417,17 +450,20 @@ void bs_fuse_setup(size_t offset, bs_fuse_read_fn read_fn, bs_fuse_write_fn writ
     slow_read = read_fn;
     slow_write = write_fn;
     memset(counts, 0, sizeof counts);
+    memset(stats, 0, sizeof stats);
 }
 
-int bs_fuse_attach(uint64_t fh, bs_table *t)
+int bs_fuse_attach(uint64_t fh, bs_table *t, int stat)
 {
     int r = 0;
     pthread_rwlock_wrlock(&slots_lock);
-    if (slots[fh % SLOTS].table != NULL && slots[fh % SLOTS].fh != fh)
+    if (slots[fh % SLOTS].used && slots[fh % SLOTS].fh != fh)
         r = -EBUSY;
     else {
         slots[fh % SLOTS].fh = fh;
         slots[fh % SLOTS].table = t;
+        slots[fh % SLOTS].stat = stat;
+        slots[fh % SLOTS].used = 1;
     }
     pthread_rwlock_unlock(&slots_lock);
     return r;
@@ -436,27 +472,31 @@ int bs_fuse_attach(uint64_t fh, bs_table *t)
 void bs_fuse_detach(uint64_t fh)
 {
     pthread_rwlock_wrlock(&slots_lock);
-    if (slots[fh % SLOTS].fh == fh)
+    if (slots[fh % SLOTS].fh == fh) {
         slots[fh % SLOTS].table = NULL;
+        slots[fh % SLOTS].used = 0;
+    }
     pthread_rwlock_unlock(&slots_lock);
 }
 
 /* The kernel sends no I/O on a handle after its release, and the owner detaches a handle before
  * it frees its table, so a table found here outlives the request that uses it. */
-static bs_table *table_of(void *fi)
+static bs_table *table_of(void *fi, int *stat)
 {
     uint64_t fh = *(const uint64_t *)((const char *)fi + fh_offset);
     bs_table *t = NULL;
+    *stat = -1;
     pthread_rwlock_rdlock(&slots_lock);
-    if (slots[fh % SLOTS].fh == fh)
+    if (slots[fh % SLOTS].used && slots[fh % SLOTS].fh == fh) {
         t = slots[fh % SLOTS].table;
+        *stat = slots[fh % SLOTS].stat;
+    }
     pthread_rwlock_unlock(&slots_lock);
     return t;
 }
 
-int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi)
+static int read_request(bs_table *t, const char *path, char *buf, size_t size, int64_t off, void *fi)
 {
-    bs_table *t = table_of(fi);
     if (t != NULL && off >= 0) {
         /* Short at the end, as a file read is; the size is read under no lock, but a request
          * racing a resize may be cut at either size. */
@@ -472,9 +512,8 @@ int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi
     return slow_read(path, buf, size, off, fi);
 }
 
-int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi)
+static int write_request(bs_table *t, const char *path, const char *buf, size_t size, int64_t off, void *fi)
 {
-    bs_table *t = table_of(fi);
     if (t != NULL && off >= 0) {
         int r = bs_table_pwrite(t, buf, size, (uint64_t)off);
         if (r != BS_SLOW) {
@@ -484,6 +523,28 @@ int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, v
     }
     __atomic_add_fetch(&counts[3], 1, __ATOMIC_RELAXED);
     return slow_write(path, buf, size, off, fi);
+}
+
+int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi)
+{
+    int stat;
+    bs_table *t = table_of(fi, &stat);
+    uint64_t t0 = stat >= 0 ? now_ns() : 0;
+    int r = read_request(t, path, buf, size, off, fi);
+    if (stat >= 0)
+        bs_fuse_stat_add(stat, 0, r, now_ns() - t0);
+    return r;
+}
+
+int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi)
+{
+    int stat;
+    bs_table *t = table_of(fi, &stat);
+    uint64_t t0 = stat >= 0 ? now_ns() : 0;
+    int r = write_request(t, path, buf, size, off, fi);
+    if (stat >= 0)
+        bs_fuse_stat_add(stat, 1, r, now_ns() - t0);
+    return r;
 }
 
 void bs_fuse_counts(uint64_t *out)

@@ -104,12 +104,23 @@ typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t
 typedef int (*bs_fuse_write_fn)(const char *path, const char *buf, size_t size, int64_t off, void *fi);
 
 void bs_fuse_setup(size_t fh_offset, bs_fuse_read_fn slow_read, bs_fuse_write_fn slow_write);
-int bs_fuse_attach(uint64_t fh, bs_table *t);
+/* Serve handle `fh` through table `t` (NULL: always the fallback), counting its requests under
+ * `stat` (0 .. BS_STAT_LUS - 1, one per LU of the mount; -1: not counted). */
+int bs_fuse_attach(uint64_t fh, bs_table *t, int stat);
 void bs_fuse_detach(uint64_t fh);
 int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi);
 int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi);
 /* Requests each callback served directly / passed on, since setup: [read direct, read passed,
  * write direct, write passed]. */
 void bs_fuse_counts(uint64_t *out);
+/* Request counters per LU of the mount (the index bs_fuse_attach was given): for reads, then
+ * writes, the requests, bytes, nanoseconds and BS_STAT_BUCKETS buckets of their times (bucket i:
+ * shorter than 2^i microseconds; the last: the rest). Kept from bs_fuse_setup on, also for the
+ * requests the fallback serves; bs_fuse_stat_add counts one served without the C callbacks. */
+#define BS_STAT_LUS 1024
+#define BS_STAT_BUCKETS 24
+#define BS_STAT_WORDS (2 * (3 + BS_STAT_BUCKETS))
+void bs_fuse_stat(int stat, uint64_t *out);
+void bs_fuse_stat_add(int stat, int write, int64_t result, uint64_t ns);
 
 #endif

@@ -37,6 +37,9 @@ def add(top: Any) -> None:
     s.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
     s.add_argument("--cec", help="the CEC (physical server) it runs on")
     s.add_argument("--foreground", action="store_true", help="stay attached (logs to stderr)")
+    s.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus figures at http://HOST:PORT/metrics: the primary, epoch and each "
+                        "node's state, the pool's space (default: off)")
     s = command(nd, "stop", "stop a node: it leaves cleanly (a primary resigns first)", "node stop n1", json=True)
     s.add_argument("name", nargs="?", help="the node's name")
     s.add_argument("--name", dest="name_opt", metavar="NAME", help=argparse.SUPPRESS)
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return _events(args, pool)
     elif cmd == ("node", "start"):
         name = _node_name(args)
-        rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground)
+        rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground,
+                               metrics=args.metrics)
         if not args.foreground:
             done(args, rec, f"node {rec['name']} started (pid {rec['pid']}, listening on {rec['address']}); "
                             f"log {admin.log_path(pool, name)}")

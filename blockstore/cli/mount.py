@@ -29,6 +29,9 @@ def add(top: Any) -> None:
     m.add_argument("--no-write-map", action="store_true",
                    help="write in place by pwrite only, never by copying large writes into a mapping of the "
                         "data file (slower)")
+    m.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus figures at http://HOST:PORT/metrics: per-LU requests, bytes and "
+                        "request times, the pool's space, the failure groups (default: off)")
     u = command(top, "umount", "unmount, flushing everything (also a stale mount); a busy mount is refused, "
                                "naming what holds it", "umount /mnt/lus", "umount --lazy /mnt/lus")
     u.add_argument("mountpoint", help="where the pool is mounted")
@@ -43,12 +46,15 @@ def run(args: argparse.Namespace) -> int:
         done(args, {"mountpoint": os.path.abspath(args.mountpoint), "lazy": args.lazy, "result": line}, line)
         return 0
     from blockstore_fuse.mount import THREADS, log_path, mount
+    if args.metrics:
+        from ..metrics import parse_address
+        parse_address(args.metrics)  # refused here, before the daemon starts
     threads = THREADS if args.threads is None else args.threads
     if not 0 <= threads <= 64:
         raise UsageError("blockstore mount: --threads takes 0 to 64")
     mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
                allow_other=args.allow_other, threads=threads, direct=not args.no_direct,
-               map_writes=not args.no_write_map, access=_access(args))
+               map_writes=not args.no_write_map, access=_access(args), metrics=args.metrics)
     if not args.foreground:
         log = log_path(args.pool, mp)
         done(args, {"pool": os.path.abspath(args.pool), "mountpoint": mp, "log": log},

@@ -2,11 +2,12 @@
 node processes, read the cluster's status, ask a node for FFDC."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..daemon import daemonize
@@ -23,8 +24,12 @@ def log_path(pool_path: str, name: str) -> str:
 
 
 def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
-               foreground: bool = False) -> dict[str, Any]:
-    """Start a node process (a daemon unless ``foreground``); returns its registration."""
+               foreground: bool = False, metrics: str | None = None) -> dict[str, Any]:
+    """Start a node process (a daemon unless ``foreground``); returns its registration.
+    ``metrics``: HOST:PORT where Prometheus scrapes the cluster's and the pool's figures."""
+    if metrics:
+        from .. import metrics as figures
+        figures.parse_address(metrics)  # a bad address refused here, not in the daemon
     from .node import Node
     pool_path = os.path.abspath(pool_path)
     check_name(name, "node name")
@@ -36,16 +41,38 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
     if foreground:
         node = Node(pool_path, name, listen=listen, cec=cec)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
-        node.run()
+        with _figures(pool_path, metrics):
+            node.run()
         return {"name": name, "address": node.address}
     subdir(pool_path, "nodes")
 
     def serve(ready) -> None:  # type: ignore[no-untyped-def]
         node = Node(pool_path, name, listen=listen, cec=cec)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
-        node.run(on_ready=ready)
+        with _figures(pool_path, metrics):
+            node.run(on_ready=ready)
     daemonize(serve, log_path(pool_path, name), f"node {name}")
     return node_record(pool_path, name)
+
+
+@contextlib.contextmanager
+def _figures(pool_path: str, address: str | None) -> Iterator[None]:
+    """A node's Prometheus endpoint while the block runs: the cluster as ``status`` sees it, and
+    the pool's space (opened read-only at each scrape: a node holds no pool open)."""
+    if not address:
+        yield
+        return
+    from .. import metrics as figures
+    from ..pool import Pool
+
+    def pool_families() -> Iterator[Any]:
+        with Pool.open(pool_path, readonly=True) as pool:
+            yield from list(figures.pool_figures(pool)())
+    server = figures.serve(address, [figures.cluster_figures(lambda: status(pool_path)), pool_families])
+    try:
+        yield
+    finally:
+        server.shutdown()
 
 
 def node_record(pool_path: str, name: str) -> dict[str, Any]:
