@@ -116,16 +116,22 @@ class Pool:
     directory. Get one with ``Pool.create``, ``Pool.open`` or ``Pool.open(path, create=True,
     size=...)``; close it (or use ``with``) when done."""
 
-    def __init__(self, engine: _Engine) -> None:
-        """Use ``Pool.create`` or ``Pool.open``."""
-        self._engine = engine
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        """Open the pool at ``path`` (as ``Pool.open``)."""
+        self._engine = _Engine.open(path, readonly=readonly)
+
+    @classmethod
+    def _wrap(cls, engine: _Engine) -> "Pool":
+        pool = cls.__new__(cls)
+        pool._engine = engine
+        return pool
 
     @classmethod
     def create(cls, path: str, size: int | str, *, extent_size: int | str = "1M",
                mirror_dir: str | None = None) -> "Pool":
         """Make a new pool of ``size`` at ``path`` (a new or empty directory), with extents of
         ``extent_size``, and a second failure group in ``mirror_dir`` for mirrored LUs."""
-        return cls(_Engine.create(path, size, extent_size=extent_size, mirror_dir=mirror_dir))
+        return cls._wrap(_Engine.create(path, size, extent_size=extent_size, mirror_dir=mirror_dir))
 
     @classmethod
     def open(cls, path: str, *, create: bool = False, size: int | str | None = None,
@@ -136,7 +142,7 @@ class Pool:
             if size is None:
                 raise InvalidArgument(f"no pool at {path}: give a size to create one")
             return cls.create(path, size, extent_size=extent_size)
-        return cls(_Engine.open(path, readonly=readonly))
+        return cls._wrap(_Engine.open(path, readonly=readonly))
 
     def __repr__(self) -> str:
         return f"<blockstore.Pool {self.path!r}>"

@@ -525,26 +525,26 @@ static int write_request(bs_table *t, const char *path, const char *buf, size_t 
     return slow_write(path, buf, size, off, fi);
 }
 
-int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi)
+/* One request, timed and counted under its handle's LU (bs_fuse_attach's `stat`). */
+static int counted(int write, const char *path, char *buf, size_t size, int64_t off, void *fi)
 {
     int stat;
     bs_table *t = table_of(fi, &stat);
     uint64_t t0 = stat >= 0 ? now_ns() : 0;
-    int r = read_request(t, path, buf, size, off, fi);
+    int r = write ? write_request(t, path, buf, size, off, fi) : read_request(t, path, buf, size, off, fi);
     if (stat >= 0)
-        bs_fuse_stat_add(stat, 0, r, now_ns() - t0);
+        bs_fuse_stat_add(stat, write, r, now_ns() - t0);
     return r;
+}
+
+int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi)
+{
+    return counted(0, path, buf, size, off, fi);
 }
 
 int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi)
 {
-    int stat;
-    bs_table *t = table_of(fi, &stat);
-    uint64_t t0 = stat >= 0 ? now_ns() : 0;
-    int r = write_request(t, path, buf, size, off, fi);
-    if (stat >= 0)
-        bs_fuse_stat_add(stat, 1, r, now_ns() - t0);
-    return r;
+    return counted(1, path, (char *)buf, size, off, fi);  /* written from, never to */
 }
 
 void bs_fuse_counts(uint64_t *out)

@@ -96,6 +96,8 @@ def test_open_with_create_makes_the_pool_once(tmp_path):
         pool.create_lu("a", "1M")
     with Pool.open(path, create=True, size="32M") as pool:  # opened, not made again
         assert [r["name"] for r in pool.list_lus()] == ["a"]
+    with Pool(path, readonly=True) as pool:  # Pool(path) opens, as it always did
+        assert pool.lu_info("a")["size"] == 1 << 20
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "f").write_text("x")
     with pytest.raises(blockstore.AlreadyExists):
