@@ -122,9 +122,9 @@ class Pool:
 
     @classmethod
     def _wrap(cls, engine: _Engine) -> "Pool":
-        pool = cls.__new__(cls)
-        pool._engine = engine
-        return pool
+        made = cls.__new__(cls)
+        made._engine = engine
+        return made
 
     @classmethod
     def create(cls, path: str, size: int | str, *, extent_size: int | str = "1M",
