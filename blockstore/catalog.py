@@ -52,7 +52,7 @@ class LURecord(TypedDict, total=False):
     clones: list[str]  # the clones made of this LU or snapshot (an index: removal asks it)
     role: str  # what a service made it for (paging, image)
     readonly: bool  # sealed by a service
-    owner: str
+    lpar: str  # the client partition a paging LU serves (records before 2026-12-03 said "owner")
 
 
 class Catalog:

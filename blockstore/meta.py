@@ -216,6 +216,8 @@ class Meta:
         rec = _json_object(raw)
         if rec is None:
             raise PoolCorrupt(f"pool metadata damaged: LU record {name!r} is not a JSON object")
+        if "owner" in rec:  # the partition a paging LU serves, named so before LUs had owning nodes
+            rec.setdefault("lpar", rec.pop("owner"))
         problem = None
         for field in ("id", "size", "allocated", "gen"):
             v = rec.get(field)

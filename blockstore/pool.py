@@ -701,7 +701,7 @@ class Pool:
         self.groups.punch_second(~keep & (rc > 0))
 
     def update_lu(self, name: str, **fields: Any) -> None:
-        """Set descriptive fields of an LU's record (role, readonly, owner...). Not size or map."""
+        """Set descriptive fields of an LU's record (role, readonly, lpar...). Not size or map."""
         bad = set(fields) & {"id", "name", "size", "kind", "parent", "allocated", "gen", "mirrored", "thick"}
         if bad:
             raise InvalidArgument(f"cannot set {', '.join(sorted(bad))} this way")

@@ -642,3 +642,34 @@ def test_the_notifier_keeps_only_what_callers_have_not_read(tmp_path):
         assert len(n.lines) <= 1 and n.bytes < 4096, (len(n.lines), n.bytes)  # was: all 2000 kept
     finally:
         n.stop()
+
+
+def test_lu_assign_records_owners_through_the_primary(cluster):
+    """`lu assign` asks the primary, which writes the owner under a new epoch (ownership.py) and
+    says so in an event; `lu show` and `lu list --json` name owner and epoch; bad input changes
+    nothing; a new primary takes the next assignment."""
+    c = cluster
+    for n in ("n1", "n2"):
+        c.start(n)
+    first = c.wait(c.primary)
+    c.wait(lambda: all(n["state"] == "up" for n in c.status()["nodes"]) and len(c.status()["nodes"]) == 2)
+    run_cli("lu", "create", "a", "--size", "1M", pool=c.pool)
+    run_cli("lu", "snapshot", "a", "s", pool=c.pool)
+    got = json.loads(run_cli("lu", "assign", "a", "--node", "n2", "--json", pool=c.pool).stdout)
+    assert got["node"] == "n2" and got["previous"] is None
+    shown = json.loads(run_cli("lu", "show", "a", "--json", pool=c.pool).stdout)
+    assert shown["owner"] == {"node": "n2", "epoch": got["epoch"]}
+    listed = {r["name"]: r["owner"] for r in json.loads(run_cli("lu", "list", "--json", pool=c.pool).stdout)}
+    assert listed == {"a": {"node": "n2", "epoch": got["epoch"]}, "a@s": {"node": "n2", "epoch": got["epoch"]}}
+    for bad, why in ((["a", "--node", "nosuch"], "no node named"), (["nosuch", "--node", "n1"], "no LU named"),
+                     (["a@s", "--node", "n1"], "snapshot"), (["a", "--node", "bad name"], "node name")):
+        r = run_cli("lu", "assign", *bad, pool=c.pool, check_rc=None)
+        assert r.returncode != 0 and why in r.stderr.decode() and r.stderr.decode().count("\n") == 1, r.stderr
+    assert json.loads(run_cli("lu", "show", "a", "--json", pool=c.pool).stdout)["owner"]["epoch"] == got["epoch"]
+    kinds = [e for e in EventLog(c.pool).events(0) if e["kind"] == "ownership_changed"]
+    assert [(e["data"]["lu"], e["data"]["node"], e["data"]["epoch"]) for e in kinds] == [("a", "n2", got["epoch"])]
+    admin.stop_node(c.pool, first)  # the primary leaves: the other takes the next assignment
+    other = "n2" if first == "n1" else "n1"
+    c.wait(lambda: c.primary() == other)
+    again = json.loads(run_cli("lu", "assign", "a", "--node", other, "--json", pool=c.pool).stdout)
+    assert again["node"] == other and again["previous"] == "n2" and again["epoch"] > got["epoch"]

@@ -176,7 +176,7 @@ def _events(args: argparse.Namespace, pool: str) -> int:
     from ..cluster.client import EventClient
     store = config.open_store(pool)
     try:
-        up = store.get(election.LOCK) is not None  # the primary's lock lives as long as its lease
+        up = election.live(store) is not None
     finally:
         store.close()
     if not up:

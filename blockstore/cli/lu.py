@@ -66,6 +66,10 @@ def add(top: Any) -> None:
                 "lu rollback disk0 monday", json=True)
     s.add_argument("name", help="NAME")
     s.add_argument("snap", help="SNAP (or NAME@SNAP), a snapshot of NAME")
+    s = command(sub, "assign", "make a node of the cluster the LU's owner (the primary records it, under a new "
+                "ownership epoch)", "lu assign disk0 --node n2", json=True)
+    s.add_argument("name", help="NAME")
+    s.add_argument("--node", required=True, help="a node that is up")
     s = command(sub, "flatten", "a clone copies what it shares and stops depending on its parent",
                 "lu flatten test1", json=True)
     s.add_argument("name", help="NAME")
@@ -134,7 +138,10 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
 def _list(args: argparse.Namespace, pool: Pool) -> None:
     rows = sorted(pool.list_lus(), key=lambda r: r["name"])
     kinds = set(args.kind or [])
-    shown = [r for r in rows if _kind_matches(r, kinds)]
+    shown: list[Any] = [r for r in rows if _kind_matches(r, kinds)]
+    owned = _owned(pool)
+    if owned is not None:
+        shown = [{**r, "owner": owned.get(r["name"].split("@")[0])} for r in shown]
     if args.names:
         print("\n".join(r["name"] for r in shown))
         return
@@ -155,8 +162,24 @@ def _kind_matches(r: LUInfo, kinds: set[str]) -> bool:
     return "all" in kinds or r["kind"] in kinds or (r["role"] or "") in kinds
 
 
+def _owned(pool: Pool) -> dict[str, Any] | None:
+    from ..cluster.admin import owners
+    return owners(pool.path)
+
+
+def _assign(args: argparse.Namespace, pool: Pool) -> None:
+    from ..cluster.admin import assign
+    pool.lu_info(args.name)  # NotFound here, in one line, before the cluster is asked
+    rep = assign(pool.path, args.name, args.node)
+    done(args, rep, f"{rep['lu']} is owned by {rep['node']} at epoch {rep['epoch']}"
+                    f" (before: {rep['previous'] or 'no owner'})")
+
+
 def _show(args: argparse.Namespace, pool: Pool) -> None:
-    info = pool.lu_info(args.name)
+    info: Any = pool.lu_info(args.name)
+    owned = _owned(pool)
+    if owned is not None:  # a pool with a cluster: its LUs have owning nodes
+        info["owner"] = owned.get(args.name.split("@")[0])
     kind = {"snapshot": f"snapshot of {info['parent']}", "clone": f"clone of {info['parent']}"}.get(
         info["kind"], "LU" + (f" (flattened from {info['parent']})" if info.get("parent") else ""))
     mirror = info.get("mirror")
@@ -171,6 +194,9 @@ def _show(args: argparse.Namespace, pool: Pool) -> None:
             ("clones", ", ".join(info.get("clones") or []) or "none"),
             ("open", _held(info)),
             ("role", info.get("role") or "-")]
+    if owned is not None:
+        own = info["owner"]
+        rows.append(("owner", f"node {own['node']}, epoch {own['epoch']}" if own else "none (lu assign)"))
     emit(args, info, "\n".join(f"{k:<10} {v}" for k, v in rows))
 
 
@@ -437,6 +463,7 @@ def _import_diff(args: argparse.Namespace, pool: Pool) -> None:
 RUN: dict[str, Any] = {
     "create": _create, "list": _list, "show": _show, "du": _du, "status": _status, "resize": _resize, "rm": _rm,
     "snapshot": _snapshot, "clone": _clone, "rollback": _rollback, "flatten": _flatten, "mirror": _mirror,
+    "assign": _assign,
     "unmirror": _unmirror, "verify": _verify, "resync": _resync, "import": _import, "export": _export,
     "rename": _rename, "write": _write, "read": _read, "discard": _discard, "diff": _diff,
     "export-diff": _export_diff, "import-diff": _import_diff,

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..daemon import daemonize
-from ..errors import BlockstoreError, NotFound
+from ..errors import BlockstoreError, InvalidArgument, NotFound
 from ..names import check_name
 from ..pooldir import subdir
-from . import election
-from .config import load_config, open_store, read_key, read_token
+from . import election, ownership
+from .config import load_config, open_store, read_key, read_token, store_path
 from .protocol import ProtocolError, request
 
 
@@ -143,6 +143,49 @@ def stop_node(pool_path: str, name: str, timeout: float = 15.0) -> None:
         time.sleep(0.02)
     if _alive(rec["pid"]):
         raise BlockstoreError(f"node {name} (pid {rec['pid']}) was asked to stop but has not exited after {timeout:.0f}s")
+
+
+def assign(pool_path: str, lu: str, node: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the primary to make ``node`` the owner of ``lu`` (the primary writes ownership alone:
+    ownership.py); a primary that changed meanwhile is found and asked again. Returns the new
+    ownership: {lu, node, previous, epoch}."""
+    if "@" in lu:
+        raise InvalidArgument(f"{lu!r} is a snapshot: the owner of its LU serves it")
+    check_name(lu)
+    check_name(node, "node name")
+    deadline = time.monotonic() + timeout
+    while True:
+        store = open_store(pool_path)
+        try:
+            prim = election.live(store)
+        finally:
+            store.close()
+        if prim is None or prim.address is None:
+            reply: dict[str, Any] = {"error": "not primary"}
+        else:
+            try:
+                reply = request(prim.address, {"op": "assign", "token": read_key(pool_path), "lu": lu, "node": node},
+                                timeout=timeout)
+            except (OSError, ProtocolError):
+                reply = {"error": "not primary"}
+        if reply.get("ok"):
+            return {k: reply[k] for k in ("lu", "node", "previous", "epoch")}
+        if reply.get("error") != "not primary":
+            raise BlockstoreError(str(reply.get("error")))
+        if time.monotonic() > deadline:
+            raise BlockstoreError("the cluster has no primary to assign the LU: start a node (node start NAME)")
+        time.sleep(0.1)
+
+
+def owners(pool_path: str) -> dict[str, Any] | None:
+    """Each owned LU's {node, epoch} (ownership.py); None when the pool has no cluster."""
+    if not os.path.isdir(store_path(pool_path)):
+        return None
+    store = open_store(pool_path)
+    try:
+        return {lu: {"node": o.node, "epoch": o.epoch} for lu, o in ownership.every(store).items()}
+    finally:
+        store.close()
 
 
 def ask_ffdc(pool_path: str, name: str, reason: str) -> str | None:

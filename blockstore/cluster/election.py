@@ -52,6 +52,13 @@ def current(store: CoordinationStore) -> Primary:
     return Primary(rec["node"], rec["epoch"], e.revision, rec.get("address"))
 
 
+def live(store: CoordinationStore) -> Primary | None:
+    """The primary record if its node is alive (its ``alive/NODE`` key, under the node's lease, is
+    there), else None."""
+    prim = current(store)
+    return prim if prim.node is not None and store.get(f"alive/{prim.node}") is not None else None
+
+
 def elect(store: CoordinationStore, node: str, address: str, seen: Primary, lease: int) -> Primary | None:
     """Try to become primary, replacing the record ``seen``. Returns the new record, or None if
     another node holds the lock or changed the record first."""

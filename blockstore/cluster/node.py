@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, NotFound
 from ..names import check_name
-from . import election, ffdc
+from . import election, ffdc, ownership
 from .bridge import take_faults
 from .doorman import Doorman
 from .config import ClusterConfig, load_config, open_store, read_key, read_token
@@ -52,7 +52,7 @@ from .notifier import Notifier
 from .protocol import LineReader, ProtocolError, encode, parse_address
 
 log = logging.getLogger("blockstore.cluster.node")
-NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc"})  # the node key's alone
+NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc", "assign"})  # the node key's alone
 
 
 @dataclass
@@ -598,9 +598,11 @@ class Node:
             elif op == "stop":
                 conn.sendall(encode({"ok": True}))
                 self.stop()
+            elif op == "assign":
+                conn.sendall(encode(self._assign(first)))
             else:
                 raise ProtocolError(f"unknown op {op!r}")
-        except (ProtocolError, InvalidArgument, Gone) as e:
+        except (ProtocolError, BlockstoreError, Gone) as e:
             reply: dict[str, Any] = {"error": str(e)}
             if isinstance(e, Gone):
                 reply = {"error": "gone", "detail": str(e), "resync": True}
@@ -613,6 +615,30 @@ class Node:
         finally:
             if not handed_over:
                 conn.close()
+
+    def _assign(self, req: dict[str, Any]) -> dict[str, Any]:
+        """As the primary, make a live node the owner of an LU of the pool (ownership.py), and
+        say so in an ``ownership_changed`` event. Not the primary: the reply names the one that is."""
+        now, me = self._confirmed()
+        if me is None:
+            return {"error": "not primary", "primary": now.node, "address": now.address}
+        lu, node = str(req.get("lu", "")), str(req.get("node", ""))
+        with self.lock:
+            states = {self.name: "up", **{p.name: p.state for p in self.peers.values()}}
+        if node not in states:
+            raise NotFound(f"no node named {node!r} in the cluster")
+        if states[node] != "up":
+            raise InvalidArgument(f"node {node!r} is {states[node]}: an LU is owned by a node that is up")
+        from ..pool import Pool
+        with Pool.open(self.pool_path, readonly=True) as pool:
+            if pool.lu_info(lu)["kind"] == "snapshot":
+                raise InvalidArgument(f"{lu!r} is a snapshot: its LU's owner serves it")
+        before = ownership.get(self.store, lu)
+        got = ownership.assign(self.store, me, lu, node, seen=before)
+        previous = before.node if before else None
+        log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
+        self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch})
+        return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
 
     def _check_peer(self, hello: dict[str, Any]) -> str:
         """A keep-alive link speaks for the process the store has registered under its name now:

@@ -6,7 +6,7 @@ are recorded in the pool.
 Migration to another CEC uses the redundant copy: while the source still holds the paging LU,
 the target reads it through ``Pool.open_redundant`` (reads redirected to the redundant copy);
 the hand-over waits until the source has flushed and let go of the LU, then records the target
-as its owner. The LU's holder lock means no two sides ever write it.
+as the node that serves it. The LU's holder lock means no two sides ever write it.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None)
     if rec is None:
         cec, node_name = _cec_of(pool, node)
         pool.create_lu(name, size, mirrored=True).close()
-        pool.update_lu(name, role="paging", owner=lpar)
+        pool.update_lu(name, role="paging", lpar=lpar)
         rec = {"name": lpar, "lu": name, "min_size": size, "cec": cec, "node": node_name,
                "state": "active", "created": time.time()}
         pool.svc_put("lpar", lpar, rec)
