@@ -55,9 +55,11 @@ class LU:
 
     def _lu(self) -> _LU:
         lu = self._open
-        if lu is None:
+        if lu is None or lu.closed:
             with self._opening:
-                if self._open is None:
+                if self._engine.meta is None:
+                    raise InvalidArgument(f"the pool is closed: LU {self._name!r} cannot be used")
+                if self._open is None or self._open.closed:  # closed with its pool: opened anew
                     self._open = self._engine.open_lu(self._name, writable=self._writable)
                 lu = self._open
         return lu
@@ -107,8 +109,9 @@ class LU:
 
     @property
     def closed(self) -> bool:
-        """Whether the handle holds the LU open now (it opens again when used)."""
-        return self._open is None
+        """True while the handle does not hold the LU open (before its first use, after close;
+        it opens again when used)."""
+        return self._open is None or self._open.closed
 
 
 class Pool:
@@ -294,9 +297,10 @@ class Pool:
 
     # -- services ------------------------------------------------------------------------------
 
-    def import_image(self, src: str, name: str, progress: _images.Progress = None) -> dict[str, Any]:
+    def import_image(self, src: str, name: str, progress: Progress = None) -> dict[str, Any]:
         """Capture a directory tree or a tar archive as OS image ``name``."""
-        return _images.import_image(self._engine, src, name, progress)
+        each = None if progress is None else (lambda path, done, size, total_done, total: progress(total_done, total))
+        return _images.import_image(self._engine, src, name, each)
 
     def images(self) -> list[dict[str, Any]]:
         return _images.list_images(self._engine)

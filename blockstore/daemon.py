@@ -8,11 +8,13 @@ import sys
 from collections.abc import Callable
 
 from .errors import BlockstoreError
+from .pooldir import open_file
 
 
-def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: str) -> None:
-    """Run ``serve(ready)`` in a detached grandchild whose output goes to ``logfile``; return once
-    it calls ``ready()``, or raise with the first line it reported (or its exit) before that.
+def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: str, *, root: str) -> None:
+    """Run ``serve(ready)`` in a detached grandchild whose output goes to ``logfile`` (in the pool
+    at ``root``, opened as pooldir.open_file opens); return once it calls ``ready()``, or raise
+    with the first line it reported (or its exit) before that.
 
     Forking twice leaves no zombie for a long-lived caller (one that starts several) to reap.
     Nothing that holds an LMDB environment may be opened before this call: the child must open
@@ -29,7 +31,7 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        out = open_file(root, logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
@@ -50,18 +52,18 @@ def daemonize(serve: Callable[[Callable[[], None]], None], logfile: str, what: s
         answer = pipe.readline().strip()
     if answer != b"ok":
         why = answer.decode(errors="replace") or f"the {what} exited before it was ready"
-        said = _said(logfile, log_start)
+        said = _said(root, logfile, log_start)
         raise BlockstoreError(f"{what} failed: {why}" + (f" ({said}; log: {logfile})" if said else f" (log: {logfile})"))
 
 
-def _said(logfile: str, start: int) -> str:
+def _said(root: str, logfile: str, start: int) -> str:
     """What the service (or a library it uses, such as libfuse) wrote to its log while starting,
     besides our own report of the failure: usually the cause, e.g. "/dev/fuse: Permission denied"."""
     try:
-        with open(logfile, "rb") as f:
+        with os.fdopen(open_file(root, logfile, os.O_RDONLY), "rb") as f:
             f.seek(start)
             lines = f.read(64 << 10).decode(errors="replace").splitlines()
-    except OSError:
+    except (OSError, BlockstoreError):
         return ""
     return "; ".join(line.strip() for line in lines if line.strip() and " stopped: " not in line)[-400:]
 

@@ -22,6 +22,7 @@ from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, ReadOnly
 from .extents import UNMAPPED, extents_for
 from .locks import HolderLock, holder
 from .names import check_name, snapshot_name, split_snapshot
+from .pooldir import remove_file
 from .records import LUInfo
 from .sizes import format_size
 
@@ -248,7 +249,7 @@ class Lifecycle:
             try:
                 self.pool.commit(change)
                 if holder:
-                    os.unlink(holder.path)
+                    remove_file(self.pool.path, holder.path)
             finally:
                 if holder:
                     holder.release()

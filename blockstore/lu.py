@@ -531,14 +531,14 @@ class LU:
         if length == 0:
             return
         with self._lock:
-            exts = np.arange(offset // self._E, (offset + length - 1) // self._E + 1, dtype=np.int64)
-            need = int(np.count_nonzero(~self._map.writable_in_place(exts)))
-            if need:
-                self._alloc.ensure(need)
+            self._reserve_extents(np.arange(offset // self._E, (offset + length - 1) // self._E + 1, dtype=np.int64))
 
     def _reserve_for(self, pieces: list[tuple[int, int, int, int]]) -> None:
         """Take every extent a multi-extent write may need up front, so ENOSPC leaves it unapplied."""
-        exts = np.array([p[0] for p in pieces], np.int64)
+        self._reserve_extents(np.array([p[0] for p in pieces], np.int64))
+
+    def _reserve_extents(self, exts: np.ndarray) -> None:
+        """Have in hand a new extent for each of the logical extents ``exts`` not written in place."""
         need = int(np.count_nonzero(~self._map.writable_in_place(exts)))
         if need:
             self._alloc.ensure(need)

@@ -36,7 +36,7 @@ from .locks import HolderLock, holder, is_held, this_process
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import split_snapshot
-from .pooldir import subdir
+from .pooldir import remove_file, subdir
 from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
@@ -231,8 +231,8 @@ class Pool:
         if self._session_lock is not None:
             self._session_lock.release()
             try:
-                os.unlink(self._session_lock.path)
-            except OSError:
+                remove_file(self.path, self._session_lock.path)
+            except (OSError, BlockstoreError):
                 pass
 
     def __enter__(self) -> "Pool":
@@ -261,8 +261,8 @@ class Pool:
                 txn.delete(key, db=self.meta.db["resv"])
                 reclaimed += len(held)
                 try:
-                    os.unlink(lock)
-                except OSError:
+                    remove_file(self.path, lock)
+                except (OSError, BlockstoreError):
                     pass
         return reclaimed
 
@@ -629,7 +629,7 @@ class Pool:
                     self.meta.put_json(txn, "config", b"pool", cfg)
             for path, _ in logs:
                 try:
-                    os.unlink(path)
+                    remove_file(self.path, path)
                 except FileNotFoundError:
                     pass  # another process settled it first
         return done

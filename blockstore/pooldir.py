@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 
 from .errors import Unsafe
@@ -111,6 +112,14 @@ def subdir(pool_path: str, *names: str, mode: int = 0o700) -> str:
         os.close(fd)
 
 
+def dir_fd(pool_path: str, *names: str, mode: int = 0o700) -> int:
+    """A descriptor of ``pool_path/names...``, made and checked as ``subdir`` makes it (the
+    caller closes it): a holder of it works in that directory whatever its name points to later."""
+    subdir(pool_path, *names, mode=mode)
+    fd, _, _ = _walk(pool_path, names, make=False)
+    return fd
+
+
 @contextmanager
 def opened_dir(root: str, path: str) -> Iterator[int]:
     """A descriptor of the directory ``path`` (inside ``root``), reached as ``subdir`` reaches it
@@ -130,36 +139,61 @@ def open_file(root: str, path: str, flags: int, mode: int = 0o600) -> int:
     descriptor closed). Other failures are the OSError of the open.
 
     A file root makes in a pool it was trusted with is given to the pool's owner, so the owner
-    can go on using the pool; root opens an existing file only when the owner owns it (never a
-    hard link to one of root's own files that the owner put there)."""
+    can go on using the pool; so is a file of root's that only its one name links to (made by
+    root there before files were given away). Root never opens a hard link to another of its
+    files that the owner put there (more than one name): refused, and checked before ``O_TRUNC``
+    applies."""
     base, dirs, name = _split(root, path)
     dfd, owner, group = _walk(base, dirs, make=False)
-    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    truncate = flags & os.O_TRUNC
+    flags = (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC
+    made = False
     try:
         try:
-            give = flags & os.O_CREAT and os.geteuid() == 0 != owner
-            if give and not flags & os.O_EXCL:
+            if flags & os.O_CREAT and not flags & os.O_EXCL:
                 try:  # made here, or opened as it is
                     fd = os.open(name, flags | os.O_EXCL, mode, dir_fd=dfd)
+                    made = True
                 except FileExistsError:
-                    give = False
                     fd = os.open(name, flags & ~os.O_CREAT, mode, dir_fd=dfd)
             else:
                 fd = os.open(name, flags, mode, dir_fd=dfd)
-            if give:
-                os.fchown(fd, owner, group)
+                made = bool(flags & os.O_CREAT)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise Unsafe(f"{path} is a symbolic link: refusing to follow it") from None
             raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Unsafe(f"{path} is not a regular file: refusing to use it")
+            if st.st_uid != owner and os.geteuid() == 0 and (made or (st.st_uid == 0 and st.st_nlink == 1)):
+                os.fchown(fd, owner, group)  # root's, in a pool it was trusted with: the owner's
+            elif st.st_uid != owner:
+                raise Unsafe(f"{path} is owned by user {st.st_uid}, not {owner}: refusing to use it"
+                             + (" (as root: chown -R it to the pool's owner)" if st.st_uid == 0 else ""))
+            if truncate:
+                os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            if made:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dfd)
+            raise
     finally:
         os.close(dfd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
-        os.close(fd)
-        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"owned by user {st.st_uid}, not {owner}"
-        raise Unsafe(f"{path} is {what}: refusing to use it")
     return fd
+
+
+def remove_file(root: str, path: str) -> None:
+    """Unlink the file ``path`` inside ``root``, from its directory reached as ``open_file``
+    reaches it (FileNotFoundError when it is gone)."""
+    base, dirs, name = _split(root, path)
+    dfd, _, _ = _walk(base, dirs, make=False)
+    try:
+        os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def read_file(root: str, path: str, limit: int | None = None) -> bytes:
@@ -202,7 +236,9 @@ def as_owner(root: str) -> Iterator[None]:
     """Run the block's opens by path with the file permissions of ``root``'s owner (setfsuid, in
     this thread only), when this process is root and the owner is not. For the opens a library
     makes by name (LMDB's two files): a link planted among them reaches only what its planter
-    could reach anyway."""
+    could reach anyway, but for one thing: the process keeps root's supplementary groups (glibc
+    offers no per-thread setgroups), so a file that only group root may write is still within
+    reach; the check before the open (``check_files``) is what refuses a link there."""
     if os.geteuid() != 0:
         yield
         return

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from blockstore import BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound
 from blockstore.pool import Pool
-from blockstore.pooldir import subdir
+from blockstore.pooldir import open_file, opened_dir, read_file, subdir
 from blockstore.cluster.bridge import attach
 from blockstore.control import ControlServer
 from blockstore.daemon import daemonize
@@ -139,7 +139,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     measure what the check costs: bench/). ``metrics``: HOST:PORT where Prometheus scrapes the
     mount's figures (metrics.py).
     """
-    stop = _StopSignals(mountpoint)  # first: every thread from here on blocks the signals
+    stop = _StopSignals(mountpoint)
     try:
         _serve(stop, pool_path, mountpoint, read_only=read_only, allow_other=allow_other, threads=threads,
                direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads,
@@ -158,18 +158,14 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
     attach(pool, origin=f"mount {mountpoint}")
     subdir(pool.path, "mounts")
     pidfile = _state_path(pool.path, mountpoint, "pid")
-    with os.fdopen(os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+    with os.fdopen(open_file(pool.path, pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(f"{os.getpid()}\n")
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
     ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)
-    ops.on_ready = on_ready
     # Another process's snapshot, clone, grow or status of an LU this mount holds open comes
     # here instead of meeting Busy (control.py).
     ctl = ControlServer(pool, describe=ops.describe).start()
     scraped = None
-    if metrics:
-        from blockstore import metrics as figures
-        scraped = figures.serve(metrics, [figures.lu_requests(ops.request_stats), figures.pool_figures(pool)])
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",
         "default_permissions": True, "direct_io": True, "nothreads": threads == 0,
@@ -186,8 +182,13 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
     if read_only:
         options["ro"] = True
 
-    def init_with_config(conn, config) -> None:  # type: ignore[no-untyped-def]
+    def ready() -> None:  # both bindings call init, in a request's context
         stop.serving(binding.current_session())
+        if on_ready:
+            on_ready()
+    ops.on_ready = ready
+
+    def init_with_config(conn, config) -> None:  # type: ignore[no-untyped-def]
         if conn is not None and binding.LIBFUSE == 3:
             conn.max_write = REQUEST
             conn.max_readahead = REQUEST
@@ -196,16 +197,21 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
         ops.init("/")
     ops.init_with_config = init_with_config  # type: ignore[attr-defined]
     try:
+        if metrics:
+            from blockstore import metrics as figures
+            scraped = figures.serve(metrics, [figures.lu_requests(ops.request_stats), figures.pool_figures(pool)])
         with binding.callbacks_replaced(fast.install) if fast else contextlib.nullcontext(), \
                 binding.signals_kept():
             _FUSE(ops, mountpoint, **options)
     finally:
         if scraped is not None:
             scraped.shutdown()
+            scraped.server_close()
         ctl.stop()
         try:
-            os.unlink(pidfile)
-        except OSError:
+            with opened_dir(pool.path, os.path.dirname(pidfile)) as d:
+                os.unlink(os.path.basename(pidfile), dir_fd=d)
+        except (OSError, BlockstoreError):
             pass
 
 
@@ -291,16 +297,15 @@ def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_onl
         run()
         return mp
     subdir(pool_path, "mounts")
-    daemonize(lambda ready: run(on_ready=ready), log_path(pool_path, mp), "mount daemon")
+    daemonize(lambda ready: run(on_ready=ready), log_path(pool_path, mp), "mount daemon", root=pool_path)
     return mp
 
 
 def _daemon_pid(source: str, mp: str) -> int | None:
     pool_path = source.split(":", 1)[1] if ":" in source else ""
     try:
-        with open(_state_path(pool_path, mp, "pid")) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+        return int(read_file(pool_path, _state_path(pool_path, mp, "pid"), 64).strip())
+    except (OSError, ValueError, BlockstoreError):
         return None
 
 

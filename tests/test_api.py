@@ -73,6 +73,17 @@ def test_handles_are_plain_objects_and_context_managers(tmp_path):
         assert sorted(pool.remove("a", recursive=True)) == ["a", "a@s"]
 
 
+def test_a_handle_of_a_closed_pool_says_so(tmp_path):
+    pool = Pool.create(str(tmp_path / "p"), "64M")
+    used, unused = pool.create_lu("a", "1M"), pool.create_lu("b", "1M")
+    used.write(0, b"x")
+    pool.close()
+    assert used.closed and unused.closed
+    for h in (used, unused):
+        with pytest.raises(InvalidArgument, match="the pool is closed"):
+            h.read(0, 1)
+
+
 def test_a_str_is_refused_with_a_typeerror_that_says_to_pass_bytes(tmp_path):
     with Pool.create(str(tmp_path / "p"), "64M") as pool:
         with pool.create_lu("a", "1M") as lu:

@@ -195,7 +195,7 @@ def test_a_daemon_that_fails_to_start_says_why(tmp_path):
         raise RuntimeError(4)
     log = str(tmp_path / "daemon.log")
     with pytest.raises(BlockstoreError) as e:
-        daemonize(serve, log, "mount daemon")
+        daemonize(serve, log, "mount daemon", root=str(tmp_path))
     assert "/dev/fuse: Permission denied" in str(e.value) and log in str(e.value), str(e.value)
 
 

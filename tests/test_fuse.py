@@ -399,9 +399,11 @@ def test_o_trunc_keeps_the_size_and_shared_mappings_are_refused(mnt, pool_path):
     assert run_cli("lu", "read", "disk", "--offset", "8192", "--length", "12", pool=pool_path).stdout == b"private view"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_foreground_mount_stopped_by_a_signal_exits_0_with_every_write_kept(tmp_path, sig):
-    """What systemd (SIGTERM) and Ctrl-C (SIGINT) do to `mount --foreground`: an unmount, exit 0."""
+@pytest.mark.parametrize("sig,binding", [(signal.SIGTERM, "mfusepy"), (signal.SIGINT, "mfusepy"),
+                                         (signal.SIGTERM, "fusepy")])
+def test_a_foreground_mount_stopped_by_a_signal_exits_0_with_every_write_kept(tmp_path, sig, binding):
+    """What systemd (SIGTERM) and Ctrl-C (SIGINT) do to `mount --foreground`: an unmount, exit 0
+    (with either binding: fusepy calls init, mfusepy init_with_config)."""
     import sys
     pool = str(tmp_path / "pool")
     run_cli("pool", "create", "--size", "256M", pool=pool)
@@ -409,7 +411,7 @@ def test_a_foreground_mount_stopped_by_a_signal_exits_0_with_every_write_kept(tm
     mp = tmp_path / "mnt"
     mp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", pool, "mount", "--foreground", str(mp)],
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env={**os.environ, "BLOCKSTORE_FUSE": binding})
     try:
         for _ in range(200):
             if os.path.ismount(mp):

@@ -83,8 +83,8 @@ def test_a_copy_failing_under_direct_writes_degrades_without_an_error(tmp_path, 
     try:
         fio_verify(f"{mnt}/m", "write", "1M", size="16M", numjobs="1")
         fails = str(ctl) + ".write"
-        proc = subprocess.Popen(["sh", "-c", f"sleep 0.5; touch {fails}"])
-        job = fio_verify(f"{mnt}/m", "randwrite", "4k", size="16M", numjobs="1", runtime="3", time_based="1")
+        proc = subprocess.Popen(["sh", "-c", f"sleep 1.5; touch {fails}"])  # once fio writes, on a busy machine too
+        job = fio_verify(f"{mnt}/m", "randwrite", "4k", size="16M", numjobs="1", runtime="4", time_based="1")
         proc.wait()
         assert os.path.exists(fails)
         assert job["write"]["io_bytes"] > 0

@@ -62,6 +62,27 @@ def test_an_export_that_fails_half_way_leaves_no_file(tmp_path):
     assert [n for n in os.listdir(tmp_path) if ".part" in n] == []
 
 
+def test_an_export_replaces_a_links_target_and_refuses_a_directory(tmp_path):
+    pool = _pool(tmp_path)
+    run_cli("lu", "create", "d", "--size", "1M", pool=pool)
+    run_cli("lu", "write", "d", pool=pool, stdin=b"z" * 4096)
+    (tmp_path / "real.img").write_bytes(b"old")
+    (tmp_path / "link.img").symlink_to(tmp_path / "real.img")
+    run_cli("lu", "export", "d", str(tmp_path / "link.img"), "--force", pool=pool)
+    assert os.path.islink(tmp_path / "link.img") and (tmp_path / "real.img").read_bytes()[:4096] == b"z" * 4096
+    (tmp_path / "dir").mkdir()
+    for args in (["lu", "export", "d"], ["lu", "export-diff", "d", "--from", "s"]):
+        r = run_cli(*args, str(tmp_path / "dir"), "--force", pool=pool, check_rc=None)
+        assert r.returncode == 1 and "is a directory" in r.stderr.decode(), r.stderr.decode()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with open(tmp_path / "got", "wb") as got:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=got)
+        run_cli("lu", "export", "d", str(fifo), pool=pool)  # a pipe is written as a stream, no --force
+        assert reader.wait(60) == 0
+    assert (tmp_path / "got").read_bytes()[:4096] == b"z" * 4096
+
+
 def test_binary_is_not_written_onto_a_terminal(tmp_path):
     pool = _pool(tmp_path)
     run_cli("lu", "create", "d", "--size", "1M", pool=pool)

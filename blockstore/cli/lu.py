@@ -16,7 +16,7 @@ from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import export_file, export_stream, import_file, import_stream
 from .args import SIZE, command, group, length, lu_size, offset
-from .output import binary_stdout, columns, done, emit, progress, replacing, sized, when
+from .output import binary_stdout, columns, done, emit, is_stream, progress, replacing, sized, when
 
 STDIN_STEP = 1 << 20
 #: ``lu list --kind``: what each kind selects. Image LUs are hidden unless asked for.
@@ -330,7 +330,7 @@ def _span(args: argparse.Namespace, lu_size: int) -> tuple[int, int]:
     if args.offset > lu_size:
         raise InvalidArgument(f"--offset {format_size(args.offset)} is past the end of {args.name} ({sized(lu_size)})")
     end = lu_size if args.length is None else args.offset + args.length
-    if args.offset > lu_size or end > lu_size:
+    if end > lu_size:
         raise InvalidArgument(f"--offset {format_size(args.offset)} --length {format_size(end - args.offset)} "
                               f"reaches past the end of {args.name} ({sized(lu_size)})")
     return args.offset, end
@@ -338,20 +338,8 @@ def _span(args: argparse.Namespace, lu_size: int) -> tuple[int, int]:
 
 # -- data in and out ---------------------------------------------------------------------------------
 
-def _is_stream(path: str) -> bool:
-    """``-`` (stdin or stdout), or a path that is no regular file (nor a directory, which the
-    file's path refuses in words): a pipe, /dev/stdout."""
-    if path == "-":
-        return True
-    try:
-        mode = os.stat(path).st_mode
-        return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-    except FileNotFoundError:
-        return False
-
-
 def _import(args: argparse.Namespace, pool: Pool) -> None:
-    stream = _is_stream(args.file)
+    stream = is_stream(args.file)
     t = time.monotonic()
     with progress(args, f"import {args.name}") as step:
         if stream:
@@ -367,7 +355,7 @@ def _import(args: argparse.Namespace, pool: Pool) -> None:
 
 
 def _export(args: argparse.Namespace, pool: Pool) -> None:
-    stream = _is_stream(args.file)
+    stream = is_stream(args.file)
     if args.file == "-":
         binary_stdout(f"{args.name}'s bytes")
     with pool.lu(args.name, writable=False) as lu:
@@ -441,7 +429,8 @@ def _export_diff(args: argparse.Namespace, pool: Pool) -> None:
     from ..diff import export_diff, open_stream
     if args.file == "-":
         binary_stdout("a diff stream")
-        with open_stream("-", "w") as out:
+    if is_stream(args.file):  # -, a pipe, a device: written as it is
+        with open_stream(args.file, "w") as out:
             d = export_diff(pool, args.name, args.since, out)
     else:
         with replacing(args.file, args.force) as tmp, open_stream(tmp, "w") as out:

@@ -6,7 +6,9 @@ import contextlib
 import datetime
 import json
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -85,17 +87,36 @@ def binary_stdout(what: str) -> None:
 
 @contextmanager
 def replacing(path: str, force: bool) -> Iterator[str]:
-    """A temporary name beside ``path`` to write, renamed to ``path`` when the block completes
-    and removed when it does not: an interrupted export leaves no file that looks whole, and a
-    failed one leaves nothing that a retry would have to --force."""
+    """A temporary name beside the file ``path`` (a link's target, not the link) to write,
+    renamed over it when the block completes and removed when it does not: an interrupted export
+    leaves no file that looks whole, and a failed one leaves nothing that a retry would have to
+    --force. A directory is refused."""
+    if os.path.isdir(path):
+        raise InvalidArgument(f"{path} is a directory: name a file to write")
     if os.path.lexists(path) and not force:
         raise AlreadyExists(f"{path} exists; add --force to overwrite it")
-    where, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(where, f".{name}.part-{os.getpid()}")
+    target = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part", dir=os.path.dirname(target))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # as the file open() would have made
+    os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def is_stream(path: str) -> bool:
+    """``-`` (stdin or stdout), or a path that is no regular file (nor a directory, which the
+    file's path refuses in words): a pipe, /dev/stdout."""
+    if path == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+        return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    except FileNotFoundError:
+        return False

@@ -3,7 +3,6 @@ client partitions, captured OS images and the partitions deployed from them)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 from ..pool import Pool
 from ..sizes import format_size
 from .args import SIZE, command, group, size
-from .output import binary_stdout, columns, done, emit, progress, replacing
+from ..diff import open_stream
+from .output import binary_stdout, columns, done, emit, is_stream, progress, replacing
 
 GROUPS = ("cec", "paging", "image", "partition")
 
@@ -116,7 +116,8 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
     elif cmd == ("partition", "export"):
         if args.file == "-":
             binary_stdout("a tar archive")
-            with os.fdopen(os.dup(sys.stdout.fileno()), "wb") as out:
+        if is_stream(args.file):  # -, a pipe, a device: written as it is
+            with open_stream(args.file, "w") as out:
                 images.export_partition(pool, args.name, out)
         else:
             with replacing(args.file, args.force) as tmp, open(tmp, "wb") as out:

@@ -51,7 +51,7 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         with _figures(pool_path, metrics):
             node.run(on_ready=ready)
-    daemonize(serve, log_path(pool_path, name), f"node {name}")
+    daemonize(serve, log_path(pool_path, name), f"node {name}", root=pool_path)
     return node_record(pool_path, name)
 
 
@@ -73,6 +73,7 @@ def _figures(pool_path: str, address: str | None) -> Iterator[None]:
         yield
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def node_record(pool_path: str, name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ..errors import BlockstoreError
-from ..pooldir import subdir
+from ..pooldir import dir_fd
 from .config import token_path
 from .events import EventLog
 
@@ -36,34 +36,39 @@ def faults_dir(pool_path: str) -> str:
 
 def report_fault(pool_path: str, condition: str, detail: dict[str, Any]) -> str:
     """Leave a fault report for the primary (written whole: temporary name, then rename)."""
-    d = subdir(pool_path, "faults")
-    name = f"{time.time_ns()}-{os.getpid()}.json"
-    tmp = os.path.join(d, f".{name}")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
-        json.dump({"condition": condition, "detail": detail, "time": time.time(), "pid": os.getpid()}, f, default=str)
-    os.rename(tmp, os.path.join(d, name))
+    d = dir_fd(pool_path, "faults")
+    try:
+        name = f"{time.time_ns()}-{os.getpid()}.json"
+        fd = os.open(f".{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=d)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"condition": condition, "detail": detail, "time": time.time(), "pid": os.getpid()}, f,
+                      default=str)
+        os.rename(f".{name}", name, src_dir_fd=d, dst_dir_fd=d)
+    finally:
+        os.close(d)
     return name
 
 
 def take_faults(pool_path: str) -> list[dict[str, Any]]:
     """Every pending fault report, oldest first; each is removed as it is read."""
-    d = faults_dir(pool_path)
-    try:
-        names = sorted(n for n in os.listdir(d) if n.endswith(".json") and not n.startswith("."))
-    except FileNotFoundError:
+    if not os.path.isdir(faults_dir(pool_path)):
         return []
+    d = dir_fd(pool_path, "faults")
     out = []
-    for n in names:
-        path = os.path.join(d, n)
-        try:
-            with open(path) as f:
-                out.append(json.load(f))
-        except (OSError, ValueError) as e:
-            out.append({"condition": "io_error", "detail": {"unreadable fault report": n, "error": str(e)}})
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    try:
+        for n in sorted(n for n in os.listdir(d) if n.endswith(".json") and not n.startswith(".")):
+            try:
+                fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=d)  # a link: unreadable, not followed
+                with os.fdopen(fd) as f:
+                    out.append(json.load(f))
+            except (OSError, ValueError) as e:
+                out.append({"condition": "io_error", "detail": {"unreadable fault report": n, "error": str(e)}})
+            try:
+                os.unlink(n, dir_fd=d)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(d)
     return out
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..pooldir import subdir
+from ..pooldir import dir_fd
 
 #: What callers may register for ("*" is every kind).
 KINDS = frozenset({
@@ -57,13 +58,29 @@ def _damage(body: bytes) -> str | None:
     return None
 
 
+def _name(seq: int) -> str:
+    return f"{seq:016d}.json"
+
+
 class EventLog:
+    """The payload files of a pool, in ``POOL/payloads``, worked on through a descriptor of that
+    directory held for the log's life (pooldir.py): a link put in its place later leads nowhere."""
+
     def __init__(self, pool_path: str) -> None:
-        self.dir = subdir(pool_path, "payloads")
+        self.dir = os.path.join(pool_path, "payloads")
+        self.dfd = dir_fd(pool_path, "payloads")
+        weakref.finalize(self, os.close, self.dfd)
         self._guess = 0  # a number known to exist (or 0): where probing for the head starts
 
     def _path(self, seq: int) -> str:
-        return os.path.join(self.dir, f"{seq:016d}.json")
+        return os.path.join(self.dir, _name(seq))
+
+    def _exists(self, seq: int) -> bool:
+        try:
+            os.stat(_name(seq), dir_fd=self.dfd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
 
     def publish(self, kind: str, data: dict[str, Any] | None = None, *, node: str | None = None) -> int:
         """Write one event durably and return its sequence number."""
@@ -73,8 +90,8 @@ class EventLog:
                           separators=(",", ":")).encode()
         if len(body) > MAX_PAYLOAD:
             raise InvalidArgument(f"event payload of {len(body)} bytes is over {MAX_PAYLOAD}")
-        tmp = os.path.join(self.dir, f".tmp-{os.getpid()}-{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = f".tmp-{os.getpid()}-{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.dfd)
         try:
             os.write(fd, body)
             os.fsync(fd)
@@ -84,47 +101,48 @@ class EventLog:
             seq = self.head() + 1
             while True:
                 try:
-                    os.link(tmp, self._path(seq))
+                    os.link(tmp, _name(seq), src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
                     break
                 except FileExistsError:
                     seq += 1
         finally:
-            os.unlink(tmp)
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            os.unlink(tmp, dir_fd=self.dfd)
+        os.fsync(self.dfd)
         self._guess = seq
         return seq
 
     def oldest(self) -> int:
         """The first number still kept (1 until something is pruned)."""
         try:
-            with open(os.path.join(self.dir, ".oldest")) as f:
-                return int(f.read())
-        except (FileNotFoundError, ValueError):
+            fd = os.open(".oldest", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.dfd)
+        except FileNotFoundError:
             return 1
+        try:
+            return int(os.read(fd, 64))
+        except ValueError:
+            return 1
+        finally:
+            os.close(fd)
 
     def head(self) -> int:
         """The highest published number (0: none)."""
         seq = max(self._guess, self.oldest() - 1)
-        if seq and not os.path.exists(self._path(seq)) and seq >= self.oldest():
+        if seq and not self._exists(seq) and seq >= self.oldest():
             seq = self._scan()
         # Numbers are claimed in order, so probing in strides then back finds the end quickly.
         step = 1
-        while os.path.exists(self._path(seq + step)):
+        while self._exists(seq + step):
             seq += step
             step *= 2
         while step > 1:
             step //= 2
-            if os.path.exists(self._path(seq + step)):
+            if self._exists(seq + step):
                 seq += step
         self._guess = seq
         return seq
 
     def _scan(self) -> int:
-        names = [n for n in os.listdir(self.dir) if n.endswith(".json") and n[:16].isdigit()]
+        names = [n for n in os.listdir(self.dfd) if n.endswith(".json") and n[:16].isdigit()]
         return max((int(n[:16]) for n in names), default=0)
 
     def read(self, seq: int) -> bytes | None:
@@ -132,7 +150,7 @@ class EventLog:
         Raises Gone if it was pruned."""
         try:
             # os.open: a fifth of open()'s cost (this is the notifier's loop); never through a link
-            fd = os.open(self._path(seq), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(_name(seq), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.dfd)
         except FileNotFoundError:
             if seq < self.oldest():
                 raise Gone(f"event {seq} was pruned (the oldest kept is {self.oldest()}); resync") from None
@@ -175,15 +193,15 @@ class EventLog:
         new_first = max(first, head - keep + 1)
         if new_first <= first:
             return 0
-        tmp = os.path.join(self.dir, ".oldest.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+        fd = os.open(".oldest.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=self.dfd)
+        with os.fdopen(fd, "w") as f:
             f.write(str(new_first))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.dir, ".oldest"))
+        os.replace(".oldest.tmp", ".oldest", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
         for seq in range(first, new_first):
             try:
-                os.unlink(self._path(seq))
+                os.unlink(_name(seq), dir_fd=self.dfd)
             except FileNotFoundError:
                 pass
         return new_first - first

@@ -18,6 +18,7 @@ of the first failure, which a fault that repeats every minute would otherwise re
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,10 +29,11 @@ import tarfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InvalidArgument, NotFound
-from ..pooldir import subdir
+from ..pooldir import dir_fd, open_file, opened_dir
 from .config import ClusterConfig
 from .store import CoordinationStore
 
@@ -110,10 +112,11 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
     manifest = {"id": bid, "node": node, "condition": condition, "reason": reason, "time": now,
                 "files": sorted(files)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
-    d = subdir(pool_path, "ffdc")
-    tmp = os.path.join(d, f".tmp-{bid}")
+    d = dir_fd(pool_path, "ffdc")
+    tmp = f".tmp-{bid}"
     # bundles name LUs and nodes: only the pool's owner reads them
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600), "wb") as raw:
+    raw_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=d)
+    with os.fdopen(raw_fd, "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for name in ["manifest.json", *sorted(n for n in files if n != "manifest.json")]:
                 data = files[name].encode()
@@ -122,12 +125,11 @@ def capture(pool_path: str, store: CoordinationStore, cfg: ClusterConfig, *, nod
                 tar.addfile(info, io.BytesIO(data))
         raw.flush()
         os.fsync(raw.fileno())
-    os.rename(tmp, os.path.join(d, f"{bid}.tar.gz"))
-    dfd = os.open(d, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.rename(tmp, f"{bid}.tar.gz", src_dir_fd=d, dst_dir_fd=d)
+        os.fsync(d)
     finally:
-        os.close(dfd)
+        os.close(d)
     prune(pool_path, cfg.ffdc_keep)
     return bid
 
@@ -159,14 +161,22 @@ def prune(pool_path: str, keep: int) -> list[str]:
     gone = others[:max(0, len(others) - room)] if keep > 0 else []
     for bid in gone:
         try:
-            os.unlink(os.path.join(repo(pool_path), f"{bid}.tar.gz"))
+            with opened_dir(pool_path, repo(pool_path)) as d:
+                os.unlink(f"{bid}.tar.gz", dir_fd=d)
         except FileNotFoundError:
             pass
     return gone
 
 
-def _manifest(path: str) -> dict[str, Any]:
-    with tarfile.open(path, "r:gz") as tar:
+@contextlib.contextmanager
+def _bundle(pool_path: str, path: str) -> Iterator[tarfile.TarFile]:
+    """A bundle of the repository, opened as pooldir.open_file opens (never through a link)."""
+    with os.fdopen(open_file(pool_path, path, os.O_RDONLY), "rb") as f, tarfile.open(fileobj=f, mode="r:gz") as tar:
+        yield tar
+
+
+def _manifest(pool_path: str, path: str) -> dict[str, Any]:
+    with _bundle(pool_path, path) as tar:
         f = tar.extractfile("manifest.json")
         assert f is not None
         manifest: dict[str, Any] = json.load(f)
@@ -178,7 +188,7 @@ def list_bundles(pool_path: str) -> list[dict[str, Any]]:
     for bid in _bundles(pool_path):
         path = os.path.join(repo(pool_path), f"{bid}.tar.gz")
         try:
-            m = _manifest(path)
+            m = _manifest(pool_path, path)
         except (OSError, tarfile.TarError, KeyError, ValueError):
             m = {"id": bid, "node": None, "condition": None, "reason": "unreadable bundle", "time": None}
         m["bytes"] = os.path.getsize(path)
@@ -194,7 +204,7 @@ def show(pool_path: str, bid: str) -> dict[str, Any]:
     path = os.path.join(repo(pool_path), f"{bid}.tar.gz")
     if not os.path.exists(path):
         raise NotFound(f"no FFDC bundle {bid}")
-    with tarfile.open(path, "r:gz") as tar:
+    with _bundle(pool_path, path) as tar:
         contents = {}
         for m in tar.getmembers():
             f = tar.extractfile(m)

@@ -802,6 +802,8 @@ def export_partition(pool: Pool, name: str, out: IO[bytes]) -> dict[str, Any]:
     link, device and FIFO of its image, and every file with its bytes as the partition's own LUs
     hold them now, each with its mode, owner and time. ``tar -x`` as root gives the tree back."""
     rec = _partition(pool, name)
+    if rec["state"] not in ("ready", "active"):
+        raise Busy(f"partition {name!r} is {rec['state']}: it has no tree to export until it is ready")
     img = pool.svc_get("image", rec["image"])
     if img is None:
         raise NotFound(f"partition {name!r}'s image {rec['image']!r} is gone")
@@ -826,6 +828,8 @@ def export_partition(pool: Pool, name: str, out: IO[bytes]) -> dict[str, Any]:
                     info.size = f["size"]
                     tar.addfile(info, _Slice(opened[lu_name], f.get("offset", 0), f["size"]))
                     written += f["size"]
+                    if "offset" not in f:  # a file's own LU: done with; the pack serves many
+                        opened.pop(lu_name).close()
                     continue
                 assert e is not None
                 info.type = _TAR_TYPE[e["kind"]]

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from ..locks import is_held
-from ..pooldir import open_file, read_file, subdir
+from ..pooldir import open_file, read_file, remove_file, subdir
 
 #: Bytes of physical space per logged region.
 REGION = 4 << 20
@@ -86,7 +86,7 @@ class ActivityLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-            os.unlink(self.path)
+            remove_file(os.path.dirname(self.locks_dir), self.path)
         self.hot.clear()
 
 
