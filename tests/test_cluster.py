@@ -653,10 +653,11 @@ def test_lu_assign_records_owners_through_the_primary(cluster):
         c.start(n)
     first = c.wait(c.primary)
     c.wait(lambda: all(n["state"] == "up" for n in c.status()["nodes"]) and len(c.status()["nodes"]) == 2)
-    run_cli("lu", "create", "a", "--size", "1M", pool=c.pool)
+    made = json.loads(run_cli("lu", "create", "a", "--size", "1M", "--json", pool=c.pool).stdout)
+    assert made["owner"]["node"] == "n1"  # a new LU goes to the node owning fewest (ties: by name)
     run_cli("lu", "snapshot", "a", "s", pool=c.pool)
     got = json.loads(run_cli("lu", "assign", "a", "--node", "n2", "--json", pool=c.pool).stdout)
-    assert got["node"] == "n2" and got["previous"] is None
+    assert got["node"] == "n2" and got["previous"] == "n1"
     shown = json.loads(run_cli("lu", "show", "a", "--json", pool=c.pool).stdout)
     assert shown["owner"] == {"node": "n2", "epoch": got["epoch"]}
     listed = {r["name"]: r["owner"] for r in json.loads(run_cli("lu", "list", "--json", pool=c.pool).stdout)}
@@ -667,9 +668,12 @@ def test_lu_assign_records_owners_through_the_primary(cluster):
         assert r.returncode != 0 and why in r.stderr.decode() and r.stderr.decode().count("\n") == 1, r.stderr
     assert json.loads(run_cli("lu", "show", "a", "--json", pool=c.pool).stdout)["owner"]["epoch"] == got["epoch"]
     kinds = [e for e in EventLog(c.pool).events(0) if e["kind"] == "ownership_changed"]
-    assert [(e["data"]["lu"], e["data"]["node"], e["data"]["epoch"]) for e in kinds] == [("a", "n2", got["epoch"])]
+    assert [(e["data"]["lu"], e["data"]["node"]) for e in kinds] == [("a", "n1"), ("a", "n2")]
+    assert kinds[-1]["data"]["epoch"] == got["epoch"]
     admin.stop_node(c.pool, first)  # the primary leaves: the other takes the next assignment
     other = "n2" if first == "n1" else "n1"
     c.wait(lambda: c.primary() == other)
     again = json.loads(run_cli("lu", "assign", "a", "--node", other, "--json", pool=c.pool).stdout)
     assert again["node"] == other and again["previous"] == "n2" and again["epoch"] > got["epoch"]
+    made = json.loads(run_cli("lu", "create", "b", "--size", "1M", "--json", pool=c.pool).stdout)
+    assert made["owner"]["node"] == other and made["owner"]["epoch"] > again["epoch"]  # the only node up

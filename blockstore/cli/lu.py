@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Any, BinaryIO
 
-from ..errors import InvalidArgument
+from ..errors import BlockstoreError, InvalidArgument
 from ..names import split_snapshot
 from ..pool import Pool
 from ..records import LUInfo
@@ -69,7 +69,7 @@ def add(top: Any) -> None:
     s = command(sub, "assign", "make a node of the cluster the LU's owner (the primary records it, under a new "
                 "ownership epoch)", "lu assign disk0 --node n2", json=True)
     s.add_argument("name", help="NAME")
-    s.add_argument("--node", required=True, help="a node that is up")
+    s.add_argument("--node", help="a node that is up (default: the one owning fewest LUs)")
     s = command(sub, "flatten", "a clone copies what it shares and stops depending on its parent",
                 "lu flatten test1", json=True)
     s.add_argument("name", help="NAME")
@@ -238,9 +238,19 @@ def _diff(args: argparse.Namespace, pool: Pool) -> None:
 def _create(args: argparse.Namespace, pool: Pool) -> None:
     with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored, allow_empty=True):
         pass
-    info = pool.lu_info(args.name)
+    info: Any = pool.lu_info(args.name)
+    owned = ""
+    if _owned(pool) is not None:  # a pool with a cluster: the new LU goes to the least loaded node
+        from ..cluster.admin import assign
+        try:
+            info["owner"] = {k: v for k, v in assign(pool.path, args.name, None, wait=0.0).items()
+                             if k in ("node", "epoch")}
+            owned = f", owned by {info['owner']['node']}"
+        except BlockstoreError as e:
+            info["owner"] = None
+            owned = f", no owner yet ({e})"
     done(args, info, f"created LU {args.name} of {format_size(info['size'])}"
-                     + (", mirrored" if args.mirrored else "") + (", thick" if args.thick else ""))
+                     + (", mirrored" if args.mirrored else "") + (", thick" if args.thick else "") + owned)
 
 
 def _resize(args: argparse.Namespace, pool: Pool) -> None:

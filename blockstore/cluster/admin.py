@@ -146,15 +146,17 @@ def stop_node(pool_path: str, name: str, timeout: float = 15.0) -> None:
         raise BlockstoreError(f"node {name} (pid {rec['pid']}) was asked to stop but has not exited after {timeout:.0f}s")
 
 
-def assign(pool_path: str, lu: str, node: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Ask the primary to make ``node`` the owner of ``lu`` (the primary writes ownership alone:
-    ownership.py); a primary that changed meanwhile is found and asked again. Returns the new
-    ownership: {lu, node, previous, epoch}."""
+def assign(pool_path: str, lu: str, node: str | None, wait: float = 10.0) -> dict[str, Any]:
+    """Ask the primary to make ``node`` (None: the node that is up and owns fewest LUs) the owner
+    of ``lu`` (the primary writes ownership alone: ownership.py); a primary that changed meanwhile
+    is found and asked again, for up to ``wait`` seconds without one. Returns the new ownership:
+    {lu, node, previous, epoch}."""
     if "@" in lu:
         raise InvalidArgument(f"{lu!r} is a snapshot: the owner of its LU serves it")
     check_name(lu)
-    check_name(node, "node name")
-    deadline = time.monotonic() + timeout
+    if node is not None:
+        check_name(node, "node name")
+    deadline = time.monotonic() + wait
     while True:
         store = open_store(pool_path)
         try:
@@ -166,14 +168,14 @@ def assign(pool_path: str, lu: str, node: str, timeout: float = 10.0) -> dict[st
         else:
             try:
                 reply = request(prim.address, {"op": "assign", "token": read_key(pool_path), "lu": lu, "node": node},
-                                timeout=timeout)
+                                timeout=10.0)
             except (OSError, ProtocolError):
                 reply = {"error": "not primary"}
         if reply.get("ok"):
             return {k: reply[k] for k in ("lu", "node", "previous", "epoch")}
         if reply.get("error") != "not primary":
             raise BlockstoreError(str(reply.get("error")))
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise BlockstoreError("the cluster has no primary to assign the LU: start a node (node start NAME)")
         time.sleep(0.1)
 

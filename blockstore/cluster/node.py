@@ -617,14 +617,18 @@ class Node:
                 conn.close()
 
     def _assign(self, req: dict[str, Any]) -> dict[str, Any]:
-        """As the primary, make a live node the owner of an LU of the pool (ownership.py), and
-        say so in an ``ownership_changed`` event. Not the primary: the reply names the one that is."""
+        """As the primary, make a live node (``node``; none named: the one owning fewest LUs) the
+        owner of an LU of the pool (ownership.py), and say so in an ``ownership_changed`` event.
+        Not the primary: the reply names the one that is."""
         now, me = self._confirmed()
         if me is None:
             return {"error": "not primary", "primary": now.node, "address": now.address}
-        lu, node = str(req.get("lu", "")), str(req.get("node", ""))
+        lu, node = str(req.get("lu", "")), str(req.get("node") or "")
         with self.lock:
             states = {self.name: "up", **{p.name: p.state for p in self.peers.values()}}
+        if not node:
+            load = collections.Counter(o.node for o in ownership.every(self.store).values())
+            node = min((n for n, s in states.items() if s == "up"), key=lambda n: (load[n], n))
         if node not in states:
             raise NotFound(f"no node named {node!r} in the cluster")
         if states[node] != "up":
