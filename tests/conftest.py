@@ -147,3 +147,19 @@ def direct_counts(pool_path: str) -> dict[str, int]:
     """The direct path's request counts the last unmount logged ("read direct", "write passed"...)."""
     line = mount_log(pool_path).rsplit("requests: ", 1)[1].splitlines()[0]
     return {what: int(n) for n, what in (part.split(" ", 1) for part in line.strip().split(", "))}
+
+
+def race(target: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
+    """Start ``target(*args, queue)`` in a process of its own for each of ``argsets``, all at
+    once, and return what each put on the queue. Spawned, not forked: an LMDB environment is
+    opened after the start, never inherited."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, q)) for args in argsets]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join()
+    return results

@@ -2,7 +2,6 @@
 record it was elected under, each assignment under an epoch larger than every earlier one."""
 from __future__ import annotations
 
-import multiprocessing
 
 import pytest
 
@@ -10,6 +9,7 @@ from blockstore import Busy, InvalidArgument
 from blockstore.cluster import election, ownership
 from blockstore.cluster.election import Deposed
 from blockstore.cluster.store import LmdbStore
+from conftest import race
 
 
 @pytest.fixture
@@ -86,14 +86,7 @@ def test_one_winner_among_six_processes(tmp_path):
     p = _elect(s, "n0")
     first = ownership.assign(s, p, "disk0", "n0")
     s.close()
-    ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(path, f"n{i}", first.epoch, q)) for i in range(1, 7)]
-    for proc in procs:
-        proc.start()
-    results = [q.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join()
+    results = race(_race, [(path, f"n{i}", first.epoch) for i in range(1, 7)])
     winners = [n for n, won in results if won]
     s = LmdbStore(path)
     now = ownership.get(s, "disk0")

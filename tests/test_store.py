@@ -1,13 +1,13 @@
 """The coordination store the cluster layer builds on: compare-and-set, leases, revisions, watch."""
 from __future__ import annotations
 
-import multiprocessing
 import time
 
 import pytest
 
 from blockstore import InvalidArgument, NotFound
 from blockstore.cluster.store import LmdbStore
+from conftest import race
 
 
 @pytest.fixture
@@ -79,14 +79,7 @@ def _race(path: str, name: str, q) -> None:
 def test_one_winner_among_processes(tmp_path):
     path = str(tmp_path / "cluster")
     LmdbStore(path).close()
-    ctx = multiprocessing.get_context("spawn")  # LMDB is opened after the fork, never inherited
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(path, f"n{i}", q)) for i in range(6)]
-    for p in procs:
-        p.start()
-    results = [q.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join()
+    results = race(_race, [(path, f"n{i}") for i in range(6)])
     winners = [n for n, won in results if won]
     assert len(winners) == 1
     s = LmdbStore(path)
