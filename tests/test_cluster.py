@@ -677,3 +677,5 @@ def test_lu_assign_records_owners_through_the_primary(cluster):
     assert again["node"] == other and again["previous"] == "n2" and again["epoch"] > got["epoch"]
     made = json.loads(run_cli("lu", "create", "b", "--size", "1M", "--json", pool=c.pool).stdout)
     assert made["owner"]["node"] == other and made["owner"]["epoch"] > again["epoch"]  # the only node up
+    assert {n["name"]: n["lus"] for n in c.status()["nodes"]}[other] == ["a", "b"]
+    assert "owns 2 LU(s)" in run_cli("cluster", "status", pool=c.pool, check_rc=None).stdout.decode()

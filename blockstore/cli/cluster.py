@@ -69,7 +69,8 @@ def _status_text(st: dict[str, Any]) -> str:
         seen = "-" if n["last_seen_s"] is None else f"{n['last_seen_s']:.1f}s ago"
         view = n["view"]
         lines.append(f"  {n['name']:<16} {n['state']:<8} {n['role']:<8} {n['address']:<22} last seen {seen:<10}"
-                     f" sees primary {view['primary'] or '-'} epoch {view['epoch'] if view['epoch'] is not None else '-'}")
+                     f" sees primary {view['primary'] or '-'} epoch {view['epoch'] if view['epoch'] is not None else '-'}"
+                     f"  owns {len(n['lus'])} LU(s)")
     return "\n".join(lines)
 
 

@@ -204,12 +204,15 @@ def ask_ffdc(pool_path: str, name: str, reason: str) -> str | None:
 
 def status(pool_path: str) -> dict[str, Any]:
     """The cluster as the store records it: OK (a primary, every node up), DEGRADED (a primary,
-    some node down), DOWN (no live primary); and per node its state, when it was last heard, and
-    the primary and epoch in its own view."""
+    some node down), DOWN (no live primary); and per node its state, when it was last heard, the
+    primary and epoch in its own view, and the LUs it owns (ownership.py)."""
     store = open_store(pool_path)
     try:
         cfg = load_config(store, pool_path)
         prim = election.current(store)
+        owned: dict[str, list[str]] = {}
+        for lu, o in sorted(ownership.every(store).items()):
+            owned.setdefault(o.node, []).append(lu)
         records = {json.loads(e.value)["name"]: json.loads(e.value) for _, e in store.range("nodes/")}
         alive = {k.split("/", 1)[1] for k, _ in store.range("alive/")}
         members = {k.split("/", 1)[1]: json.loads(e.value) for k, e in store.range("members/")}
@@ -235,7 +238,8 @@ def status(pool_path: str) -> dict[str, Any]:
         nodes.append({"name": name, "state": state, "address": rec["address"], "cec": rec.get("cec"),
                       "pid": rec.get("pid"), "last_seen_s": round(min(heard), 3) if heard else None,
                       "role": "primary" if name == prim.node else "member",
-                      "view": {"primary": view.get("primary"), "epoch": view.get("epoch")}})
+                      "view": {"primary": view.get("primary"), "epoch": view.get("epoch")},
+                      "lus": owned.get(name, [])})
     live_primary = prim.node is not None and prim.node in alive
     if not live_primary:
         overall = "DOWN"
