@@ -102,21 +102,21 @@ def subdir(pool_path: str, *names: str, mode: int = 0o700) -> str:
     """``pool_path/names...``, each step made if missing (``mode``) and opened without following
     a link; each must be a directory owned by the pool's owner, and the last gets ``mode``.
     Returns its path. Unsafe (one line naming it) otherwise."""
+    os.close(dir_fd(pool_path, *names, mode=mode))
+    return os.path.join(pool_path, *names)
+
+
+def dir_fd(pool_path: str, *names: str, mode: int = 0o700) -> int:
+    """A descriptor of ``pool_path/names...``, made and checked as ``subdir`` says (the caller
+    closes it): a holder of it works in that directory whatever its name points to later."""
     check_owner(pool_path)
     fd, _, _ = _walk(pool_path, names, make=True, mode=mode)
     try:
         if names and os.fstat(fd).st_mode & 0o777 != mode:
             os.fchmod(fd, mode)
-        return os.path.join(pool_path, *names)
-    finally:
+    except BaseException:
         os.close(fd)
-
-
-def dir_fd(pool_path: str, *names: str, mode: int = 0o700) -> int:
-    """A descriptor of ``pool_path/names...``, made and checked as ``subdir`` makes it (the
-    caller closes it): a holder of it works in that directory whatever its name points to later."""
-    subdir(pool_path, *names, mode=mode)
-    fd, _, _ = _walk(pool_path, names, make=False)
+        raise
     return fd
 
 

@@ -162,9 +162,10 @@ def _kind_matches(r: LUInfo, kinds: set[str]) -> bool:
     return "all" in kinds or r["kind"] in kinds or (r["role"] or "") in kinds
 
 
-def _owned(pool: Pool) -> dict[str, Any] | None:
+def _owned(pool: Pool, lu: str | None = None) -> dict[str, Any] | None:
+    """Owners by LU name (every LU's, or ``lu``'s alone); None: the pool has no cluster."""
     from ..cluster.admin import owners
-    return owners(pool.path)
+    return owners(pool.path, lu)
 
 
 def _assign(args: argparse.Namespace, pool: Pool) -> None:
@@ -177,9 +178,10 @@ def _assign(args: argparse.Namespace, pool: Pool) -> None:
 
 def _show(args: argparse.Namespace, pool: Pool) -> None:
     info: Any = pool.lu_info(args.name)
-    owned = _owned(pool)
+    base = args.name.split("@")[0]
+    owned = _owned(pool, base)
     if owned is not None:  # a pool with a cluster: its LUs have owning nodes
-        info["owner"] = owned.get(args.name.split("@")[0])
+        info["owner"] = owned.get(base)
     kind = {"snapshot": f"snapshot of {info['parent']}", "clone": f"clone of {info['parent']}"}.get(
         info["kind"], "LU" + (f" (flattened from {info['parent']})" if info.get("parent") else ""))
     mirror = info.get("mirror")
@@ -240,8 +242,8 @@ def _create(args: argparse.Namespace, pool: Pool) -> None:
         pass
     info: Any = pool.lu_info(args.name)
     owned = ""
-    if _owned(pool) is not None:  # a pool with a cluster: the new LU goes to the least loaded node
-        from ..cluster.admin import assign
+    from ..cluster.admin import assign, has_cluster
+    if has_cluster(pool.path):  # the new LU goes to the least loaded node
         try:
             info["owner"] = {k: v for k, v in assign(pool.path, args.name, None, wait=0.0).items()
                              if k in ("node", "epoch")}

@@ -180,13 +180,19 @@ def assign(pool_path: str, lu: str, node: str | None, wait: float = 10.0) -> dic
         time.sleep(0.1)
 
 
-def owners(pool_path: str) -> dict[str, Any] | None:
-    """Each owned LU's {node, epoch} (ownership.py); None when the pool has no cluster."""
-    if not os.path.isdir(store_path(pool_path)):
+def has_cluster(pool_path: str) -> bool:
+    return os.path.isdir(store_path(pool_path))
+
+
+def owners(pool_path: str, lu: str | None = None) -> dict[str, Any] | None:
+    """Each owned LU's {node, epoch} (ownership.py), or only ``lu``'s; None when the pool has
+    no cluster."""
+    if not has_cluster(pool_path):
         return None
     store = open_store(pool_path)
     try:
-        return {lu: {"node": o.node, "epoch": o.epoch} for lu, o in ownership.every(store).items()}
+        found = ownership.every(store) if lu is None else {lu: o for o in [ownership.get(store, lu)] if o}
+        return {name: {"node": o.node, "epoch": o.epoch} for name, o in found.items()}
     finally:
         store.close()
 
