@@ -14,6 +14,7 @@ import pytest
 
 from blockstore.pool import Pool
 from blockstore.check import check
+from blockstore.cluster import admin
 
 SLOW = os.environ.get("BLOCKSTORE_SLOW") == "1"
 HERE = os.path.dirname(__file__)
@@ -163,3 +164,57 @@ def race(target: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
     for p in procs:
         p.join()
     return results
+
+
+INTERVAL = 0.3
+
+
+class Cluster:
+    """Node processes of one pool's cluster, started with the CLI; the tests signal them by pid."""
+    def __init__(self, pool: str, interval: float = INTERVAL) -> None:
+        self.pool = pool
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+
+    def start(self, name: str, *extra: str) -> dict:
+        r = run_cli("node", "start", "--name", name, *extra, "--json", pool=self.pool)
+        rec = json.loads(r.stdout)
+        self.pids[name] = rec["pid"]
+        return rec
+
+    def status(self) -> dict:
+        return admin.status(self.pool)
+
+    def wait(self, what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = what()
+            if v:
+                return v
+            time.sleep(step)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def primary(self) -> str | None:
+        return self.status()["primary"]
+
+    def views_agree(self, names: list[str], settled: bool = False) -> tuple[str, int] | None:
+        """(primary, epoch) if every live node's own view (asked over its port) says the same
+        (``settled``: and each hears every other)."""
+        return admin.agreed_primary(self.pool, names, settled=settled)
+
+    def log(self, name: str) -> str:
+        with open(admin.log_path(self.pool, name)) as f:
+            return f.read()
+
+    def kill_all(self) -> None:
+        admin.kill_nodes(self.pids.values())
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    pool = str(tmp_path / "pool")
+    Pool.create(pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
+    run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=pool)
+    c = Cluster(pool)
+    yield c
+    c.kill_all()

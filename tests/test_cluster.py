@@ -22,60 +22,7 @@ from blockstore.cluster.election import Deposed
 from blockstore.cluster.events import EventLog, Gone
 from blockstore.cluster.protocol import LineReader, encode, parse_address
 
-from conftest import run_cli
-
-INTERVAL = 0.3
-
-
-class Cluster:
-    def __init__(self, pool: str, interval: float = INTERVAL) -> None:
-        self.pool = pool
-        self.interval = interval
-        self.pids: dict[str, int] = {}
-
-    def start(self, name: str, *extra: str) -> dict:
-        r = run_cli("node", "start", "--name", name, *extra, "--json", pool=self.pool)
-        rec = json.loads(r.stdout)
-        self.pids[name] = rec["pid"]
-        return rec
-
-    def status(self) -> dict:
-        return admin.status(self.pool)
-
-    def wait(self, what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = what()
-            if v:
-                return v
-            time.sleep(step)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-    def primary(self) -> str | None:
-        return self.status()["primary"]
-
-    def views_agree(self, names: list[str], settled: bool = False) -> tuple[str, int] | None:
-        """(primary, epoch) if every live node's own view (asked over its port) says the same
-        (``settled``: and each hears every other)."""
-        return admin.agreed_primary(self.pool, names, settled=settled)
-
-    def log(self, name: str) -> str:
-        with open(admin.log_path(self.pool, name)) as f:
-            return f.read()
-
-    def kill_all(self) -> None:
-        admin.kill_nodes(self.pids.values())
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    pool = str(tmp_path / "pool")
-    Pool.create(pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
-    run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=pool)
-    c = Cluster(pool)
-    yield c
-    c.kill_all()
-
+from conftest import INTERVAL, run_cli
 
 def _elections(c: Cluster) -> list[tuple[str, int]]:
     return [(e["data"]["node"], e["data"]["epoch"]) for e in EventLog(c.pool).events() if e["kind"] == "primary_elected"]

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, NotFound
+from ..errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound
 from ..names import check_name
 from . import election, ffdc, ownership
 from .bridge import take_faults
@@ -485,10 +485,54 @@ class Node:
             log.warning("%s", e)
             self.wake.set()
             return
+        self._failover(me, states)
         for fault in take_faults(self.pool_path):
             self._ffdc_queue.put((fault.get("condition", "io_error"), json.dumps(fault.get("detail"), default=str), None))
         if self.events.head() - self.events.oldest() >= self.cfg.event_keep + 1000:
             self.events.prune(self.cfg.event_keep)
+
+    def _up_nodes(self) -> dict[str, str | None]:
+        """The nodes up in my view (me included), each with its CEC."""
+        with self.lock:
+            return {self.name: self.cec, **{p.name: p.meta.get("cec") for p in self.peers.values() if p.state == "up"}}
+
+    def _failover(self, me: Primary, states: dict[str, str]) -> None:
+        """Move every LU owned by a node that is down or has left to the live nodes (ownership.py
+        chooses where), in one fenced transaction per round; each move is published. A move that
+        lost a race (an ``lu assign`` changed a record meanwhile) is planned again next round."""
+        gone = {n for n, s in states.items() if s in ("down", "stopped")}
+        lost = ownership.orphans(self.store, gone) if gone else []
+        if not lost:
+            return
+        from ..pool import Pool
+        with Pool.open(self.pool_path, readonly=True) as pool:
+            names = {r["name"] for r in pool.list_lus()}
+        for o in [o for o in lost if o.lu not in names]:  # removed while its owner was away
+            try:
+                ownership.release(self.store, me, o.lu, o)
+            except (Deposed, Busy):
+                pass  # the next round reads again
+        lost = [o for o in lost if o.lu in names]
+        if not lost:
+            return
+        with self.lock:
+            cecs = {p.name: p.meta.get("cec") for p in self.peers.values()}
+        load = collections.Counter(o.node for o in ownership.every(self.store).values())
+        plan = ownership.plan_failover(lost, self._up_nodes(), cecs, load)
+        try:
+            moved = ownership.move_many(self.store, me, plan)
+        except Deposed as e:
+            self.refused_writes += 1
+            log.warning("%s", e)
+            self.wake.set()
+            return
+        if moved is None:
+            self.wake.set()
+            return
+        log.warning("failover: %d LU(s) of %s moved", len(plan), ", ".join(sorted({o.node for o, _ in plan.values()})))
+        for lu, now in moved.items():
+            self._publish("ownership_changed", {"lu": lu, "node": now.node, "previous": plan[lu][0].node,
+                                                "epoch": now.epoch, "reason": "failover"})
 
     def _publish(self, kind: str, data: dict[str, Any]) -> int | None:
         try:
@@ -628,7 +672,7 @@ class Node:
             states = {self.name: "up", **{p.name: p.state for p in self.peers.values()}}
         if not node:
             load = collections.Counter(o.node for o in ownership.every(self.store).values())
-            node = min((n for n, s in states.items() if s == "up"), key=lambda n: (load[n], n))
+            node = ownership.choose(self._up_nodes(), load)
         if node not in states:
             raise NotFound(f"no node named {node!r} in the cluster")
         if states[node] != "up":
@@ -641,7 +685,8 @@ class Node:
         got = ownership.assign(self.store, me, lu, node, seen=before)
         previous = before.node if before else None
         log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
-        self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch})
+        self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch,
+                                            "reason": "assign"})
         return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
 
     def _check_peer(self, hello: dict[str, Any]) -> str:

@@ -13,10 +13,12 @@ writes nothing: election.py's fencing). Nothing else writes these records.
 """
 from __future__ import annotations
 
+import collections
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..errors import Busy
+from ..errors import Busy, NotFound
 from ..names import check_name
 from . import election
 from .election import Deposed, Primary
@@ -72,6 +74,51 @@ def assign(store: CoordinationStore, primary: Primary, lu: str, node: str,
                           f"the ownership of {lu!r} is unchanged")
         raise Busy(f"the ownership of {lu!r} changed while it was being assigned; nothing was written")
     return Ownership(lu, node, rev)
+
+
+def choose(up: Mapping[str, str | None], load: Mapping[str, int], avoid_cec: str | None = None) -> str:
+    """Where an LU goes: of the nodes that are ``up`` (name -> its CEC, None when it names none),
+    one in another CEC than ``avoid_cec`` first (the failed node's machine may be failing whole),
+    then the one owning fewest LUs (``load``), then by name."""
+    if not up:
+        raise NotFound("no node is up to own the LU")
+    return min(up, key=lambda n: (avoid_cec is not None and up[n] == avoid_cec, load.get(n, 0), n))
+
+
+def move_many(store: CoordinationStore, primary: Primary,
+              moves: Mapping[str, tuple[Ownership, str]]) -> dict[str, Ownership] | None:
+    """As the primary, give every LU in ``moves`` (LU -> (its ownership as read, the new node))
+    its new owner in one transaction, and return the new ownerships (each epoch larger than the
+    one it replaced; whether they share one, as in etcd, is the store's affair). None when any of
+    the LUs' records changed meanwhile (nothing written: read again and retry); Deposed when
+    ``primary`` is no longer the current primary record."""
+    compares = {election.KEY: primary.revision, **{_key(lu): seen.epoch for lu, (seen, _) in moves.items()}}
+    rev = store.commit(compares, {_key(lu): json.dumps({"node": node}).encode() for lu, (_, node) in moves.items()})
+    if rev is None:
+        if election.current(store).revision != primary.revision:
+            raise Deposed(f"node {primary.node} is no longer the primary (epoch {primary.epoch}): no LU was moved")
+        return None
+    now = {lu: get(store, lu) for lu in moves}
+    return {lu: o for lu, o in now.items() if o is not None}
+
+
+def orphans(store: CoordinationStore, gone: set[str]) -> list[Ownership]:
+    """The ownerships held by the nodes in ``gone`` (down or left), by LU name."""
+    return sorted((o for o in every(store).values() if o.node in gone), key=lambda o: o.lu)
+
+
+def plan_failover(lost: list[Ownership], up: Mapping[str, str | None], cecs: Mapping[str, str | None],
+                  load: Mapping[str, int]) -> dict[str, tuple[Ownership, str]]:
+    """Where each LU of ``lost`` goes (LU -> (ownership, new node)): one at a time, each to
+    ``choose``'s node with the LUs placed so far counted, so a dead node's LUs spread over the
+    live ones instead of all landing on the least loaded."""
+    counts = collections.Counter(load)
+    plan = {}
+    for o in lost:
+        node = choose(up, counts, cecs.get(o.node))
+        counts[node] += 1
+        plan[o.lu] = (o, node)
+    return plan
 
 
 def release(store: CoordinationStore, primary: Primary, lu: str, seen: Ownership) -> None:
