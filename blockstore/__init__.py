@@ -12,10 +12,10 @@ a storage pool, with snapshots and copy-on-write clones.
 from .api import LU, Pool
 from .device import BlockDevice
 from .errors import (AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotAPool, NotFound,
-                     OutOfRange, PoolCorrupt, PoolFull, ReadOnly, Unsafe)
+                     Fenced, OutOfRange, PoolCorrupt, PoolFull, ReadOnly, Unsafe)
 from .sizes import format_size, parse_size
 
 __version__ = "0.1.0"
 __all__ = ["Pool", "LU", "BlockDevice", "parse_size", "format_size", "BlockstoreError", "InvalidArgument",
            "OutOfRange", "NotFound", "NotAPool", "AlreadyExists", "ReadOnly", "Busy", "PoolFull", "PoolCorrupt",
-           "Unsafe"]
+           "Unsafe", "Fenced"]

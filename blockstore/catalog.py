@@ -53,6 +53,7 @@ class LURecord(TypedDict, total=False):
     role: str  # what a service made it for (paging, image)
     readonly: bool  # sealed by a service
     lpar: str  # the client partition a paging LU serves (records before 2026-12-03 said "owner")
+    fence: int  # the highest ownership epoch a writer took (fence.py): older ones commit nothing
 
 
 class Catalog:

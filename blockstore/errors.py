@@ -46,6 +46,13 @@ class Busy(BlockstoreError):
         self.holder = holder
 
 
+class Fenced(BlockstoreError):
+    """This process may no longer write the LU: a newer owner holds it (its ownership epoch is
+    past the one this process writes under, fence.py). Nothing of the refused change landed."""
+
+    errno = _errno.ESTALE
+
+
 class Unsafe(BlockstoreError):
     """Something in the pool's directory is not what the engine made (a link, another user's
     file): refused rather than followed (pooldir.py)."""

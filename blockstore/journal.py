@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
+from . import fence
 from .errors import ReadOnly
 
 if TYPE_CHECKING:
@@ -70,6 +71,10 @@ class Journal:
                 with self.meta.write() as txn:
                     result = change(txn) if change else None
                     for lu in self.writers.values():
+                        # a deposed owner stores nothing, also not the others' pending changes
+                        # (no record: ``change`` renames or removes it in this very commit)
+                        if lu.epoch is not None and (rec := self.catalog.get(txn, lu.name, missing_ok=True)):
+                            fence.check(rec, lu.epoch)
                         self.save(txn, lu)
                     punch = a.commit(txn)
                     # the copies as the pool records them: what this commit stores was written

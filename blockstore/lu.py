@@ -116,6 +116,8 @@ class LU:
         self.thick: bool = record.get("thick", False)
         self._size: int = record["size"]
         self._gen: int = record["gen"]
+        #: the ownership epoch this handle writes under (fence.py); None: not fenced
+        self.epoch: int | None = None
         self._map = emap
         self._E = allocator.E
         self.mirrored: bool = record.get("mirrored", False)

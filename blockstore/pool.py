@@ -10,6 +10,7 @@ next open); an extent shared with a snapshot is never overwritten in place.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, cast
 import lmdb
 import numpy as np
 
-from . import control
+from . import control, fence
 from .allocator import Allocator, init_free, read_resv, resv_key, resv_owner, set_free
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, ReadOnly
 from .catalog import Catalog, LURecord, check_lu_size
@@ -289,11 +290,13 @@ class Pool:
 
     # -- opening LUs ----------------------------------------------------------------------------
 
-    def open_lu(self, name: str, *, writable: bool = True) -> LU:
+    def open_lu(self, name: str, *, writable: bool = True, epoch: int | None = None) -> LU:
         """Open an LU (or a snapshot, ``LU@SNAP``, always read-only).
 
         A writable open takes the LU's holder lock: a second process gets Busy naming the holder.
-        Opening the same LU again in this process returns the same handle.
+        Opening the same LU again in this process returns the same handle. ``epoch``: the
+        ownership epoch a cluster node writes under (fence.py): stored in the LU's record as it
+        opens, and compared by every commit; Fenced when a newer owner already took a higher one.
         """
         base, snap = split_snapshot(name)
         with self._lock:
@@ -314,7 +317,8 @@ class Pool:
                     lu_id = rec0["id"]
                 if rec0.get("readonly"):
                     raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
-                holder = HolderLock(self.holder_path(lu_id), self.path).acquire(f"LU {name!r}")
+                if epoch is None or fence.enabled("agent"):  # the holder locks: one machine's agent
+                    holder = HolderLock(self.holder_path(lu_id), self.path).acquire(f"LU {name!r}")
             try:
                 with self.meta.read() as txn:
                     rec = self.record(txn, name)
@@ -336,9 +340,26 @@ class Pool:
                 or not is_held(self.holder_path(rec["id"]), self.path)
             lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
                     writable=writable, holder=holder, settled=settled)
+            if writable and epoch is not None:
+                try:
+                    self.commit(functools.partial(self._take_fence, name, epoch))
+                except BaseException:
+                    lu.retire()
+                    if holder:
+                        holder.release()
+                    raise
+                lu.epoch = epoch
             if writable:
                 self._writers[name] = lu
             return lu
+
+    def _take_fence(self, name: str, epoch: int, txn: lmdb.Transaction) -> None:
+        """Store ``epoch`` as the LU's fence: from this commit on, a writer under an older epoch
+        commits nothing (fence.py). Fenced when a newer one holds it already."""
+        rec = self.record(txn, name)
+        fence.check(rec, epoch)
+        rec["fence"] = epoch
+        self.catalog.put(txn, rec)
 
     def held_lu(self, name: str) -> LU | None:
         """This process's writable handle of ``name`` opened once more (close it as any handle),

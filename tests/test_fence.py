@@ -1,0 +1,99 @@
+"""The fence layers (fence.py), each on its own with the others switched off
+(BLOCKSTORE_FENCES), on real processes paused with SIGSTOP: an owner writes under its ownership
+epoch, is paused, a newer owner takes the LU and writes, the old one is continued and tries to
+land what it wrote. What lands is read from the pool's metadata and data, not from either
+writer."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from blockstore.check import check
+from blockstore.pool import Pool
+
+PEER = os.path.join(os.path.dirname(__file__), "pool_peer.py")
+E = 64 * 1024
+
+
+class Peer:
+    """A second process of the pool (pool_peer.py), with the fence layers ``fences`` on."""
+
+    def __init__(self, pool: str, fences: str) -> None:
+        env = {**os.environ, "BLOCKSTORE_FENCES": fences}
+        self.p = subprocess.Popen([sys.executable, PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.ask(op="open", path=pool)
+
+    def ask(self, **req):  # type: ignore[no-untyped-def]
+        self.p.stdin.write((json.dumps(req) + "\n").encode())
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())
+
+    def end(self) -> None:
+        self.p.kill()
+        self.p.wait()
+
+
+@pytest.fixture
+def lu_pool(tmp_path):
+    path = str(tmp_path / "pool")
+    with Pool.create(path, "64M", extent_size="64K") as pool:
+        with pool.create_lu("a", "1M") as lu:
+            lu.write(4 * E, b"base" * (E // 4))
+    return path
+
+
+def _bytes(path: str) -> bytes:
+    with Pool.open(path, readonly=True) as pool, pool.lu("a", writable=False) as lu:
+        return lu.read(0, lu.size)
+
+
+def _paused_owner_then_new_owner(path: str, fences: str) -> tuple[dict, bytes]:
+    """Old owner (epoch 5) writes extent 0 and is stopped before it flushes; the new owner
+    (epoch 6) writes extent 2 and flushes; the old one is continued and flushes. Returns the old
+    owner's flush reply and what the LU holds after both have gone."""
+    old, new = Peer(path, fences), Peer(path, fences)
+    try:
+        assert old.ask(op="own", name="a", epoch=5) == {"ok": True}
+        assert old.ask(op="write", name="a", offset=0, hex=(b"O" * E).hex()) == {"ok": True}
+        os.kill(old.p.pid, signal.SIGSTOP)
+        try:
+            assert new.ask(op="own", name="a", epoch=6) == {"ok": True}
+            assert new.ask(op="write", name="a", offset=2 * E, hex=(b"N" * E).hex()) == {"ok": True}
+            assert new.ask(op="flush") == {"ok": True}
+        finally:
+            os.kill(old.p.pid, signal.SIGCONT)
+        got = old.ask(op="flush")
+        again = old.ask(op="own", name="b", epoch=5)  # noqa: F841  (no such LU: the peer goes on)
+    finally:
+        old.end()
+        new.end()
+    return got, _bytes(path)
+
+
+def test_metadata_fence_alone_stops_a_paused_owners_commit(lu_pool):
+    got, data = _paused_owner_then_new_owner(lu_pool, "metadata")
+    assert got["error"].startswith("Fenced: LU 'a' is owned under epoch 6 now"), got
+    assert data[:E] == bytes(E)                       # the old owner's map never landed
+    assert data[2 * E:3 * E] == b"N" * E              # the new owner's did
+    assert data[4 * E:5 * E] == b"base" * (E // 4)
+    with Pool.open(lu_pool) as pool:                  # the old owner's reservation is reclaimed
+        assert check(pool)["clean"], check(pool)
+    # an owner under an old epoch cannot even open the LU again
+    peer = Peer(lu_pool, "metadata")
+    try:
+        assert peer.ask(op="own", name="a", epoch=5)["error"].startswith("Fenced:")
+    finally:
+        peer.end()
+
+
+def test_without_the_metadata_fence_the_paused_owners_commit_lands(lu_pool):
+    """The same history with every layer off: the old owner's map lands over the new owner's
+    commit (what the layer above stops)."""
+    got, data = _paused_owner_then_new_owner(lu_pool, "none")
+    assert got == {"ok": True}
+    assert data[:E] == b"O" * E
