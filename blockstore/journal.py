@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from . import fence
-from .errors import ReadOnly
+from .errors import Fenced, ReadOnly
 
 if TYPE_CHECKING:
     from .allocator import Allocator
@@ -35,6 +35,7 @@ class Journal:
                  catalog: "Catalog", writers: "dict[str, LU]", *, readonly: bool = False, path: str = "") -> None:
         self.meta, self.lock, self.groups, self.alloc = meta, lock, groups, allocator
         self.catalog, self.writers, self.readonly, self.path = catalog, writers, readonly, path
+        self.fenced: Fenced | None = None  # a commit a fence refused: no later one is made
 
     def pending(self) -> bool:
         """Whether memory holds changes no commit has stored yet."""
@@ -60,6 +61,9 @@ class Journal:
         """
         if self.readonly:
             raise ReadOnly(f"the pool at {self.path} is open read-only")
+        if self.fenced is not None:
+            # what memory holds mixes a deposed writer's changes with the others': none is stored
+            raise Fenced(f"{self.fenced}; this process commits nothing more (reopen the pool)")
         with self.lock:
             for lu in self.writers.values():
                 lu.settle()  # a deferred copy completes before its data is synced and its map stored
@@ -82,7 +86,9 @@ class Journal:
                     self.groups.follow(txn)
                     if mirror is not None:
                         mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
-            except BaseException:
+            except BaseException as e:
+                if isinstance(e, Fenced):
+                    self.fenced = e
                 a.truncate_pending(*marks)
                 for name, (dirty, resized) in saved.items():
                     if name in self.writers:

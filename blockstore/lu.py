@@ -118,6 +118,7 @@ class LU:
         self._gen: int = record["gen"]
         #: the ownership epoch this handle writes under (fence.py); None: not fenced
         self.epoch: int | None = None
+        self._write_until: int | None = None  # the direct path's fence word (fence_writes)
         self._map = emap
         self._E = allocator.E
         self.mirrored: bool = record.get("mirrored", False)
@@ -344,7 +345,17 @@ class LU:
                 self._direct = DirectTable()
                 self._map.guard = self._direct
                 self._publish_direct()
+                if self._write_until is not None:
+                    self._direct.fence(self._write_until)
             return self._direct
+
+    def fence_writes(self, until_ns: int) -> None:
+        """The C direct path writes this LU only before ``until_ns`` (time.monotonic_ns); later
+        writes come to Python, where the node's gate decides (fence.py: the data path's layer).
+        The serving process moves it forward while it may write."""
+        self._write_until = until_ns
+        if self._direct is not None:
+            self._direct.fence(until_ns)
 
     def _publish_direct(self) -> None:
         """Point the direct table at the current map (the caller holds the table, or no I/O can

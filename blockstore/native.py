@@ -241,6 +241,11 @@ class DirectTable:
         """Bytes written through this table so far."""
         return int(lib.bs_table_written(self.ptr))
 
+    def fence(self, until_ns: int) -> None:
+        """Serve writes in C only before ``until_ns`` (CLOCK_MONOTONIC, time.monotonic_ns);
+        later ones go to Python, which decides (the data path's fence, fence.py)."""
+        lib.bs_table_fence(self.ptr, until_ns)
+
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
         return int(lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset))

@@ -417,6 +417,20 @@ class Pool:
                 self._release(lu)
             lu.retire()
 
+    def let_go(self, name: str) -> None:
+        """Stop writing ``name`` in this process at once, however many users have it open: flush
+        (what they wrote is durable under the epoch it was written under), retire the handle and
+        free its writer lock, whatever the flush said. The old owner's half of a moved LU; its
+        users' next I/O fails."""
+        with self._lock:
+            lu = self._writers.get(name)
+            if lu is None:
+                return
+            try:
+                self.flush()
+            finally:
+                self._release(lu)
+
     def _release(self, lu: LU) -> None:
         self._writers.pop(lu.name, None)
         if lu.holder:

@@ -124,7 +124,8 @@ class _FUSE(binding.FUSE):  # type: ignore[misc, valid-type]
 def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_other: bool = False,
           threads: int = THREADS, direct: bool = True, map_writes: bool = True,
           access: Access | None = None, on_ready: Callable[[], None] | None = None,
-          verify_reads: bool = True, metrics: str | None = None) -> None:
+          verify_reads: bool = True, metrics: str | None = None, node: str | None = None,
+          hold: bool = False) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
@@ -137,22 +138,29 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.
     ``verify_reads`` False: mirrored reads are not checked against their checksums (only to
     measure what the check costs: bench/). ``metrics``: HOST:PORT where Prometheus scrapes the
-    mount's figures (metrics.py).
+    mount's figures (metrics.py). ``node``: serve as that cluster node (cluster/serving.py):
+    write only the LUs it owns, read the others redirected; ``hold``: a write the node may not
+    make for want of a renewed lease waits for one instead of failing.
     """
     stop = _StopSignals(mountpoint)
     try:
         _serve(stop, pool_path, mountpoint, read_only=read_only, allow_other=allow_other, threads=threads,
                direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads,
-               metrics=metrics)
+               metrics=metrics, node=node, hold=hold)
     finally:
         stop.close()
 
 
 def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: bool, allow_other: bool,
            threads: int, direct: bool, map_writes: bool, access: Access | None,
-           on_ready: Callable[[], None] | None, verify_reads: bool, metrics: str | None) -> None:
+           on_ready: Callable[[], None] | None, verify_reads: bool, metrics: str | None,
+           node: str | None, hold: bool) -> None:
     _io_flusher()
     _steady_malloc()
+    gate = None
+    if node is not None:
+        from blockstore.cluster.serving import Gate
+        gate = Gate(pool_path, node, hold=hold)
     pool = Pool.open(pool_path)
     pool.verify_reads(verify_reads)
     attach(pool, origin=f"mount {mountpoint}")
@@ -161,7 +169,9 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
     with os.fdopen(open_file(pool.path, pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         f.write(f"{os.getpid()}\n")
     fast = DirectPath(map_writes=map_writes) if direct and binding.LIBFUSE == 3 else None
-    ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access)
+    ops = LUFilesystem(pool, read_only=read_only, direct=fast, access=access, gate=gate)
+    if gate is not None:
+        gate.start()
     # Another process's snapshot, clone, grow or status of an LU this mount holds open comes
     # here instead of meeting Busy (control.py).
     ctl = ControlServer(pool, describe=ops.describe).start()
@@ -208,6 +218,8 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
             scraped.shutdown()
             scraped.server_close()
         ctl.stop()
+        if gate is not None:
+            gate.close()
         try:
             with opened_dir(pool.path, os.path.dirname(pidfile)) as d:
                 os.unlink(os.path.basename(pidfile), dir_fd=d)
@@ -283,16 +295,17 @@ class _StopSignals:
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
           allow_other: bool = False, threads: int = THREADS, direct: bool = True,
           map_writes: bool = True, access: Access | None = None, verify_reads: bool = True,
-          metrics: str | None = None) -> str:
+          metrics: str | None = None, node: str | None = None, hold: bool = False) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
-    ``threads``, ``direct``, ``map_writes``, ``access`` and ``verify_reads``: see ``serve``."""
+    ``threads``, ``direct``, ``map_writes``, ``access``, ``verify_reads``, ``node`` and ``hold``:
+    see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
                             direct=direct, map_writes=map_writes, access=access, verify_reads=verify_reads,
-                            metrics=metrics)
+                            metrics=metrics, node=node, hold=hold)
     if foreground:
         run()
         return mp

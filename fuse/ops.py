@@ -13,17 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from blockstore import BlockstoreError, Busy
+from blockstore import BlockstoreError, Busy, fence
 from blockstore.lu import LU
 from blockstore.native import STAT_LUS, fuse_stat, fuse_stat_add
 from blockstore.pool import Pool
 from blockstore.names import check_name
 
 from .binding import FuseOSError, Operations, caller_uid
+
+if TYPE_CHECKING:
+    from blockstore.cluster.serving import Gate
 
 log = logging.getLogger("blockstore.fuse")
 SNAPDIR = ".snapshots"
@@ -70,9 +73,15 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(self, pool: Pool, *, read_only: bool = False, direct: Any = None,
-                 access: Access | None = None) -> None:
-        """``direct``: a DirectPath (direct.py) told of every handle opened and released."""
+                 access: Access | None = None, gate: "Gate | None" = None) -> None:
+        """``direct``: a DirectPath (direct.py) told of every handle opened and released.
+        ``gate``: a cluster node's mount (cluster/serving.py): it writes only the LUs its node
+        owns, each under its ownership epoch, and reads the others through their redundant copy."""
         self.pool = pool
+        self.gate = gate
+        if gate is not None:
+            gate.on_lost = self._lost
+            gate.on_deadline = self._deadline
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
@@ -230,6 +239,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EROFS)
         if kind == "snap" or self.read_only:
             return self._add(self.pool.open_lu(name, writable=False))
+        if self.gate is not None:
+            return self._add(self._open_gated(name, wants_write))
         if not wants_write and caller_uid() != self.server_uid:
             # Another user's reader never takes the LU's writer lock (it would keep the pool's
             # owner from writing or snapshotting the LU); it shares the mount's writer handle
@@ -246,13 +257,91 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             lu = self.pool.open_lu(name, writable=False)
         return self._add(lu)
 
+    def _open_gated(self, name: str, wants_write: bool) -> LU:
+        """A node's open: a writer under the node's epoch for an LU it owns (waiting, up to twice
+        the cluster's timeout, for the previous owner to let go), else a reader of the redundant
+        copy; writes to another node's LU are EROFS, reads of an unmirrored one EREMOTE (it has no
+        copy but the owner's: read it on the owner's mount)."""
+        assert self.gate is not None
+        epoch = self.gate.epoch(name)
+        if epoch is None:
+            owner = self.gate.owner(name)
+            self.pool.lu_info(name)  # ENOENT first
+            if wants_write:
+                log.info("open of %s for writing refused: owned by %s", name, owner or "no node")
+                raise FuseOSError(errno.EROFS)
+            try:
+                return self.pool.open_redundant(name)
+            except BlockstoreError as e:
+                log.info("read of %s refused: %s (owned by %s)", name, e, owner or "no node")
+                raise FuseOSError(errno.EREMOTE) from None
+        give_up = time.monotonic() + 2 * self.gate.cfg.timeout
+        while True:
+            try:
+                lu = self.pool.open_lu(name, writable=True, epoch=epoch)
+                break
+            except Busy:
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.02)  # the previous owner flushes and lets go (a graceful move)
+        if fence.enabled("data"):
+            lu.fence_writes(self.gate.until_ns)
+        return lu
+
+    def _lost(self, names: list[str]) -> None:
+        """The node no longer owns ``names``: flush what this mount wrote to them and let go of
+        their writer handles (their files' next I/O is ESTALE; reopened, they read redirected)."""
+        for name in names:
+            try:
+                self.pool.let_go(name)
+            except BlockstoreError as e:
+                log.error("letting go of LU %s: %s", name, e)
+
+    def _deadline(self, until_ns: int) -> None:
+        if not fence.enabled("data"):
+            return
+        with self._lock:
+            writers = {id(lu): lu for lu in self.handles.values() if lu.epoch is not None and not lu.closed}
+        for lu in writers.values():
+            lu.fence_writes(until_ns)
+
+    def _owned(self, name: str) -> None:
+        """A change of ``name`` itself (size, name, removal) by a node: only by its owner."""
+        if self.gate is not None and self.gate.epoch(name) is None:
+            log.info("change of %s refused: owned by %s", name, self.gate.owner(name) or "no node")
+            raise FuseOSError(errno.EROFS)
+
+    def _handle(self, fh: int) -> LU:
+        lu = self.handles[fh]
+        if lu.closed:
+            raise FuseOSError(errno.ESTALE)  # let go of (its node no longer owns it): reopen
+        return lu
+
     @errors
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         self._writable()
         name = self._lu_name(path, creating=True)
+        if self.gate is not None:
+            return self._add(self._create_owned(name))
         fh = self._add(self.pool.create_lu(name, 0, allow_empty=True))
         self.fresh[name] = False
         return fh
+
+    def _create_owned(self, name: str) -> LU:
+        """A node's new LU is its own: made, then assigned to the node by the primary, then
+        opened under that epoch. Without a primary to assign it, the LU is removed again."""
+        assert self.gate is not None
+        from blockstore.cluster import admin
+        self.pool.create_lu(name, 0, allow_empty=True).close()
+        try:
+            admin.assign(self.pool.path, name, self.gate.node, wait=self.gate.cfg.timeout)
+        except BlockstoreError as e:
+            log.error("new LU %s not assigned to node %s: %s; removing it", name, self.gate.node, e)
+            self.pool.remove(name)
+            raise FuseOSError(errno.EAGAIN) from None
+        self.gate.refresh()
+        self.fresh[name] = False
+        return self._open_gated(name, True)
 
     @errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -267,7 +356,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def read_into(self, buf: memoryview, offset: int, fh: int) -> int:
         """Fill libfuse's buffer in place; returns the bytes read (short at the end of the LU)."""
         started = time.monotonic_ns() if self.direct is None else 0  # else C counts it
-        lu = self.handles[fh]
+        lu = self._handle(fh)
         n = max(0, min(len(buf), lu.size - offset))
         if n:
             lu.readinto(offset, buf[:n])
@@ -276,7 +365,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def write(self, path: str | None, data: bytes | memoryview, offset: int, fh: int) -> int:
-        lu = self.handles[fh]
+        lu = self._handle(fh)
+        if self.gate is not None:
+            self.gate.check_write(lu.name, lu.epoch)  # the data path's fence (the C path's: its fence word)
         room = lu.size - offset
         if room <= 0:
             self._failed(lu.name)
@@ -292,6 +383,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
         name = self._lu_name(path)
+        self._owned(name)
         try:
             if length % 512:
                 raise FuseOSError(errno.EINVAL)  # LUs are whole sectors
@@ -312,7 +404,9 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         the file send) and ZERO_RANGE map to the LU's discard: whole extents unmapped, partial
         ones zeroed, shared ones never touched. Plain preallocation within the LU does nothing
         (a thin LU takes space on write); an LU does not grow by fallocate (EOPNOTSUPP)."""
-        lu = self.handles[fh]
+        lu = self._handle(fh)
+        if self.gate is not None:
+            self.gate.check_write(lu.name, lu.epoch)
         if mode & ~(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) or (mode & PUNCH_HOLE and mode & ZERO_RANGE):
             raise FuseOSError(errno.EOPNOTSUPP)
         if offset < 0 or length <= 0:
@@ -328,7 +422,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def fsync(self, path: str, datasync: int, fh: int) -> None:
-        self.handles[fh].flush()
+        self._handle(fh).flush()
 
     def flush(self, path: str, fh: int) -> None:
         return None  # close(2) does not promise durability; fsync does, and release flushes
@@ -349,6 +443,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def unlink(self, path: str) -> None:
         self._writable()
         name = self._lu_name(path)
+        self._owned(name)
         self.pool.remove(name)
         self.fresh.pop(name, None)
 
@@ -356,6 +451,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def rename(self, old: str, new: str) -> None:
         self._writable()
         src, dst = self._lu_name(old), self._lu_name(new, creating=True)
+        if self.gate is not None:
+            raise FuseOSError(errno.EXDEV)  # ownership is by name: a node's mount renames nothing
         self.pool.rename(src, dst)
         if src in self.fresh:
             self.fresh[dst] = self.fresh.pop(src)

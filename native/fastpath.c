@@ -36,6 +36,7 @@ struct bs_table {
     uint8_t **const *blocks;
     uint64_t blocks_chunks;
     uint64_t written; /* bytes written through the table, ever */
+    uint64_t write_until; /* the fence word (bs_table_fence) */
 };
 
 bs_table *bs_table_new(void)
@@ -50,6 +51,7 @@ bs_table *bs_table_new(void)
     pthread_rwlock_init(&t->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     t->fd = -1;
+    t->write_until = UINT64_MAX;
     return t;
 }
 
@@ -335,9 +337,19 @@ static int read_verified(int fd, char *buf, size_t len, uint64_t base, uint64_t 
 }
 
 /* One request through the table: a read into rbuf, or a write from wbuf. */
+static uint64_t now_ns(void);
+
+void bs_table_fence(bs_table *t, uint64_t until_ns)
+{
+    __atomic_store_n(&t->write_until, until_ns, __ATOMIC_RELEASE);
+}
+
 static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint64_t off)
 {
     int r = 0;
+    uint64_t until = __atomic_load_n(&t->write_until, __ATOMIC_ACQUIRE);
+    if (wbuf != NULL && until != UINT64_MAX && now_ns() >= until)
+        return BS_SLOW; /* fenced: the owner decides */
     pthread_rwlock_rdlock(&t->lock);
     if (!servable(t, len, off, wbuf != NULL, wbuf)) {
         pthread_rwlock_unlock(&t->lock);

@@ -98,6 +98,10 @@ int bs_copy_to_map(char *dst, const char *src, size_t len);
 int bs_table_pread(bs_table *t, char *buf, size_t len, uint64_t off);
 /* Bytes written through the table so far (the writes it served, not the BS_SLOW ones). */
 uint64_t bs_table_written(bs_table *t);
+/* The fence word: the table serves writes only before `until_ns` on CLOCK_MONOTONIC (a new table:
+ * always); at or after it every write is BS_SLOW, so the owner decides (a node that may have lost
+ * its right to write an LU refuses or holds it). The owner moves it forward while it may write. */
+void bs_table_fence(bs_table *t, uint64_t until_ns);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
 
 typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t off, void *fi);

@@ -20,6 +20,9 @@ def add(top: Any) -> None:
     c.add_argument("name", help="the cluster's name")
     c.add_argument("--interval", type=float, default=1.0, help="seconds between keep-alives")
     c.add_argument("--misses", type=int, default=3, help="keep-alives missed before a node is down")
+    c.add_argument("--fence-agent", default="", metavar="CMD",
+                   help="the command run with a failed node's name before its LUs move (exit 0: it can no longer "
+                        "write); default: on this machine, stop its processes and wait for them to end")
     c = command(cl, "status", "OK/DEGRADED/DOWN, each node, the primary and epoch; exit 0 OK, 3 degraded, 4 down",
                 "cluster status", json=True)
     c.add_argument("--names", action="store_true", help=argparse.SUPPRESS)  # one per line: shell completion
@@ -36,6 +39,12 @@ def add(top: Any) -> None:
     s.add_argument("--name", dest="name_opt", metavar="NAME", help=argparse.SUPPRESS)
     s.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
     s.add_argument("--cec", help="the CEC (physical server) it runs on")
+    s.add_argument("--mount", metavar="DIR",
+                   help="serve the pool's LUs at DIR: the LUs the node owns read-write, the others read-only "
+                        "through their redundant copy (a FUSE mount the node runs)")
+    s.add_argument("--on-fence", choices=("error", "hold"), default="error",
+                   help="with --mount, a write while the node cannot show a renewed lease: fails (ESTALE, "
+                        "default) or waits up to the cluster's timeout")
     s.add_argument("--foreground", action="store_true", help="stay attached (logs to stderr)")
     s.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus figures at http://HOST:PORT/metrics: the primary, epoch and each "
@@ -84,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     out = emit
     cmd = (args.group, args.cmd)
     if cmd == ("cluster", "create"):
-        cfg = config.create(pool, args.name, interval=args.interval, misses=args.misses)
+        cfg = config.create(pool, args.name, interval=args.interval, misses=args.misses,
+                            fence_agent=args.fence_agent)
         done(args, {"name": cfg.name, "interval": cfg.interval, "misses": cfg.misses,
                     "token_file": config.token_path(pool)},
             f"created cluster {cfg.name} (keep-alive every {cfg.interval}s, down after {cfg.misses} misses); "
@@ -101,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == ("node", "start"):
         name = _node_name(args)
         rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground,
-                               metrics=args.metrics)
+                               metrics=args.metrics, mount=args.mount, hold=args.on_fence == "hold")
         if not args.foreground:
             done(args, rec, f"node {rec['name']} started (pid {rec['pid']}, listening on {rec['address']}); "
                             f"log {admin.log_path(pool, name)}")

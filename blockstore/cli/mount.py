@@ -32,6 +32,12 @@ def add(top: Any) -> None:
     m.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus figures at http://HOST:PORT/metrics: per-LU requests, bytes and "
                         "request times, the pool's space, the failure groups (default: off)")
+    m.add_argument("--node", metavar="NAME",
+                   help="serve as this cluster node: write only the LUs it owns (lu assign), read the others "
+                        "through their redundant copy (node start --mount runs this)")
+    m.add_argument("--on-fence", choices=("error", "hold"), default="error",
+                   help="with --node, a write while the node cannot show a renewed lease: fails at once "
+                        "(ESTALE, default) or waits up to the cluster's timeout for a renewal")
     u = command(top, "umount", "unmount, flushing everything (also a stale mount); a busy mount is refused, "
                                "naming what holds it", "umount /mnt/lus", "umount --lazy /mnt/lus")
     u.add_argument("mountpoint", help="where the pool is mounted")
@@ -49,12 +55,20 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics:
         from ..metrics import parse_address
         parse_address(args.metrics)  # refused here, before the daemon starts
+    if args.node is not None:
+        from ..cluster.config import require
+        from ..names import check_name
+        check_name(args.node, "node name")
+        if args.read_only:
+            raise UsageError("blockstore mount: --node serves what the node owns read-write; drop --read-only")
+        require(args.pool)
     threads = THREADS if args.threads is None else args.threads
     if not 0 <= threads <= 64:
         raise UsageError("blockstore mount: --threads takes 0 to 64")
     mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
                allow_other=args.allow_other, threads=threads, direct=not args.no_direct,
-               map_writes=not args.no_write_map, access=_access(args), metrics=args.metrics)
+               map_writes=not args.no_write_map, access=_access(args), metrics=args.metrics,
+               node=args.node, hold=args.on_fence == "hold")
     if not args.foreground:
         log = log_path(args.pool, mp)
         done(args, {"pool": os.path.abspath(args.pool), "mountpoint": mp, "log": log},

@@ -24,9 +24,12 @@ def log_path(pool_path: str, name: str) -> str:
 
 
 def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
-               foreground: bool = False, metrics: str | None = None) -> dict[str, Any]:
+               foreground: bool = False, metrics: str | None = None, mount: str | None = None,
+               hold: bool = False) -> dict[str, Any]:
     """Start a node process (a daemon unless ``foreground``); returns its registration.
-    ``metrics``: HOST:PORT where Prometheus scrapes the cluster's and the pool's figures."""
+    ``metrics``: HOST:PORT where Prometheus scrapes the cluster's and the pool's figures.
+    ``mount``: a directory where the node serves the pool's LUs (nodemount.py; ``hold``: its
+    writes wait for a renewed lease instead of failing)."""
     if metrics:
         from .. import metrics as figures
         figures.parse_address(metrics)  # a bad address refused here, not in the daemon
@@ -38,8 +41,13 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
         load_config(store, pool_path)
     finally:
         store.close()
+    if mount is not None:
+        mount = os.path.abspath(mount)
+        from .nodemount import is_mounted
+        if not (os.path.isdir(mount) or is_mounted(mount)):  # a dead mount of this node: remounted
+            raise InvalidArgument(f"mount point {mount} is not a directory")
     if foreground:
-        node = Node(pool_path, name, listen=listen, cec=cec)
+        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         with _figures(pool_path, metrics):
             node.run()
@@ -47,7 +55,7 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
     subdir(pool_path, "nodes")
 
     def serve(ready) -> None:  # type: ignore[no-untyped-def]
-        node = Node(pool_path, name, listen=listen, cec=cec)
+        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         with _figures(pool_path, metrics):
             node.run(on_ready=ready)

@@ -34,6 +34,7 @@ class ClusterConfig:
     event_keep: int = 1_000_000  # payload files kept for callers that reconnect with since=SEQ
     ffdc_keep: int = 20          # FFDC bundles kept in the repository
     ffdc_interval: float = 60.0  # at most one bundle per node and condition in this many seconds
+    fence_agent: str = ""        # the command that fences a failed node (agent.py); "": this machine's own
 
     @property
     def timeout(self) -> float:
@@ -69,7 +70,8 @@ def open_store(pool_path: str) -> CoordinationStore:
     return LmdbStore(store_path(_check_pool(pool_path)))
 
 
-def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3) -> ClusterConfig:
+def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3,
+           fence_agent: str = "") -> ClusterConfig:
     """Make the pool's cluster. Refused if the pool already has one."""
     path = _check_pool(pool_path)
     check_name(name, "cluster name")
@@ -77,7 +79,10 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3)
         raise InvalidArgument("the keep-alive interval is from 0.05 to 60 seconds")
     if not 2 <= misses <= 100:
         raise InvalidArgument("misses is from 2 to 100")
-    cfg = ClusterConfig(name=name, created=time.time(), interval=interval, misses=misses)
+    if fence_agent:
+        from .agent import check_command
+        check_command(fence_agent)
+    cfg = ClusterConfig(name=name, created=time.time(), interval=interval, misses=misses, fence_agent=fence_agent)
     store = open_store(path)
     try:
         if store.get(KEY) is not None:

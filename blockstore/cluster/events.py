@@ -23,7 +23,7 @@ from ..pooldir import dir_fd
 
 #: What callers may register for ("*" is every kind).
 KINDS = frozenset({
-    "node_up", "node_down", "node_joined", "node_left", "primary_elected", "primary_resigned",
+    "node_up", "node_down", "node_joined", "node_left", "node_fenced", "primary_elected", "primary_resigned",
     "lu_created", "lu_removed", "lu_resized", "ownership_changed", "pool_threshold", "ffdc_captured",
     "partition_changed", "paging_changed",
 })

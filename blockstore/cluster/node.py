@@ -42,12 +42,14 @@ from typing import Any
 
 from ..errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound
 from ..names import check_name
-from . import election, ffdc, ownership
+from .. import fence
+from . import agent, election, ffdc, ownership
 from .bridge import take_faults
 from .doorman import Doorman
 from .config import ClusterConfig, load_config, open_store, read_key, read_token
 from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
+from .nodemount import NodeMount
 from .notifier import Notifier
 from .protocol import LineReader, ProtocolError, encode, parse_address
 
@@ -81,9 +83,12 @@ class _Ring(logging.Handler):
 
 
 class Node:
-    def __init__(self, pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None) -> None:
+    def __init__(self, pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
+                 mount: str | None = None, hold: bool = False) -> None:
         self.pool_path = os.path.abspath(pool_path)
         self.name = check_name(name, "node name")
+        self.mount = NodeMount(self.pool_path, self.name, mount, hold=hold) if mount else None
+        self.fenced: set[tuple[str, Any]] = set()    # (node, incarnation) the fence agent has fenced
         self.cec = check_name(cec, "CEC name") if cec else None
         self.bind = parse_address(listen)
         self.store = open_store(self.pool_path)
@@ -137,6 +142,14 @@ class Node:
         for target, tname in ((self.doorman.serve, "doorman"), (self._keepalive_loop, "keepalive"),
                               (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
             threading.Thread(target=target, name=tname, daemon=True).start()
+        if self.mount is not None:
+            self.mount.on_started = self._record_processes
+            try:
+                self.mount.start()
+            except BaseException:
+                self.stopping.set()
+                self._leave()
+                raise
         log.info("node %s up at %s (cluster %s, interval %.2fs, down after %d misses)",
                  self.name, self.address, self.cfg.name, self.cfg.interval, self.cfg.misses)
 
@@ -166,10 +179,26 @@ class Node:
             log.info("node %s: the previous process under this name is gone; taking its place", self.name)
         self.store.put(f"nodes/{self.name}", json.dumps({
             "name": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
-            "incarnation": self.incarnation, "registered": time.time(), "stopped": False}).encode())
+            "incarnation": self.incarnation, "registered": time.time(), "stopped": False,
+            "mount": self.mount.mountpoint if self.mount else None, "processes": self._processes()}).encode())
         self.lease_renewed = time.monotonic()
         self._publish("node_joined", {"node": self.name, "address": self.address, "cec": self.cec,
                                       "pid": os.getpid()})
+
+    def _processes(self) -> list[dict[str, int]]:
+        """The processes this node serves from (itself, its mount): what the fence agent stops."""
+        mine = [agent.this_process()]
+        child = self.mount.process() if self.mount else None
+        return mine + ([child] if child else [])
+
+    def _record_processes(self) -> None:
+        rec = self.store.get(f"nodes/{self.name}")
+        if rec is None:
+            return
+        info = json.loads(rec.value)
+        if info.get("incarnation") == self.incarnation:
+            info["processes"] = self._processes()
+            self.store.compare_and_set(f"nodes/{self.name}", rec.revision, json.dumps(info).encode())
 
     def stop(self) -> None:
         self.stopping.set()
@@ -184,6 +213,8 @@ class Node:
         self._leave()
 
     def _leave(self) -> None:
+        if self.mount is not None:
+            self.mount.stop()  # every LU it wrote is flushed and let go before the node leaves
         with self.lock:
             if self.notifier:
                 self.notifier.stop()
@@ -491,6 +522,27 @@ class Node:
         if self.events.head() - self.events.oldest() >= self.cfg.event_keep + 1000:
             self.events.prune(self.cfg.event_keep)
 
+    def _fence(self, node: str) -> bool:
+        """Have ``node`` fenced by the fence agent (agent.py) once per incarnation: True when it
+        can no longer write. With the agent layer off (fence.py), nothing is done."""
+        if not fence.enabled("agent"):
+            return True
+        info = self._node_info(node)
+        key = (node, info.get("incarnation"))
+        if key in self.fenced:
+            return True
+        t0 = time.monotonic()
+        if not agent.fence(self.pool_path, self.cfg.fence_agent, info):
+            return False
+        self.fenced.add(key)
+        log.warning("node %s fenced in %.3fs", node, time.monotonic() - t0)
+        self._publish("node_fenced", {"node": node, "agent": self.cfg.fence_agent or "local"})
+        return True
+
+    def _node_info(self, node: str) -> dict[str, Any]:
+        rec = self.store.get(f"nodes/{node}")
+        return json.loads(rec.value) if rec is not None else {"name": node}
+
     def _up_nodes(self) -> dict[str, str | None]:
         """The nodes up in my view (me included), each with its CEC."""
         with self.lock:
@@ -502,6 +554,11 @@ class Node:
         lost a race (an ``lu assign`` changed a record meanwhile) is planned again next round."""
         gone = {n for n, s in states.items() if s in ("down", "stopped")}
         lost = ownership.orphans(self.store, gone) if gone else []
+        if not lost:
+            return
+        # a node that failed (not one that left, having let go of everything) is fenced first
+        unfenced = {o.node for o in lost if states[o.node] == "down" and not self._fence(o.node)}
+        lost = [o for o in lost if o.node not in unfenced]
         if not lost:
             return
         from ..pool import Pool
@@ -530,9 +587,10 @@ class Node:
             self.wake.set()
             return
         log.warning("failover: %d LU(s) of %s moved", len(plan), ", ".join(sorted({o.node for o, _ in plan.values()})))
+        mounts = {n: self._node_info(n).get("mount") for n in {o.node for o in moved.values()}}
         for lu, now in moved.items():
             self._publish("ownership_changed", {"lu": lu, "node": now.node, "previous": plan[lu][0].node,
-                                                "epoch": now.epoch, "reason": "failover"})
+                                                "epoch": now.epoch, "reason": "failover", "mount": mounts[now.node]})
 
     def _publish(self, kind: str, data: dict[str, Any]) -> int | None:
         try:
@@ -686,7 +744,7 @@ class Node:
         previous = before.node if before else None
         log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
         self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch,
-                                            "reason": "assign"})
+                                            "reason": "assign", "mount": self._node_info(node).get("mount")})
         return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
 
     def _check_peer(self, hello: dict[str, Any]) -> str:

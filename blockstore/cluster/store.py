@@ -63,6 +63,7 @@ class CoordinationStore(Protocol):
     def commit(self, compares: dict[str, int], puts: dict[str, bytes | None]) -> int | None: ...
     def grant_lease(self, ttl: float) -> int: ...
     def keep_alive(self, lease: int) -> None: ...
+    def time_to_live(self, lease: int) -> float | None: ...
     def revoke(self, lease: int) -> None: ...
     def changes(self, since: int, prefix: str = "") -> list[Change]: ...
     def close(self) -> None: ...
@@ -269,6 +270,16 @@ class LmdbStore:
             rec = json.loads(raw)
             rec["deadline"] = time.monotonic() + rec["ttl"]
             txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+
+    def time_to_live(self, lease: int) -> float | None:
+        """Seconds left before ``lease`` expires unless kept alive (etcd's LeaseTimeToLive); None
+        when it has expired or never existed."""
+        with self.env.begin() as txn:
+            raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
+            if raw is None:
+                return None
+            rec = json.loads(bytes(raw))
+            return None if self._dead(rec) else rec["deadline"] - time.monotonic()
 
     def revoke(self, lease: int) -> None:
         with self.env.begin(write=True) as txn:

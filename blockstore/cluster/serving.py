@@ -1,0 +1,128 @@
+"""The node's side of ownership: what a node's serving process (its mount) may do with each LU.
+
+A node writes the LUs it owns (ownership.py), each under the epoch it was given, and only while
+its lease in the coordination store is live with a margin: the serving process reads the lease's
+time to live, and stops writing ``margin`` seconds (one keep-alive interval) before it would
+expire. The primary moves a node's LUs only after the node is down, which takes at least the
+same timeout, so a node that cannot renew stops writing before its LUs can be given to another
+(the data path's fence, fence.py). It reads every other LU read-only, through the LU's redundant
+copy (read redirection), never through the owner's writer lock.
+
+The ``Gate`` watches the store (a poll every ``poll`` seconds; etcd's watch later) and tells its
+user two things: the LUs the node lost (to flush and let go of, the old owner's half of a
+graceful move) and how long writes may go on without asking again (the deadline written into
+the C direct path's fence word, so even a serving process whose Python threads are starved stops
+writing in C at that instant).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .. import fence
+from ..errors import Fenced
+from ..names import check_name
+from . import ownership
+from .config import load_config, open_store
+from .ownership import Ownership
+
+log = logging.getLogger("blockstore.cluster.serving")
+
+
+class Gate:
+    """Ownership as node ``node`` of the pool at ``pool_path`` sees it. ``hold``: a write the
+    node may not make now waits (up to the cluster's timeout) for the lease to be renewed,
+    instead of failing at once; a write to an LU the node no longer owns always fails."""
+
+    def __init__(self, pool_path: str, node: str, *, hold: bool = False, poll: float | None = None) -> None:
+        self.node = check_name(node, "node name")
+        self.store = open_store(pool_path)
+        try:
+            self.cfg = load_config(self.store, pool_path)
+        except BaseException:
+            self.store.close()
+            raise
+        self.hold = hold
+        self.margin = self.cfg.interval
+        self.poll = poll if poll is not None else min(0.1, self.cfg.interval / 4)
+        self._cond = threading.Condition()
+        self._owners: dict[str, Ownership] = {}
+        self._until_ns = 0          # writes may go on before this (time.monotonic_ns)
+        self._stopping = threading.Event()
+        self.on_lost: Callable[[list[str]], None] = lambda lus: None
+        self.on_deadline: Callable[[int], None] = lambda until_ns: None
+        self._thread: threading.Thread | None = None
+        self.refresh()
+
+    def start(self) -> "Gate":
+        self._thread = threading.Thread(target=self._watch, name="gate", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.store.close()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll):
+            try:
+                self.refresh()
+            except Exception as e:  # noqa: BLE001  (a failed poll ends no serving: the deadline runs out)
+                log.error("cannot read ownership: %s", e)
+
+    def refresh(self) -> None:
+        """Read the ownership records and this node's lease once; tell the user what changed."""
+        owners = ownership.every(self.store)
+        alive = self.store.get(f"alive/{self.node}")
+        ttl = self.store.time_to_live(alive.lease) if alive is not None and alive.lease else None
+        until = time.monotonic_ns() + int((ttl - self.margin) * 1e9) if ttl is not None and ttl > self.margin else 0
+        with self._cond:
+            before = self.mine()
+            self._owners, self._until_ns = owners, until
+            now = self.mine()
+            self._cond.notify_all()
+        lost = sorted(lu for lu, epoch in before.items() if now.get(lu) != epoch)
+        if lost:
+            log.warning("node %s no longer owns %s", self.node, ", ".join(lost))
+            self.on_lost(lost)
+        self.on_deadline(until)
+
+    def mine(self) -> dict[str, int]:
+        """The LUs this node owns, with their epochs."""
+        return {lu: o.epoch for lu, o in self._owners.items() if o.node == self.node}
+
+    def epoch(self, lu: str) -> int | None:
+        """The epoch under which this node owns ``lu``; None when it does not own it."""
+        o = self._owners.get(lu)
+        return o.epoch if o is not None and o.node == self.node else None
+
+    def owner(self, lu: str) -> str | None:
+        o = self._owners.get(lu)
+        return None if o is None else o.node
+
+    @property
+    def until_ns(self) -> int:
+        return self._until_ns
+
+    def check_write(self, lu: str, epoch: int | None) -> None:
+        """Refuse (Fenced) a write to ``lu`` by a handle opened under ``epoch`` when this node
+        no longer owns it under that epoch, or cannot show a lease live beyond the margin (with
+        ``hold``: wait up to the cluster's timeout for a renewal first)."""
+        if not fence.enabled("data"):
+            return
+        give_up = time.monotonic() + (self.cfg.timeout if self.hold else 0.0)
+        with self._cond:
+            while True:
+                if epoch is None or self.epoch(lu) != epoch:
+                    raise Fenced(f"node {self.node} no longer owns LU {lu!r} (owner now: "
+                                 f"{self.owner(lu) or 'none'}); the write was refused")
+                if time.monotonic_ns() < self._until_ns:
+                    return
+                if time.monotonic() >= give_up:
+                    raise Fenced(f"node {self.node} could not renew its lease within {self.margin:g}s of its "
+                                 f"expiry; writes to LU {lu!r} are refused until it does")
+                self._cond.wait(self.poll)
