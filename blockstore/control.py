@@ -11,7 +11,8 @@ snapshot taken there is a point in time of the LU as its writers see it (every w
 before it is in it, none issued after it returns).
 
 Requests: ``snapshot`` {lu, snap}, ``clone`` {source, new}, ``grow`` {lu, size}, ``status`` {lu},
-``resync`` {lu} (a resync runs where the LU is written: health.py).
+``resync`` {lu} (a resync runs where the LU is written: health.py), ``let_go`` {lu} (stop writing it,
+flush and release it: the old owner's half of a cluster node's graceful move).
 """
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ class ControlServer:
     """Serves the control socket of this process for ``pool`` (one request per connection). ``status`` entries come from ``describe(name)``, the holder's view of
     an LU it has open (handles, bytes written), merged over the engine's."""
 
-    def __init__(self, pool: "Pool", describe: Any = None) -> None:
+    def __init__(self, pool: "Pool", describe: Any = None, let_go: Any = None) -> None:
         self.pool = pool
         self.describe: Any = describe or (lambda name: {})
+        self.let_go: Any = let_go or pool.let_go
         self.path = socket_path(pool.path, os.getpid())
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -142,6 +144,9 @@ class ControlServer:
             if op == "status":
                 name = _str(req, "lu")
                 return {**pool.lu_status(name), **self.describe(name)}
+            if op == "let_go":
+                self.let_go(_str(req, "lu"))
+                return True
         except Busy as e:
             raise Busy(str(e)) from None  # never forwarded again: this is the holder
         raise InvalidArgument(f"bad request: unknown op {op!r}")

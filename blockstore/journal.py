@@ -36,6 +36,9 @@ class Journal:
         self.meta, self.lock, self.groups, self.alloc = meta, lock, groups, allocator
         self.catalog, self.writers, self.readonly, self.path = catalog, writers, readonly, path
         self.fenced: Fenced | None = None  # a commit a fence refused: no later one is made
+        #: (LU name, epoch) -> None or Fenced: whether this process may still commit what it
+        #: wrote to an LU under that epoch (a cluster node's gate, cluster/serving.py)
+        self.gate: Callable[[str, int], None] | None = None
 
     def pending(self) -> bool:
         """Whether memory holds changes no commit has stored yet."""
@@ -78,7 +81,9 @@ class Journal:
                         # a deposed owner stores nothing, also not the others' pending changes
                         # (no record: ``change`` renames or removes it in this very commit)
                         if lu.epoch is not None and (rec := self.catalog.get(txn, lu.name, missing_ok=True)):
-                            fence.check(rec, lu.epoch)
+                            if self.gate is not None:
+                                self.gate(lu.name, lu.epoch)  # the data path's layer: the node's own view
+                            fence.check(rec, lu.epoch)      # the metadata layer: the pool's record
                         self.save(txn, lu)
                     punch = a.commit(txn)
                     # the copies as the pool records them: what this commit stores was written

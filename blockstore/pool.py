@@ -417,6 +417,12 @@ class Pool:
                 self._release(lu)
             lu.retire()
 
+    def gate_commits(self, gate: Callable[[str, int], None] | None) -> None:
+        """Have ``gate(name, epoch)`` asked, inside every commit, for each LU written under an
+        ownership epoch: it raises Fenced when this process may no longer commit what it wrote
+        (the data path's fence layer, fence.py); the commit then stores nothing, nor any later."""
+        self.journal.gate = gate
+
     def let_go(self, name: str) -> None:
         """Stop writing ``name`` in this process at once, however many users have it open: flush
         (what they wrote is durable under the epoch it was written under), retire the handle and

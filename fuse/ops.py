@@ -8,6 +8,7 @@ import functools
 import itertools
 import logging
 import os
+import signal
 import stat
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from blockstore import BlockstoreError, Busy, fence
+from blockstore import BlockstoreError, Busy, Fenced, fence
 from blockstore.lu import LU
 from blockstore.native import STAT_LUS, fuse_stat, fuse_stat_add
 from blockstore.pool import Pool
@@ -82,6 +83,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         if gate is not None:
             gate.on_lost = self._lost
             gate.on_deadline = self._deadline
+            pool.gate_commits(gate.check_commit)
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
@@ -263,7 +265,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         copy; writes to another node's LU are EROFS, reads of an unmirrored one EREMOTE (it has no
         copy but the owner's: read it on the owner's mount)."""
         assert self.gate is not None
-        epoch = self.gate.epoch(name)
+        epoch = self.gate.writable(name)
+        if epoch is None:
+            self.gate.refresh()  # the LU may have come to this node since the last poll
+            epoch = self.gate.writable(name)
         if epoch is None:
             owner = self.gate.owner(name)
             self.pool.lu_info(name)  # ENOENT first
@@ -288,12 +293,25 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             lu.fence_writes(self.gate.until_ns)
         return lu
 
+    def let_go(self, name: str) -> None:
+        """The old owner's half of a graceful move (asked by the primary through the node): stop
+        writing ``name``, flush what was written and release it. Its files' next I/O is ESTALE;
+        reopened, they read redirected."""
+        assert self.gate is not None
+        self.gate.leave(name)
+        self.pool.let_go(name)
+
     def _lost(self, names: list[str]) -> None:
-        """The node no longer owns ``names``: flush what this mount wrote to them and let go of
-        their writer handles (their files' next I/O is ESTALE; reopened, they read redirected)."""
+        """The node no longer owns ``names`` and was not asked to let go (it was failed over):
+        what this mount wrote to them and did not commit is not committed now (the commit gate
+        refuses it), and a mount left holding such writes restarts, so that nothing of them is
+        ever stored and its session's space is reclaimed."""
         for name in names:
             try:
                 self.pool.let_go(name)
+            except Fenced as e:
+                log.error("deposed with unflushed writes to LU %s (%s): restarting the mount", name, e)
+                os.kill(os.getpid(), signal.SIGTERM)
             except BlockstoreError as e:
                 log.error("letting go of LU %s: %s", name, e)
 
@@ -307,7 +325,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     def _owned(self, name: str) -> None:
         """A change of ``name`` itself (size, name, removal) by a node: only by its owner."""
-        if self.gate is not None and self.gate.epoch(name) is None:
+        if self.gate is not None and self.gate.writable(name) is None:
             log.info("change of %s refused: owned by %s", name, self.gate.owner(name) or "no node")
             raise FuseOSError(errno.EROFS)
 

@@ -51,10 +51,10 @@ from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
 from .nodemount import NodeMount
 from .notifier import Notifier
-from .protocol import LineReader, ProtocolError, encode, parse_address
+from .protocol import LineReader, ProtocolError, encode, parse_address, request
 
 log = logging.getLogger("blockstore.cluster.node")
-NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc", "assign"})  # the node key's alone
+NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc", "assign", "let_go"})  # the node key's alone
 
 
 @dataclass
@@ -702,6 +702,9 @@ class Node:
                 self.stop()
             elif op == "assign":
                 conn.sendall(encode(self._assign(first)))
+            elif op == "let_go":
+                self._let_go(str(first.get("lu", "")))
+                conn.sendall(encode({"ok": True}))
             else:
                 raise ProtocolError(f"unknown op {op!r}")
         except (ProtocolError, BlockstoreError, Gone) as e:
@@ -740,12 +743,38 @@ class Node:
             if pool.lu_info(lu)["kind"] == "snapshot":
                 raise InvalidArgument(f"{lu!r} is a snapshot: its LU's owner serves it")
         before = ownership.get(self.store, lu)
+        if before is not None and before.node != node:
+            self._hand_over(lu, before.node, states.get(before.node))
         got = ownership.assign(self.store, me, lu, node, seen=before)
         previous = before.node if before else None
         log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
         self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch,
                                             "reason": "assign", "mount": self._node_info(node).get("mount")})
         return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
+
+    def _hand_over(self, lu: str, old: str, state: str | None) -> None:
+        """Before ``lu`` moves away from node ``old``: a live owner flushes and lets go of it
+        (asked over its port, or here), a failed one is fenced; one that left holds nothing."""
+        if state == "up":
+            try:
+                if old == self.name:
+                    self._let_go(lu)
+                else:
+                    reply = request(self._node_info(old)["address"], {"op": "let_go", "token": self.key, "lu": lu},
+                                    timeout=2 * self.cfg.timeout + 5)
+                    if not reply.get("ok"):
+                        raise BlockstoreError(str(reply.get("error")))
+            except (OSError, ProtocolError, BlockstoreError) as e:
+                raise BlockstoreError(f"node {old} did not let go of LU {lu!r} ({e}); its ownership is unchanged") from None
+        elif state == "down" and not self._fence(old):
+            raise BlockstoreError(f"node {old} is down and could not be fenced; the ownership of {lu!r} is unchanged")
+
+    def _let_go(self, lu: str) -> None:
+        """As the owner: have this node's mount flush and release ``lu`` (none: nothing to do)."""
+        child = self.mount.process() if self.mount else None
+        if child is not None:
+            from .. import control
+            control.ask(self.pool_path, child["pid"], {"op": "let_go", "lu": lu}, timeout=2 * self.cfg.timeout + 5)
 
     def _check_peer(self, hello: dict[str, Any]) -> str:
         """A keep-alive link speaks for the process the store has registered under its name now:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from ..errors import BlockstoreError, InvalidArgument
 from .agent import this_process
@@ -53,7 +54,7 @@ class NodeMount:
         self.restarts = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.on_started = lambda: None   # the node re-registers its processes
+        self.on_started: Callable[[], None] = lambda: None   # the node re-registers its processes
 
     def start(self) -> None:
         """Start the mount and wait until it serves; BlockstoreError when it does not."""

@@ -50,6 +50,7 @@ class Gate:
         self._cond = threading.Condition()
         self._owners: dict[str, Ownership] = {}
         self._until_ns = 0          # writes may go on before this (time.monotonic_ns)
+        self._leaving: dict[str, int] = {}  # LU -> the epoch the node is letting go of (a graceful move)
         self._stopping = threading.Event()
         self.on_lost: Callable[[list[str]], None] = lambda lus: None
         self.on_deadline: Callable[[int], None] = lambda until_ns: None
@@ -84,6 +85,7 @@ class Gate:
             before = self.mine()
             self._owners, self._until_ns = owners, until
             now = self.mine()
+            self._leaving = {lu: e for lu, e in self._leaving.items() if now.get(lu) == e}
             self._cond.notify_all()
         lost = sorted(lu for lu, epoch in before.items() if now.get(lu) != epoch)
         if lost:
@@ -108,16 +110,38 @@ class Gate:
     def until_ns(self) -> int:
         return self._until_ns
 
+    def leave(self, lu: str) -> None:
+        """Stop writing ``lu`` (the old owner's half of a graceful move): from now on writes to
+        it are refused and opens are redirected, until its ownership moves on."""
+        with self._cond:
+            e = self.epoch(lu)
+            if e is not None:
+                self._leaving[lu] = e
+
+    def writable(self, lu: str) -> int | None:
+        """The epoch under which this node may write ``lu`` now; None when it does not own it
+        or is letting go of it."""
+        e = self.epoch(lu)
+        return None if e is None or self._leaving.get(lu) == e else e
+
     def check_write(self, lu: str, epoch: int | None) -> None:
         """Refuse (Fenced) a write to ``lu`` by a handle opened under ``epoch`` when this node
-        no longer owns it under that epoch, or cannot show a lease live beyond the margin (with
-        ``hold``: wait up to the cluster's timeout for a renewal first)."""
+        no longer owns it under that epoch (or is letting go of it), or cannot show a lease live
+        beyond the margin (with ``hold``: wait up to the cluster's timeout for a renewal first)."""
+        self._check(lu, epoch, self.writable)
+
+    def check_commit(self, lu: str, epoch: int) -> None:
+        """Refuse (Fenced) to commit what was written to ``lu`` under ``epoch`` on the same
+        terms, except that an LU being let go of still commits (that is how it is let go of)."""
+        self._check(lu, epoch, self.epoch)
+
+    def _check(self, lu: str, epoch: int | None, owned: Callable[[str], int | None]) -> None:
         if not fence.enabled("data"):
             return
         give_up = time.monotonic() + (self.cfg.timeout if self.hold else 0.0)
         with self._cond:
             while True:
-                if epoch is None or self.epoch(lu) != epoch:
+                if epoch is None or owned(lu) != epoch:
                     raise Fenced(f"node {self.node} no longer owns LU {lu!r} (owner now: "
                                  f"{self.owner(lu) or 'none'}); the write was refused")
                 if time.monotonic_ns() < self._until_ns:

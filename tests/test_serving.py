@@ -1,0 +1,302 @@
+"""Nodes that serve LUs (node start --mount), each node in a network namespace of its own, all
+sharing the pool directory; every client a real process writing numbered, checksummed blocks
+through a node's FUSE mount (block_client.py). What is checked is read from the pool itself.
+
+- a node writes the LUs it owns and reads the others through their redundant copy;
+- a graceful move (lu assign) under a writing client, a failover after SIGKILL: every
+  acknowledged block reads back on the new owner;
+- the pause: an owner stopped (SIGSTOP of its processes), its LU moved and written by the new
+  owner, then continued: none of its writes land; each fence layer on its own (fence.py).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blockstore.cluster import admin
+from blockstore.cluster.events import EventLog
+from blockstore.pool import Pool
+from blockstore_fuse.mount import umount
+
+from block_client import B, block, check
+from conftest import INTERVAL, run_cli
+from netns import Net
+
+HERE = os.path.dirname(__file__)
+BLOCKS = 64
+
+
+class Nodes:
+    """Node processes with mounts, each in its namespace; the administrator's commands run in
+    the namespace ``admin``."""
+
+    def __init__(self, tmp_path, fences: str | None = None) -> None:
+        self.pool = str(tmp_path / "pool")
+        Pool.create(self.pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
+        run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=self.pool)
+        self.tmp = tmp_path
+        self.net = Net()
+        self.net.add("admin")
+        self.env = {**os.environ, **({"BLOCKSTORE_FENCES": fences} if fences is not None else {})}
+        self.pids: dict[str, int] = {}
+        self.mounts: dict[str, str] = {}
+
+    def start(self, name: str) -> None:
+        addr = self.net.spaces[name][2] if name in self.net.spaces else self.net.add(name)
+        mp = str(self.tmp / f"m-{name}")
+        os.makedirs(mp, exist_ok=True)
+        r = self.net.blockstore(name, self.pool, "node", "start", name, "--listen", f"{addr}:0", "--mount", mp,
+                                "--json", env=self.env)
+        self.pids[name] = json.loads(r.stdout)["pid"]
+        self.mounts[name] = mp
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.net.blockstore("admin", self.pool, *args, check=check)
+
+    def wait(self, what, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = what()
+            if v:
+                return v
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def up(self, names: list[str]) -> None:
+        self.wait(lambda: (s := admin.status(self.pool))["state"] == "OK" and
+                  sorted(n["name"] for n in s["nodes"] if n["state"] == "up") == sorted(names))
+
+    def owner(self, lu: str) -> dict:
+        return (admin.owners(self.pool, lu) or {}).get(lu, {})
+
+    def tree(self, name: str) -> list[int]:
+        """The node's process and its mount's (what SIGSTOP must reach)."""
+        pid = self.pids[name]
+        kids = []
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        return [pid, *kids]
+
+    def close(self) -> None:
+        admin.kill_nodes(self.pids.values())
+        time.sleep(0.2)
+        for mp in self.mounts.values():
+            try:
+                umount(mp, lazy=True)
+            except Exception:  # noqa: BLE001  (not mounted any more)
+                pass
+        self.net.close()
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    made: list[Nodes] = []
+
+    def make(fences: str | None = None) -> Nodes:
+        made.append(Nodes(tmp_path, fences))
+        return made[-1]
+    yield make
+    for n in made:
+        n.close()
+
+
+def _client(lu: str, seconds: float, *mounts: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "block_client.py"), str(BLOCKS), str(seconds), *mounts],
+                            stdout=subprocess.PIPE, env={**os.environ, "LU": lu})
+
+
+def _history(client: subprocess.Popen) -> list[dict]:
+    out, _ = client.communicate(timeout=60)
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def _verify(pool: str, lu: str, last: int) -> None:
+    """Every slot holds the last block the client wrote there up to ``last`` (its acknowledged
+    history), whole and of this LU."""
+    with Pool.open(pool, readonly=True) as p, p.lu(lu, writable=False) as h:
+        data = h.read(0, BLOCKS * B)
+    for j in range(min(BLOCKS, last + 1)):
+        want = last - ((last - j) % BLOCKS)
+        got = check(data[j * B:(j + 1) * B], lu)
+        assert got == want, (j, got, want)
+
+
+def test_a_node_writes_what_it_owns_and_reads_the_rest_redirected(nodes):
+    c = nodes()
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    made = json.loads(c.cli("lu", "create", "a", "--size", "4M", "--mirror", "--json").stdout)
+    assert made["owner"]["node"] == "n1"
+    c.cli("lu", "create", "plain", "--size", "1M")     # unmirrored, to n2 (the least loaded)
+    m1, m2 = c.mounts["n1"], c.mounts["n2"]
+    with open(f"{m1}/a", "r+b") as f:
+        for i in range(BLOCKS):
+            f.write(block(i, "a"))
+        f.flush()
+        os.fsync(f.fileno())
+    with open(f"{m2}/a", "rb") as f:                  # redirected: the redundant copy
+        assert [check(f.read(B), "a") for _ in range(BLOCKS)] == list(range(BLOCKS))
+    with pytest.raises(OSError) as e:
+        open(f"{m2}/a", "r+b")
+    assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:                 # no redundant copy: read it on its owner
+        open(f"{m1}/plain", "rb")
+    assert e.value.errno == errno.EREMOTE
+    with open(f"{m2}/plain", "r+b") as f:
+        f.write(b"x" * B)
+    # a file made on a node's mount is that node's LU
+    with open(f"{m2}/made-here", "wb") as f:
+        f.truncate(1 << 20)
+        f.write(b"y" * B)
+    assert c.owner("made-here")["node"] == "n2"
+    with pytest.raises(OSError) as e:
+        os.truncate(f"{m1}/made-here", 2 << 20)
+    assert e.value.errno == errno.EROFS
+    events = [e["data"] for e in EventLog(c.pool).events() if e["kind"] == "ownership_changed"]
+    assert events[-1]["lu"] == "made-here" and events[-1]["mount"] == m2
+
+
+def test_a_graceful_move_under_a_writing_client(nodes):
+    c = nodes()
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "a", "--size", "4M", "--mirror")
+    assert c.owner("a")["node"] == "n1"
+    client = _client("a", 3.0, c.mounts["n1"], c.mounts["n2"])
+    time.sleep(1.0)
+    moved = json.loads(c.cli("lu", "assign", "a", "--node", "n2", "--json").stdout)
+    assert moved["previous"] == "n1"
+    history = _history(client)
+    errors = {h["error"] for h in history if "error" in h}
+    opened = [h["opened"] for h in history if "opened" in h]
+    assert opened == [c.mounts["n1"], c.mounts["n2"]], history[-5:]
+    assert errors <= {errno.ESTALE, errno.EROFS}, errors   # what the move tells a client, nothing else
+    last = history[-1]["done"]
+    assert last > 2 * BLOCKS
+    _verify(c.pool, "a", last)
+
+
+def test_failover_after_sigkill_of_the_owner_with_its_mount(nodes):
+    c = nodes()
+    for n in ("n1", "n2", "n3"):
+        c.start(n)
+    c.up(["n1", "n2", "n3"])
+    c.cli("lu", "create", "a", "--size", "4M", "--mirror", "--json")
+    c.cli("lu", "assign", "a", "--node", "n2")
+    client = _client("a", 3.0, c.mounts["n2"], c.mounts["n1"], c.mounts["n3"])
+    time.sleep(1.0)
+    epoch = c.owner("a")["epoch"]
+    t0 = time.monotonic()
+    os.kill(c.pids["n2"], signal.SIGKILL)
+    now = c.wait(lambda: (o := c.owner("a")) and o["epoch"] > epoch and o)
+    took = time.monotonic() - t0
+    assert now["node"] in ("n1", "n3") and took < 3 * INTERVAL + 1.0, (now, took)
+    history = _history(client)
+    assert [h["opened"] for h in history if "opened" in h][-1] == c.mounts[now["node"]]
+    _verify(c.pool, "a", history[-1]["done"])
+    kinds = [e["kind"] for e in EventLog(c.pool).events()]
+    assert "node_fenced" in kinds and "ownership_changed" in kinds
+
+
+def _pause_history(c: Nodes, old: str, new: str) -> tuple[bytes, bytes, dict]:
+    """``old`` owns LU a and has written block 0..BLOCKS-1 through its mount (acknowledged), and
+    one more write into a hole is pending in its memory; it is stopped (SIGSTOP of its node and
+    mount), the LU moves to ``new``, which writes its own pattern over all of it; ``old`` is
+    continued and its client writes again, in place and into the hole, and fsyncs. Returns what
+    the LU holds in the written range and in the hole, and what the old client saw."""
+    mp_old, mp_new = c.mounts[old], c.mounts[new]
+    fd = os.open(f"{mp_old}/a", os.O_WRONLY)
+    for i in range(BLOCKS):
+        os.pwrite(fd, block(i, "a"), i * B)
+    os.fsync(fd)
+    hole = 2 << 20
+    os.pwrite(fd, b"H" * B, hole)                     # acknowledged to the client, not flushed
+    epoch = c.owner("a")["epoch"]
+    tree = c.tree(old)
+    for pid in tree:
+        os.kill(pid, signal.SIGSTOP)
+    seen: dict = {}
+    try:
+        c.wait(lambda: (o := c.owner("a")) and o["epoch"] > epoch and o["node"] == new)
+        fd2 = c.wait(lambda: _open_for_writing(f"{mp_new}/a"))
+        for i in range(BLOCKS):
+            os.pwrite(fd2, block(1000 + i, "a"), i * B)
+        os.fsync(fd2)
+        os.close(fd2)
+    finally:
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    for what, call in (("in place", lambda: os.pwrite(fd, block(7, "a"), 0)),
+                       ("hole", lambda: os.pwrite(fd, b"h" * B, hole + B)),
+                       ("fsync", lambda: os.fsync(fd))):
+        try:
+            call()
+            seen[what] = "ok"
+        except OSError as e:
+            seen[what] = errno.errorcode[e.errno]
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    time.sleep(0.5)
+    with Pool.open(c.pool, readonly=True) as p, p.lu("a", writable=False) as h:
+        return h.read(0, BLOCKS * B), h.read(hole, 2 * B), seen
+
+
+def _open_for_writing(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_WRONLY)
+    except OSError:
+        return None
+
+
+def _new_owner_won(data: bytes) -> bool:
+    return [check(data[i * B:(i + 1) * B], "a") for i in range(BLOCKS)] == [1000 + i for i in range(BLOCKS)]
+
+
+@pytest.mark.parametrize("layers", ["metadata,data,agent", "agent", "data", "data,metadata"])
+def test_a_paused_owner_lands_nothing(nodes, layers):
+    """Every layer together, and each on its own: the agent alone (it kills the paused owner
+    before the LU moves), the data path alone (the continued owner refuses its client's writes:
+    its lease ran out and its LU moved), and the data path with the metadata fence (what the
+    agent is off for: nodes on several machines)."""
+    c = nodes(fences=layers)
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "a", "--size", "4M", "--mirror")
+    c.cli("lu", "assign", "a", "--node", "n2")        # n1 is the primary: it stays up
+    data, hole, seen = _pause_history(c, "n2", "n1")
+    assert _new_owner_won(data), [check(data[i * B:(i + 1) * B], "a") for i in range(4)]
+    assert hole == bytes(2 * B), hole[:8]             # the old owner's unflushed writes never landed
+    assert seen["fsync"] != "ok", seen
+    if "agent" in layers:
+        kinds = [e["data"]["node"] for e in EventLog(c.pool).events() if e["kind"] == "node_fenced"]
+        assert kinds == ["n2"]
+
+
+def test_without_the_fences_the_paused_owner_overwrites_the_new_one(nodes):
+    """The same pause with every layer off: the continued owner's write lands over the new
+    owner's (what each layer above is there to stop)."""
+    c = nodes(fences="none")
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "a", "--size", "4M", "--mirror")
+    c.cli("lu", "assign", "a", "--node", "n2")
+    data, _, seen = _pause_history(c, "n2", "n1")
+    assert seen["in place"] == "ok"
+    assert check(data[:B], "a") == 7                  # the stale write landed
