@@ -3,6 +3,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +219,31 @@ def cluster(tmp_path):
     c = Cluster(pool)
     yield c
     c.kill_all()
+
+
+def pause(pids: list[int], pool: str, tries: int = 50) -> None:
+    """SIGSTOP ``pids`` (a node's process tree) at an instant none of them is inside a write
+    transaction of the pool's embedded coordination store. A process stopped there would hold
+    the store's writer lock, and every other node's writes (and new openers of the store) would
+    wait until it is continued: a limit of the embedded store (docs/cluster.md), not what these
+    tests are about. Stopped there by chance, the processes are continued and stopped again."""
+    import threading
+    from blockstore.cluster.config import store_path
+    from blockstore.cluster.store import LmdbStore
+    store = LmdbStore(store_path(pool))
+    try:
+        for _ in range(tries):
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            probe = threading.Thread(target=lambda: store.env.begin(write=True).abort(), daemon=True)
+            probe.start()
+            probe.join(0.5)
+            if not probe.is_alive():
+                return
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            probe.join()
+            time.sleep(0.01)
+        raise AssertionError(f"could not stop {pids} outside a store write in {tries} tries")
+    finally:
+        store.close()

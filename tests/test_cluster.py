@@ -22,7 +22,7 @@ from blockstore.cluster.election import Deposed
 from blockstore.cluster.events import EventLog, Gone
 from blockstore.cluster.protocol import LineReader, encode, parse_address
 
-from conftest import INTERVAL, run_cli
+from conftest import INTERVAL, pause, run_cli
 
 def _elections(c: Cluster) -> list[tuple[str, int]]:
     return [(e["data"]["node"], e["data"]["epoch"]) for e in EventLog(c.pool).events() if e["kind"] == "primary_elected"]
@@ -76,7 +76,7 @@ def test_sigstop_primary_is_deposed_and_fenced(cluster):
     store = open_store(cluster.pool)
     try:
         old_record = election.current(store)
-        os.kill(cluster.pids[old], signal.SIGSTOP)
+        pause([cluster.pids[old]], cluster.pool)
         t0 = time.monotonic()
         rest = [n for n in names if n != old]
         new, new_epoch = cluster.wait(lambda: (v := cluster.views_agree(rest)) and v[1] > epoch and v)

@@ -12,7 +12,7 @@ from blockstore.cluster import admin
 from blockstore.cluster.events import EventLog
 from blockstore.pool import Pool
 
-from conftest import INTERVAL
+from conftest import INTERVAL, pause
 
 N_LUS = 100
 
@@ -70,15 +70,15 @@ def test_sigkill_of_an_owner_moves_its_100_lus_to_another_cec_each_once(cluster)
 
 def test_sigstop_of_the_primary_owner_spreads_its_lus_over_the_live_nodes(cluster):
     """The owner is the primary and hangs: a new primary is elected only after the lease runs
-    out, then moves the LUs; with no CECs named they spread evenly. Continued, the old owner owns
-    nothing and no LU moved twice."""
+    out, has it fenced (the default agent ends its processes), then moves the LUs; with no CECs
+    named they spread evenly. Started again, the old owner owns nothing and no LU moved twice."""
     c = cluster
     _start(c, {"n1": None, "n2": None, "n3": None})
     victim = c.primary()
     before = _owned_by(c, victim)
     head = EventLog(c.pool).head()
+    pause([c.pids[victim]], c.pool)
     t0 = time.monotonic()
-    os.kill(c.pids[victim], signal.SIGSTOP)
     try:
         now = c.wait(lambda: _all_moved(c, victim, before), step=0.01)
         took = time.monotonic() - t0
@@ -91,7 +91,16 @@ def test_sigstop_of_the_primary_owner_spreads_its_lus_over_the_live_nodes(cluste
     assert set(load) == set(c.pids) - {victim} and max(load.values()) - min(load.values()) <= 1, load
     moves = c.wait(lambda: len(m := _moves(c, head)) >= N_LUS and m)
     assert collections.Counter(m["lu"] for m in moves) == collections.Counter(list(before))
+    fenced = [e["data"]["node"] for e in EventLog(c.pool).events(head) if e["kind"] == "node_fenced"]
+    assert fenced == [victim]
+    c.wait(lambda: not os.path.exists(f"/proc/{c.pids[victim]}") or _zombie(c.pids[victim]))
+    c.start(victim)
     c.wait(lambda: c.status()["state"] == "OK")
     time.sleep(4 * INTERVAL)
     assert len(_moves(c, head)) == N_LUS
     assert {n["name"]: n["lus"] for n in c.status()["nodes"]}[victim] == []
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
