@@ -41,7 +41,7 @@ MiB = 1 << 20
 #: The measurements (Bench methods) by group, in the order they run; ``--only`` picks groups.
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
-    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
+    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster", "serving"), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
     "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"),
 }
 
@@ -666,6 +666,10 @@ class Bench:
     def cluster(self) -> None:
         from . import cluster_bench
         cluster_bench.run(self, self.dir, self.quick)
+
+    def serving(self) -> None:
+        from . import serving_bench
+        serving_bench.run(self, self.dir, self.quick)
 
     def run(self, only: list[str] | None = None) -> None:
         for group, steps in GROUPS.items():

@@ -89,6 +89,8 @@ class Host(Protocol):
 
     def refresh_lu(self, lu: "LU") -> None: ...
 
+    def lu_gen(self, lu: "LU") -> int: ...
+
     def close_lu(self, lu: "LU") -> None: ...
 
 
@@ -241,7 +243,9 @@ class LU:
         self._check(offset, length)
         with self._lock:
             if not self._writable:
-                self._host.refresh_lu(self)
+                buf = bytearray(length)
+                self._read_committed(memoryview(buf), offset)
+                return bytes(buf)
             ext, start = divmod(offset, E)
             if start + length <= E and ext not in self._held:
                 p = self._map.get(ext)
@@ -272,8 +276,22 @@ class LU:
         self._check(offset, n)
         with self._lock:
             if not self._writable:
-                self._host.refresh_lu(self)
+                self._read_committed(mv, offset)
+            else:
+                self._readinto(mv, offset)
+
+    def _read_committed(self, mv: memoryview, offset: int) -> None:
+        """A read-only handle's read of an LU another process may write: by the map of its last
+        commit, and read again when a commit landed meanwhile. The writer frees an extent in a
+        commit and hands it out only after it, so a read that finds the generation unchanged
+        after it read the extents read them while they were still this LU's: never another LU's
+        bytes, never a map older than the last commit before the read began."""
+        while True:
+            self._host.refresh_lu(self)
+            gen = self._gen
             self._readinto(mv, offset)
+            if self.kind == "snapshot" or self._host.lu_gen(self) == gen:
+                return
 
     def _readinto(self, mv: memoryview, offset: int) -> None:
         """Gather a range over several extents in one call (holes as zeros)."""

@@ -406,6 +406,11 @@ class Pool:
             if rec["gen"] != lu.gen:
                 lu.reload(self.load_map(txn, rec), rec["size"], rec["gen"])
 
+    def lu_gen(self, lu: LU) -> int:
+        """The generation of ``lu``'s map as the pool's metadata holds it now (its last commit)."""
+        with self.meta.read() as txn:
+            return self.record(txn, lu.name)["gen"]
+
     def close_lu(self, lu: LU) -> None:
         """A user of ``lu`` closed it; the last close of a writable handle flushes and lets the
         LU go (its writer lock)."""

@@ -42,6 +42,9 @@ def add(top: Any) -> None:
     s.add_argument("--mount", metavar="DIR",
                    help="serve the pool's LUs at DIR: the LUs the node owns read-write, the others read-only "
                         "through their redundant copy (a FUSE mount the node runs)")
+    s.add_argument("--nbd", metavar="HOST:PORT",
+                   help="with --mount, also export the node's LUs over NBD there (nbdkit; export name: the LU's "
+                        "name; read-only where the node does not own the LU)")
     s.add_argument("--on-fence", choices=("error", "hold"), default="error",
                    help="with --mount, a write while the node cannot show a renewed lease: fails (ESTALE, "
                         "default) or waits up to the cluster's timeout")
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == ("node", "start"):
         name = _node_name(args)
         rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground,
-                               metrics=args.metrics, mount=args.mount, hold=args.on_fence == "hold")
+                               metrics=args.metrics, mount=args.mount, hold=args.on_fence == "hold",
+                               nbd=args.nbd)
         if not args.foreground:
             done(args, rec, f"node {rec['name']} started (pid {rec['pid']}, listening on {rec['address']}); "
                             f"log {admin.log_path(pool, name)}")

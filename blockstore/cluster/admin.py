@@ -25,11 +25,12 @@ def log_path(pool_path: str, name: str) -> str:
 
 def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
                foreground: bool = False, metrics: str | None = None, mount: str | None = None,
-               hold: bool = False) -> dict[str, Any]:
+               hold: bool = False, nbd: str | None = None) -> dict[str, Any]:
     """Start a node process (a daemon unless ``foreground``); returns its registration.
     ``metrics``: HOST:PORT where Prometheus scrapes the cluster's and the pool's figures.
-    ``mount``: a directory where the node serves the pool's LUs (nodemount.py; ``hold``: its
-    writes wait for a renewed lease instead of failing)."""
+    ``mount``: a directory where the node serves the pool's LUs (servers.py; ``hold``: its
+    writes wait for a renewed lease instead of failing). ``nbd``: HOST:PORT where the node exports
+    the LUs of its mount over NBD (servers.py)."""
     if metrics:
         from .. import metrics as figures
         figures.parse_address(metrics)  # a bad address refused here, not in the daemon
@@ -43,11 +44,16 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
         store.close()
     if mount is not None:
         mount = os.path.abspath(mount)
-        from .nodemount import is_mounted
+        from .servers import is_mounted
         if not (os.path.isdir(mount) or is_mounted(mount)):  # a dead mount of this node: remounted
             raise InvalidArgument(f"mount point {mount} is not a directory")
+    if nbd is not None:
+        from .servers import NodeExport
+        if mount is None:
+            raise InvalidArgument("--nbd exports the node's mount: give --mount DIR too")
+        NodeExport(name, mount, nbd)  # a bad address or no nbdkit: refused here, before the daemon
     if foreground:
-        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold)
+        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold, nbd=nbd)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         with _figures(pool_path, metrics):
             node.run()
@@ -55,7 +61,7 @@ def start_node(pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: s
     subdir(pool_path, "nodes")
 
     def serve(ready) -> None:  # type: ignore[no-untyped-def]
-        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold)
+        node = Node(pool_path, name, listen=listen, cec=cec, mount=mount, hold=hold, nbd=nbd)
         signal.signal(signal.SIGTERM, lambda *_: node.stop())
         with _figures(pool_path, metrics):
             node.run(on_ready=ready)

@@ -49,7 +49,7 @@ from .doorman import Doorman
 from .config import ClusterConfig, load_config, open_store, read_key, read_token
 from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
-from .nodemount import NodeMount
+from .servers import NodeExport, NodeMount
 from .notifier import Notifier
 from .protocol import LineReader, ProtocolError, encode, parse_address, request
 
@@ -84,10 +84,11 @@ class _Ring(logging.Handler):
 
 class Node:
     def __init__(self, pool_path: str, name: str, *, listen: str = "127.0.0.1:0", cec: str | None = None,
-                 mount: str | None = None, hold: bool = False) -> None:
+                 mount: str | None = None, hold: bool = False, nbd: str | None = None) -> None:
         self.pool_path = os.path.abspath(pool_path)
         self.name = check_name(name, "node name")
         self.mount = NodeMount(self.pool_path, self.name, mount, hold=hold) if mount else None
+        self.export = NodeExport(self.name, self.mount.mountpoint, nbd) if nbd and self.mount else None
         self.fenced: set[tuple[str, Any]] = set()    # (node, incarnation) the fence agent has fenced
         self.cec = check_name(cec, "CEC name") if cec else None
         self.bind = parse_address(listen)
@@ -142,10 +143,10 @@ class Node:
         for target, tname in ((self.doorman.serve, "doorman"), (self._keepalive_loop, "keepalive"),
                               (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
             threading.Thread(target=target, name=tname, daemon=True).start()
-        if self.mount is not None:
-            self.mount.on_started = self._record_processes
+        for child in self._children():
+            child.on_started = self._record_processes
             try:
-                self.mount.start()
+                child.start()
             except BaseException:
                 self.stopping.set()
                 self._leave()
@@ -180,16 +181,20 @@ class Node:
         self.store.put(f"nodes/{self.name}", json.dumps({
             "name": self.name, "address": self.address, "cec": self.cec, "pid": os.getpid(),
             "incarnation": self.incarnation, "registered": time.time(), "stopped": False,
-            "mount": self.mount.mountpoint if self.mount else None, "processes": self._processes()}).encode())
+            "mount": self.mount.mountpoint if self.mount else None, "nbd": self.export.address if self.export else None,
+            "processes": self._processes()}).encode())
         self.lease_renewed = time.monotonic()
         self._publish("node_joined", {"node": self.name, "address": self.address, "cec": self.cec,
                                       "pid": os.getpid()})
 
+    def _children(self) -> list[NodeMount | NodeExport]:
+        """The node's serving processes (servers.py), in the order they start."""
+        return [c for c in (self.mount, self.export) if c is not None]
+
     def _processes(self) -> list[dict[str, int]]:
-        """The processes this node serves from (itself, its mount): what the fence agent stops."""
-        mine = [agent.this_process()]
-        child = self.mount.process() if self.mount else None
-        return mine + ([child] if child else [])
+        """The processes this node serves from (itself, its mount, its export): what the fence
+        agent stops."""
+        return [agent.this_process(), *(p for c in self._children() if (p := c.process()) is not None)]
 
     def _record_processes(self) -> None:
         rec = self.store.get(f"nodes/{self.name}")
@@ -213,8 +218,8 @@ class Node:
         self._leave()
 
     def _leave(self) -> None:
-        if self.mount is not None:
-            self.mount.stop()  # every LU it wrote is flushed and let go before the node leaves
+        for child in reversed(self._children()):
+            child.stop()  # the mount last: every LU it wrote is flushed and let go before the node leaves
         with self.lock:
             if self.notifier:
                 self.notifier.stop()
@@ -539,6 +544,11 @@ class Node:
         self._publish("node_fenced", {"node": node, "agent": self.cfg.fence_agent or "local"})
         return True
 
+    def _serves(self, node: str, lu: str) -> dict[str, str | None]:
+        """Where ``node`` serves ``lu``: its mount point and its NBD URI (None: it does not)."""
+        info = self._node_info(node)
+        return {"mount": info.get("mount"), "nbd": f"nbd://{info['nbd']}/{lu}" if info.get("nbd") else None}
+
     def _node_info(self, node: str) -> dict[str, Any]:
         rec = self.store.get(f"nodes/{node}")
         return json.loads(rec.value) if rec is not None else {"name": node}
@@ -587,10 +597,9 @@ class Node:
             self.wake.set()
             return
         log.warning("failover: %d LU(s) of %s moved", len(plan), ", ".join(sorted({o.node for o, _ in plan.values()})))
-        mounts = {n: self._node_info(n).get("mount") for n in {o.node for o in moved.values()}}
         for lu, now in moved.items():
             self._publish("ownership_changed", {"lu": lu, "node": now.node, "previous": plan[lu][0].node,
-                                                "epoch": now.epoch, "reason": "failover", "mount": mounts[now.node]})
+                                                "epoch": now.epoch, "reason": "failover", **self._serves(now.node, lu)})
 
     def _publish(self, kind: str, data: dict[str, Any]) -> int | None:
         try:
@@ -749,7 +758,7 @@ class Node:
         previous = before.node if before else None
         log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
         self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch,
-                                            "reason": "assign", "mount": self._node_info(node).get("mount")})
+                                            "reason": "assign", **self._serves(node, lu)})
         return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
 
     def _hand_over(self, lu: str, old: str, state: str | None) -> None:
