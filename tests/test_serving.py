@@ -48,17 +48,27 @@ class Nodes:
         self.pids: dict[str, int] = {}
         self.mounts: dict[str, str] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, nbd: bool = False) -> None:
         addr = self.net.spaces[name][2] if name in self.net.spaces else self.net.add(name)
         mp = str(self.tmp / f"m-{name}")
         os.makedirs(mp, exist_ok=True)
         r = self.net.blockstore(name, self.pool, "node", "start", name, "--listen", f"{addr}:0", "--mount", mp,
-                                "--json", env=self.env)
+                                *(["--nbd", f"{addr}:10809"] if nbd else []), "--json", env=self.env)
         self.pids[name] = json.loads(r.stdout)["pid"]
         self.mounts[name] = mp
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.net.blockstore("admin", self.pool, *args, check=check)
+
+    def client(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A command run in the administrator's namespace (an NBD client, say)."""
+        r = subprocess.run(self.net.cmd("admin", *argv), capture_output=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.decode()}")
+        return r
+
+    def nbd(self, node: str, lu: str) -> str:
+        return f"nbd://{self.net.spaces[node][2]}:10809/{lu}"
 
     def wait(self, what, timeout: float = 15.0):  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
@@ -304,3 +314,48 @@ def test_without_the_fences_the_paused_owner_overwrites_the_new_one(nodes):
         return
     assert seen["in place"] == "ok"
     assert check(data[:B], "a") == 7                  # the stale write landed
+
+
+def test_nbd_export_of_the_owner_and_a_read_only_one_elsewhere(nodes, tmp_path):
+    """qemu-img and qemu-io write and read over NBD from another namespace; the owner's export
+    is read-write, another node's read-only (its redundant copy); block status is the LU's map;
+    garbage on the port changes nothing."""
+    c = nodes()
+    for n in ("n1", "n2"):
+        c.start(n, nbd=True)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "a", "--size", "16M", "--mirror")
+    assert c.owner("a")["node"] == "n1"
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(4 << 20) + bytes(12 << 20))
+    c.client("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), c.nbd("n1", "a"))
+    # the non-owner's export reads the same bytes, through the redundant copy
+    assert b"identical" in c.client("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src),
+                                    c.nbd("n2", "a")).stdout
+    back = tmp_path / "back.raw"
+    c.client("qemu-img", "convert", "-f", "raw", "-O", "raw", c.nbd("n2", "a"), str(back))
+    assert back.read_bytes() == src.read_bytes()
+    c.client("qemu-io", "-f", "raw", "-c", "write -P 0x5a 8M 1M", "-c", "write -z 2M 1M", c.nbd("n1", "a"))
+    c.client("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 8M 1M", "-c", "read -P 0 2M 1M", c.nbd("n2", "a"))
+    info = json.loads(c.client("nbdinfo", "--json", c.nbd("n2", "a")).stdout)
+    assert info["exports"][0]["is_read_only"] is True
+    r = c.client("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 64k", c.nbd("n2", "a"), check=False)
+    assert r.returncode != 0 and b"Permission denied" in r.stdout + r.stderr
+    # block status: the extents nbdinfo calls data are the ones the LU maps
+    extents = json.loads(c.client("nbdinfo", "--map", "--json", c.nbd("n1", "a")).stdout)
+    data = sorted((e["offset"], e["length"]) for e in extents if not e["type"] & 1)
+    with Pool.open(c.pool, readonly=True) as p, p.lu("a", writable=False) as h:
+        E = h.extent_size
+        mapped = [int(x) for x in h.mapped_extents()]
+    covered = {o // E + i for o, n in data for i in range(n // E)}
+    assert covered == set(mapped), (data, mapped)
+    # garbage on the port: the connection is dropped, nothing changes, the export still serves
+    owner = c.owner("a")
+    garbage = subprocess.run(c.net.cmd("admin", sys.executable, "-c",
+                                       "import socket,os; s=socket.create_connection(('%s',10809)); "
+                                       "s.recv(1024); s.sendall(os.urandom(4096)); s.settimeout(5); "
+                                       "print(len(s.recv(65536)))" % c.net.spaces["n1"][2]),
+                             capture_output=True, timeout=30)
+    assert garbage.returncode in (0, 1), garbage.stderr
+    assert c.owner("a") == owner
+    c.client("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 8M 1M", c.nbd("n1", "a"))
