@@ -11,6 +11,8 @@ from .errors import Busy
 from .pooldir import open_file, read_file
 from .records import Holder
 
+RECORD = 256  # bytes of a holder lock file: who holds it, padded with spaces
+
 
 def this_process() -> Holder:
     """This process as ``ps`` would name it: the program and its first arguments (80 characters)."""
@@ -42,12 +44,15 @@ class HolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, RECORD, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             pid = holder.split()[1] if holder.startswith("pid ") else ""
             raise Busy(f"{what} is open for writing by {holder}", int(pid) if pid.isdigit() else None) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _describe_self().encode(), 0)
+        # One write of a whole fixed-size record, never a truncation first: a claimant reading
+        # the file at any instant finds the old holder's name or ours, never an empty file (it
+        # could not then forward its request to the holder, control.py).
+        os.pwrite(fd, _describe_self().encode()[:RECORD].ljust(RECORD), 0)
+        os.ftruncate(fd, RECORD)
         self.fd = fd
         return self
 
@@ -70,7 +75,7 @@ def holder(path: str, root: str) -> Holder | None:
     if not is_held(path, root):
         return None
     try:
-        text = read_file(root, path, 256).decode(errors="replace").strip()
+        text = read_file(root, path, RECORD).decode(errors="replace").strip()
     except OSError:
         text = ""
     words = text.split(maxsplit=2)
