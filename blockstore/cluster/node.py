@@ -16,6 +16,10 @@ What a node does, each on its own thread:
 - FFDC: captures on heartbeat loss, on an unhandled exception in any of its threads, and when
   asked; tells every other node and publishes an ``ffdc_captured`` event.
 
+What a node does with LUs lives in modules of their own: the primary's moves of them (assign,
+graceful hand-over, failover, fencing) in moves.py, the node's serving processes (its mount and
+NBD export, supervised children) in servers.py, what those may write in serving.py.
+
 Eligible to become primary (the requirements an election checks): the node is registered, its
 own lease in the store is live (renewed within the timeout), it is not stopping, and in its own
 view the current primary is down or there is none. The primary is down when its process refuses
@@ -40,18 +44,18 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument, NotFound
+from ..errors import AlreadyExists, BlockstoreError, InvalidArgument, NotFound
 from ..names import check_name
-from .. import fence
-from . import agent, election, ffdc, ownership
+from . import agent, election, ffdc
 from .bridge import take_faults
 from .doorman import Doorman
 from .config import ClusterConfig, load_config, open_store, read_key, read_token
 from .election import Deposed, Primary
 from .events import EventLog, Gone, check_kinds
-from .servers import NodeExport, NodeMount
+from .moves import Moves
 from .notifier import Notifier
-from .protocol import LineReader, ProtocolError, encode, parse_address, request
+from .servers import NodeExport, NodeMount
+from .protocol import LineReader, ProtocolError, encode, parse_address
 
 log = logging.getLogger("blockstore.cluster.node")
 NODE_OPS = frozenset({"hello", "notice", "stop", "ffdc", "assign", "let_go"})  # the node key's alone
@@ -89,7 +93,6 @@ class Node:
         self.name = check_name(name, "node name")
         self.mount = NodeMount(self.pool_path, self.name, mount, hold=hold) if mount else None
         self.export = NodeExport(self.name, self.mount.mountpoint, nbd) if nbd and self.mount else None
-        self.fenced: set[tuple[str, Any]] = set()    # (node, incarnation) the fence agent has fenced
         self.cec = check_name(cec, "CEC name") if cec else None
         self.bind = parse_address(listen)
         self.store = open_store(self.pool_path)
@@ -101,6 +104,7 @@ class Node:
             self.store.close()
             raise
         self.events = EventLog(self.pool_path)
+        self.moves = Moves(self.pool_path, self.store, self.cfg, self.key, self)
         self.ring = _Ring()
         logging.getLogger("blockstore").addHandler(self.ring)
         self.lock = threading.RLock()
@@ -184,7 +188,7 @@ class Node:
             "mount": self.mount.mountpoint if self.mount else None, "nbd": self.export.address if self.export else None,
             "processes": self._processes()}).encode())
         self.lease_renewed = time.monotonic()
-        self._publish("node_joined", {"node": self.name, "address": self.address, "cec": self.cec,
+        self.publish("node_joined", {"node": self.name, "address": self.address, "cec": self.cec,
                                       "pid": os.getpid()})
 
     def _children(self) -> list[NodeMount | NodeExport]:
@@ -226,7 +230,7 @@ class Node:
                 self.notifier = None
             me, self.me = self.me, None
         if me is not None and election.resign(self.store, me):
-            self._publish("primary_resigned", {"node": self.name, "epoch": me.epoch})
+            self.publish("primary_resigned", {"node": self.name, "epoch": me.epoch})
             self._tell_peers({"op": "elected"})  # "look at the record": there is no primary now
         rec = self.store.get(f"nodes/{self.name}")
         if rec is not None:
@@ -494,7 +498,7 @@ class Node:
             self.notifier = Notifier(self.events)
         self.need_since = None
         log.info("elected primary at epoch %d (previous: %s at epoch %d)", won.epoch, previous.node, previous.epoch)
-        self._publish("primary_elected", {"node": self.name, "epoch": won.epoch, "previous": previous.node})
+        self.publish("primary_elected", {"node": self.name, "epoch": won.epoch, "previous": previous.node})
         self._tell_peers({"op": "elected", "node": self.name, "epoch": won.epoch})
 
     def _primary_duties(self) -> None:
@@ -515,93 +519,19 @@ class Node:
                 election.fenced(self.store, me, {key: json.dumps(
                     {"state": state, "since": time.time(), "epoch": me.epoch}).encode()})
                 kind = {"up": "node_up", "down": "node_down", "stopped": "node_left"}[state]
-                self._publish(kind, {"node": name, "previous": old, "epoch": me.epoch})
+                self.publish(kind, {"node": name, "previous": old, "epoch": me.epoch})
         except Deposed as e:
             self.refused_writes += 1
             log.warning("%s", e)
             self.wake.set()
             return
-        self._failover(me, states)
+        self.moves.failover(me, states)
         for fault in take_faults(self.pool_path):
             self._ffdc_queue.put((fault.get("condition", "io_error"), json.dumps(fault.get("detail"), default=str), None))
         if self.events.head() - self.events.oldest() >= self.cfg.event_keep + 1000:
             self.events.prune(self.cfg.event_keep)
 
-    def _fence(self, node: str) -> bool:
-        """Have ``node`` fenced by the fence agent (agent.py) once per incarnation: True when it
-        can no longer write. With the agent layer off (fence.py), nothing is done."""
-        if not fence.enabled("agent"):
-            return True
-        info = self._node_info(node)
-        key = (node, info.get("incarnation"))
-        if key in self.fenced:
-            return True
-        t0 = time.monotonic()
-        if not agent.fence(self.pool_path, self.cfg.fence_agent, info):
-            return False
-        self.fenced.add(key)
-        log.warning("node %s fenced in %.3fs", node, time.monotonic() - t0)
-        self._publish("node_fenced", {"node": node, "agent": self.cfg.fence_agent or "local"})
-        return True
-
-    def _serves(self, node: str, lu: str) -> dict[str, str | None]:
-        """Where ``node`` serves ``lu``: its mount point and its NBD URI (None: it does not)."""
-        info = self._node_info(node)
-        return {"mount": info.get("mount"), "nbd": f"nbd://{info['nbd']}/{lu}" if info.get("nbd") else None}
-
-    def _node_info(self, node: str) -> dict[str, Any]:
-        rec = self.store.get(f"nodes/{node}")
-        return json.loads(rec.value) if rec is not None else {"name": node}
-
-    def _up_nodes(self) -> dict[str, str | None]:
-        """The nodes up in my view (me included), each with its CEC."""
-        with self.lock:
-            return {self.name: self.cec, **{p.name: p.meta.get("cec") for p in self.peers.values() if p.state == "up"}}
-
-    def _failover(self, me: Primary, states: dict[str, str]) -> None:
-        """Move every LU owned by a node that is down or has left to the live nodes (ownership.py
-        chooses where), in one fenced transaction per round; each move is published. A move that
-        lost a race (an ``lu assign`` changed a record meanwhile) is planned again next round."""
-        gone = {n for n, s in states.items() if s in ("down", "stopped")}
-        lost = ownership.orphans(self.store, gone) if gone else []
-        if not lost:
-            return
-        # a node that failed (not one that left, having let go of everything) is fenced first
-        unfenced = {o.node for o in lost if states[o.node] == "down" and not self._fence(o.node)}
-        lost = [o for o in lost if o.node not in unfenced]
-        if not lost:
-            return
-        from ..pool import Pool
-        with Pool.open(self.pool_path, readonly=True) as pool:
-            names = {r["name"] for r in pool.list_lus()}
-        for o in [o for o in lost if o.lu not in names]:  # removed while its owner was away
-            try:
-                ownership.release(self.store, me, o.lu, o)
-            except (Deposed, Busy):
-                pass  # the next round reads again
-        lost = [o for o in lost if o.lu in names]
-        if not lost:
-            return
-        with self.lock:
-            cecs = {p.name: p.meta.get("cec") for p in self.peers.values()}
-        load = collections.Counter(o.node for o in ownership.every(self.store).values())
-        plan = ownership.plan_failover(lost, self._up_nodes(), cecs, load)
-        try:
-            moved = ownership.move_many(self.store, me, plan)
-        except Deposed as e:
-            self.refused_writes += 1
-            log.warning("%s", e)
-            self.wake.set()
-            return
-        if moved is None:
-            self.wake.set()
-            return
-        log.warning("failover: %d LU(s) of %s moved", len(plan), ", ".join(sorted({o.node for o, _ in plan.values()})))
-        for lu, now in moved.items():
-            self._publish("ownership_changed", {"lu": lu, "node": now.node, "previous": plan[lu][0].node,
-                                                "epoch": now.epoch, "reason": "failover", **self._serves(now.node, lu)})
-
-    def _publish(self, kind: str, data: dict[str, Any]) -> int | None:
+    def publish(self, kind: str, data: dict[str, Any]) -> int | None:
         try:
             seq = self.events.publish(kind, data, node=self.name)
         except OSError as e:
@@ -661,7 +591,7 @@ class Node:
             return None
         log.warning("FFDC %s captured: %s %s", bid, condition, reason)
         self._tell_peers({"op": "ffdc", "id": bid, "node": self.name, "condition": condition})
-        self._publish("ffdc_captured", {"id": bid, "node": self.name, "condition": condition, "reason": reason})
+        self.publish("ffdc_captured", {"id": bid, "node": self.name, "condition": condition, "reason": reason})
         return bid
 
     def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:
@@ -712,7 +642,7 @@ class Node:
             elif op == "assign":
                 conn.sendall(encode(self._assign(first)))
             elif op == "let_go":
-                self._let_go(str(first.get("lu", "")))
+                self.let_go_here(str(first.get("lu", "")))
                 conn.sendall(encode({"ok": True}))
             else:
                 raise ProtocolError(f"unknown op {op!r}")
@@ -731,59 +661,42 @@ class Node:
                 conn.close()
 
     def _assign(self, req: dict[str, Any]) -> dict[str, Any]:
-        """As the primary, make a live node (``node``; none named: the one owning fewest LUs) the
-        owner of an LU of the pool (ownership.py), and say so in an ``ownership_changed`` event.
-        Not the primary: the reply names the one that is."""
+        """As the primary, give an LU an owner (moves.py). Not the primary: the reply names the
+        one that is."""
         now, me = self._confirmed()
         if me is None:
             return {"error": "not primary", "primary": now.node, "address": now.address}
-        lu, node = str(req.get("lu", "")), str(req.get("node") or "")
-        with self.lock:
-            states = {self.name: "up", **{p.name: p.state for p in self.peers.values()}}
-        if not node:
-            load = collections.Counter(o.node for o in ownership.every(self.store).values())
-            node = ownership.choose(self._up_nodes(), load)
-        if node not in states:
-            raise NotFound(f"no node named {node!r} in the cluster")
-        if states[node] != "up":
-            raise InvalidArgument(f"node {node!r} is {states[node]}: an LU is owned by a node that is up")
-        from ..pool import Pool
-        with Pool.open(self.pool_path, readonly=True) as pool:
-            if pool.lu_info(lu)["kind"] == "snapshot":
-                raise InvalidArgument(f"{lu!r} is a snapshot: its LU's owner serves it")
-        before = ownership.get(self.store, lu)
-        if before is not None and before.node != node:
-            self._hand_over(lu, before.node, states.get(before.node))
-        got = ownership.assign(self.store, me, lu, node, seen=before)
-        previous = before.node if before else None
-        log.info("LU %s owned by %s (epoch %d; before: %s)", lu, node, got.epoch, previous)
-        self._publish("ownership_changed", {"lu": lu, "node": node, "previous": previous, "epoch": got.epoch,
-                                            "reason": "assign", **self._serves(node, lu)})
-        return {"ok": True, "lu": lu, "node": node, "previous": previous, "epoch": got.epoch}
+        return {"ok": True, **self.moves.assign(me, str(req.get("lu", "")), str(req.get("node") or ""))}
 
-    def _hand_over(self, lu: str, old: str, state: str | None) -> None:
-        """Before ``lu`` moves away from node ``old``: a live owner flushes and lets go of it
-        (asked over its port, or here), a failed one is fenced; one that left holds nothing."""
-        if state == "up":
-            try:
-                if old == self.name:
-                    self._let_go(lu)
-                else:
-                    reply = request(self._node_info(old)["address"], {"op": "let_go", "token": self.key, "lu": lu},
-                                    timeout=2 * self.cfg.timeout + 5)
-                    if not reply.get("ok"):
-                        raise BlockstoreError(str(reply.get("error")))
-            except (OSError, ProtocolError, BlockstoreError) as e:
-                raise BlockstoreError(f"node {old} did not let go of LU {lu!r} ({e}); its ownership is unchanged") from None
-        elif state == "down" and not self._fence(old):
-            raise BlockstoreError(f"node {old} is down and could not be fenced; the ownership of {lu!r} is unchanged")
-
-    def _let_go(self, lu: str) -> None:
+    def let_go_here(self, lu: str) -> None:
         """As the owner: have this node's mount flush and release ``lu`` (none: nothing to do)."""
         child = self.mount.process() if self.mount else None
         if child is not None:
             from .. import control
             control.ask(self.pool_path, child["pid"], {"op": "let_go", "lu": lu}, timeout=2 * self.cfg.timeout + 5)
+
+    # -- what the primary's moves (moves.py) ask of the node -------------------------------------
+
+    def states(self) -> dict[str, str]:
+        """Every node known and its state in my view (me: up; joining ones too)."""
+        with self.lock:
+            return {self.name: "up", **{p.name: p.state for p in self.peers.values()}}
+
+    def up_nodes(self) -> dict[str, str | None]:
+        """The nodes up in my view (me included), each with its CEC."""
+        with self.lock:
+            return {self.name: self.cec, **{p.name: p.meta.get("cec") for p in self.peers.values() if p.state == "up"}}
+
+    def cecs(self) -> dict[str, str | None]:
+        """Each known node's CEC (None: it names none)."""
+        with self.lock:
+            return {self.name: self.cec, **{p.name: p.meta.get("cec") for p in self.peers.values()}}
+
+    def refused(self, e: Deposed) -> None:
+        """A write of mine as primary was refused: I was deposed; the monitor steps down."""
+        self.refused_writes += 1
+        log.warning("%s", e)
+        self.wake.set()
 
     def _check_peer(self, hello: dict[str, Any]) -> str:
         """A keep-alive link speaks for the process the store has registered under its name now:
