@@ -39,6 +39,17 @@ def _cli(pool: str, *args: str) -> str:
     return r.stdout
 
 
+def wait_for(what: Callable[[], Any], timeout: float, failure: str) -> Any:
+    """``what()``'s first true value, asked every 5 ms for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = what()
+        if v:
+            return v
+        time.sleep(0.005)
+    raise RuntimeError(failure)
+
+
 class _Cluster:
     """A pool with a cluster and node daemons, all removed on exit."""
 
@@ -50,13 +61,7 @@ class _Cluster:
         self.pids = {n: admin.start_node(self.pool, n)["pid"] for n in self.names}
 
     def wait(self, what: Callable[[], Any], timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = what()
-            if v:
-                return v
-            time.sleep(0.005)
-        raise RuntimeError(f"the cluster did not settle within {timeout:.0f}s ({self.pool})")
+        return wait_for(what, timeout, f"the cluster did not settle within {timeout:.0f}s ({self.pool})")
 
     def __enter__(self) -> _Cluster:
         return self

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from blockstore.cluster import admin, config
+
+from .cluster_bench import wait_for
 from blockstore.pool import Pool
 
 INTERVAL = 1.0
@@ -47,13 +49,7 @@ def _fio(target: list[str], rw: str, bs: str, size: int, runtime: int) -> float:
 
 
 def _wait(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = what()
-        if v:
-            return v
-        time.sleep(0.005)
-    raise RuntimeError(f"timed out waiting for {what}")
+    return wait_for(what, timeout, f"timed out waiting for {what}")
 
 
 class _Nodes:

@@ -170,6 +170,17 @@ def race(target: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
 INTERVAL = 0.3
 
 
+def wait_for(what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
+    """``what()``'s first true value, asked every ``step`` seconds for up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = what()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 class Cluster:
     """Node processes of one pool's cluster, started with the CLI; the tests signal them by pid."""
     def __init__(self, pool: str, interval: float = INTERVAL) -> None:
@@ -187,13 +198,7 @@ class Cluster:
         return admin.status(self.pool)
 
     def wait(self, what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = what()
-            if v:
-                return v
-            time.sleep(step)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return wait_for(what, timeout, step)
 
     def primary(self) -> str | None:
         return self.status()["primary"]

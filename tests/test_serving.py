@@ -26,7 +26,7 @@ from blockstore.pool import Pool
 from blockstore_fuse.mount import umount
 
 from block_client import B, block, check
-from conftest import INTERVAL, pause, run_cli
+from conftest import INTERVAL, pause, run_cli, wait_for
 from netns import Net
 
 HERE = os.path.dirname(__file__)
@@ -71,13 +71,7 @@ class Nodes:
         return f"nbd://{self.net.spaces[node][2]}:10809/{lu}"
 
     def wait(self, what, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = what()
-            if v:
-                return v
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
+        return wait_for(what, timeout)
 
     def up(self, names: list[str]) -> None:
         self.wait(lambda: (s := admin.status(self.pool))["state"] == "OK" and

@@ -147,3 +147,11 @@ def everywhere(top: argparse.ArgumentParser) -> None:
         for flags, kw in GLOBAL_OPTIONS:
             if not taken.intersection(flags):
                 leaf.add_argument(*flags, **{**kw, "help": argparse.SUPPRESS}, default=argparse.SUPPRESS)
+
+
+def on_fence(parser: argparse.ArgumentParser, goes_with: str) -> None:
+    """A node's mount's choice for a write it may not make for want of a renewed lease
+    (cluster/serving.py): the option ``--on-fence``, given with ``goes_with``."""
+    parser.add_argument("--on-fence", choices=("error", "hold"), default="error",
+                        help=f"with {goes_with}, a write while the node cannot show a renewed lease: fails at once "
+                             "(ESTALE, default) or waits up to the cluster's timeout for a renewal")

@@ -10,7 +10,7 @@ from typing import Any
 from ..cluster import admin, config, ffdc
 from ..cluster.events import DAMAGED, EventLog
 from ..errors import InvalidArgument
-from .args import UsageError, command, group
+from .args import UsageError, command, group, on_fence
 from .output import done, emit, fields, when
 
 
@@ -45,9 +45,7 @@ def add(top: Any) -> None:
     s.add_argument("--nbd", metavar="HOST:PORT",
                    help="with --mount, also export the node's LUs over NBD there (nbdkit; export name: the LU's "
                         "name; read-only where the node does not own the LU)")
-    s.add_argument("--on-fence", choices=("error", "hold"), default="error",
-                   help="with --mount, a write while the node cannot show a renewed lease: fails (ESTALE, "
-                        "default) or waits up to the cluster's timeout")
+    on_fence(s, "--mount")
     s.add_argument("--foreground", action="store_true", help="stay attached (logs to stderr)")
     s.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus figures at http://HOST:PORT/metrics: the primary, epoch and each "

@@ -6,7 +6,7 @@ import os
 import re
 from typing import Any
 
-from .args import UsageError, command
+from .args import UsageError, command, on_fence
 from .output import done
 
 
@@ -35,9 +35,7 @@ def add(top: Any) -> None:
     m.add_argument("--node", metavar="NAME",
                    help="serve as this cluster node: write only the LUs it owns (lu assign), read the others "
                         "through their redundant copy (node start --mount runs this)")
-    m.add_argument("--on-fence", choices=("error", "hold"), default="error",
-                   help="with --node, a write while the node cannot show a renewed lease: fails at once "
-                        "(ESTALE, default) or waits up to the cluster's timeout for a renewal")
+    on_fence(m, "--node")
     u = command(top, "umount", "unmount, flushing everything (also a stale mount); a busy mount is refused, "
                                "naming what holds it", "umount /mnt/lus", "umount --lazy /mnt/lus")
     u.add_argument("mountpoint", help="where the pool is mounted")
