@@ -4,15 +4,18 @@ epoch, and publishes ``ownership_changed`` for each."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from blockstore.cluster import admin
 from blockstore.cluster.events import EventLog
 from blockstore.pool import Pool
 
-from conftest import INTERVAL, pause
+from conftest import INTERVAL, pause, run_cli
 
 N_LUS = 100
 
@@ -104,3 +107,32 @@ def test_sigstop_of_the_primary_owner_spreads_its_lus_over_the_live_nodes(cluste
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_bad_assignments_leave_ownership_as_it_was(cluster):
+    """An assignment to a dead or unknown node, a node name reused while it runs, and two
+    assignments racing: one-line errors, and the ownership is what the successful ones made it."""
+    c = cluster
+    _start(c, {"n1": None, "n2": None, "n3": None})
+    before = _owned_by(c, "n1", 1)["lu000"]
+    os.kill(c.pids["n3"], signal.SIGKILL)
+    c.wait(lambda: {n["name"]: n["state"] for n in c.status()["nodes"]}["n3"] == "down")
+    for args, why in ((["--node", "n3"], "is down"), (["--node", "nosuch"], "no node named")):
+        r = run_cli("lu", "assign", "lu000", *args, pool=c.pool, check_rc=None)
+        err = r.stderr.decode()
+        assert r.returncode != 0 and why in err and err.count("\n") == 1, err
+    r = run_cli("node", "start", "--name", "n1", pool=c.pool, check_rc=None)
+    assert r.returncode != 0 and "already running" in r.stderr.decode() and r.stderr.decode().count("\n") == 1
+    assert admin.owners(c.pool, "lu000")["lu000"] == {"node": "n1", "epoch": before}
+    racers = [subprocess.Popen([sys.executable, "-m", "blockstore", "--pool", c.pool, "lu", "assign", "lu000",
+                                "--node", n, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for n in ("n2", "n1")]
+    results = [(p.wait(), *p.communicate()) for p in racers]
+    won = [json.loads(out) for rc, out, _ in results if rc == 0]
+    lost = [err.decode() for rc, _, err in results if rc != 0]
+    assert won and all("changed while it was being assigned" in e and e.count("\n") == 1 for e in lost), results
+    last = max(won, key=lambda w: w["epoch"])
+    assert admin.owners(c.pool, "lu000")["lu000"] == {"node": last["node"], "epoch": last["epoch"]}
+    moves = [e["data"] for e in EventLog(c.pool).events() if e["kind"] == "ownership_changed"]
+    assert [(m["node"], m["epoch"]) for m in moves[-len(won):]] == sorted(((w["node"], w["epoch"]) for w in won),
+                                                                          key=lambda m: m[1])
