@@ -48,12 +48,13 @@ class Nodes:
         self.pids: dict[str, int] = {}
         self.mounts: dict[str, str] = {}
 
-    def start(self, name: str, nbd: bool = False) -> None:
+    def start(self, name: str, nbd: bool = False, cec: str | None = None) -> None:
         addr = self.net.spaces[name][2] if name in self.net.spaces else self.net.add(name)
         mp = str(self.tmp / f"m-{name}")
         os.makedirs(mp, exist_ok=True)
         r = self.net.blockstore(name, self.pool, "node", "start", name, "--listen", f"{addr}:0", "--mount", mp,
-                                *(["--nbd", f"{addr}:10809"] if nbd else []), "--json", env=self.env)
+                                *(["--nbd", f"{addr}:10809"] if nbd else []), *(["--cec", cec] if cec else []),
+                                "--json", env=self.env)
         self.pids[name] = json.loads(r.stdout)["pid"]
         self.mounts[name] = mp
 
@@ -353,3 +354,46 @@ def test_nbd_export_of_the_owner_and_a_read_only_one_elsewhere(nodes, tmp_path):
     assert garbage.returncode in (0, 1), garbage.stderr
     assert c.owner("a") == owner
     c.client("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 8M 1M", c.nbd("n1", "a"))
+
+
+def test_a_partition_migrates_by_an_ownership_move(nodes):
+    """paging request gives the partition's LU to a node; paging migrate moves it to a node of
+    the other CEC by the graceful move: the target reads it redirected while the source holds it,
+    the source's next write is ESTALE, the target then writes. Where a partition is served is the
+    LU's owner, so a failover shows in paging list too."""
+    c = nodes()
+    c.start("n1", cec="c1")
+    c.start("n2", cec="c2")
+    c.up(["n1", "n2"])
+    got = json.loads(c.cli("paging", "request", "--lpar", "lp1", "--min-size", "4M", "--node", "n1", "--json").stdout)
+    lu = got["lu"]
+    assert (got["cec"], got["node"]) == ("c1", "n1") and c.owner(lu)["node"] == "n1"
+    fd = os.open(f"{c.mounts['n1']}/{lu}", os.O_RDWR)
+    for i in range(BLOCKS):
+        os.pwrite(fd, block(i, lu), i * B)
+    os.fsync(fd)
+    with open(f"{c.mounts['n2']}/{lu}", "rb") as f:     # the target, while the source holds it
+        assert [check(f.read(B), lu) for _ in range(BLOCKS)] == list(range(BLOCKS))
+    moved = json.loads(c.cli("paging", "migrate", "--lpar", "lp1", "--to-cec", "c2", "--json").stdout)
+    assert (moved["cec"], moved["node"]) == ("c2", "n2") and c.owner(lu)["node"] == "n2"
+    with pytest.raises(OSError) as e:
+        os.pwrite(fd, block(99, lu), 0)
+    assert e.value.errno == errno.ESTALE
+    os.close(fd)
+    with open(f"{c.mounts['n2']}/{lu}", "r+b") as f:
+        f.write(block(100, lu))
+        f.flush()
+        os.fsync(f.fileno())
+    r = c.cli("paging", "migrate", "--lpar", "lp1", "--to-cec", "c2", check=False)
+    assert r.returncode != 0 and b"already served by CEC 'c2'" in r.stderr
+    os.kill(c.pids["n2"], signal.SIGKILL)                # failover: paging list follows the owner
+    c.wait(lambda: c.owner(lu).get("node") == "n1")
+    rows = json.loads(c.cli("paging", "list", "--json").stdout)
+    assert [(r["lpar"], r["cec"], r["node"]) for r in rows] == [("lp1", "c1", "n1")]
+    _verify_blocks(c.pool, lu, [100] + list(range(1, BLOCKS)))
+
+
+def _verify_blocks(pool: str, lu: str, want: list[int]) -> None:
+    with Pool.open(pool, readonly=True) as p, p.lu(lu, writable=False) as h:
+        data = h.read(0, len(want) * B)
+    assert [check(data[i * B:(i + 1) * B], lu) for i in range(len(want))] == want

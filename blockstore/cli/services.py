@@ -36,6 +36,7 @@ def add(top: Any) -> None:
                 "paging migrate --lpar lpar7 --to-cec cec2", json=True)
     c.add_argument("--lpar", required=True, help="the client partition")
     c.add_argument("--to-cec", required=True, help="the CEC it moves to")
+    c.add_argument("--node", help="the node of that CEC that serves it (default: the one with fewest LUs)")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the source to let go")
 
     im = group(top, "image", "captured OS images, each file an LU that partitions clone")
@@ -74,6 +75,7 @@ def add(top: Any) -> None:
 def run(args: argparse.Namespace, pool: Pool) -> int:
     from ..services import images, paging
     cmd = (args.group, args.cmd)
+    placement = _placement(pool) if args.group == "paging" else None
     if cmd == ("cec", "add"):
         rec = paging.add_cec(pool, args.name, args.node)
         done(args, rec, f"CEC {rec['name']}: nodes {', '.join(rec['nodes']) or '-'}")
@@ -82,10 +84,10 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         emit(args, rows, columns(["CEC", "NODES"], [[r["name"], ", ".join(r["nodes"]) or "-"] for r in rows],
                                  empty="no CECs"))
     elif cmd == ("paging", "request"):
-        r = paging.request(pool, args.lpar, args.min_size, args.node)
+        r = paging.request(pool, args.lpar, args.min_size, args.node, placement)
         done(args, r, f"{r['lpar']}: {r['lu']} {format_size(r['size'])} ({r['mirror']}) on {r['cec']}/{r['node']}")
     elif cmd == ("paging", "list"):
-        rows = paging.list_paging(pool)
+        rows = paging.list_paging(pool, placement)
         emit(args, rows, columns(["LPAR", "LU", "SIZE", "MAPPED", "MIRROR", "CEC/NODE"], [
             [r["lpar"], r["lu"], format_size(r["size"]), format_size(r["allocated"]), r["mirror"] or "-",
              f"{r['cec']}/{r['node']}" + (f" -> {r['migrating_to']}" if r["migrating_to"] else "")] for r in rows],
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace, pool: Pool) -> int:
         paging.release(pool, args.lpar)
         done(args, {"lpar": args.lpar, "released": True}, f"released the paging LU of {args.lpar}")
     elif cmd == ("paging", "migrate"):
-        r = paging.migrate(pool, args.lpar, args.to_cec, timeout=args.timeout)
+        r = paging.migrate(pool, args.lpar, args.to_cec, args.node, timeout=args.timeout, placement=placement)
         done(args, r, f"{r['lpar']} is now served by {r['cec']}/{r['node']}")
     elif args.group == "image":
         _image(args, pool)
@@ -163,3 +165,12 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
         images.remove_image(pool, args.name)
         done(args, {"removed": args.name}, f"removed image {args.name}")
     sys.stdout.flush()
+
+
+def _placement(pool: Pool) -> Any:
+    """In a pool with a cluster, the cluster says who serves a partition (cluster/placement.py)."""
+    from ..cluster.admin import has_cluster
+    if not has_cluster(pool.path):
+        return None
+    from ..cluster.placement import ClusterPlacement
+    return ClusterPlacement(pool.path)

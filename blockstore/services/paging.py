@@ -7,11 +7,16 @@ Migration to another CEC uses the redundant copy: while the source still holds t
 the target reads it through ``Pool.open_redundant`` (reads redirected to the redundant copy);
 the hand-over waits until the source has flushed and let go of the LU, then records the target
 as the node that serves it. The LU's holder lock means no two sides ever write it.
+
+In a pool with a cluster, who serves a partition is the cluster's to say, not these records': the
+functions take a ``Placement`` (cluster/placement.py), and provisioning and migration are
+ownership moves of the paging LU (the graceful move: the source flushes and lets go before the
+target writes), and where a partition is served is read from the LU's owner.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound, PoolFull
 from ..locks import HolderLock
@@ -21,6 +26,14 @@ from ..pool import Pool
 from ..sizes import format_size, parse_size
 
 LOCAL_CEC, LOCAL_NODE = "local", "local"
+
+
+class Placement(Protocol):
+    """Who serves an LU, when a cluster decides it (cluster/placement.py)."""
+
+    def place(self, lu: str, cec: str | None, node: str | None) -> tuple[str | None, str]: ...
+
+    def where(self, lu: str) -> tuple[str | None, str] | None: ...
 
 
 def lu_name(lpar: str) -> str:
@@ -66,9 +79,11 @@ def _cec_of(pool: Pool, node: str | None) -> tuple[str, str]:
 
 # -- paging LUs ----------------------------------------------------------------------------------
 
-def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None) -> dict[str, Any]:
+def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None,
+            placement: Placement | None = None) -> dict[str, Any]:
     """Provision (or, asked again, find or grow) the paging LU of ``lpar``. Idempotent: the same
-    LU every time; a larger minimum grows it, a smaller one never shrinks it."""
+    LU every time; a larger minimum grows it, a smaller one never shrinks it. With a
+    ``placement``, the new LU is given to ``node`` (None: the cluster's choice)."""
     check_name(lpar, "LPAR name")
     size = parse_size(min_size, what="minimum size")
     size = -(-size // SECTOR) * SECTOR
@@ -81,9 +96,15 @@ def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None)
     rec = pool.svc_get("lpar", lpar)
     name = lu_name(lpar)
     if rec is None:
-        cec, node_name = _cec_of(pool, node)
+        cec, node_name = _cec_of(pool, node) if placement is None else (None, node)
         pool.create_lu(name, size, mirrored=True).close()
         pool.update_lu(name, role="paging", lpar=lpar)
+        if placement is not None:
+            try:
+                cec, node_name = placement.place(name, None, node)
+            except BaseException:
+                pool.remove(name)  # refused: the pool is as it was
+                raise
         rec = {"name": lpar, "lu": name, "min_size": size, "cec": cec, "node": node_name,
                "state": "active", "created": time.time()}
         pool.svc_put("lpar", lpar, rec)
@@ -91,18 +112,21 @@ def request(pool: Pool, lpar: str, min_size: int | str, node: str | None = None)
         pool.resize(name, size)
         rec["min_size"] = size
         pool.svc_put("lpar", lpar, rec)
-    return describe(pool, rec)
+    return describe(pool, rec, placement)
 
 
-def describe(pool: Pool, rec: dict[str, Any]) -> dict[str, Any]:
+def describe(pool: Pool, rec: dict[str, Any], placement: Placement | None = None) -> dict[str, Any]:
+    """The partition's paging LU; served where the placement says (the LU's owner), else where
+    the record says."""
     info = pool.lu_info(rec["lu"])
+    cec, node = (rec["cec"], rec["node"]) if placement is None else placement.where(rec["lu"]) or (None, None)
     return {"lpar": rec["name"], "lu": rec["lu"], "size": info["size"], "allocated": info["allocated"],
-            "mirror": info.get("mirror", {}).get("state"), "cec": rec["cec"], "node": rec["node"],
+            "mirror": info.get("mirror", {}).get("state"), "cec": cec, "node": node,
             "state": rec["state"], "migrating_to": rec.get("migrating_to")}
 
 
-def list_paging(pool: Pool) -> list[dict[str, Any]]:
-    return [describe(pool, r) for r in pool.svc_list("lpar")]
+def list_paging(pool: Pool, placement: Placement | None = None) -> list[dict[str, Any]]:
+    return [describe(pool, r, placement) for r in pool.svc_list("lpar")]
 
 
 def release(pool: Pool, lpar: str) -> None:
@@ -114,17 +138,28 @@ def release(pool: Pool, lpar: str) -> None:
     pool.svc_put("lpar", lpar, None)
 
 
-def migrate(pool: Pool, lpar: str, to_cec: str, node: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+def migrate(pool: Pool, lpar: str, to_cec: str, node: str | None = None, timeout: float = 30.0,
+            placement: Placement | None = None) -> dict[str, Any]:
     """Hand the paging LU of ``lpar`` to ``to_cec``.
 
     Marks the partition migrating (from then on the target may read the paging data through the
     redundant copy), waits up to ``timeout`` seconds for the source to flush and release the LU,
     and records the target as owner. Nothing the source wrote before the hand-over is lost: it can
-    only release the LU through a flush.
+    only release the LU through a flush. With a ``placement`` that hand-over is the cluster's
+    graceful ownership move to a node up in ``to_cec``.
     """
     rec = pool.svc_get("lpar", check_name(lpar, "LPAR name"))
     if rec is None:
         raise NotFound(f"LPAR {lpar!r} has no paging LU")
+    if placement is not None:
+        check_name(to_cec, "CEC name")
+        now = placement.where(rec["lu"])
+        if now is not None and now[0] == to_cec:
+            raise InvalidArgument(f"LPAR {lpar!r} is already served by CEC {to_cec!r}")
+        cec, new_node = placement.place(rec["lu"], to_cec, node)
+        rec.update(cec=cec, node=new_node, state="active", migrating_to=None)
+        pool.svc_put("lpar", lpar, rec)
+        return describe(pool, rec, placement)
     target = pool.svc_get("cec", check_name(to_cec, "CEC name"))
     if target is None:
         raise NotFound(f"unknown CEC {to_cec!r}")
