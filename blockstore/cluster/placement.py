@@ -25,6 +25,10 @@ class ClusterPlacement:
         nodes: list[dict[str, Any]] = admin.status(self.pool_path)["nodes"]
         return nodes
 
+    def has_nodes(self) -> bool:
+        """Whether any node was ever started in the cluster (else nothing can serve an LU)."""
+        return bool(self._nodes())
+
     def place(self, lu: str, cec: str | None, node: str | None) -> tuple[str | None, str]:
         """Have ``lu`` served in ``cec`` (None: anywhere) by ``node`` (None: the node up there
         that owns fewest LUs); returns (CEC, node) once the move is done."""
