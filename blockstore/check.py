@@ -29,7 +29,6 @@ from .allocator import read_resv, resv_owner, set_free
 from .meta import store_counts
 from .extents import CHUNK, UNMAPPED, extents_for
 from .errors import PoolCorrupt
-from .locks import is_held
 from .storage import recovery
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ def _scan(pool: "Pool", txn: lmdb.Transaction) -> dict[str, Any]:
         session, _ = resv_owner(key)
         held = read_resv(txn, meta, key)
         held = held[held < n]
-        alive = session == pool.session or is_held(os.path.join(pool.path, "locks", f"session-{session}"), pool.path)
+        alive = session == pool.session or pool.liveness.session_alive(session)
         if alive:
             live[held] = True
             np.add.at(owner, held, 1)

@@ -20,9 +20,7 @@ from . import control
 from .catalog import LURecord, check_lu_size
 from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, ReadOnly
 from .extents import UNMAPPED, extents_for
-from .locks import HolderLock, holder
 from .names import check_name, snapshot_name, split_snapshot
-from .pooldir import remove_file
 from .records import LUInfo
 from .sizes import format_size
 
@@ -103,7 +101,7 @@ class Lifecycle:
             return None
         with self.pool.meta.read() as txn:
             rec = self.pool.record(txn, name, missing_ok=True)
-        who = holder(self.pool.holder_path(rec["id"]), self.pool.path) if rec else None
+        who = self.pool.liveness.lu_holder(rec["id"]) if rec else None
         return who["pid"] if who and who["pid"] and who["pid"] != os.getpid() else None
 
     def clone(self, source: str, new: str) -> LUInfo:
@@ -238,7 +236,7 @@ class Lifecycle:
             if self.pool.writing(name) is not None:
                 raise Busy(f"LU {name!r} is open in this process; close it first")
             # A snapshot never changes, so only a live LU needs its holder lock for removal.
-            holder = HolderLock(self.pool.holder_path(lu_id), self.pool.path).acquire(f"LU {name!r}") if snap is None else None
+            holder = self.pool.liveness.hold_lu(lu_id, f"LU {name!r}") if snap is None else None
             a = self.pool.allocator
 
             def change(txn: lmdb.Transaction) -> None:
@@ -248,11 +246,12 @@ class Lifecycle:
                     self.pool.catalog.remove(txn, rec)
             try:
                 self.pool.commit(change)
-                if holder:
-                    remove_file(self.pool.path, holder.path)
-            finally:
+            except BaseException:
                 if holder:
                     holder.release()
+                raise
+            if holder:
+                self.pool.liveness.end(holder)  # the LU is gone: so is its claim
         for victim in doomed:
             self.pool.emit("lu_removed", {"name": victim})
         return doomed
@@ -268,7 +267,7 @@ class Lifecycle:
             if rec["kind"] == "snapshot":
                 raise InvalidArgument(f"{old!r} is a snapshot; only LUs can be renamed")
             mine = self.pool.writing(old)
-            holder = None if mine else HolderLock(self.pool.holder_path(rec["id"]), self.pool.path).acquire(f"LU {old!r}")
+            holder = None if mine else self.pool.liveness.hold_lu(rec["id"], f"LU {old!r}")
 
             def change(txn: lmdb.Transaction) -> None:
                 if self.pool.record(txn, new, missing_ok=True) is not None:

@@ -36,7 +36,7 @@ from .zero import is_zero
 
 if TYPE_CHECKING:
     from .allocator import Allocator
-    from .locks import HolderLock
+    from .liveness import Claim
     from .storage.datafile import DataFile
     from .storage.mirror import MirrorFile
     from .storage.redirect import RedirectedCopy
@@ -107,7 +107,7 @@ class LU:
     """
 
     def __init__(self, host: Host, record: LURecord, emap: ExtentMap, store: "DataFile | MirrorFile",
-                 allocator: "Allocator", *, writable: bool, holder: "HolderLock | None" = None,
+                 allocator: "Allocator", *, writable: bool, holder: "Claim | None" = None,
                  settled: bool = False) -> None:
         """``settled``: no other process writes the LU (its checksums are known here as they are)."""
         self._host = host
@@ -447,7 +447,7 @@ class LU:
         return self._gen
 
     @property
-    def holder(self) -> "HolderLock | None":
+    def holder(self) -> "Claim | None":
         return self._holder
 
     @property

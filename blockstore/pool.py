@@ -33,7 +33,8 @@ from .extents import ExtentMap, runs
 from .journal import Journal
 from .lifecycle import Lifecycle
 from .listeners import Listeners
-from .locks import HolderLock, holder, is_held, this_process
+from .liveness import Claim, Flocks, Liveness
+from .locks import this_process
 from .lu import LU
 from .meta import FORMAT, Meta, Outdated, meta_dir, store_counts
 from .names import split_snapshot
@@ -91,11 +92,12 @@ class Pool:
             cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]
         self.session = uuid.uuid4().hex[:16]
-        self._session_lock: HolderLock | None = None
+        #: who is alive and who holds what (liveness.py): the only place the engine asks
+        self.liveness: Liveness = Flocks(self.path)
+        self._session_claim: Claim | None = None
         if not readonly:
             subdir(self.path, "locks")
-            self._session_lock = HolderLock(os.path.join(self.locks_dir, f"session-{self.session}"), self.path)
-            self._session_lock.acquire("session")
+            self._session_claim = self.liveness.hold_session(self.session)
         self._allocators: dict[int, Allocator] = {}
         self._writers: dict[str, LU] = {}
         self._over_threshold = False
@@ -229,12 +231,9 @@ class Pool:
         if self.meta is not None:
             self.meta.close()
             self.meta = None  # type: ignore[assignment]
-        if self._session_lock is not None:
-            self._session_lock.release()
-            try:
-                remove_file(self.path, self._session_lock.path)
-            except (OSError, BlockstoreError):
-                pass
+        if self._session_claim is not None:
+            self.liveness.end(self._session_claim)
+            self._session_claim = None
 
     def __enter__(self) -> "Pool":
         return self
@@ -253,18 +252,14 @@ class Pool:
             rc = {fg: a.refcounts(txn) for fg, a in self._allocators.items()}
             for key, _ in list(self.meta.iter_prefix(txn, "resv", b"")):
                 session, fg = resv_owner(key)
-                lock = os.path.join(self.locks_dir, f"session-{session}")
-                if session == self.session or is_held(lock, self.path):
+                if session == self.session or self.liveness.session_alive(session):
                     continue
                 held = read_resv(txn, self.meta, key)
                 held = held[rc[fg][held] == 0]
                 set_free(self.meta, txn, fg, held, True)
                 txn.delete(key, db=self.meta.db["resv"])
                 reclaimed += len(held)
-                try:
-                    remove_file(self.path, lock)
-                except (OSError, BlockstoreError):
-                    pass
+                self.liveness.forget_session(session)
         return reclaimed
 
     # -- flush and the commit of every metadata change ----------------------------------------
@@ -318,7 +313,7 @@ class Pool:
                 if rec0.get("readonly"):
                     raise ReadOnly(f"LU {name!r} is read-only ({rec0.get('role', 'sealed')})")
                 if epoch is None or fence.enabled("agent"):  # the holder locks: one machine's agent
-                    holder = HolderLock(self.holder_path(lu_id), self.path).acquire(f"LU {name!r}")
+                    holder = self.liveness.hold_lu(lu_id, f"LU {name!r}")
             try:
                 with self.meta.read() as txn:
                     rec = self.record(txn, name)
@@ -337,7 +332,7 @@ class Pool:
             # A read-only handle of a live LU that no process writes knows its checksums as they
             # are (mirror.py: its reads verify); one that a writer may change under it does not.
             settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
-                or not is_held(self.holder_path(rec["id"]), self.path)
+                or not self.liveness.lu_held(rec["id"])
             lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
                     writable=writable, holder=holder, settled=settled)
             if writable and epoch is not None:
@@ -387,10 +382,6 @@ class Pool:
         """Every physical extent's reference count (``rc``), or the references mirrored LUs hold
         (``mrc``), as ``txn`` stores them."""
         return self._allocators[0].refcounts(txn, db)
-
-    def holder_path(self, lu_id: int) -> str:
-        """The holder lock of an LU, by id so that a rename keeps it."""
-        return os.path.join(self.locks_dir, f"lu-{lu_id}")
 
     @property
     def lock(self) -> threading.RLock:
@@ -650,13 +641,13 @@ class Pool:
         checksums, before any I/O; ``everything``: every mirrored extent (a pool from before
         block checksums); ``legacy``: logs where older versions kept them too. Returns the
         extents examined."""
-        if not everything and not dead_logs(self.locks_dir, legacy=legacy):
+        if not everything and not dead_logs(self.locks_dir, self.liveness.session_alive, legacy=legacy):
             return 0  # the common open: one listdir of the live sessions' logs
         m, E = self.mirror, self.extent_size
         done = 0
         with self._lock:
             with self.meta.write() as txn:  # one settler at a time, across processes
-                logs = dead_logs(self.locks_dir, legacy=legacy)
+                logs = dead_logs(self.locks_dir, self.liveness.session_alive, legacy=legacy)
                 if m is not None and m.copies != [None, None]:
                     if everything:  # from before mirrored reference counts: count them now
                         counts = self.mirrored_refs(txn)
@@ -835,7 +826,7 @@ class Pool:
         info["snapshots"] = [r["name"] for r in snaps]
         info["clones"] = self.catalog.clones(rec)
         info["holder"] = this_process() if name in self._writers else \
-            None if "@" in name else holder(self.holder_path(rec["id"]), self.path)
+            None if "@" in name else self.liveness.lu_holder(rec["id"])
         info["open_for_writing"] = info["holder"] is not None
         if info["mirrored"]:
             m = self.mirror

@@ -20,7 +20,6 @@ import numpy as np
 
 from . import native
 from .errors import AlreadyExists, BlockstoreError, Busy, InvalidArgument
-from .locks import HolderLock, is_held
 from .names import split_snapshot
 from .storage.datafile import DataFile
 from .storage.health import OK
@@ -143,14 +142,13 @@ def _run(pool: "Pool", exts: np.ndarray, repair: bool, progress: Progress,
         owner = owners.get(e)
         with ExitStack() as stack:
             if owner is not None and pool.writing(owner[0]) is None:
-                lock = pool.holder_path(owner[1])
                 if not repair:
-                    if is_held(lock, pool.path):
+                    if pool.liveness.lu_held(owner[1]):
                         ex.in_use.append(e)
                         return
                 else:
                     try:  # held for the repair: nobody writes the extent meanwhile
-                        stack.enter_context(HolderLock(lock, pool.path).acquire(f"LU {owner[0]!r}"))
+                        stack.callback(pool.liveness.hold_lu(owner[1], f"LU {owner[0]!r}").release)
                     except Busy:
                         ex.in_use.append(e)
                         return

@@ -121,6 +121,8 @@ class Node:
         self.ffdc_seen: list[dict[str, Any]] = []
         self.refused_writes = 0
         self.last_duties = 0.0                  # monotonic time of the primary's last duty round
+        self.last_round = time.monotonic()      # of the monitor's last look at the peers
+        self.grace_until = 0.0                  # silence is no failure before this (a stall of ours)
         self.duty_faults: set[tuple[str, str]] = set()  # (thread, exception) already captured
         self._ffdc_queue: queue.Queue[tuple[str, str, BaseException | None]] = queue.Queue()
         self.server: socket.socket | None = None
@@ -392,8 +394,16 @@ class Node:
         return not p.refused and not p.stopped and p.heard is not None and now - p.heard < self.cfg.timeout
 
     def _update_states(self) -> list[tuple[Peer, str, str]]:
-        """Recompute each peer's state; returns the transitions."""
+        """Recompute each peer's state; returns the transitions.
+
+        A node that was itself starved (its monitor did not run for a whole interval: the machine
+        was overloaded, or it was stopped) has not read the keep-alives waiting in its sockets
+        either: for one interval after such a stall it does not take silence for a failure,
+        since a node found down is fenced and its LUs moved. A refused port still counts at once."""
         now = time.monotonic()
+        if now - self.last_round > self.cfg.interval:
+            self.grace_until = now + self.cfg.interval
+        self.last_round = now
         self._read_leaves(now)
         changes = []
         with self.lock:
@@ -402,6 +412,8 @@ class Node:
                     new = "up"
                 elif p.stopped:
                     new = "stopped"
+                elif p.state == "up" and not p.refused and now < self.grace_until:
+                    new = "up"
                 elif p.refused or p.heard is not None or now - p.found >= self.cfg.timeout:
                     new = "down"
                 else:

@@ -19,7 +19,6 @@ import time
 from typing import Any, Protocol
 
 from ..errors import AlreadyExists, Busy, InvalidArgument, NotFound, PoolFull
-from ..locks import HolderLock
 from ..names import check_name
 from ..catalog import SECTOR
 from ..pool import Pool
@@ -170,11 +169,11 @@ def migrate(pool: Pool, lpar: str, to_cec: str, node: str | None = None, timeout
     new_node = node or (target["nodes"][0] if target["nodes"] else to_cec)
     rec.update(state="migrating", migrating_to=to_cec)
     pool.svc_put("lpar", lpar, rec)
-    holder = HolderLock(pool.holder_path(pool.lu_info(rec["lu"])["id"]), pool.path)
+    lu_id = pool.lu_info(rec["lu"])["id"]
     deadline = time.monotonic() + timeout
     while True:
         try:
-            holder.acquire(f"LU {rec['lu']!r}")
+            holder = pool.liveness.hold_lu(lu_id, f"LU {rec['lu']!r}")
             break
         except Busy:
             if time.monotonic() > deadline:

@@ -17,10 +17,10 @@ leaves more than ``HOT_LIMIT`` regions hot empties it, so a session's recovery w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
-from ..locks import is_held
 from ..pooldir import open_file, read_file, remove_file, subdir
 
 #: Bytes of physical space per logged region.
@@ -105,7 +105,8 @@ def _fsync_dir(path: str) -> None:
         os.close(dfd)
 
 
-def dead_logs(locks_dir: str, *, legacy: bool = False) -> list[tuple[str, np.ndarray]]:
+def dead_logs(locks_dir: str, session_alive: Callable[[str], bool], *,
+              legacy: bool = False) -> list[tuple[str, np.ndarray]]:
     """(path, regions) of every log whose session is gone (its session lock not held);
     ``legacy``: also those a pool of an earlier version kept beside the locks."""
     out = []
@@ -116,7 +117,7 @@ def dead_logs(locks_dir: str, *, legacy: bool = False) -> list[tuple[str, np.nda
         except FileNotFoundError:
             continue
         for name in names:
-            if name.startswith("al-") and not is_held(os.path.join(locks_dir, "session-" + name[3:]), root):
+            if name.startswith("al-") and not session_alive(name[3:]):
                 path = os.path.join(where, name)
                 try:
                     out.append((path, read_log(path, root)))
