@@ -31,23 +31,14 @@ from .catalog import LURecord
 from .errors import OutOfRange, ReadOnly
 from .extents import BUSY, CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
 from .native import DirectTable
-from .storage import ALLOCATED, DATA, ZERO
+from .storage import ALLOCATED, DATA, ZERO, Reader, Store
 from .zero import is_zero
 
 if TYPE_CHECKING:
     from .allocator import Allocator
     from .liveness import Claim
-    from .storage.datafile import DataFile
-    from .storage.mirror import MirrorFile
     from .storage.redirect import RedirectedCopy
 
-
-class Reader(Protocol):
-    """Where a handle's reads come from (a store, or its unverified reads)."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
-
-    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None: ...
 
 Buffer = bytes | bytearray | memoryview
 
@@ -106,7 +97,7 @@ class LU:
     (``restack``) when the LU becomes mirrored or stops being so.
     """
 
-    def __init__(self, host: Host, record: LURecord, emap: ExtentMap, store: "DataFile | MirrorFile",
+    def __init__(self, host: Host, record: LURecord, emap: ExtentMap, store: "Store",
                  allocator: "Allocator", *, writable: bool, holder: "Claim | None" = None,
                  settled: bool = False) -> None:
         """``settled``: no other process writes the LU (its checksums are known here as they are)."""
@@ -148,7 +139,7 @@ class LU:
         self._filled = threading.Condition()
         self._defer = self._E % COPY_BLOCK == 0 and self._E > COPY_BLOCK
 
-    def _reader(self, store: "DataFile | MirrorFile") -> "Reader":
+    def _reader(self, store: "Store") -> "Reader":
         """What reads come from: ``store``, verified where this handle knows the truth; set with
         ``_df`` (the lock-free paths read a data file's descriptor, so not a verifying store's)."""
         self._lockfree = self._fast and not (self._knows and store.verifies)
@@ -477,7 +468,7 @@ class LU:
         self._fast = self._lockfree = False
         self._retire_direct()
 
-    def restack(self, store: "DataFile | MirrorFile", mirrored: bool) -> None:
+    def restack(self, store: "Store", mirrored: bool) -> None:
         """Read and write ``store`` from now on (the LU became mirrored, or stopped being so);
         the direct table follows before any I/O can use the old store."""
         self.settle()
@@ -489,7 +480,7 @@ class LU:
     def read_from(self, store: "RedirectedCopy") -> None:
         """A read-only handle reads ``store`` (one copy of a mirror: read redirection), always
         under the lock."""
-        self._df = self._rd = store  # type: ignore[assignment]  # reads only: the handle is read-only
+        self._df = self._rd = store
         self._fast = self._lockfree = False
 
     def replace_map(self, emap: ExtentMap, size: int) -> None:
@@ -681,7 +672,7 @@ class LU:
             c.have[first:first + k] = True
         self._finish(ext)
 
-    def _copy_blocks(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> None:
+    def _copy_blocks(self, df: "Store", c: _Copy, first: int, k: int) -> None:
         """Blocks ``first`` to ``first + k`` of held extent ``c`` from its source (not marked)."""
         E, B = self._E, COPY_BLOCK
         df.copy(c.src * E + first * B, c.dst * E + first * B, k * B)
@@ -753,7 +744,7 @@ class LU:
                     return
             time.sleep(0)  # let a writer waiting for the lock have it between steps
 
-    def _try_copy(self, df: "DataFile | MirrorFile", c: _Copy, first: int, k: int) -> bool:
+    def _try_copy(self, df: "Store", c: _Copy, first: int, k: int) -> bool:
         """The filler's ``_copy_blocks``: an error stops the filler, not the process."""
         try:
             self._copy_blocks(df, c, first, k)

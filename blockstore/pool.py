@@ -43,6 +43,7 @@ from .storage import recovery
 from .storage.activity import REGION, ActivityLog, dead_logs
 from .storage.checksums import SumStore
 from .storage.datafile import DataFile, fsync_dir
+from .storage import Store
 from .storage.groups import FailureGroups, check_second_dir
 from .storage.health import FAILED
 from .storage.mirror import MirrorFile
@@ -95,6 +96,7 @@ class Pool:
         #: who is alive and who holds what (liveness.py): the only place the engine asks
         self.liveness: Liveness = Flocks(self.path)
         self._session_claim: Claim | None = None
+        self._write_gate: Callable[[str, int], None] | None = None  # set_gates
         if not readonly:
             subdir(self.path, "locks")
             self._session_claim = self.liveness.hold_session(self.session)
@@ -333,8 +335,8 @@ class Pool:
             # are (mirror.py: its reads verify); one that a writer may change under it does not.
             settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
                 or not self.liveness.lu_held(rec["id"])
-            lu = LU(self, rec, emap, self.groups.store(rec.get("mirrored", False)), self._allocators[0],
-                    writable=writable, holder=holder, settled=settled)
+            lu = LU(self, rec, emap, self._store(name, rec.get("mirrored", False), epoch if writable else None),
+                    self._allocators[0], writable=writable, holder=holder, settled=settled)
             if writable and epoch is not None:
                 try:
                     self.commit(functools.partial(self._take_fence, name, epoch))
@@ -413,11 +415,19 @@ class Pool:
                 self._release(lu)
             lu.retire()
 
-    def gate_commits(self, gate: Callable[[str, int], None] | None) -> None:
-        """Have ``gate(name, epoch)`` asked, inside every commit, for each LU written under an
-        ownership epoch: it raises Fenced when this process may no longer commit what it wrote
-        (the data path's fence layer, fence.py); the commit then stores nothing, nor any later."""
-        self.journal.gate = gate
+    def set_gates(self, *, writes: Callable[[str, int], None], commits: Callable[[str, int], None]) -> None:
+        """The data path's fence (fence.py) for LUs opened under an ownership epoch from now on:
+        ``writes(name, epoch)`` is asked before every write to the store (fenced.py), and
+        ``commits(name, epoch)`` inside every commit; each raises Fenced when this process may
+        no longer write, or commit what it wrote. A refused commit stores nothing, nor any later."""
+        self._write_gate = writes
+        self.journal.gate = commits
+
+    def _store(self, name: str, mirrored: bool, epoch: int | None) -> Store:
+        """The store LU ``name`` is written through: behind the write gate when it is written
+        under an ownership epoch and a gate is set."""
+        gate = self._write_gate
+        return self.groups.store(mirrored, None if gate is None or epoch is None else functools.partial(gate, name, epoch))
 
     def let_go(self, name: str) -> None:
         """Stop writing ``name`` in this process at once, however many users have it open: flush
@@ -707,7 +717,7 @@ class Pool:
                     rec["mirrored"] = on
                     self.catalog.put(txn, rec)
             self.commit(change)
-            lu.restack(self.groups.store(on), on)
+            lu.restack(self._store(name, on, lu.epoch), on)
             if not on:
                 self._drop_unmirrored_copies()
             return copied

@@ -83,7 +83,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         if gate is not None:
             gate.on_lost = self._lost
             gate.on_deadline = self._deadline
-            pool.gate_commits(gate.check_commit)
+            pool.set_gates(writes=gate.check_write, commits=gate.check_commit)
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
@@ -383,9 +383,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def write(self, path: str | None, data: bytes | memoryview, offset: int, fh: int) -> int:
-        lu = self._handle(fh)
-        if self.gate is not None:
-            self.gate.check_write(lu.name, lu.epoch)  # the data path's fence (the C path's: its fence word)
+        lu = self._handle(fh)  # the data path's fence is the LU's store's (storage/fenced.py)
         room = lu.size - offset
         if room <= 0:
             self._failed(lu.name)
@@ -423,8 +421,6 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         ones zeroed, shared ones never touched. Plain preallocation within the LU does nothing
         (a thin LU takes space on write); an LU does not grow by fallocate (EOPNOTSUPP)."""
         lu = self._handle(fh)
-        if self.gate is not None:
-            self.gate.check_write(lu.name, lu.epoch)
         if mode & ~(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) or (mode & PUNCH_HOLE and mode & ZERO_RANGE):
             raise FuseOSError(errno.EOPNOTSUPP)
         if offset < 0 or length <= 0:

@@ -97,3 +97,36 @@ def test_without_the_metadata_fence_the_paused_owners_commit_lands(lu_pool):
     got, data = _paused_owner_then_new_owner(lu_pool, "none")
     assert got == {"ok": True}
     assert data[:E] == b"O" * E
+
+
+def test_the_data_fence_is_a_filter_over_the_lus_store(tmp_path):
+    """The data path's fence (storage/fenced.py), through the Python API alone: once the gate
+    refuses, a write in place, a write into a hole, a discard of part of an extent (a whole one
+    changes only the map, which the commit then refuses) and a flush are all refused, and what
+    stands is what was committed before."""
+    from blockstore import Fenced
+    path = str(tmp_path / "pool")
+    allowed = {"a": True}
+
+    def gate(name: str, epoch: int) -> None:
+        if not allowed[name]:
+            raise Fenced(f"LU {name!r}: epoch {epoch} is over")
+    pool = Pool.create(path, "64M", extent_size="64K")
+    pool.create_lu("a", "1M").close()
+    pool.set_gates(writes=gate, commits=gate)
+    lu = pool.open_lu("a", epoch=3)
+    lu.write(0, b"x" * E)
+    lu.flush()
+    allowed["a"] = False
+    for step in (lambda: lu.write(0, b"z" * 4096), lambda: lu.write(2 * E, b"y" * E),
+                 lambda: lu.discard(0, 4096)):
+        with pytest.raises(Fenced):
+            step()
+    lu.discard(0, E)  # a whole extent unmapped: a change of the map alone, which no commit stores
+    with pytest.raises(Fenced):
+        pool.flush()
+    with pytest.raises(Fenced):
+        pool.close()  # its last flush is refused too; the pool closes all the same
+    with Pool.open(path) as p, p.lu("a", writable=False) as h:
+        assert h.read(0, E) == b"x" * E and h.read(2 * E, E) == bytes(E)
+        assert check(p)["clean"], check(p)

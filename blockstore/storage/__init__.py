@@ -8,9 +8,11 @@
     FailureGroups (groups.py) builds this stack and re-points it; nothing else assembles one
     CopyHealth (health.py)    each copy's state and what it lacks: one record for every process
     RedirectedCopy (redirect.py)  one copy read alone (read redirection), refusing what it lacks
+    FencedStore (fenced.py)   writes only while the writer may (a cluster node's data-path fence)
 
-A layer added later (the cluster's read redirection, an ownership fence) is another Store
-wrapping the one below and handing each call on, and is put in place by ``FailureGroups``.
+A layer added to the stack (read redirection, the ownership fence) is a filter: a store over
+the one below that hands every call on (``PassThrough``, filter.py) except the ones it changes,
+as nbdkit hands its filters ``next_ops``, and ``FailureGroups`` puts it in place.
 
 The contract every store keeps (offsets and lengths in bytes of the store's physical space):
 
@@ -37,7 +39,13 @@ The contract every store keeps (offsets and lengths in bytes of the store's phys
 """
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..native import DirectTable
 
 #: block_status flags
 DATA = 1
@@ -45,12 +53,44 @@ ZERO = 2
 ALLOCATED = 4
 
 
-class Store(Protocol):
-    """A store of physical extents (the contract is in this module's docstring)."""
+Buffer = bytes | bytearray | memoryview
+
+
+class Reader(Protocol):
+    """Where reads come from: a store, or a store's unverified reads."""
 
     def pread(self, offset: int, length: int) -> bytes: ...
 
-    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None: ...
+
+
+class Store(Protocol):
+    """A store of physical extents (the contract is in this module's docstring). Every member a
+    caller uses is declared here, so a filter (filter.py) can hand each one on."""
+
+    @property
+    def concurrent_copy(self) -> bool:
+        """Whether ``copy`` may run without the pool lock, beside other I/O."""
+
+    @property
+    def verifies(self) -> bool:
+        """Whether reads are checked against checksums (a mirror's)."""
+
+    @property
+    def unverified(self) -> Reader:
+        """The same store read without checks (for readers that cannot know the checksums)."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def readinto(self, buf: memoryview, offset: int) -> int: ...
+
+    def read_multi(self, buf: memoryview, offsets: "np.ndarray", lengths: "np.ndarray") -> None: ...
+
+    def pwrite(self, data: Buffer, offset: int) -> None: ...
+
+    def cow(self, src_off: int, dst_off: int, length: int, data: Buffer | None, start: int) -> None: ...
+
+    def copy(self, src_off: int, dst_off: int, length: int) -> None: ...
 
     def punch(self, offset: int, length: int) -> None: ...
 
@@ -59,3 +99,7 @@ class Store(Protocol):
     def sync(self) -> None: ...
 
     def block_status(self, offset: int, length: int) -> tuple[int, int]: ...
+
+    def publish_table(self, table: "DirectTable", *, unit: int, size: int, chunk: int, phys: list[Any],
+                      direct: list[Any] | None, zero_slow: bool, map_writes: bool, serve: bool,
+                      republish: "Callable[[], None]", verify: bool = False) -> None: ...

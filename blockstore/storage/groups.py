@@ -24,6 +24,8 @@ from .checksums import SumStore
 from .datafile import DataFile, fsync_dir
 from .health import FAILED, OK, RESYNCING, CopyHealth
 from .mirror import MirrorFile
+from . import Store
+from .fenced import FencedStore
 from .redirect import RedirectedCopy
 
 log = logging.getLogger("blockstore")
@@ -189,9 +191,11 @@ class FailureGroups:
                                   "until 'pool failgrp replace --group 0' rebuilds it")
         return df
 
-    def store(self, mirrored: bool) -> DataFile | MirrorFile:
-        """The store an LU's extents live in: the mirror for a mirrored LU, else group 0."""
-        return self.mirror if mirrored and self.mirror is not None else self.primary()
+    def store(self, mirrored: bool, may_write: Callable[[], None] | None = None) -> Store:
+        """The store an LU's extents live in: the mirror for a mirrored LU, else group 0; with
+        ``may_write``, behind the data path's fence (fenced.py) that asks it before every write."""
+        store: Store = self.mirror if mirrored and self.mirror is not None else self.primary()
+        return store if may_write is None else FencedStore(store, may_write)
 
     def allocation_store(self) -> DataFile | MirrorFile:
         """The store the allocator punches freed extents in (both copies when mirrored: an
