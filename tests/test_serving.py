@@ -332,6 +332,9 @@ def test_nbd_export_of_the_owner_and_a_read_only_one_elsewhere(nodes, tmp_path):
     assert back.read_bytes() == src.read_bytes()
     c.client("qemu-io", "-f", "raw", "-c", "write -P 0x5a 8M 1M", "-c", "write -z 2M 1M", c.nbd("n1", "a"))
     c.client("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 8M 1M", "-c", "read -P 0 2M 1M", c.nbd("n2", "a"))
+    shown = c.cli("lu", "show", "a").stdout.decode()
+    assert f"served     {c.mounts['n1']}/a, {c.nbd('n1', 'a')}" in shown, shown
+    assert f"serves at {c.mounts['n2']} and nbd://" in c.cli("cluster", "status").stdout.decode()
     info = json.loads(c.client("nbdinfo", "--json", c.nbd("n2", "a")).stdout)
     assert info["exports"][0]["is_read_only"] is True
     r = c.client("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 64k", c.nbd("n2", "a"), check=False)

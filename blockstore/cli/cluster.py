@@ -80,7 +80,9 @@ def _status_text(st: dict[str, Any]) -> str:
         view = n["view"]
         lines.append(f"  {n['name']:<16} {n['state']:<8} {n['role']:<8} {n['address']:<22} last seen {seen:<10}"
                      f" sees primary {view['primary'] or '-'} epoch {view['epoch'] if view['epoch'] is not None else '-'}"
-                     f"  owns {len(n['lus'])} LU(s)")
+                     f"  owns {len(n['lus'])} LU(s)"
+                     + (f"  serves at {n['mount']}" if n.get("mount") else "")
+                     + (f" and nbd://{n['nbd']}" if n.get("nbd") else ""))
     return "\n".join(lines)
 
 

@@ -168,6 +168,19 @@ def _owned(pool: Pool, lu: str | None = None) -> dict[str, Any] | None:
     return owners(pool.path, lu)
 
 
+def _served(pool: Pool, node: str, lu: str) -> str:
+    """Where the owning node serves ``lu``: its mount's file and its NBD URI."""
+    from ..cluster.admin import node_record
+    from ..errors import NotFound
+    try:
+        rec = node_record(pool.path, node)
+    except NotFound:
+        return "-"
+    where = [os.path.join(rec["mount"], lu)] if rec.get("mount") else []
+    where += [f"nbd://{rec['nbd']}/{lu}"] if rec.get("nbd") else []
+    return ", ".join(where) or f"nowhere (node {node} runs without --mount)"
+
+
 def _assign(args: argparse.Namespace, pool: Pool) -> None:
     from ..cluster.admin import assign
     pool.lu_info(args.name)  # NotFound here, in one line, before the cluster is asked
@@ -199,6 +212,8 @@ def _show(args: argparse.Namespace, pool: Pool) -> None:
     if owned is not None:
         own = info["owner"]
         rows.append(("owner", f"node {own['node']}, epoch {own['epoch']}" if own else "none (lu assign)"))
+        if own:
+            rows.append(("served", _served(pool, own["node"], base)))
     emit(args, info, "\n".join(f"{k:<10} {v}" for k, v in rows))
 
 

@@ -259,7 +259,7 @@ def status(pool_path: str) -> dict[str, Any]:
                       "pid": rec.get("pid"), "last_seen_s": round(min(heard), 3) if heard else None,
                       "role": "primary" if name == prim.node else "member",
                       "view": {"primary": view.get("primary"), "epoch": view.get("epoch")},
-                      "lus": owned.get(name, [])})
+                      "lus": owned.get(name, []), "mount": rec.get("mount"), "nbd": rec.get("nbd")})
     live_primary = prim.node is not None and prim.node in alive
     if not live_primary:
         overall = "DOWN"
