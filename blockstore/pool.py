@@ -305,6 +305,10 @@ class Pool:
                 raise ReadOnly(f"the pool at {self.path} is open read-only: LU {name!r} cannot be written")
             if not self.readonly:
                 self._settle()  # a session that died since this pool opened may have left copies apart
+                if writable and epoch is not None:
+                    # a node taking an LU over (a failover): what the failed owner's session had
+                    # reserved comes back before the new owner serves
+                    self.reclaim_dead_sessions()
             if snap is not None and writable:
                 writable = False
             holder = None

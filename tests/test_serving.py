@@ -209,6 +209,9 @@ def test_failover_after_sigkill_of_the_owner_with_its_mount(nodes):
     history = _history(client)
     assert [h["opened"] for h in history if "opened" in h][-1] == c.mounts[now["node"]]
     _verify(c.pool, "a", history[-1]["done"])
+    # the new owner settled the failed one's activity log and reclaimed its reservation
+    checked = json.loads(c.cli("pool", "check", "--json").stdout)
+    assert checked["clean"] and checked["reclaimable"] == 0, checked
     kinds = [e["kind"] for e in EventLog(c.pool).events()]
     assert "node_fenced" in kinds and "ownership_changed" in kinds
 
