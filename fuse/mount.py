@@ -174,7 +174,7 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
         gate.start()
     # Another process's snapshot, clone, grow or status of an LU this mount holds open comes
     # here instead of meeting Busy (control.py).
-    ctl = ControlServer(pool, describe=ops.describe, let_go=ops.let_go if gate else None).start()
+    ctl = ControlServer(pool, describe=ops.describe, let_go=ops.serving.let_go if ops.serving else None).start()
     scraped = None
     options: dict[str, object] = {
         "foreground": True, "fsname": f"blockstore:{pool.path}", "subtype": "blockstore",

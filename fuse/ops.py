@@ -8,7 +8,6 @@ import functools
 import itertools
 import logging
 import os
-import signal
 import stat
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from blockstore import BlockstoreError, Busy, Fenced, fence
+from blockstore import BlockstoreError, Busy
 from blockstore.lu import LU
 from blockstore.native import STAT_LUS, fuse_stat, fuse_stat_add
 from blockstore.pool import Pool
@@ -27,7 +26,7 @@ from blockstore.names import check_name
 from .binding import FuseOSError, Operations, caller_uid
 
 if TYPE_CHECKING:
-    from blockstore.cluster.serving import Gate
+    from blockstore.cluster.serving import Gate, NodeServing
 
 log = logging.getLogger("blockstore.fuse")
 SNAPDIR = ".snapshots"
@@ -79,11 +78,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         ``gate``: a cluster node's mount (cluster/serving.py): it writes only the LUs its node
         owns, each under its ownership epoch, and reads the others through their redundant copy."""
         self.pool = pool
-        self.gate = gate
+        self.serving: NodeServing | None = None
         if gate is not None:
-            gate.on_lost = self._lost
-            gate.on_deadline = self._deadline
-            pool.set_gates(writes=gate.check_write, commits=gate.check_commit)
+            from blockstore.cluster.serving import NodeServing
+            self.serving = NodeServing(pool, gate, self._writers)
         self.read_only = read_only
         self.direct = direct
         self.handles: dict[int, LU] = {}
@@ -241,8 +239,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EROFS)
         if kind == "snap" or self.read_only:
             return self._add(self.pool.open_lu(name, writable=False))
-        if self.gate is not None:
-            return self._add(self._open_gated(name, wants_write))
+        if self.serving is not None:
+            return self._add(self.serving.open(name, wants_write))
         if not wants_write and caller_uid() != self.server_uid:
             # Another user's reader never takes the LU's writer lock (it would keep the pool's
             # owner from writing or snapshotting the LU); it shares the mount's writer handle
@@ -259,75 +257,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
             lu = self.pool.open_lu(name, writable=False)
         return self._add(lu)
 
-    def _open_gated(self, name: str, wants_write: bool) -> LU:
-        """A node's open: a writer under the node's epoch for an LU it owns (waiting, up to twice
-        the cluster's timeout, for the previous owner to let go), else a reader of the redundant
-        copy; writes to another node's LU are EROFS, reads of an unmirrored one EREMOTE (it has no
-        copy but the owner's: read it on the owner's mount)."""
-        assert self.gate is not None
-        epoch = self.gate.writable(name)
-        if epoch is None:
-            self.gate.refresh()  # the LU may have come to this node since the last poll
-            epoch = self.gate.writable(name)
-        if epoch is None:
-            owner = self.gate.owner(name)
-            self.pool.lu_info(name)  # ENOENT first
-            if wants_write:
-                log.info("open of %s for writing refused: owned by %s", name, owner or "no node")
-                raise FuseOSError(errno.EROFS)
-            try:
-                return self.pool.open_redundant(name)
-            except BlockstoreError as e:
-                log.info("read of %s refused: %s (owned by %s)", name, e, owner or "no node")
-                raise FuseOSError(errno.EREMOTE) from None
-        give_up = time.monotonic() + 2 * self.gate.cfg.timeout
-        while True:
-            try:
-                lu = self.pool.open_lu(name, writable=True, epoch=epoch)
-                break
-            except Busy:
-                if time.monotonic() >= give_up:
-                    raise
-                time.sleep(0.02)  # the previous owner flushes and lets go (a graceful move)
-        if fence.enabled("data"):
-            lu.fence_writes(self.gate.until_ns)
-        return lu
-
-    def let_go(self, name: str) -> None:
-        """The old owner's half of a graceful move (asked by the primary through the node): stop
-        writing ``name``, flush what was written and release it. Its files' next I/O is ESTALE;
-        reopened, they read redirected."""
-        assert self.gate is not None
-        self.gate.leave(name)
-        self.pool.let_go(name)
-
-    def _lost(self, names: list[str]) -> None:
-        """The node no longer owns ``names`` and was not asked to let go (it was failed over):
-        what this mount wrote to them and did not commit is not committed now (the commit gate
-        refuses it), and a mount left holding such writes restarts, so that nothing of them is
-        ever stored and its session's space is reclaimed."""
-        for name in names:
-            try:
-                self.pool.let_go(name)
-            except Fenced as e:
-                log.error("deposed with unflushed writes to LU %s (%s): restarting the mount", name, e)
-                os.kill(os.getpid(), signal.SIGTERM)
-            except BlockstoreError as e:
-                log.error("letting go of LU %s: %s", name, e)
-
-    def _deadline(self, until_ns: int) -> None:
-        if not fence.enabled("data"):
-            return
+    def _writers(self) -> list[LU]:
+        """The LU handles this mount has open (a node's serving moves their fence words)."""
         with self._lock:
-            writers = {id(lu): lu for lu in self.handles.values() if lu.epoch is not None and not lu.closed}
-        for lu in writers.values():
-            lu.fence_writes(until_ns)
-
-    def _owned(self, name: str) -> None:
-        """A change of ``name`` itself (size, name, removal) by a node: only by its owner."""
-        if self.gate is not None and self.gate.writable(name) is None:
-            log.info("change of %s refused: owned by %s", name, self.gate.owner(name) or "no node")
-            raise FuseOSError(errno.EROFS)
+            return list(self.handles.values())
 
     def _handle(self, fh: int) -> LU:
         lu = self.handles[fh]
@@ -339,27 +272,11 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         self._writable()
         name = self._lu_name(path, creating=True)
-        if self.gate is not None:
-            return self._add(self._create_owned(name))
+        if self.serving is not None:
+            return self._add(self.serving.create(name))
         fh = self._add(self.pool.create_lu(name, 0, allow_empty=True))
         self.fresh[name] = False
         return fh
-
-    def _create_owned(self, name: str) -> LU:
-        """A node's new LU is its own: made, then assigned to the node by the primary, then
-        opened under that epoch. Without a primary to assign it, the LU is removed again."""
-        assert self.gate is not None
-        from blockstore.cluster import admin
-        self.pool.create_lu(name, 0, allow_empty=True).close()
-        try:
-            admin.assign(self.pool.path, name, self.gate.node, wait=self.gate.cfg.timeout)
-        except BlockstoreError as e:
-            log.error("new LU %s not assigned to node %s: %s; removing it", name, self.gate.node, e)
-            self.pool.remove(name)
-            raise FuseOSError(errno.EAGAIN) from None
-        self.gate.refresh()
-        self.fresh[name] = False
-        return self._open_gated(name, True)
 
     @errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -399,7 +316,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
         name = self._lu_name(path)
-        self._owned(name)
+        if self.serving is not None:
+            self.serving.check_change(name)
         try:
             if length % 512:
                 raise FuseOSError(errno.EINVAL)  # LUs are whole sectors
@@ -457,7 +375,8 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def unlink(self, path: str) -> None:
         self._writable()
         name = self._lu_name(path)
-        self._owned(name)
+        if self.serving is not None:
+            self.serving.check_change(name)
         self.pool.remove(name)
         self.fresh.pop(name, None)
 
@@ -465,7 +384,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def rename(self, old: str, new: str) -> None:
         self._writable()
         src, dst = self._lu_name(old), self._lu_name(new, creating=True)
-        if self.gate is not None:
+        if self.serving is not None:
             raise FuseOSError(errno.EXDEV)  # ownership is by name: a node's mount renames nothing
         self.pool.rename(src, dst)
         if src in self.fresh:

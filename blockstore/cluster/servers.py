@@ -17,6 +17,7 @@ node runs; a node leaving cleanly stops them with SIGTERM (the mount unmounts, f
 """
 from __future__ import annotations
 
+import abc
 import ctypes
 import logging
 import os
@@ -52,9 +53,9 @@ def is_mounted(path: str) -> bool:
     return False
 
 
-class Supervised:
+class Supervised(abc.ABC):
     """One child process of the node: started, waited for until ``ready()``, restarted when it
-    ends on its own, stopped with SIGTERM."""
+    ends on its own, stopped with SIGTERM. A kind of child says what it runs and when it is up."""
 
     what = "server"
 
@@ -66,11 +67,13 @@ class Supervised:
         self._lock = threading.Lock()
         self.on_started: Callable[[], None] = lambda: None   # the node re-registers its processes
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The child's command line."""
 
+    @abc.abstractmethod
     def ready(self) -> bool:
-        raise NotImplementedError
+        """Whether the child serves yet."""
 
     def before(self) -> None:
         """What a start does first (clear what a dead predecessor left)."""

@@ -16,17 +16,25 @@ writing in C at that instant).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import fence
-from ..errors import Fenced
+from ..errors import BlockstoreError, Busy, Fenced, ReadOnly
 from ..names import check_name
 from . import ownership
 from .config import load_config, open_store
 from .ownership import Ownership
+
+if TYPE_CHECKING:
+    from ..lu import LU
+    from ..pool import Pool
 
 log = logging.getLogger("blockstore.cluster.serving")
 
@@ -150,3 +158,104 @@ class Gate:
                     raise Fenced(f"node {self.node} could not renew its lease within {self.margin:g}s of its "
                                  f"expiry; writes to LU {lu!r} are refused until it does")
                 self._cond.wait(self.poll)
+
+
+class Elsewhere(BlockstoreError):
+    """An unmirrored LU another node owns: it has no copy but the owner's to read here."""
+
+    errno = errno.EREMOTE
+
+
+class Unplaced(BlockstoreError):
+    """A new LU no primary could give to this node (none is live): made, then removed again."""
+
+    errno = errno.EAGAIN
+
+
+class NodeServing:
+    """The LU handles of a node's serving process (its mount), opened by ownership: a writer
+    under the node's epoch for an LU it owns, a reader of the redundant copy for the others. It
+    lets go of what the node lost and keeps the open writers' fence words moving. ``writers()``:
+    the handles the serving process has open. The FUSE adapter asks it (fuse/ops.py) and turns
+    its errors into errnos (EROFS, EREMOTE, ESTALE, EAGAIN)."""
+
+    def __init__(self, pool: "Pool", gate: Gate, writers: Callable[[], "list[LU]"]) -> None:
+        self.pool, self.gate, self.writers = pool, gate, writers
+        gate.on_lost = self._lost
+        gate.on_deadline = self._deadline
+        pool.set_gates(writes=gate.check_write, commits=gate.check_commit)
+
+    def open(self, name: str, wants_write: bool) -> "LU":
+        """``name`` opened as this node may: its writer (waiting, up to twice the cluster's
+        timeout, for the previous owner to let go) or a reader of the redundant copy."""
+        epoch = self.gate.writable(name)
+        if epoch is None:
+            self.gate.refresh()  # the LU may have come to this node since the last poll
+            epoch = self.gate.writable(name)
+        if epoch is None:
+            owner = self.gate.owner(name) or "no node"
+            self.pool.lu_info(name)  # NotFound first
+            if wants_write:
+                raise ReadOnly(f"LU {name!r} is owned by {owner}: this node reads it only")
+            try:
+                return self.pool.open_redundant(name)
+            except BlockstoreError as e:
+                raise Elsewhere(f"LU {name!r} ({e}) is read on its owner, {owner}") from None
+        give_up = time.monotonic() + 2 * self.gate.cfg.timeout
+        while True:
+            try:
+                lu = self.pool.open_lu(name, writable=True, epoch=epoch)
+                break
+            except Busy:
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.02)  # the previous owner flushes and lets go (a graceful move)
+        if fence.enabled("data"):
+            lu.fence_writes(self.gate.until_ns)
+        return lu
+
+    def create(self, name: str) -> "LU":
+        """A new LU made on this node is its own: made, assigned to the node by the primary,
+        opened under that epoch. Without a primary to assign it, it is removed again."""
+        from . import admin
+        self.pool.create_lu(name, 0, allow_empty=True).close()
+        try:
+            admin.assign(self.pool.path, name, self.gate.node, wait=self.gate.cfg.timeout)
+        except BlockstoreError as e:
+            self.pool.remove(name)
+            raise Unplaced(f"new LU {name!r} could not be given to node {self.gate.node} ({e}); removed") from None
+        self.gate.refresh()
+        return self.open(name, True)
+
+    def check_change(self, name: str) -> None:
+        """A change of ``name`` itself (its size, its removal) is its owner's alone."""
+        if self.gate.writable(name) is None:
+            raise ReadOnly(f"LU {name!r} is owned by {self.gate.owner(name) or 'no node'}: this node changes it not")
+
+    def let_go(self, name: str) -> None:
+        """The old owner's half of a graceful move (asked by the primary through the node): stop
+        writing ``name``, flush what was written, release it. Its files' next I/O is ESTALE;
+        reopened, they read redirected."""
+        self.gate.leave(name)
+        self.pool.let_go(name)
+
+    def _lost(self, names: list[str]) -> None:
+        """The node no longer owns ``names`` and was not asked to let go (it was failed over):
+        what was written to them and not committed is not committed now (the commit gate refuses
+        it), and a serving process left holding such writes restarts (SIGTERM: an unmount; the
+        node starts it again), so that nothing of them is ever stored and its session's space is
+        reclaimed."""
+        for name in names:
+            try:
+                self.pool.let_go(name)
+            except Fenced as e:
+                log.error("deposed with unflushed writes to LU %s (%s): restarting", name, e)
+                os.kill(os.getpid(), signal.SIGTERM)
+            except BlockstoreError as e:
+                log.error("letting go of LU %s: %s", name, e)
+
+    def _deadline(self, until_ns: int) -> None:
+        if not fence.enabled("data"):
+            return
+        for lu in {id(h): h for h in self.writers() if h.epoch is not None and not h.closed}.values():
+            lu.fence_writes(until_ns)
