@@ -71,6 +71,13 @@ class Catalog:
             raise NotFound(f"no LU named {name!r}")
         return rec  # type: ignore[return-value]
 
+    def raw(self, txn: lmdb.Transaction, name: str) -> bytes | None:
+        """The stored bytes of ``name``'s record, undecoded (None: no such LU): what tells a
+        reader cheaply whether the record changed since it last decoded it."""
+        key = name.encode()
+        raw = txn.get(key, db=self.meta.db["lus"]) if 0 < len(key) <= 511 else None
+        return None if raw is None else bytes(raw)
+
     def snapshots(self, txn: lmdb.Transaction, name: str) -> list[LURecord]:
         """The snapshots of LU ``name``: their keys are ``name@SNAP``, one prefix of the catalog
         (so finding them costs what they are, not what the pool holds)."""

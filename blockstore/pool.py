@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
@@ -97,6 +98,8 @@ class Pool:
         self.liveness: Liveness = Flocks(self.path)
         self._session_claim: Claim | None = None
         self._write_gate: Callable[[str, int], None] | None = None  # set_gates
+        #: read-only handles -> their LU's record as they last read it (refresh_lu)
+        self._records_seen: weakref.WeakKeyDictionary[LU, bytes | None] = weakref.WeakKeyDictionary()
         if not readonly:
             subdir(self.path, "locks")
             self._session_claim = self.liveness.hold_session(self.session)
@@ -399,13 +402,20 @@ class Pool:
         if lu.kind == "snapshot":
             return
         with self.meta.read() as txn:
+            raw = self.catalog.raw(txn, lu.name)
+            if raw is not None and raw == self._records_seen.get(lu):
+                return  # the record as this handle last read it: no commit since (nothing to decode)
             rec = self.record(txn, lu.name)
             if rec["gen"] != lu.gen:
                 lu.reload(self.load_map(txn, rec), rec["size"], rec["gen"])
+            self._records_seen[lu] = raw
 
     def lu_gen(self, lu: LU) -> int:
         """The generation of ``lu``'s map as the pool's metadata holds it now (its last commit)."""
         with self.meta.read() as txn:
+            raw = self.catalog.raw(txn, lu.name)
+            if raw is not None and raw == self._records_seen.get(lu):
+                return lu.gen
             return self.record(txn, lu.name)["gen"]
 
     def close_lu(self, lu: LU) -> None:
