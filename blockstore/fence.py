@@ -6,13 +6,15 @@ so each layer below is checked where the write lands:
   ``fence`` field) and every commit of its maps compares it, in the same transaction: once a newer
   owner has taken a higher epoch, the old one commits nothing (no map, count or checksum);
 - ``data``: the node's serving process refuses writes to an LU once it knows it was deposed or
-  cannot renew its lease within a margin (fuse/gate.py), in Python and in the C direct path;
+  cannot renew its lease within a margin (cluster/serving.py's gate): a filter over the LU's
+  store (storage/fenced.py), a check inside every commit, and the C direct path's fence word;
 - ``agent``: before the new owner writes, the fence agent makes sure the old owner cannot (on one
   machine: it stops the old owner's serving processes and waits until their holder locks are
   free; the holder locks themselves, locks.py, are this layer's on one machine).
 
 Each layer can be switched off for a test of the others alone: ``BLOCKSTORE_FENCES`` names the
-layers on (comma-separated; default all, ``none`` for none). Nothing but tests should set it.
+layers on (comma-separated; default all, ``none`` for none), read once as the process starts
+(the data layer asks on every write). Nothing but tests should set it.
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ from .errors import Fenced, InvalidArgument
 LAYERS = ("metadata", "data", "agent")
 
 
+_RAW = os.environ.get("BLOCKSTORE_FENCES")
+_ON = frozenset(LAYERS) if _RAW is None else frozenset(w.strip() for w in _RAW.split(","))
+
+
 def enabled(layer: str) -> bool:
     """Whether fence layer ``layer`` is on in this process (BLOCKSTORE_FENCES)."""
     if layer not in LAYERS:
         raise InvalidArgument(f"no fence layer {layer!r} (layers: {', '.join(LAYERS)})")
-    raw = os.environ.get("BLOCKSTORE_FENCES")
-    if raw is None:
-        return True
-    return layer in {w.strip() for w in raw.split(",")}
+    return layer in _ON
 
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from .catalog import LURecord
 from .errors import OutOfRange, ReadOnly
 from .extents import BUSY, CHUNK, HELD, NO_GUARD, OWNED, UNMAPPED, ExtentMap, extents_for, runs, split
 from .native import DirectTable
-from .storage import ALLOCATED, DATA, ZERO, Reader, Store
+from .storage import ALLOCATED, DATA, ZERO, Buffer, Reader, Store
 from .zero import is_zero
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .storage.redirect import RedirectedCopy
 
 
-Buffer = bytes | bytearray | memoryview
 
 #: Bytes of a deferred copy's block: what a write must cover whole to defer the copy.
 COPY_BLOCK = 4096

@@ -763,7 +763,7 @@ class Pool:
 
     def update_lu(self, name: str, **fields: Any) -> None:
         """Set descriptive fields of an LU's record (role, readonly, lpar...). Not size or map."""
-        bad = set(fields) & {"id", "name", "size", "kind", "parent", "allocated", "gen", "mirrored", "thick"}
+        bad = set(fields) & {"id", "name", "size", "kind", "parent", "allocated", "gen", "mirrored", "thick", "fence"}
         if bad:
             raise InvalidArgument(f"cannot set {', '.join(sorted(bad))} this way")
 

@@ -86,13 +86,16 @@ class Moves:
         fenced transaction per round. A move that lost a race (an ``lu assign`` changed a record
         meanwhile) is planned again next round."""
         gone = {n for n, s in states.items() if s in ("down", "stopped")}
-        lost = ownership.orphans(self.store, gone) if gone else []
+        if not gone:
+            return
+        owned = ownership.every(self.store)
+        lost = sorted((o for o in owned.values() if o.node in gone), key=lambda o: o.lu)
         # a node that failed (not one that left, having let go of everything) is fenced first
         unfenced = {o.node for o in lost if states[o.node] == "down" and not self.fence(o.node)}
         lost = self._existing(me, [o for o in lost if o.node not in unfenced])
         if not lost:
             return
-        plan = ownership.plan_failover(lost, self.node.up_nodes(), self.node.cecs(), self._load())
+        plan = ownership.plan_failover(lost, self.node.up_nodes(), self.node.cecs(), self._load(owned))
         try:
             moved = ownership.move_many(self.store, me, plan)
         except Deposed as e:
@@ -120,8 +123,9 @@ class Moves:
                 pass  # the next round reads again
         return [o for o in lost if o.lu in names]
 
-    def _load(self) -> collections.Counter[str]:
-        return collections.Counter(o.node for o in ownership.every(self.store).values())
+    def _load(self, owned: dict[str, ownership.Ownership] | None = None) -> collections.Counter[str]:
+        """LUs owned per node (of ``owned``, the records as read; default: read them now)."""
+        return collections.Counter(o.node for o in (ownership.every(self.store) if owned is None else owned).values())
 
     def _hand_over(self, lu: str, old: str, state: str | None) -> None:
         """Before ``lu`` moves away from node ``old``: a live owner flushes and lets go of it

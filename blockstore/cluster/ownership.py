@@ -102,11 +102,6 @@ def move_many(store: CoordinationStore, primary: Primary,
     return {lu: o for lu, o in now.items() if o is not None}
 
 
-def orphans(store: CoordinationStore, gone: set[str]) -> list[Ownership]:
-    """The ownerships held by the nodes in ``gone`` (down or left), by LU name."""
-    return sorted((o for o in every(store).values() if o.node in gone), key=lambda o: o.lu)
-
-
 def plan_failover(lost: list[Ownership], up: Mapping[str, str | None], cecs: Mapping[str, str | None],
                   load: Mapping[str, int]) -> dict[str, tuple[Ownership, str]]:
     """Where each LU of ``lost`` goes (LU -> (ownership, new node)): one at a time, each to

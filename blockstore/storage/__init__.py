@@ -42,6 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..native import Buffer as Buffer  # one definition of a byte buffer (the C layer's), re-exported
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -51,9 +53,6 @@ if TYPE_CHECKING:
 DATA = 1
 ZERO = 2
 ALLOCATED = 4
-
-
-Buffer = bytes | bytearray | memoryview
 
 
 class Reader(Protocol):

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import native
+from ..native import Buffer
 from .activity import AHEAD, REGION, ActivityLog
 from .checksums import BLOCK, SumStore
 from .datafile import LABEL, DataFile
@@ -63,7 +64,6 @@ log = logging.getLogger("blockstore")
 if TYPE_CHECKING:
     import lmdb
 
-Buffer = bytes | bytearray | memoryview
 
 
 class MirrorFile:
