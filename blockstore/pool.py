@@ -77,11 +77,15 @@ class Pool:
     ``sums``, the checksum records of mirrored data (checksums.py).
     """
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: str, *, readonly: bool = False, recover: bool = True) -> None:
         """Open the pool at ``path``. ``readonly``: look, change nothing on disk (no session
         file, no crash recovery, no reclaim or resync, no write of any kind; LUs open read-only
         and every change is refused); a pool whose metadata needs bringing up to date is opened
-        for writing once instead."""
+        for writing once instead. ``recover``: what sessions that died left behind is recovered
+        (``recover()``) as the pool opens, and their activity logs settled before every LU
+        opens, as a pool on one machine does for itself; False: only when ``recover()`` is
+        called (a cluster node's serving process, where it is the duty of the node that takes
+        the dead session's LUs over: cluster/serving.py)."""
         meta = meta_dir(path)
         self.path = os.path.dirname(meta)
         self._lock = threading.RLock()
@@ -90,6 +94,7 @@ class Pool:
         except Outdated:
             self.meta, readonly = Meta(meta), False
         self.readonly = readonly
+        self._recovers = recover and not readonly
         with self.meta.read() as txn:
             cfg = self.meta.config(txn)
         self.extent_size: int = cfg["extent_size"]
@@ -133,9 +138,12 @@ class Pool:
             self._threshold: float = cfg.get("threshold", DEFAULT_THRESHOLD)
             if readonly:
                 return
-            # before any I/O: copies agree (the pool's open also looks where older versions logged)
-            self._settle(everything=not cfg.get("block_sums"), legacy=True)
-            self.reclaim_dead_sessions()
+            # before any I/O: copies agree (the pool's open also looks where older versions logged);
+            # a pool from before block checksums is brought up to date whoever opens it
+            if self._recovers or not cfg.get("block_sums"):
+                self._settle(everything=not cfg.get("block_sums"), legacy=True)
+            if self._recovers:
+                self.reclaim_dead_sessions()
         except BaseException:
             self._teardown()
             raise
@@ -207,8 +215,8 @@ class Pool:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str, *, readonly: bool = False) -> "Pool":
-        return cls(path, readonly=readonly)
+    def open(cls, path: str, *, readonly: bool = False, recover: bool = True) -> "Pool":
+        return cls(path, readonly=readonly, recover=recover)
 
     def close(self) -> None:
         """Flush, release this session's reserved extents and every open LU."""
@@ -249,6 +257,14 @@ class Pool:
     @property
     def locks_dir(self) -> str:
         return os.path.join(self.path, "locks")
+
+    def recover(self) -> dict[str, int]:
+        """Recover what sessions that died without closing left: settle the regions their
+        activity logs name (the copies of a mirrored extent made to agree, their checksums
+        recorded) and return what they had reserved to the free bitmap. Returns {settled:
+        extents examined, reclaimed: extents}. Safe at any time and in any process: a session
+        counts as dead only when liveness.py says so, and one settler works at a time."""
+        return {"settled": self._settle(), "reclaimed": self.reclaim_dead_sessions()}
 
     def reclaim_dead_sessions(self) -> int:
         """Return to the free bitmap what sessions that died without closing had reserved."""
@@ -306,12 +322,8 @@ class Pool:
                 return lu
             if writable and self.readonly:
                 raise ReadOnly(f"the pool at {self.path} is open read-only: LU {name!r} cannot be written")
-            if not self.readonly:
+            if self._recovers:
                 self._settle()  # a session that died since this pool opened may have left copies apart
-                if writable and epoch is not None:
-                    # a node taking an LU over (a failover): what the failed owner's session had
-                    # reserved comes back before the new owner serves
-                    self.reclaim_dead_sessions()
             if snap is not None and writable:
                 writable = False
             holder = None
@@ -440,8 +452,12 @@ class Pool:
     def _store(self, name: str, mirrored: bool, epoch: int | None) -> Store:
         """The store LU ``name`` is written through: behind the write gate when it is written
         under an ownership epoch and a gate is set."""
+        return self.groups.store(mirrored, self._may_write(name, epoch))
+
+    def _may_write(self, name: str, epoch: int | None) -> Callable[[], None] | None:
+        """The write gate's question for ``name`` written under ``epoch`` (None: no gate)."""
         gate = self._write_gate
-        return self.groups.store(mirrored, None if gate is None or epoch is None else functools.partial(gate, name, epoch))
+        return None if gate is None or epoch is None else functools.partial(gate, name, epoch)
 
     def let_go(self, name: str) -> None:
         """Stop writing ``name`` in this process at once, however many users have it open: flush
@@ -645,13 +661,15 @@ class Pool:
             rec = self.record(txn, name)
             family = [name] + [r["name"] for r in self.catalog.snapshots(txn, name)]
         fixed = rec["kind"] == "snapshot" or rec.get("readonly")
-        with nullcontext() if fixed else self.writer(name):
+        with nullcontext() if fixed else self.writer(name) as lu:
             self._bring_back()
             with self.meta.write() as txn:
                 self._resync_unused(m, txn)  # extents a failing copy had armed ahead, never used
             with self.meta.read() as txn:
                 only = np.unique(np.concatenate([self.lu_extents(txn, f) for f in family]))
-            return recovery.resync(m, self.meta, only, progress)  # the LU is held: no txn needed
+            # the LU is held: no txn needed
+            return recovery.resync(m, self.meta, only, progress,
+                                   may_write=self._may_write(name, lu.epoch if lu is not None else None))
 
     def _bring_back(self) -> None:
         """Failed copies back in service (groups.py), and a commit: from it on, this process

@@ -161,7 +161,8 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
     if node is not None:
         from blockstore.cluster.serving import Gate
         gate = Gate(pool_path, node, hold=hold)
-    pool = Pool.open(pool_path)
+    # a node's mount recovers what dead sessions left only as the owner of their LUs (serving.py)
+    pool = Pool.open(pool_path, recover=node is None)
     pool.verify_reads(verify_reads)
     attach(pool, origin=f"mount {mountpoint}")
     subdir(pool.path, "mounts")

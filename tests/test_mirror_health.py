@@ -4,6 +4,7 @@ back; a resync runs where the LU is held; nothing reads a copy for an extent it 
 copy fails for real: its directory is a fault-injecting FUSE passthrough (faultfs.py)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -119,3 +120,46 @@ except Exception as e:
     assert refused["error"] == "Busy" and p.failure_groups()[1]["state"] == "failed"  # as before
     assert p.resync() == 1 and p.failure_groups()[1]["state"] == "ok"
     assert check(p)["clean"]
+
+
+DIES_WRITING = """
+import os, signal, sys
+from blockstore.pool import Pool
+p = Pool.open(sys.argv[1])
+lu = p.open_lu("m")
+lu.write(0, b"C" * (3 * 65536))  # in place and into new extents, never flushed
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_recovery_is_a_duty_never_a_side_effect_of_opening(tmp_path):
+    """A pool opened with recover=False (a cluster node's serving process) leaves what a dead
+    session left (its activity log, its reserved extents) to ``recover()``, the duty of the
+    node that takes the session's LUs over; reading LUs meanwhile changes nothing."""
+    from blockstore.storage.activity import dead_logs
+    pool = str(tmp_path / "pool")
+    with Pool.create(pool, "32M", extent_size=E, mirror_dir=str(tmp_path / "M")) as p:
+        with p.create_lu("m", "1M", mirrored=True) as lu:
+            lu.write(0, b"A" * E)
+    r = subprocess.run([sys.executable, "-c", DIES_WRITING, pool])
+    assert r.returncode == -9
+    with Pool.open(pool, recover=False) as p:
+        with p.lu("m", writable=False) as lu:  # a region in flight is refused until settled, never misread
+            with pytest.raises(OSError) as e:
+                lu.read(0, E)
+            assert e.value.errno == errno.EIO
+            assert lu.read(E, 2 * E) == bytes(2 * E)
+        with p.open_redundant("m") as lu:  # one copy alone: what it holds, flushed or not
+            assert lu.read(0, E) in (b"A" * E, b"C" * E) and lu.read(E, 2 * E) == bytes(2 * E)
+        assert len(dead_logs(p.locks_dir, p.liveness.session_alive)) == 1
+        before = check(p)
+        assert before["reclaimable"] >= 2, before  # what it wrote into, and what it had reserved ahead
+        got = p.recover()
+        assert got["settled"] >= 1 and got["reclaimed"] == before["reclaimable"], got
+        assert dead_logs(p.locks_dir, p.liveness.session_alive) == []
+        after = check(p)
+        assert after["clean"] and after["reclaimable"] == 0, after
+        with p.lu("m", writable=False) as lu, p.open_redundant("m") as copy1:
+            assert lu.read(0, E) == copy1.read(0, E) == b"C" * E  # both copies had it: adopted
+    with Pool.open(pool) as p:  # and an ordinary open recovers as before
+        assert p.recover() == {"settled": 0, "reclaimed": 0}

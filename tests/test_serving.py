@@ -37,9 +37,9 @@ class Nodes:
     """Node processes with mounts, each in its namespace; the administrator's commands run in
     the namespace ``admin``."""
 
-    def __init__(self, tmp_path, fences: str | None = None) -> None:
+    def __init__(self, tmp_path, fences: str | None = None, mirror_dir: str | None = None) -> None:
         self.pool = str(tmp_path / "pool")
-        Pool.create(self.pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
+        Pool.create(self.pool, "256M", extent_size="64K", mirror_dir=mirror_dir or str(tmp_path / "fg1")).close()
         run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=self.pool)
         self.tmp = tmp_path
         self.net = Net()
@@ -105,8 +105,8 @@ class Nodes:
 def nodes(tmp_path):
     made: list[Nodes] = []
 
-    def make(fences: str | None = None) -> Nodes:
-        made.append(Nodes(tmp_path, fences))
+    def make(fences: str | None = None, mirror_dir: str | None = None) -> Nodes:
+        made.append(Nodes(tmp_path, fences, mirror_dir))
         return made[-1]
     yield make
     for n in made:
@@ -214,6 +214,48 @@ def test_failover_after_sigkill_of_the_owner_with_its_mount(nodes):
     assert checked["clean"] and checked["reclaimable"] == 0, checked
     kinds = [e["kind"] for e in EventLog(c.pool).events()]
     assert "node_fenced" in kinds and "ownership_changed" in kinds
+
+
+def test_a_failover_hands_the_owners_resync_to_the_new_owner(faulty, nodes):  # nodes end first
+    """LU m lacks an extent in its redundant copy (the copy failed under a write, for real: a
+    fault-injecting file system). Its owner n1 takes it while the copy is out of service, so
+    cannot resync it; the copy comes back (another LU's resync), then n1 dies (SIGKILL). The new
+    owner's duty: m is resynced there, without a command, and every check is clean."""
+    fmnt, ctl = faulty
+    c = nodes(mirror_dir=os.path.join(fmnt, "fg1"))
+    E = 64 << 10
+    with Pool.open(c.pool) as p:
+        p.create_lu("other", "1M", mirrored=True).close()
+        with p.create_lu("m", "1M", mirrored=True) as lu:
+            lu.write(0, b"A" * (4 * E))
+            lu.flush()
+            open(str(ctl) + ".write", "w").close()
+            lu.write(0, b"B" * E)  # copy 1 fails under this write
+            lu.flush()
+        os.unlink(str(ctl) + ".write")
+        assert p.dirty_extents("m") == {0: 0, 1: 1}
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "assign", "m", "--node", "n1")
+    c.wait(lambda: "resynced when the copy is back" in _log(c, "n1"))
+    c.cli("lu", "resync", "other")                   # the copy is back in service, m not resynced
+    with Pool.open(c.pool, readonly=True) as p:
+        assert p.dirty_extents("m") == {0: 0, 1: 1}
+        assert p.failure_groups()[1]["state"] == "resyncing"
+    os.kill(c.pids["n1"], signal.SIGKILL)
+    c.wait(lambda: c.owner("m").get("node") == "n2")
+
+    def resynced():  # type: ignore[no-untyped-def]
+        with Pool.open(c.pool, readonly=True) as p:
+            return p.dirty_extents("m") == {0: 0, 1: 0} and p.failure_groups()[1]["state"] == "ok"
+    c.wait(resynced)
+    assert "1 extent(s) resynced" in _log(c, "n2")
+    with Pool.open(c.pool) as p:
+        with p.open_redundant("m") as lu:         # copy 1 alone
+            assert lu.read(0, 4 * E) == b"B" * E + b"A" * (3 * E)
+    checked = json.loads(c.cli("pool", "check", "--json").stdout)
+    assert checked["clean"] and checked["reclaimable"] == 0, checked
 
 
 def _pause_history(c: Nodes, old: str, new: str) -> tuple[bytes, bytes, dict]:

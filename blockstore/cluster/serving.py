@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -61,6 +62,7 @@ class Gate:
         self._leaving: dict[str, int] = {}  # LU -> the epoch the node is letting go of (a graceful move)
         self._stopping = threading.Event()
         self.on_lost: Callable[[list[str]], None] = lambda lus: None
+        self.on_gained: Callable[[list[str]], None] = lambda lus: None
         self.on_deadline: Callable[[int], None] = lambda until_ns: None
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -99,6 +101,9 @@ class Gate:
         if lost:
             log.warning("node %s no longer owns %s", self.node, ", ".join(lost))
             self.on_lost(lost)
+        gained = sorted(lu for lu, epoch in now.items() if before.get(lu) != epoch)
+        if gained:
+            self.on_gained(gained)
         self.on_deadline(until)
 
     def mine(self) -> dict[str, int]:
@@ -177,13 +182,25 @@ class NodeServing:
     under the node's epoch for an LU it owns, a reader of the redundant copy for the others. It
     lets go of what the node lost and keeps the open writers' fence words moving. ``writers()``:
     the handles the serving process has open. The FUSE adapter asks it (fuse/ops.py) and turns
-    its errors into errnos (EROFS, EREMOTE, ESTALE, EAGAIN)."""
+    its errors into errnos (EROFS, EREMOTE, ESTALE, EAGAIN).
+
+    The owner's duties are here too, never side effects of opening the pool (which the serving
+    process opens with ``recover=False``): before the node first writes an LU under an epoch, it
+    recovers what dead sessions left (Pool.recover: activity logs settled, reservations
+    reclaimed), and, in the background, an LU it took whose redundant copy lacks extents while
+    that copy is in service is resynced. A failover hands both over with the LU: the failed
+    owner may have died in the middle of either, and the new one does them again."""
 
     def __init__(self, pool: "Pool", gate: Gate, writers: Callable[[], "list[LU]"]) -> None:
         self.pool, self.gate, self.writers = pool, gate, writers
+        self._recovered: set[tuple[str, int]] = set()   # (LU, epoch) recovered for
+        self._duties: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
         gate.on_lost = self._lost
+        gate.on_gained = self._duties.put
         gate.on_deadline = self._deadline
         pool.set_gates(writes=gate.check_write, commits=gate.check_commit)
+        self._duties.put(sorted(gate.mine()))  # a serving process (re)started takes over what its node owns
+        threading.Thread(target=self._do_duties, name="owner-duties", daemon=True).start()
 
     def open(self, name: str, wants_write: bool) -> "LU":
         """``name`` opened as this node may: its writer (waiting, up to twice the cluster's
@@ -201,6 +218,7 @@ class NodeServing:
                 return self.pool.open_redundant(name)
             except BlockstoreError as e:
                 raise Elsewhere(f"LU {name!r} ({e}) is read on its owner, {owner}") from None
+        self._recover(name, epoch)  # the owner serves nothing a dead session left unsettled
         give_up = time.monotonic() + 2 * self.gate.cfg.timeout
         while True:
             try:
@@ -253,6 +271,49 @@ class NodeServing:
                 os.kill(os.getpid(), signal.SIGTERM)
             except BlockstoreError as e:
                 log.error("letting go of LU %s: %s", name, e)
+
+    def _do_duties(self) -> None:
+        while True:
+            for name in self._duties.get():
+                try:
+                    self.take_over(name)
+                except BlockstoreError as e:
+                    log.error("taking over LU %s: %s", name, e)
+
+    def take_over(self, name: str) -> int:
+        """The owner's duties for ``name``, which this node now owns: recovery (as ``open``
+        does it), then a resync of what the LU's redundant copy lacks, if the copy is in service
+        (a failed one waits for ``pool resync``, which the owner is asked to do). Returns the
+        extents copied."""
+        epoch = self.gate.writable(name)
+        if epoch is None:
+            return 0  # moved on meanwhile
+        self._recover(name, epoch)
+        info = self.pool.lu_info(name)
+        if not info.get("mirrored") or not sum(self.pool.dirty_extents(name).values()):
+            return 0
+        if any(g["state"] == "failed" for g in self.pool.failure_groups()):
+            log.warning("LU %s lacks extents in a copy out of service: it is resynced when the copy is back", name)
+            return 0
+        lu = self.open(name, True)  # the writer, under the epoch: the resync is fenced as its writes are
+        try:
+            copied = self.pool.resync(name)
+        finally:
+            self.pool.close_lu(lu)
+        log.warning("LU %s taken over: %d extent(s) resynced to its redundant copy", name, copied)
+        return copied
+
+    def _recover(self, name: str, epoch: int) -> None:
+        """Pool.recover once before ``name`` is first written under ``epoch``. One recovery
+        covers every LU the node owns as it starts (it recovers every dead session), so the
+        LUs of one failover share it."""
+        if (name, epoch) in self._recovered:
+            return
+        owned = set(self.gate.mine().items())
+        got = self.pool.recover()
+        self._recovered |= owned | {(name, epoch)}
+        if any(got.values()):
+            log.warning("took over LU %s: %d extent(s) settled, %d reclaimed", name, got["settled"], got["reclaimed"])
 
     def _deadline(self, until_ns: int) -> None:
         if not fence.enabled("data"):

@@ -66,18 +66,21 @@ def adopt(m: MirrorFile, sums: SumStore, txn: lmdb.Transaction, exts: np.ndarray
             m.dirty[i].add(e)
         if not np.array_equal(new, rec):
             sums.put(txn, e, new)
+    m.forget_truth(exts)  # what this process knew of their checksums is the record's no longer
     for c in m.copies:
         if c is not None:
             c.sync()
 
 
 def resync(m: MirrorFile, meta: Meta, only: np.ndarray, progress: Progress = None,
-           txn: lmdb.Transaction | None = None) -> int:
+           txn: lmdb.Transaction | None = None, may_write: Callable[[], None] | None = None) -> int:
     """Copy to each copy in service the extents of ``only`` its bitmap names, from the other copy
     where that one has them, then clear their bits; a copy whose bitmap is then empty is ``ok``
     (health.py). The caller holds the pool's lock and makes sure no process writes ``only``
     meanwhile (it holds their LU, or they are a snapshot's, or free: ``txn``, the write
-    transaction that keeps them so, is where the bits are cleared). Returns the extents copied."""
+    transaction that keeps them so, is where the bits are cleared). ``may_write``: asked before
+    each extent is copied (the data path's fence of a cluster node: it raises once the node may
+    no longer write the LU, leaving the rest of the bits set). Returns the extents copied."""
     E = m.E
     with meta.read() if txn is None else nullcontext(txn) as t:
         dirty = [m.health.load(t, i) for i in (0, 1)]
@@ -93,6 +96,8 @@ def resync(m: MirrorFile, meta: Meta, only: np.ndarray, progress: Progress = Non
         dst, src = m.copies[i], m.copies[1 - i]
         assert dst is not None and src is not None
         for e in exts.tolist():
+            if may_write is not None:
+                may_write()
             native.copy(src.fd, e * E, dst.fd, e * E, E, dst.path)
             done += 1
             if progress:
