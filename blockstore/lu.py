@@ -37,6 +37,7 @@ from .zero import is_zero
 if TYPE_CHECKING:
     from .allocator import Allocator
     from .liveness import Claim
+    from .native import SharedWord
     from .storage.redirect import RedirectedCopy
 
 
@@ -128,6 +129,10 @@ class LU:
         self._opens = 1
         self._closed = False
         self._direct: DirectTable | None = None
+        # A redirected reader's watch (read_from): the commit word, and its value read before the
+        # map this handle holds was (None: not known, and the direct table serves nothing)
+        self._watch: "SharedWord | None" = None
+        self._seen: int | None = None
         self._map_writes = True
         self._written = 0  # bytes written by ``write`` (the direct table counts its own)
         # Deferred copies (logical extent -> _Copy), oldest first, and the thread finishing them.
@@ -277,10 +282,15 @@ class LU:
         after it read the extents read them while they were still this LU's: never another LU's
         bytes, never a map older than the last commit before the read began."""
         while True:
+            seen = self._watch.value if self._watch is not None else None  # before the map is read
             self._host.refresh_lu(self)
             gen = self._gen
             self._readinto(mv, offset)
             if self.kind == "snapshot" or self._host.lu_gen(self) == gen:
+                if seen != self._seen and self._direct is not None:
+                    with self._direct:  # C serves this map from now on, until the next commit
+                        self._seen = seen
+                        self._publish_direct()
                 return
 
     def _readinto(self, mv: memoryview, offset: int) -> None:
@@ -341,11 +351,12 @@ class LU:
         its own extents in place, without the GIL; it follows every change of the map and, for a
         mirrored LU, of its copies (mirror.py says which writes it takes). None for a handle the
         table cannot serve: a read-only handle of an LU that another process writes (its map is
-        re-read behind its back).
+        re-read behind its back), unless it reads redirected on this machine: then the table
+        serves reads only while no commit has landed since its map was read (``read_from``).
         ``map_writes``: write whole 256 KiB pieces whose pages are in memory by copying into a
         mapping of the data file (the rest is pwritten either way; so is everything in extents
         smaller than a piece); given by the first call."""
-        if not self._fast or self._closed:
+        if not (self._fast or self._watch is not None) or self._closed:
             return None
         with self._lock:
             if self._direct is None:
@@ -376,6 +387,8 @@ class LU:
                                    map_writes=self._map_writes, serve=not self._closed,
                                    republish=self._publish_direct, verify=self._knows)
             self._direct.held(CHUNK, len(m.tabs), {e: c.have for e, c in self._held.items()})
+            if self._watch is not None:  # a seen never read matches no value of the word
+                self._direct.watch(self._watch, self._watch.value - 1 if self._seen is None else self._seen)
 
     def _retire_direct(self) -> None:
         """The handle is closing: the table serves nothing from now on."""
@@ -476,11 +489,14 @@ class LU:
             self.mirrored = mirrored
             self._publish_direct()
 
-    def read_from(self, store: "RedirectedCopy") -> None:
-        """A read-only handle reads ``store`` (one copy of a mirror: read redirection), always
-        under the lock."""
+    def read_from(self, store: "RedirectedCopy", watch: "SharedWord | None") -> None:
+        """A read-only handle reads ``store`` (one copy of a mirror: read redirection), under the
+        lock, or in C while ``watch`` (the pool's commit word, meta.py; None: not on this
+        machine) shows no commit since the map was read: the C table never reads an extent the
+        map may have given up since."""
         self._df = self._rd = store
         self._fast = self._lockfree = False
+        self._watch = watch
 
     def replace_map(self, emap: ExtentMap, size: int) -> None:
         """Take another map (rollback) and size, in step with the direct table."""

@@ -33,7 +33,8 @@ import numpy as np
 
 from .errors import BlockstoreError, Busy, NotAPool, PoolCorrupt
 from .extents import CHUNK
-from .pooldir import check_owner, for_library, subdir
+from .native import SharedWord
+from .pooldir import check_owner, for_library, open_file, subdir
 
 FORMAT = 1
 DBS = ("config", "lus", "maps", "rc", "free", "resv", "sums", "dirty", "svc", "dedup", "bsums", "mrc")
@@ -166,12 +167,33 @@ class Meta:
                 raise
             if txn is not None:
                 txn.commit()
+            self.commits = self._commits_word(path)
         except lmdb.Error as e:
             if "already open in this process" in str(e):
                 # LMDB's locks belong to the process: a second environment would share, then drop them
                 raise Busy(f"the pool at {root} is already open in this process: use that Pool object "
                            f"(or close it first)") from None
             raise PoolCorrupt(f"pool metadata in {path} cannot be opened: {e}") from None
+
+    def _commits_word(self, path: str) -> SharedWord | None:
+        """The commit word (``meta/commits``): bumped before and after every write transaction
+        of every process on this machine, so a reader can tell without a transaction that nothing
+        was committed while it read (the direct path's redirected reads: fastpath.h,
+        bs_table_watch). None where it cannot be had (a read-only open of a pool that has none):
+        such readers ask the metadata instead."""
+        root = os.path.dirname(os.path.abspath(path))
+        try:
+            fd = open_file(root, os.path.join(path, "commits"), os.O_RDONLY if self.readonly else os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:
+            return None
+        try:
+            if not self.readonly and os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)  # zero-filled: two processes doing it at once agree
+            elif os.fstat(fd).st_size < 8:
+                return None
+            return SharedWord(fd, writable=not self.readonly)
+        finally:
+            os.close(fd)
 
     def _open_db(self, name: str, txn: lmdb.Transaction | None) -> Any:
         try:
@@ -186,8 +208,17 @@ class Meta:
 
     @contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
-        with self.env.begin(write=True) as txn:
-            yield txn
+        """A write transaction, committed when the block ends without an exception; the commit
+        word (``commits``) is bumped inside it, before it commits, and again after."""
+        word = self.commits
+        try:
+            with self.env.begin(write=True) as txn:
+                if word is not None:
+                    word.bump()
+                yield txn
+        finally:
+            if word is not None:
+                word.bump()
 
     def close(self) -> None:
         self.env.close()

@@ -3,6 +3,7 @@ the calls release the GIL; negative errno results become OSError naming the file
 which the layers above turn into the engine's own exceptions."""
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from typing import Any, NoReturn
@@ -246,6 +247,12 @@ class DirectTable:
         later ones go to Python, which decides (the data path's fence, fence.py)."""
         lib.bs_table_fence(self.ptr, until_ns)
 
+    def watch(self, word: SharedWord, seen: int) -> None:
+        """Serve reads only while ``word`` is ``seen`` (bs_table_watch); after every publish, holding
+        the table as for publish."""
+        self._watched = word  # C points into its mapping
+        lib.bs_table_watch(self.ptr, word.ptr, seen)
+
     def pread(self, buf: bytearray | memoryview, offset: int) -> int:
         """0 when read, 1 when the table cannot serve it (nothing read), or a negative errno."""
         return int(lib.bs_table_pread(self.ptr, ffi.from_buffer(buf, require_writable=True), len(buf), offset))
@@ -253,6 +260,25 @@ class DirectTable:
     def pwrite(self, buf: Buffer, offset: int) -> int:
         """0 when written, 1 when the table cannot serve it (nothing written), or a negative errno."""
         return int(lib.bs_table_pwrite(self.ptr, ffi.from_buffer(buf), len(buf), offset))
+
+
+class SharedWord:
+    """A 64-bit word in a file that every process of this machine maps: ``fd`` (open on a file of
+    at least 8 bytes; it may be closed after), read and bumped atomically in C (bs_word_load,
+    bs_word_bump). The watch word of the direct path's redirected tables (bs_table_watch)."""
+
+    def __init__(self, fd: int, *, writable: bool) -> None:
+        self._mm = mmap.mmap(fd, 8, mmap.MAP_SHARED, mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        self._buf = ffi.from_buffer(self._mm)
+        self.ptr = ffi.cast("uint64_t *", self._buf)
+        self.writable = writable
+
+    @property
+    def value(self) -> int:
+        return int(lib.bs_word_load(self.ptr))
+
+    def bump(self) -> int:
+        return int(lib.bs_word_bump(self.ptr))
 
 
 class UnitArrays:

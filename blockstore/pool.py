@@ -820,12 +820,14 @@ class Pool:
         """A read-only handle of a mirrored LU that reads the redundant copy (failure group 1):
         what a second node reads while the first still holds the LU (read redirection)."""
         self.need_mirror(healthy=False)
+        if self.writing(name) is not None:  # opening it again would hand back the writer itself
+            raise InvalidArgument(f"LU {name!r} is written by this process: read it through its own handle")
         copy = self.groups.redundant()
         lu = self.open_lu(name, writable=False)
         if not lu.mirrored:
             lu.close()
             raise InvalidArgument(f"LU {name!r} has no redundant copy")
-        lu.read_from(copy)
+        lu.read_from(copy, self.meta.commits)
         return lu
 
     # -- queries --------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ struct bs_table {
     uint64_t blocks_chunks;
     uint64_t written; /* bytes written through the table, ever */
     uint64_t write_until; /* the fence word (bs_table_fence) */
+    const uint64_t *watch; /* the watch word (bs_table_watch), or NULL, and its value when published */
+    uint64_t seen;
 };
 
 bs_table *bs_table_new(void)
@@ -87,6 +89,23 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->vsums = NULL;
     t->blocks = NULL;
     t->blocks_chunks = 0;
+    t->watch = NULL;
+}
+
+void bs_table_watch(bs_table *t, const uint64_t *word, uint64_t seen)
+{
+    t->watch = word;
+    t->seen = seen;
+}
+
+uint64_t bs_word_load(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_SEQ_CST); }
+
+uint64_t bs_word_bump(uint64_t *word) { return __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST); }
+
+/* Whether the table's watch word (if any) still has the value it was published with. */
+static inline int unwatched(const bs_table *t)
+{
+    return t->watch == NULL || bs_word_load(t->watch) == t->seen;
 }
 
 void bs_table_held(bs_table *t, uint8_t **const *blocks, uint64_t chunks)
@@ -351,7 +370,7 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
     if (wbuf != NULL && until != UINT64_MAX && now_ns() >= until)
         return BS_SLOW; /* fenced: the owner decides */
     pthread_rwlock_rdlock(&t->lock);
-    if (!servable(t, len, off, wbuf != NULL, wbuf)) {
+    if (!servable(t, len, off, wbuf != NULL, wbuf) || !unwatched(t)) {
         pthread_rwlock_unlock(&t->lock);
         return BS_SLOW;
     }
@@ -391,8 +410,10 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         if (t->mirror && t->fd2 >= 0)
             *t->dirty2 = 1;
     }
+    /* the preads are system calls: this load is ordered after them */
+    int changed = t->watch != NULL && !unwatched(t);
     pthread_rwlock_unlock(&t->lock);
-    return r < 0 && t->mirror ? BS_SLOW : r;
+    return (r < 0 && (t->mirror || t->watch != NULL)) || changed ? BS_SLOW : r;
 }
 
 uint64_t bs_table_written(bs_table *t)

@@ -103,6 +103,16 @@ uint64_t bs_table_written(bs_table *t);
  * its right to write an LU refuses or holds it). The owner moves it forward while it may write. */
 void bs_table_fence(bs_table *t, uint64_t until_ns);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
+/* The watch word of a reader's table of a map another process changes (read redirection): the
+ * table serves a read only if `*word` is `seen` both before and after it reads, else BS_SLOW (buf
+ * may then hold part of the request). Whoever changes the map bumps the word before and after
+ * each change it commits (bs_word_bump), so a read that finds the word unchanged read what the
+ * table said while the table was still true: an extent the map gave up and another LU took is
+ * never read through it. NULL: no watch (bs_table_publish leaves none). */
+void bs_table_watch(bs_table *t, const uint64_t *word, uint64_t seen);
+/* The word, atomically: read, and add one (returning the new value). */
+uint64_t bs_word_load(const uint64_t *word);
+uint64_t bs_word_bump(uint64_t *word);
 
 typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t off, void *fi);
 typedef int (*bs_fuse_write_fn)(const char *path, const char *buf, size_t size, int64_t off, void *fi);

@@ -5,37 +5,17 @@ land what it wrote. What lands is read from the pool's metadata and data, not fr
 writer."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from blockstore.check import check
 from blockstore.pool import Pool
 
-PEER = os.path.join(os.path.dirname(__file__), "pool_peer.py")
+from pool_peer import Peer
+
 E = 64 * 1024
-
-
-class Peer:
-    """A second process of the pool (pool_peer.py), with the fence layers ``fences`` on."""
-
-    def __init__(self, pool: str, fences: str) -> None:
-        env = {**os.environ, "BLOCKSTORE_FENCES": fences}
-        self.p = subprocess.Popen([sys.executable, PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self.ask(op="open", path=pool)
-
-    def ask(self, **req):  # type: ignore[no-untyped-def]
-        self.p.stdin.write((json.dumps(req) + "\n").encode())
-        self.p.stdin.flush()
-        return json.loads(self.p.stdout.readline())
-
-    def end(self) -> None:
-        self.p.kill()
-        self.p.wait()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -163,3 +164,41 @@ def test_recovery_is_a_duty_never_a_side_effect_of_opening(tmp_path):
             assert lu.read(0, E) == copy1.read(0, E) == b"C" * E  # both copies had it: adopted
     with Pool.open(pool) as p:  # and an ordinary open recovers as before
         assert p.recover() == {"settled": 0, "reclaimed": 0}
+
+
+def test_the_c_table_of_a_redirected_reader_never_serves_what_the_copy_lacks(degraded):
+    """Copy 1 failed under a write of m's extent 0 (m held by this process) and is back in
+    service: a reader of copy 1 in another process gets EIO there, from C's table as from
+    Python, until m's resync has given the copy the extent; then C serves it."""
+    pool, p, held = degraded
+    code = textwrap.dedent("""
+        import errno, sys
+        from blockstore.pool import Pool
+        E = 64 << 10
+        with Pool.open(sys.argv[1]) as q, q.open_redundant("m") as lu:
+            table, buf = lu.direct_table(), bytearray(E)
+            for line in sys.stdin:
+                off = int(line)
+                try:
+                    py = lu.read(off, E)[:1].decode()
+                except OSError as e:
+                    py = errno.errorcode[e.errno]
+                c = table.pread(buf, off)
+                print(py, "served" if c == 0 and buf[:1].decode() == py else "slow" if c == 1 else c, flush=True)
+    """)
+    p.resync("n")  # copy 1 back in service (a reader of a failed copy is refused at open); m's extent 0 lacking
+    reader = subprocess.Popen([sys.executable, "-c", code, pool], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+
+    def read(off: int) -> str:
+        reader.stdin.write(f"{off}\n")
+        reader.stdin.flush()
+        return reader.stdout.readline().strip()
+    try:
+        assert read(E) == "A served"
+        assert read(0) == "EIO slow"                 # C hands it to Python, which refuses it
+        p.resync("m")
+        assert read(0) == "B served"
+    finally:
+        reader.stdin.close()
+        assert reader.wait(timeout=30) == 0
