@@ -54,6 +54,7 @@ class LURecord(TypedDict, total=False):
     readonly: bool  # sealed by a service
     lpar: str  # the client partition a paging LU serves (records before 2026-12-03 said "owner")
     fence: int  # the highest ownership epoch a writer took (fence.py): older ones commit nothing
+    on_fence: str  # its owner's answer to a write it may not make now (fence.ON_FENCE); absent: the mount's
 
 
 class Catalog:

@@ -48,9 +48,18 @@ class Busy(BlockstoreError):
 
 class Fenced(BlockstoreError):
     """This process may no longer write the LU: a newer owner holds it (its ownership epoch is
-    past the one this process writes under, fence.py). Nothing of the refused change landed."""
+    past the one this process writes under, fence.py). Nothing of the refused change landed.
+    ``final``: for good (a later commit is refused too); False for ``InDoubt``."""
 
     errno = _errno.ESTALE
+    final = True
+
+
+class InDoubt(Fenced):
+    """This process may not write the LU now: its node cannot show a lease renewed beyond the
+    margin (cluster/serving.py). Nothing landed; once the lease is renewed, writes go on."""
+
+    final = False
 
 
 class Unsafe(BlockstoreError):

@@ -23,6 +23,11 @@ from typing import TYPE_CHECKING
 
 from .errors import Fenced, InvalidArgument
 
+#: What a node's serving process does with a write it may not make for want of a renewed lease:
+#: fail it at once (ESTALE), or hold it up to the cluster's timeout for a renewal (DRBD's
+#: ``suspend-io``). Per LU (its record's ``on_fence``), else the mount's ``--on-fence``.
+ON_FENCE = ("error", "hold")
+
 LAYERS = ("metadata", "data", "agent")
 
 

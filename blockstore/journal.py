@@ -92,7 +92,7 @@ class Journal:
                     if mirror is not None:
                         mirror.commit_sums(txn, a.unmirrored, lambda e: a.counts_of(txn, e) > 0)
             except BaseException as e:
-                if isinstance(e, Fenced):
+                if isinstance(e, Fenced) and e.final:  # deposed: never again; in doubt: later
                     self.fenced = e
                 a.truncate_pending(*marks)
                 for name, (dirty, resized) in saved.items():

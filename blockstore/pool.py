@@ -784,10 +784,16 @@ class Pool:
         bad = set(fields) & {"id", "name", "size", "kind", "parent", "allocated", "gen", "mirrored", "thick", "fence"}
         if bad:
             raise InvalidArgument(f"cannot set {', '.join(sorted(bad))} this way")
+        if fields.get("on_fence") not in (None, *fence.ON_FENCE):
+            raise InvalidArgument(f"on_fence is one of {', '.join(fence.ON_FENCE)}, or None (the mount's choice)")
 
         def change(txn: lmdb.Transaction) -> None:
             rec = self.record(txn, name)
+            if rec["kind"] == "snapshot" and "on_fence" in fields:
+                raise InvalidArgument(f"{name!r} is a snapshot: nothing writes it")
             rec.update(cast(LURecord, fields))
+            if fields.get("on_fence", "") is None:
+                rec.pop("on_fence", None)
             self.catalog.put(txn, rec)
         self.commit(change)
 
@@ -920,7 +926,8 @@ class Pool:
         return {"name": rec["name"], "size": size, "allocated": allocated * self.extent_size,
                 "kind": rec["kind"], "parent": rec["parent"], "thick": rec.get("thick", False),
                 "mirrored": rec.get("mirrored", False), "role": rec.get("role"),
-                "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"]}
+                "readonly": rec["kind"] == "snapshot", "created": rec["created"], "id": rec["id"],
+                "on_fence": rec.get("on_fence")}
 
     def status(self) -> PoolStatus:
         """Capacity and use of the pool, in bytes, with the overcommit ratio and threshold."""

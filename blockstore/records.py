@@ -29,6 +29,8 @@ class _LUBase(TypedDict):
     role: str | None           # what a service made it for: "image", "partition", "paging"
     readonly: bool
     created: float
+    on_fence: str | None       # a cluster node's answer to a write it may not make now: "error",
+                               # "hold", or None (the serving mount's --on-fence)
 
 
 class LUInfo(_LUBase, total=False):

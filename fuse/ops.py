@@ -308,7 +308,10 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         if len(data) > room:
             data = data[:room]
         started = time.monotonic_ns() if self.direct is None else 0  # else C counts it
-        lu.write(offset, data)
+        if self.serving is not None:
+            self.serving.writing(lu, lambda: lu.write(offset, data))
+        else:
+            lu.write(offset, data)
         self._counted(fh, True, started, len(data))
         return len(data)
 
@@ -354,7 +357,11 @@ class LUFilesystem(Operations):  # type: ignore[misc]
 
     @errors
     def fsync(self, path: str, datasync: int, fh: int) -> None:
-        self._handle(fh).flush()
+        lu = self._handle(fh)
+        if self.serving is not None:
+            self.serving.writing(lu, lu.flush)
+        else:
+            lu.flush()
 
     def flush(self, path: str, fh: int) -> None:
         return None  # close(2) does not promise durability; fsync does, and release flushes

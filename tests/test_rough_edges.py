@@ -7,7 +7,6 @@ import os
 import pty
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -155,10 +154,26 @@ def test_following_events_with_no_primary_prints_the_backlog_then_says_it_waits(
     proc = subprocess.Popen(BS + ["--pool", pool, "cluster", "events", "--follow", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(3)
+        assert proc.stderr is not None
+        said = proc.stderr.readline().decode()  # the backlog is printed before it
     finally:
         proc.kill()
-    out, err = proc.communicate()
+    out, _ = proc.communicate()
     names = [json.loads(line)["data"]["name"] for line in out.decode().splitlines()]
     assert names == ["a", "b"], out
-    assert "no primary is up; waiting" in err.decode()
+    assert "no primary is up; waiting" in said, said
+
+
+def test_an_lus_fence_choice_is_set_shown_and_refused_plainly(tmp_path):
+    pool = _pool(tmp_path)
+    run_cli("lu", "create", "d", "--size", "8M", "--on-fence", "hold", pool=pool)
+    info = json.loads(run_cli("lu", "show", "d", "--json", pool=pool).stdout)
+    assert info["on_fence"] == "hold"
+    assert "hold writes" in run_cli("lu", "show", "d", pool=pool).stdout.decode()
+    run_cli("lu", "snapshot", "d", "s", pool=pool)
+    _refused(pool, "lu", "set", "d", rc=2, says="give a setting")
+    _refused(pool, "lu", "set", "d", "--on-fence", "later", rc=2, says="invalid choice")
+    _refused(pool, "lu", "set", "d@s", "--on-fence", "error", says="snapshot")
+    _refused(pool, "lu", "set", "nope", "--on-fence", "error", says="no LU named")
+    run_cli("lu", "set", "d", "--on-fence", "mount", pool=pool)
+    assert json.loads(run_cli("lu", "show", "d", "--json", pool=pool).stdout)["on_fence"] is None

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -37,10 +38,11 @@ class Nodes:
     """Node processes with mounts, each in its namespace; the administrator's commands run in
     the namespace ``admin``."""
 
-    def __init__(self, tmp_path, fences: str | None = None, mirror_dir: str | None = None) -> None:
+    def __init__(self, tmp_path, fences: str | None = None, mirror_dir: str | None = None,
+                 interval: float = INTERVAL) -> None:
         self.pool = str(tmp_path / "pool")
         Pool.create(self.pool, "256M", extent_size="64K", mirror_dir=mirror_dir or str(tmp_path / "fg1")).close()
-        run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=self.pool)
+        run_cli("cluster", "create", "c1", "--interval", str(interval), pool=self.pool)
         self.tmp = tmp_path
         self.net = Net()
         self.net.add("admin")
@@ -105,8 +107,8 @@ class Nodes:
 def nodes(tmp_path):
     made: list[Nodes] = []
 
-    def make(fences: str | None = None, mirror_dir: str | None = None) -> Nodes:
-        made.append(Nodes(tmp_path, fences, mirror_dir))
+    def make(fences: str | None = None, mirror_dir: str | None = None, interval: float = INTERVAL) -> Nodes:
+        made.append(Nodes(tmp_path, fences, mirror_dir, interval))
         return made[-1]
     yield make
     for n in made:
@@ -256,6 +258,56 @@ def test_a_failover_hands_the_owners_resync_to_the_new_owner(faulty, nodes):  # 
             assert lu.read(0, 4 * E) == b"B" * E + b"A" * (3 * E)
     checked = json.loads(c.cli("pool", "check", "--json").stdout)
     assert checked["clean"] and checked["reclaimable"] == 0, checked
+
+
+class _Lines:
+    """A client's stdout, read as it comes (block_client.py's JSON lines)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(json.loads(line))
+
+    def errors(self) -> list[int]:
+        return [h["error"] for h in self.lines if "error" in h]
+
+
+def test_on_fence_per_lu_holds_or_fails_a_write_while_the_lease_is_in_doubt(nodes):
+    """The owner's node process alone is stopped (its mount serves on): its lease is not renewed,
+    and a margin before it would run out the mount stops writing. LU ``held`` (on fence: hold)
+    waits, LU ``failing`` (the mount's default, error) fails at once; the node continued in
+    time, both go on, ``held``'s client never saw an error, and no LU moved. (A keep-alive of
+    1 s: the node is continued within the margin, one interval, before its peer finds it down.)"""
+    c = nodes(interval=1.0)
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "held", "--size", "4M", "--mirrored", "--on-fence", "hold")
+    c.cli("lu", "create", "failing", "--size", "4M", "--mirrored")
+    for lu in ("held", "failing"):
+        c.cli("lu", "assign", lu, "--node", "n1")
+    epochs = {lu: c.owner(lu)["epoch"] for lu in ("held", "failing")}
+    held = _Lines(_client("held", 8.0, c.mounts["n1"]))
+    failing = _Lines(_client("failing", 8.0, c.mounts["n1"]))
+    c.wait(lambda: any("acked" in h for h in held.lines) and any("acked" in h for h in failing.lines))
+    os.kill(c.pids["n1"], signal.SIGSTOP)
+    try:
+        c.wait(lambda: failing.errors(), timeout=5.0)  # the margin passed: writes stop
+        acked = [h["acked"] for h in held.lines if "acked" in h]
+        time.sleep(0.3)
+        assert [h["acked"] for h in held.lines if "acked" in h] == acked  # held, not failed
+    finally:
+        os.kill(c.pids["n1"], signal.SIGCONT)
+    assert set(failing.errors()) == {errno.ESTALE}, failing.lines[-6:]
+    c.wait(lambda: len([h for h in held.lines if "acked" in h]) > len(acked))  # the held write went on
+    assert held.proc.wait(timeout=30) == 0 and failing.proc.wait(timeout=30) == 0
+    assert held.errors() == [], [h for h in held.lines if "error" in h]
+    assert {lu: c.owner(lu)["epoch"] for lu in epochs} == epochs
+    for lu, client in (("held", held), ("failing", failing)):
+        _verify(c.pool, lu, client.lines[-1]["done"])
 
 
 def _pause_history(c: Nodes, old: str, new: str) -> tuple[bytes, bytes, dict]:

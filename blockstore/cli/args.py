@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..fence import ON_FENCE
 from ..sizes import parse_size
 
 SIZE = "bytes, or a number with K, M, G, T or P (powers of 1024): 10G, 512M"
@@ -149,9 +150,13 @@ def everywhere(top: argparse.ArgumentParser) -> None:
                 leaf.add_argument(*flags, **{**kw, "help": argparse.SUPPRESS}, default=argparse.SUPPRESS)
 
 
-def on_fence(parser: argparse.ArgumentParser, goes_with: str) -> None:
-    """A node's mount's choice for a write it may not make for want of a renewed lease
-    (cluster/serving.py): the option ``--on-fence``, given with ``goes_with``."""
-    parser.add_argument("--on-fence", choices=("error", "hold"), default="error",
-                        help=f"with {goes_with}, a write while the node cannot show a renewed lease: fails at once "
-                             "(ESTALE, default) or waits up to the cluster's timeout for a renewal")
+def on_fence(parser: argparse.ArgumentParser, goes_with: str | None) -> None:
+    """The choice for a write a node may not make for want of a renewed lease (fence.ON_FENCE,
+    cluster/serving.py): the option ``--on-fence``, a mount's (given with ``goes_with``) or, with
+    ``goes_with`` None, an LU's own, over its mount's (``mount``: none of its own)."""
+    whose = f"with {goes_with}, " if goes_with else "this LU's own choice over the node's mount: "
+    parser.add_argument("--on-fence", choices=ON_FENCE + (("mount",) if goes_with is None else ()),
+                        default="error" if goes_with else None,
+                        help=f"{whose}a write while the node cannot show a renewed lease fails at once (ESTALE"
+                             + (", default" if goes_with else "") + ") or waits up to the cluster's timeout for a "
+                             "renewal (hold)" + ("" if goes_with else "; mount: the mount's --on-fence"))

@@ -15,7 +15,7 @@ from ..pool import Pool
 from ..records import LUInfo
 from ..sizes import format_size
 from ..transfer import export_file, export_stream, import_file, import_stream
-from .args import SIZE, command, group, length, lu_size, offset
+from .args import SIZE, UsageError, command, group, length, lu_size, offset, on_fence
 from .output import binary_stdout, columns, done, emit, is_stream, progress, replacing, sized, when
 
 STDIN_STEP = 1 << 20
@@ -32,6 +32,7 @@ def add(top: Any) -> None:
                    help=f"the LU's size ({SIZE}; a multiple of 512; 0 for an empty LU, grown later)")
     c.add_argument("--thick", action="store_true", help="reserve every extent now")
     c.add_argument("--mirrored", action="store_true", help="keep a redundant copy in the second failure group")
+    on_fence(c, None)
     c = command(sub, "list", "LUs, clones and snapshots (image LUs only with --kind image or all)",
                 "lu list", "lu list --kind snapshot --json", json=True)
     c.add_argument("--kind", choices=KINDS, action="append",
@@ -70,6 +71,9 @@ def add(top: Any) -> None:
                 "ownership epoch)", "lu assign disk0 --node n2", json=True)
     s.add_argument("name", help="NAME")
     s.add_argument("--node", help="a node that is up (default: the one owning fewest LUs)")
+    s = command(sub, "set", "change an LU's settings", "lu set db --on-fence hold", json=True)
+    s.add_argument("name", help="NAME")
+    on_fence(s, None)
     s = command(sub, "flatten", "a clone copies what it shares and stops depending on its parent",
                 "lu flatten test1", json=True)
     s.add_argument("name", help="NAME")
@@ -209,6 +213,8 @@ def _show(args: argparse.Namespace, pool: Pool) -> None:
             ("clones", ", ".join(info.get("clones") or []) or "none"),
             ("open", _held(info)),
             ("role", info.get("role") or "-")]
+    if not info["readonly"]:
+        rows.append(("on fence", _on_fence(info)))
     if owned is not None:
         own = info["owner"]
         rows.append(("owner", f"node {own['node']}, epoch {own['epoch']}" if own else "none (lu assign)"))
@@ -255,6 +261,8 @@ def _diff(args: argparse.Namespace, pool: Pool) -> None:
 def _create(args: argparse.Namespace, pool: Pool) -> None:
     with pool.create_lu(args.name, args.size, thick=args.thick, mirrored=args.mirrored, allow_empty=True):
         pass
+    if args.on_fence not in (None, "mount"):
+        pool.update_lu(args.name, on_fence=args.on_fence)
     info: Any = pool.lu_info(args.name)
     owned = ""
     from ..cluster.admin import assign, has_cluster
@@ -268,6 +276,18 @@ def _create(args: argparse.Namespace, pool: Pool) -> None:
             owned = f", no owner yet ({e})"
     done(args, info, f"created LU {args.name} of {format_size(info['size'])}"
                      + (", mirrored" if args.mirrored else "") + (", thick" if args.thick else "") + owned)
+
+
+def _set(args: argparse.Namespace, pool: Pool) -> None:
+    if args.on_fence is None:
+        raise UsageError("lu set: give a setting to change (--on-fence)")
+    pool.update_lu(args.name, on_fence=None if args.on_fence == "mount" else args.on_fence)
+    info = pool.lu_info(args.name)
+    done(args, info, f"{args.name}: on fence, {_on_fence(info)} (from its next open on its owner)")
+
+
+def _on_fence(info: Any) -> str:
+    return {"hold": "hold writes", "error": "fail writes"}.get(info.get("on_fence"), "as its mount says")
 
 
 def _resize(args: argparse.Namespace, pool: Pool) -> None:
@@ -479,7 +499,7 @@ def _import_diff(args: argparse.Namespace, pool: Pool) -> None:
 RUN: dict[str, Any] = {
     "create": _create, "list": _list, "show": _show, "du": _du, "status": _status, "resize": _resize, "rm": _rm,
     "snapshot": _snapshot, "clone": _clone, "rollback": _rollback, "flatten": _flatten, "mirror": _mirror,
-    "assign": _assign,
+    "assign": _assign, "set": _set,
     "unmirror": _unmirror, "verify": _verify, "resync": _resync, "import": _import, "export": _export,
     "rename": _rename, "write": _write, "read": _read, "discard": _discard, "diff": _diff,
     "export-diff": _export_diff, "import-diff": _import_diff,

@@ -72,6 +72,8 @@ class Moves:
             if pool.lu_info(lu)["kind"] == "snapshot":
                 raise InvalidArgument(f"{lu!r} is a snapshot: its LU's owner serves it")
         before = ownership.get(self.store, lu)
+        if before is not None and before.node == node:  # nothing moves: no new epoch, no let-go
+            return {"lu": lu, "node": node, "previous": node, "epoch": before.epoch}
         if before is not None and before.node != node:
             self._hand_over(lu, before.node, states.get(before.node))
         got = ownership.assign(self.store, me, lu, node, seen=before)

@@ -24,10 +24,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import fence
-from ..errors import BlockstoreError, Busy, Fenced, ReadOnly
+from ..errors import BlockstoreError, Busy, Fenced, InDoubt, ReadOnly
 from ..names import check_name
 from . import ownership
 from .config import load_config, open_store
@@ -38,12 +38,14 @@ if TYPE_CHECKING:
     from ..pool import Pool
 
 log = logging.getLogger("blockstore.cluster.serving")
+T = TypeVar("T")
 
 
 class Gate:
     """Ownership as node ``node`` of the pool at ``pool_path`` sees it. ``hold``: a write the
     node may not make now waits (up to the cluster's timeout) for the lease to be renewed,
-    instead of failing at once; a write to an LU the node no longer owns always fails."""
+    instead of failing at once, unless the LU says otherwise (``set_hold``); a write to an LU
+    the node no longer owns always fails."""
 
     def __init__(self, pool_path: str, node: str, *, hold: bool = False, poll: float | None = None) -> None:
         self.node = check_name(node, "node name")
@@ -54,6 +56,7 @@ class Gate:
             self.store.close()
             raise
         self.hold = hold
+        self._holds: dict[str, bool] = {}   # LU -> its own choice (set_hold), over ``hold``
         self.margin = self.cfg.interval
         self.poll = poll if poll is not None else min(0.1, self.cfg.interval / 4)
         self._cond = threading.Condition()
@@ -137,21 +140,40 @@ class Gate:
         e = self.epoch(lu)
         return None if e is None or self._leaving.get(lu) == e else e
 
+    def holds(self, lu: str) -> bool:
+        """Whether a write to ``lu`` the node may not make now is held rather than failed."""
+        return self._holds.get(lu, self.hold)
+
+    def set_hold(self, lu: str, hold: bool | None) -> None:
+        """``lu``'s own choice between holding and failing a write the node may not make now
+        (its record's ``on_fence``); None: the gate's ``hold``."""
+        if hold is None:
+            self._holds.pop(lu, None)
+        else:
+            self._holds[lu] = hold
+
     def check_write(self, lu: str, epoch: int | None) -> None:
         """Refuse (Fenced) a write to ``lu`` by a handle opened under ``epoch`` when this node
         no longer owns it under that epoch (or is letting go of it), or cannot show a lease live
-        beyond the margin (with ``hold``: wait up to the cluster's timeout for a renewal first)."""
-        self._check(lu, epoch, self.writable)
+        beyond the margin. Never waits: it is asked where the write lands, under the pool's lock
+        (``wait_writable`` is where a write is held)."""
+        self._check(lu, epoch, self.writable, hold=False)
 
     def check_commit(self, lu: str, epoch: int) -> None:
         """Refuse (Fenced) to commit what was written to ``lu`` under ``epoch`` on the same
         terms, except that an LU being let go of still commits (that is how it is let go of)."""
-        self._check(lu, epoch, self.epoch)
+        self._check(lu, epoch, self.epoch, hold=False)
 
-    def _check(self, lu: str, epoch: int | None, owned: Callable[[str], int | None]) -> None:
+    def wait_writable(self, lu: str, epoch: int | None) -> None:
+        """Before a write or an fsync of ``lu``, holding no lock: an LU that holds writes (its own
+        choice, else the gate's ``hold``) waits here, up to the cluster's timeout, for the lease
+        to be renewed; then, or at once, Fenced as ``check_write`` says."""
+        self._check(lu, epoch, self.writable, hold=self.holds(lu))
+
+    def _check(self, lu: str, epoch: int | None, owned: Callable[[str], int | None], *, hold: bool) -> None:
         if not fence.enabled("data"):
             return
-        give_up = time.monotonic() + (self.cfg.timeout if self.hold else 0.0)
+        give_up = time.monotonic() + (self.cfg.timeout if hold else 0.0)
         with self._cond:
             while True:
                 if epoch is None or owned(lu) != epoch:
@@ -160,8 +182,8 @@ class Gate:
                 if time.monotonic_ns() < self._until_ns:
                     return
                 if time.monotonic() >= give_up:
-                    raise Fenced(f"node {self.node} could not renew its lease within {self.margin:g}s of its "
-                                 f"expiry; writes to LU {lu!r} are refused until it does")
+                    raise InDoubt(f"node {self.node} could not renew its lease within {self.margin:g}s of its "
+                                  f"expiry; writes to LU {lu!r} are refused until it does")
                 self._cond.wait(self.poll)
 
 
@@ -218,6 +240,8 @@ class NodeServing:
                 return self.pool.open_redundant(name)
             except BlockstoreError as e:
                 raise Elsewhere(f"LU {name!r} ({e}) is read on its owner, {owner}") from None
+        policy = self.pool.lu_info(name).get("on_fence")
+        self.gate.set_hold(name, None if policy is None else policy == "hold")
         self._recover(name, epoch)  # the owner serves nothing a dead session left unsettled
         give_up = time.monotonic() + 2 * self.gate.cfg.timeout
         while True:
@@ -244,6 +268,21 @@ class NodeServing:
             raise Unplaced(f"new LU {name!r} could not be given to node {self.gate.node} ({e}); removed") from None
         self.gate.refresh()
         return self.open(name, True)
+
+    def writing(self, lu: "LU", op: Callable[[], T]) -> T:
+        """``op()``, a write or fsync of ``lu``, called holding no lock: held first if the LU (or
+        the mount) holds writes while the lease is in doubt (Gate.wait_writable), and held again
+        once if the lease lapsed between that wait and the write (the refusal, InDoubt, stored
+        and changed nothing: doing it again is doing it once)."""
+        for last in (False, True):
+            if lu.epoch is not None:
+                self.gate.wait_writable(lu.name, lu.epoch)
+            try:
+                return op()
+            except InDoubt:
+                if last or not self.gate.holds(lu.name):
+                    raise
+        raise AssertionError("unreachable")
 
     def check_change(self, name: str) -> None:
         """A change of ``name`` itself (its size, its removal) is its owner's alone."""
