@@ -3,8 +3,10 @@ the calls release the GIL; negative errno results become OSError naming the file
 which the layers above turn into the engine's own exceptions."""
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import sys
 import threading
 from typing import Any, NoReturn
 
@@ -329,6 +331,22 @@ class UnitArrays:
 
 
 # -- the FUSE callbacks of the direct path (native/fastpath.h) --------------------------------
+
+def offer_open_reply() -> None:
+    """Make this library's answer to opens (fuse_reply_open, native/fastpath.h) the one libfuse
+    calls: before libfuse is loaded, which binds its calls as it loads."""
+    ctypes.CDLL(sys.modules[f"{__package__}._native"].__file__, mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+
+
+def fuse_parallel_writes(on: bool) -> None:
+    """Answer opens of direct-io files with parallel writes allowed (``offer_open_reply``)."""
+    lib.bs_fuse_parallel_writes(int(on))
+
+
+def fuse_parallel_writes_sent() -> int:
+    """Opens answered with parallel writes allowed, so far."""
+    return int(lib.bs_fuse_parallel_writes_sent())
+
 
 def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[int, int]:
     """Make the C read and write callbacks fall back to the callbacks at ``slow_read`` and

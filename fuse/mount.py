@@ -22,6 +22,7 @@ from blockstore.pooldir import open_file, opened_dir, read_file, subdir
 from blockstore.cluster.bridge import attach
 from blockstore.control import ControlServer
 from blockstore.daemon import daemonize
+from blockstore.native import fuse_parallel_writes
 
 from . import binding
 from .direct import DirectPath
@@ -125,7 +126,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
           threads: int = THREADS, direct: bool = True, map_writes: bool = True,
           access: Access | None = None, on_ready: Callable[[], None] | None = None,
           verify_reads: bool = True, metrics: str | None = None, node: str | None = None,
-          hold: bool = False) -> None:
+          hold: bool = False, parallel_writes: bool = True) -> None:
     """Mount and serve until unmounted (or SIGTERM); every write is flushed before it returns.
 
     ``threads`` N > 0 runs libfuse's multithreaded loop with up to N threads; 0 serves requests
@@ -140,13 +141,14 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     measure what the check costs: bench/). ``metrics``: HOST:PORT where Prometheus scrapes the
     mount's figures (metrics.py). ``node``: serve as that cluster node (cluster/serving.py):
     write only the LUs it owns, read the others redirected; ``hold``: a write the node may not
-    make for want of a renewed lease waits for one instead of failing.
+    make for want of a renewed lease waits for one instead of failing. ``parallel_writes``: the
+    kernel may send several writes of one file at once (native/fastpath.h); False: one at a time.
     """
     stop = _StopSignals(mountpoint)
     try:
         _serve(stop, pool_path, mountpoint, read_only=read_only, allow_other=allow_other, threads=threads,
                direct=direct, map_writes=map_writes, access=access, on_ready=on_ready, verify_reads=verify_reads,
-               metrics=metrics, node=node, hold=hold)
+               metrics=metrics, node=node, hold=hold, parallel_writes=parallel_writes)
     finally:
         stop.close()
 
@@ -154,8 +156,9 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
 def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: bool, allow_other: bool,
            threads: int, direct: bool, map_writes: bool, access: Access | None,
            on_ready: Callable[[], None] | None, verify_reads: bool, metrics: str | None,
-           node: str | None, hold: bool) -> None:
+           node: str | None, hold: bool, parallel_writes: bool) -> None:
     _io_flusher()
+    fuse_parallel_writes(parallel_writes)
     _steady_malloc()
     gate = None
     if node is not None:
@@ -296,17 +299,18 @@ class _StopSignals:
 def mount(pool_path: str, mountpoint: str, *, foreground: bool = False, read_only: bool = False,
           allow_other: bool = False, threads: int = THREADS, direct: bool = True,
           map_writes: bool = True, access: Access | None = None, verify_reads: bool = True,
-          metrics: str | None = None, node: str | None = None, hold: bool = False) -> str:
+          metrics: str | None = None, node: str | None = None, hold: bool = False,
+          parallel_writes: bool = True) -> str:
     """Mount the pool at ``mountpoint``; as a daemon unless ``foreground``. Returns the mount point.
-    ``threads``, ``direct``, ``map_writes``, ``access``, ``verify_reads``, ``node`` and ``hold``:
-    see ``serve``."""
+    ``threads``, ``direct``, ``map_writes``, ``access``, ``verify_reads``, ``node``, ``hold`` and
+    ``parallel_writes``: see ``serve``."""
     pool_path = os.path.abspath(pool_path)
     if not os.path.exists(os.path.join(pool_path, "meta", "data.mdb")):
         raise NotAPool(f"no pool at {pool_path}")
     mp = check_mountpoint(mountpoint)
     run = functools.partial(serve, pool_path, mp, read_only=read_only, allow_other=allow_other, threads=threads,
                             direct=direct, map_writes=map_writes, access=access, verify_reads=verify_reads,
-                            metrics=metrics, node=node, hold=hold)
+                            metrics=metrics, node=node, hold=hold, parallel_writes=parallel_writes)
     if foreground:
         run()
         return mp

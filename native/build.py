@@ -39,7 +39,7 @@ ffi.set_source(
     sources=[os.path.relpath(os.path.join(HERE, f"{part}.c")) for part in PARTS],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall"],
-    libraries=["pthread", "xxhash"],
+    libraries=["pthread", "xxhash", "dl"],
 )
 
 if __name__ == "__main__":

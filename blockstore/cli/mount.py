@@ -29,6 +29,9 @@ def add(top: Any) -> None:
     m.add_argument("--no-write-map", action="store_true",
                    help="write in place by pwrite only, never by copying large writes into a mapping of the "
                         "data file (slower)")
+    m.add_argument("--serial-writes", action="store_true",
+                   help="let the kernel send one write of a file at a time, as libfuse before 3.15 does "
+                        "(slower under many writers)")
     m.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus figures at http://HOST:PORT/metrics: per-LU requests, bytes and "
                         "request times, the pool's space, the failure groups (default: off)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     mp = mount(args.pool, args.mountpoint, foreground=args.foreground, read_only=args.read_only,
                allow_other=args.allow_other, threads=threads, direct=not args.no_direct,
                map_writes=not args.no_write_map, access=_access(args), metrics=args.metrics,
-               node=args.node, hold=args.on_fence == "hold")
+               node=args.node, hold=args.on_fence == "hold", parallel_writes=not args.serial_writes)
     if not args.foreground:
         log = log_path(args.pool, mp)
         done(args, {"pool": os.path.abspath(args.pool), "mountpoint": mp, "log": log},
