@@ -41,7 +41,8 @@ MiB = 1 << 20
 #: The measurements (Bench methods) by group, in the order they run; ``--only`` picks groups.
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
-    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster", "serving"), "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
+    "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "serving": ("serving",),
+    "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
     "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"),
 }
 
