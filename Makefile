@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BS := $(VENV)/bin/blockstore
 DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash libxxhash-dev strace systemd groff-base nbdkit libnbd-bin \
+        etcd-server etcd-client \
         python3-venv python3-dev gcc
 
 .PHONY: all deps venv demo test bench bench-quick clean

@@ -21,6 +21,16 @@ SLOW = os.environ.get("BLOCKSTORE_SLOW") == "1"
 HERE = os.path.dirname(__file__)
 
 
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One etcd member on loopback for this test process (etcd_server.py); tests keep to key
+    prefixes of their own."""
+    from etcd_server import Etcd
+    e = Etcd(str(tmp_path_factory.mktemp("etcd"))).start()
+    yield e
+    e.close()
+
+
 @pytest.fixture
 def pool_dir(tmp_path):
     return str(tmp_path / "pool")

@@ -1,20 +1,47 @@
-"""The coordination store the cluster layer builds on: compare-and-set, leases, revisions, watch."""
+"""The coordination store the cluster layer builds on: compare-and-set, leases, revisions, watch;
+each test against both backends, the embedded LMDB store and a real etcd (etcd_server.py)."""
 from __future__ import annotations
 
+import os
+import subprocess
 import time
+import uuid
 
 import pytest
 
 from blockstore import InvalidArgument, NotFound
+from blockstore.cluster.etcd import EtcdStore
 from blockstore.cluster.store import LmdbStore
 from conftest import race
 
 
+def _open(kind: str, where: str):  # type: ignore[no-untyped-def]
+    """A store of ``kind``: LMDB at the path ``where``, or etcd at ``where`` (URL|prefix)."""
+    if kind == "lmdb":
+        return LmdbStore(where)
+    url, prefix = where.split("|")
+    return EtcdStore(url, prefix)
+
+
+@pytest.fixture(params=["lmdb", "etcd"])
+def where(request, tmp_path):  # type: ignore[no-untyped-def]
+    """(kind, what ``_open`` takes): a store of its own for the test."""
+    if request.param == "lmdb":
+        return "lmdb", str(tmp_path / "cluster")
+    etcd = request.getfixturevalue("etcd")
+    return "etcd", f"{etcd.url}|t/{uuid.uuid4().hex}/"
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = LmdbStore(str(tmp_path / "cluster"))
+def store(where):  # type: ignore[no-untyped-def]
+    s = _open(*where)
     yield s
     s.close()
+
+
+def _ttl(store) -> float:  # type: ignore[no-untyped-def]
+    """A short lease: etcd's are whole seconds, 2 at least with its default timings."""
+    return 2.0 if isinstance(store, EtcdStore) else 0.3
 
 
 def test_revisions_only_grow_and_cas_is_exclusive(store):
@@ -32,14 +59,16 @@ def test_revisions_only_grow_and_cas_is_exclusive(store):
 
 
 def test_leases_expire_with_their_keys(store):
-    lease = store.grant_lease(0.3)
+    ttl = _ttl(store)
+    lease = store.grant_lease(ttl)
     store.put("nodes/n1", b"up", lease=lease)
     store.put("nodes/n2", b"up")
     for _ in range(3):
-        time.sleep(0.15)
+        time.sleep(ttl / 2)
         store.keep_alive(lease)
     assert store.get("nodes/n1") is not None
-    time.sleep(0.45)
+    assert 0 <= store.time_to_live(lease) <= ttl
+    time.sleep(ttl * 1.6)
     assert store.get("nodes/n1") is None and store.get("nodes/n2") is not None
     with pytest.raises(NotFound):
         store.keep_alive(lease)
@@ -62,6 +91,26 @@ def test_changes_are_a_watch(store):
     assert store.changes(ch[-1].revision, "events/") == []
 
 
+def test_changes_after_a_compaction_are_gone(store, where, monkeypatch):
+    """The change log keeps so much history: a watcher further behind is told to resync."""
+    start = store.revision()
+    store.put("events/1", b"a")
+    if where[0] == "etcd":
+        for i in range(5):
+            store.put(f"x/{i}", b"x")
+        endpoints = where[1].split("|")[0][len("etcd://"):]
+        subprocess.run(["etcdctl", "--endpoints", endpoints, "compact", str(store.revision())], check=True,
+                       capture_output=True, env={**os.environ, "ETCDCTL_API": "3"})
+    else:
+        monkeypatch.setattr(LmdbStore, "LOG_KEEP", 5)
+        store.commit({}, {f"x/{i}": b"x" for i in range(1000)})  # the log is pruned every 1000 revisions
+    with pytest.raises(NotFound, match="resync"):
+        store.changes(start, "events/")
+    head = store.revision()
+    store.put("events/2", b"b")
+    assert [(c.key, c.value) for c in store.changes(head, "events/")] == [("events/2", b"b")]
+
+
 def test_bad_keys_and_values(store):
     for bad in ("", "x" * 300, "a\0b"):
         with pytest.raises(InvalidArgument):
@@ -70,18 +119,17 @@ def test_bad_keys_and_values(store):
         store.grant_lease(0)
 
 
-def _race(path: str, name: str, q) -> None:
-    s = LmdbStore(path)
+def _race(kind: str, where: str, name: str, q) -> None:
+    s = _open(kind, where)
     q.put((name, s.compare_and_set("primary", 0, name.encode()) is not None))
     s.close()
 
 
-def test_one_winner_among_processes(tmp_path):
-    path = str(tmp_path / "cluster")
-    LmdbStore(path).close()
-    results = race(_race, [(path, f"n{i}") for i in range(6)])
+def test_one_winner_among_processes(where):
+    _open(*where).close()
+    results = race(_race, [(*where, f"n{i}") for i in range(6)])
     winners = [n for n, won in results if won]
     assert len(winners) == 1
-    s = LmdbStore(path)
+    s = _open(*where)
     assert s.get("primary").value == winners[0].encode()
     s.close()
