@@ -226,14 +226,24 @@ class Cluster:
         admin.kill_nodes(self.pids.values())
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def _cluster(tmp_path, *store: str) -> Iterator[Cluster]:
     pool = str(tmp_path / "pool")
     Pool.create(pool, "256M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")).close()
-    run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), pool=pool)
+    run_cli("cluster", "create", "c1", "--interval", str(INTERVAL), *store, pool=pool)
     c = Cluster(pool)
     yield c
     c.kill_all()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path, etcd):
+    """A cluster whose store is the test process's etcd (its own key prefix)."""
+    yield from _cluster(tmp_path, "--store", etcd.url)
 
 
 def pause(pids: list[int], pool: str, tries: int = 50) -> None:

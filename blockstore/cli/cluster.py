@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -20,6 +21,8 @@ def add(top: Any) -> None:
     c.add_argument("name", help="the cluster's name")
     c.add_argument("--interval", type=float, default=1.0, help="seconds between keep-alives")
     c.add_argument("--misses", type=int, default=3, help="keep-alives missed before a node is down")
+    c.add_argument("--store", metavar="etcd://HOST:PORT[,...]",
+                   help="keep the cluster's records in etcd there (default: the pool's embedded store)")
     c.add_argument("--fence-agent", default="", metavar="CMD",
                    help="the command run with a failed node's name before its LUs move (exit 0: it can no longer "
                         "write); default: on this machine, stop its processes and wait for them to end")
@@ -46,6 +49,9 @@ def add(top: Any) -> None:
                    help="with --mount, also export the node's LUs over NBD there (nbdkit; export name: the LU's "
                         "name; read-only where the node does not own the LU)")
     on_fence(s, "--mount")
+    s.add_argument("--store", metavar="etcd://HOST:PORT[,...]",
+                   help="reach the cluster's etcd at these endpoints, not those the pool records (the members "
+                        "near this node)")
     s.add_argument("--foreground", action="store_true", help="stay attached (logs to stderr)")
     s.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus figures at http://HOST:PORT/metrics: the primary, epoch and each "
@@ -73,8 +79,14 @@ def _node_name(args: argparse.Namespace) -> str:
 
 
 def _status_text(st: dict[str, Any]) -> str:
+    store = st["store"]
+    where = store["path"] if store["backend"] == "embedded" else \
+        f"{store['endpoints']} (this command: {store['member']})"
+    if store["health"] != "ok":
+        return f"cluster: DOWN  store {store['backend']} at {where}: {store['health']}"
     lines = [f"cluster {st['cluster']}: {st['state']}  primary {st['primary'] or '-'}  epoch {st['epoch']}"
-             f"  (keep-alive {st['interval']}s, down after {st['misses']} misses)"]
+             f"  (keep-alive {st['interval']}s, down after {st['misses']} misses)",
+             f"  store {store['backend']} at {where}, {store['health']}"]
     for n in st["nodes"]:
         seen = "-" if n["last_seen_s"] is None else f"{n['last_seen_s']:.1f}s ago"
         view = n["view"]
@@ -82,7 +94,8 @@ def _status_text(st: dict[str, Any]) -> str:
                      f" sees primary {view['primary'] or '-'} epoch {view['epoch'] if view['epoch'] is not None else '-'}"
                      f"  owns {len(n['lus'])} LU(s)"
                      + (f"  serves at {n['mount']}" if n.get("mount") else "")
-                     + (f" and nbd://{n['nbd']}" if n.get("nbd") else ""))
+                     + (f" and nbd://{n['nbd']}" if n.get("nbd") else "")
+                     + (f"  store member {n['store_member']}" if n.get("store_member") else ""))
     return "\n".join(lines)
 
 
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = (args.group, args.cmd)
     if cmd == ("cluster", "create"):
         cfg = config.create(pool, args.name, interval=args.interval, misses=args.misses,
-                            fence_agent=args.fence_agent)
+                            fence_agent=args.fence_agent, store_url=args.store)
         done(args, {"name": cfg.name, "interval": cfg.interval, "misses": cfg.misses,
                     "token_file": config.token_path(pool)},
             f"created cluster {cfg.name} (keep-alive every {cfg.interval}s, down after {cfg.misses} misses); "
@@ -113,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
         return _events(args, pool)
     elif cmd == ("node", "start"):
         name = _node_name(args)
+        if args.store:
+            from ..cluster.etcd import parse_endpoints
+            parse_endpoints(args.store)
+            if config.store_where(pool) is None:
+                raise UsageError("node start --store: the pool's cluster keeps its records in its embedded store")
+            os.environ[config.STORE_ENV] = args.store  # the node and its children reach etcd there
         rec = admin.start_node(pool, name, listen=args.listen, cec=args.cec, foreground=args.foreground,
                                metrics=args.metrics, mount=args.mount, hold=args.on_fence == "hold",
                                nbd=args.nbd)

@@ -265,7 +265,8 @@ def _create(args: argparse.Namespace, pool: Pool) -> None:
         pool.update_lu(args.name, on_fence=args.on_fence)
     info: Any = pool.lu_info(args.name)
     owned = ""
-    from ..cluster.admin import assign, has_cluster
+    from ..cluster.admin import assign
+    from ..cluster.config import has_cluster
     if has_cluster(pool.path):  # the new LU goes to the least loaded node
         try:
             info["owner"] = {k: v for k, v in assign(pool.path, args.name, None, wait=0.0).items()

@@ -170,7 +170,7 @@ def _image(args: argparse.Namespace, pool: Pool) -> None:
 def _placement(pool: Pool) -> Any:
     """In a pool whose cluster has nodes, the cluster says who serves a partition
     (cluster/placement.py); without any, the CEC records (cec add) do."""
-    from ..cluster.admin import has_cluster
+    from ..cluster.config import has_cluster
     if not has_cluster(pool.path):
         return None
     from ..cluster.placement import ClusterPlacement

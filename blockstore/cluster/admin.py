@@ -15,7 +15,7 @@ from ..errors import BlockstoreError, InvalidArgument, NotFound
 from ..names import check_name
 from ..pooldir import subdir
 from . import election, ownership
-from .config import load_config, open_store, read_key, read_token, store_path
+from .config import describe_store, has_cluster, load_config, open_store, read_key, read_token
 from .protocol import ProtocolError, request
 
 
@@ -194,10 +194,6 @@ def assign(pool_path: str, lu: str, node: str | None, wait: float = 10.0) -> dic
         time.sleep(0.1)
 
 
-def has_cluster(pool_path: str) -> bool:
-    return os.path.isdir(store_path(pool_path))
-
-
 def owners(pool_path: str, lu: str | None = None) -> dict[str, Any] | None:
     """Each owned LU's {node, epoch} (ownership.py), or only ``lu``'s; None when the pool has
     no cluster."""
@@ -228,6 +224,10 @@ def status(pool_path: str) -> dict[str, Any]:
     primary and epoch in its own view, and the LUs it owns (ownership.py)."""
     store = open_store(pool_path)
     try:
+        where = describe_store(pool_path, store)
+        if where["health"] != "ok":  # no quorum, or no member answers: nothing more can be read
+            return {"cluster": None, "state": "DOWN", "primary": None, "epoch": None, "primary_address": None,
+                    "interval": None, "misses": None, "nodes": [], "store": where}
         cfg = load_config(store, pool_path)
         prim = election.current(store)
         owned: dict[str, list[str]] = {}
@@ -259,7 +259,8 @@ def status(pool_path: str) -> dict[str, Any]:
                       "pid": rec.get("pid"), "last_seen_s": round(min(heard), 3) if heard else None,
                       "role": "primary" if name == prim.node else "member",
                       "view": {"primary": view.get("primary"), "epoch": view.get("epoch")},
-                      "lus": owned.get(name, []), "mount": rec.get("mount"), "nbd": rec.get("nbd")})
+                      "lus": owned.get(name, []), "mount": rec.get("mount"), "nbd": rec.get("nbd"),
+                      "store_member": view.get("store_member")})
     live_primary = prim.node is not None and prim.node in alive
     if not live_primary:
         overall = "DOWN"
@@ -269,5 +270,5 @@ def status(pool_path: str) -> dict[str, Any]:
         overall = "DEGRADED"
     return {"cluster": cfg.name, "state": overall, "primary": prim.node if live_primary else None,
             "epoch": prim.epoch, "primary_address": prim.address if live_primary else None,
-            "interval": cfg.interval, "misses": cfg.misses, "nodes": nodes}
+            "interval": cfg.interval, "misses": cfg.misses, "nodes": nodes, "store": where}
 

@@ -578,7 +578,8 @@ class Node:
                 "ffdc_seen": self.ffdc_seen[-20:], "refused_writes": self.refused_writes,
                 "event_head": self.events.head() if me else None,
                 "door": None if self.doorman is None else {"waiting": len(self.doorman.waiting),
-                                                           "dropped": self.doorman.dropped}}
+                                                           "dropped": self.doorman.dropped},
+                "store_member": getattr(self.store, "member", None)}
 
     def _write_view(self) -> None:
         self.store.put(f"views/{self.name}", json.dumps(self.view()).encode())
