@@ -53,10 +53,11 @@ def wait_for(what: Callable[[], Any], timeout: float, failure: str) -> Any:
 class _Cluster:
     """A pool with a cluster and node daemons, all removed on exit."""
 
-    def __init__(self, workdir: str, label: str, nodes: int) -> None:
+    def __init__(self, workdir: str, label: str, nodes: int, store: str | None = None) -> None:
+        """``store``: the cluster's etcd (etcd://...); None: the embedded store."""
         self.pool = os.path.join(workdir, f"cluster-{label}")
         Pool.create(self.pool, "64M", extent_size="64K").close()
-        config.create(self.pool, "bench", interval=INTERVAL)
+        config.create(self.pool, "bench", interval=INTERVAL, store_url=store)
         self.names = [f"n{i}" for i in range(nodes)]
         self.pids = {n: admin.start_node(self.pool, n)["pid"] for n in self.names}
 
@@ -71,11 +72,11 @@ class _Cluster:
         shutil.rmtree(self.pool, ignore_errors=True)
 
 
-def failover(workdir: str, runs: int, sig: signal.Signals) -> list[float]:
+def failover(workdir: str, runs: int, sig: signal.Signals, store: str | None = None) -> list[float]:
     """Seconds from ``sig`` to the primary until every other node agrees on a new one, per run."""
     out = []
     for run in range(runs):
-        with _Cluster(workdir, f"failover-{sig.name}-{run}", 3) as c:
+        with _Cluster(workdir, f"failover-{sig.name}-{run}-{'etcd' if store else 'lmdb'}", 3, store) as c:
             old, epoch = c.wait(lambda: admin.agreed_primary(c.pool, c.names, settled=True))
             rest = [n for n in c.names if n != old]
             t0 = time.monotonic()
@@ -98,10 +99,10 @@ def publish_rate(workdir: str, count: int) -> float:
     return rate
 
 
-def fanout(workdir: str, events: int, reps: int) -> list[float]:
+def fanout(workdir: str, events: int, reps: int, store: str | None = None) -> list[float]:
     """Events per second delivered to every one of CALLERS callers (the slowest sets the pace)."""
     rates = []
-    with _Cluster(workdir, "fanout", 1) as c:
+    with _Cluster(workdir, f"fanout-{'etcd' if store else 'lmdb'}", 1, store) as c:
         c.wait(lambda: admin.agreed_primary(c.pool, c.names))
         log = EventLog(c.pool)
         for _ in range(reps):

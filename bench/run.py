@@ -42,6 +42,7 @@ MiB = 1 << 20
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("sequential", "random4k", "metadata", "cow", "snapshots", "many_lus"),
     "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "serving": ("serving",),
+    "etcd": ("etcd",),
     "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
     "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"),
 }
@@ -671,6 +672,10 @@ class Bench:
     def serving(self) -> None:
         from . import serving_bench
         serving_bench.run(self, self.dir, self.quick)
+
+    def etcd(self) -> None:
+        from . import etcd_bench
+        etcd_bench.run(self, self.dir, self.quick)
 
     def run(self, only: list[str] | None = None) -> None:
         for group, steps in GROUPS.items():

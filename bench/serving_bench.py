@@ -55,12 +55,12 @@ def _wait(what: Callable[[], Any], timeout: float = 60.0) -> Any:
 class _Nodes:
     """A pool (mirrored) with a cluster and node daemons that serve it; all removed on exit."""
 
-    def __init__(self, workdir: str, label: str, nodes: int, nbd: bool = False) -> None:
+    def __init__(self, workdir: str, label: str, nodes: int, nbd: bool = False, store: str | None = None) -> None:
         self.dir = os.path.join(workdir, f"serving-{label}")
         os.makedirs(self.dir)
         self.pool = os.path.join(self.dir, "pool")
         Pool.create(self.pool, "8G", extent_size="1M", mirror_dir=os.path.join(self.dir, "fg1")).close()
-        config.create(self.pool, "bench", interval=INTERVAL)
+        config.create(self.pool, "bench", interval=INTERVAL, store_url=store)
         self.names = [f"n{i}" for i in range(nodes)]
         self.mounts = {n: os.path.join(self.dir, f"m-{n}") for n in self.names}
         self.pids = {}
@@ -131,12 +131,12 @@ def redirect_run(workdir: str, rounds: int, runtime: int, size: int) -> dict[str
     return out
 
 
-def lu_failover(workdir: str, runs: int, sig: signal.Signals, lus: int = 100) -> list[float]:
+def lu_failover(workdir: str, runs: int, sig: signal.Signals, lus: int = 100, store: str | None = None) -> list[float]:
     """Seconds from ``sig`` to the owner of ``lus`` LUs until each opens for writing on its new
-    owner's mount, per run."""
+    owner's mount, per run (``store``: the cluster's etcd; None: the embedded store)."""
     out = []
     for run in range(runs):
-        with _Nodes(workdir, f"failover-{sig.name}-{run}", 3) as c:
+        with _Nodes(workdir, f"failover-{sig.name}-{run}-{'etcd' if store else 'lmdb'}", 3, store=store) as c:
             primary = admin.agreed_primary(c.pool, c.names, settled=True)[0]
             victim = next(n for n in c.names if n != primary)
             with Pool.open(c.pool) as pool:

@@ -23,9 +23,9 @@ HERE = os.path.dirname(__file__)
 
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory):  # type: ignore[no-untyped-def]
-    """One etcd member on loopback for this test process (etcd_server.py); tests keep to key
+    """One etcd member on loopback for this test process (bench/etcd_server.py); tests keep to key
     prefixes of their own."""
-    from etcd_server import Etcd
+    from blockstore_bench.etcd_server import Etcd
     e = Etcd(str(tmp_path_factory.mktemp("etcd"))).start()
     yield e
     e.close()

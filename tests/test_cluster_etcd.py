@@ -1,5 +1,5 @@
 """The cluster on etcd: the cluster tests of the embedded store, run again with the records in a
-real etcd (etcd_server.py); and what is etcd's own: a store that cannot be reached, or is not this
+real etcd (bench/etcd_server.py); and what is etcd's own: a store that cannot be reached, or is not this
 cluster's, is said in one line and changes nothing."""
 from __future__ import annotations
 

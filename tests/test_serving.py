@@ -28,6 +28,7 @@ from blockstore_fuse.mount import umount
 
 from block_client import B, block, check
 from conftest import INTERVAL, pause, run_cli, wait_for
+from blockstore_bench.etcd_server import Etcd
 from netns import Net
 
 HERE = os.path.dirname(__file__)
@@ -39,21 +40,33 @@ class Nodes:
     the namespace ``admin``."""
 
     def __init__(self, tmp_path, fences: str | None = None, mirror_dir: str | None = None,
-                 interval: float = INTERVAL) -> None:
+                 interval: float = INTERVAL, etcd_members: int = 0) -> None:
+        """``etcd_members`` K > 0: the cluster's store is an etcd of K members, member i in the
+        namespace of node n(i+1) (made now), reached by the administrator's namespace."""
         self.pool = str(tmp_path / "pool")
         Pool.create(self.pool, "256M", extent_size="64K", mirror_dir=mirror_dir or str(tmp_path / "fg1")).close()
-        run_cli("cluster", "create", "c1", "--interval", str(interval), pool=self.pool)
         self.tmp = tmp_path
         self.net = Net()
         self.net.add("admin")
+        self.etcd: Etcd | None = None
         self.env = {**os.environ, **({"BLOCKSTORE_FENCES": fences} if fences is not None else {})}
         self.pids: dict[str, int] = {}
         self.mounts: dict[str, str] = {}
+        if etcd_members:
+            hosts = [self.net.add(f"n{i + 1}") for i in range(etcd_members)]
+            self.etcd = Etcd(str(tmp_path / "etcd"), hosts, wrap=lambda i, argv: self.net.cmd(f"n{i + 1}", *argv))
+            self.etcd.start()
+            self.cli("cluster", "create", "c1", "--interval", str(interval), "--store", self.etcd.url)
+        else:
+            run_cli("cluster", "create", "c1", "--interval", str(interval), pool=self.pool)
 
     def start(self, name: str, nbd: bool = False, cec: str | None = None) -> None:
         addr = self.net.spaces[name][2] if name in self.net.spaces else self.net.add(name)
         mp = str(self.tmp / f"m-{name}")
-        os.makedirs(mp, exist_ok=True)
+        try:
+            os.makedirs(mp)
+        except FileExistsError:
+            pass  # made before, or a dead mount of a killed node, which node start remounts
         r = self.net.blockstore(name, self.pool, "node", "start", name, "--listen", f"{addr}:0", "--mount", mp,
                                 *(["--nbd", f"{addr}:10809"] if nbd else []), *(["--cec", cec] if cec else []),
                                 "--json", env=self.env)
@@ -76,12 +89,21 @@ class Nodes:
     def wait(self, what, timeout: float = 15.0):  # type: ignore[no-untyped-def]
         return wait_for(what, timeout)
 
-    def up(self, names: list[str]) -> None:
-        self.wait(lambda: (s := admin.status(self.pool))["state"] == "OK" and
-                  sorted(n["name"] for n in s["nodes"] if n["state"] == "up") == sorted(names))
+    def status(self) -> dict:
+        """``cluster status`` (from the administrator's namespace when the store is etcd there)."""
+        if self.etcd is None:
+            return admin.status(self.pool)
+        return json.loads(self.cli("cluster", "status", "--json", check=False).stdout)
+
+    def up(self, names: list[str], timeout: float = 15.0) -> None:
+        self.wait(lambda: (s := self.status())["state"] == "OK" and
+                  sorted(n["name"] for n in s["nodes"] if n["state"] == "up") == sorted(names), timeout)
 
     def owner(self, lu: str) -> dict:
-        return (admin.owners(self.pool, lu) or {}).get(lu, {})
+        if self.etcd is None:
+            return (admin.owners(self.pool, lu) or {}).get(lu, {})
+        r = self.cli("lu", "show", lu, "--json", check=False)
+        return (json.loads(r.stdout).get("owner") or {}) if r.returncode == 0 else {}
 
     def tree(self, name: str) -> list[int]:
         """The node's process and its mount's (what SIGSTOP must reach)."""
@@ -100,6 +122,8 @@ class Nodes:
                 umount(mp, lazy=True)
             except Exception:  # noqa: BLE001  (not mounted any more)
                 pass
+        if self.etcd is not None:
+            self.etcd.close()
         self.net.close()
 
 
@@ -107,8 +131,9 @@ class Nodes:
 def nodes(tmp_path):
     made: list[Nodes] = []
 
-    def make(fences: str | None = None, mirror_dir: str | None = None, interval: float = INTERVAL) -> Nodes:
-        made.append(Nodes(tmp_path, fences, mirror_dir, interval))
+    def make(fences: str | None = None, mirror_dir: str | None = None, interval: float = INTERVAL,
+             etcd_members: int = 0) -> Nodes:
+        made.append(Nodes(tmp_path, fences, mirror_dir, interval, etcd_members))
         return made[-1]
     yield make
     for n in made:

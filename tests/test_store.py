@@ -1,5 +1,5 @@
 """The coordination store the cluster layer builds on: compare-and-set, leases, revisions, watch;
-each test against both backends, the embedded LMDB store and a real etcd (etcd_server.py)."""
+each test against both backends, the embedded LMDB store and a real etcd (bench/etcd_server.py)."""
 from __future__ import annotations
 
 import os

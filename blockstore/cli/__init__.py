@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chart-from", metavar="JSON", help="draw the chart of an earlier run's JSON (with --png: "
                                                         "where; default beside it), measuring nothing")
     b.add_argument("--only", metavar="GROUPS",
-                   help="comma-separated groups to run: core, mirror, services, cluster, serving, fuse, "
+                   help="comma-separated groups to run: core, mirror, services, cluster, serving, etcd, fuse, "
                         "fuse-mirror, first-writes, live (default: all)")
     c = command(top, "completion", "print a shell completion script", "completion bash > "
                 "/etc/bash_completion.d/blockstore", "completion zsh > ~/.zfunc/_blockstore")

@@ -100,7 +100,7 @@ def open_store(pool_path: str) -> CoordinationStore:
     if where is None:
         return LmdbStore(store_path(path))
     from .etcd import EtcdStore
-    return EtcdStore(os.environ.get(STORE_ENV) or where["url"], where["prefix"])
+    return EtcdStore(os.environ.get(STORE_ENV) or where["url"], where["prefix"], timeout=where.get("timeout", 2.0))
 
 
 def describe_store(pool_path: str, store: CoordinationStore) -> dict[str, Any]:
@@ -146,8 +146,11 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3,
                     raise AlreadyExists(f"the pool already has cluster {load_config(existing).name!r}")
             finally:
                 existing.close()
-        where = {"url": store_url, "prefix": f"blockstore/{uuid.uuid4().hex}/"}
-        store: CoordinationStore = EtcdStore(store_url, where["prefix"])
+        # a member that hangs (paused, cut off) costs a request this long before the next is asked:
+        # a quarter interval, so a node's keep-alives go on meanwhile
+        where = {"url": store_url, "prefix": f"blockstore/{uuid.uuid4().hex}/",
+                 "timeout": round(min(2.0, max(0.1, interval / 4)), 3)}
+        store: CoordinationStore = EtcdStore(store_url, where["prefix"], timeout=where["timeout"])
     else:
         store = open_store(path)
     try:

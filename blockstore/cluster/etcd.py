@@ -78,7 +78,8 @@ def _next_key(raw: bytes) -> bytes:
 
 class EtcdStore:
     """The coordination store in etcd at ``endpoints`` (``etcd://HOST:PORT,...``), under
-    ``prefix``. ``timeout``: seconds an operation may take before the next endpoint is tried."""
+    ``prefix``. ``timeout``: seconds a request may wait for a member (to connect, and between
+    bytes of its answer) before the next member is asked."""
 
     def __init__(self, url: str, prefix: str, *, timeout: float = 2.0) -> None:
         import etcd3gw  # not needed by a pool whose store is the embedded one

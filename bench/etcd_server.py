@@ -1,6 +1,6 @@
-"""A real etcd for the tests: members started by the test itself (Debian's etcd-server), each on
-addresses the test chose (loopback, or a network namespace of the test's own), with a data
-directory of its own, stopped by pid. etcd's own service unit is never used."""
+"""A real etcd for the tests and bench/: members started by the caller itself (Debian's
+etcd-server), each on addresses it chose (loopback, or a network namespace of a test's own), with
+a data directory of its own, stopped by pid. etcd's own service unit is never used."""
 from __future__ import annotations
 
 import os
