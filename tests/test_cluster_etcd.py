@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 from test_cluster import test_sigkill_primary_new_primary_within_three_intervals as sigkill_of_the_primary
 from test_cluster import test_sigstop_primary_is_deposed_and_fenced as sigstop_of_the_primary
+from test_cluster import test_ten_thousand_events_two_callers_primary_killed as events_across_a_failover
 from test_failover import test_sigkill_of_an_owner_moves_its_100_lus_to_another_cec_each_once as owner_killed
 
 
@@ -38,6 +39,10 @@ def test_election_after_sigstop_of_the_primary(cluster):  # type: ignore[no-unty
 
 def test_ownership_failover_after_sigkill_of_an_owner(cluster):  # type: ignore[no-untyped-def]
     owner_killed(cluster)
+
+
+def test_events_reach_callers_that_reconnect_across_a_failover(cluster):  # type: ignore[no-untyped-def]
+    events_across_a_failover(cluster)
 
 
 def _refused(pool: str, *args: str, says: str, rc: int = 1) -> None:
