@@ -10,8 +10,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from block_client import B, block
 from test_serving import BLOCKS, _verify_blocks, nodes  # noqa: F401  (the fixture)
 
@@ -107,3 +105,4 @@ def test_members_lost_one_then_two_then_one_back(nodes):
     c.up(["n1", "n2"], timeout=30)
     assert c.owner("a") == owner and c.status()["epoch"] == before["epoch"]
     _verify_blocks(c.pool, "a", [300 + i for i in range(BLOCKS)])
+

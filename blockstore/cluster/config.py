@@ -148,9 +148,9 @@ def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3,
                 existing.close()
         # a member that hangs (paused, cut off) costs a request this long before the next is asked:
         # a quarter interval, so a node's keep-alives go on meanwhile
-        where = {"url": store_url, "prefix": f"blockstore/{uuid.uuid4().hex}/",
-                 "timeout": round(min(2.0, max(0.1, interval / 4)), 3)}
-        store: CoordinationStore = EtcdStore(store_url, where["prefix"], timeout=where["timeout"])
+        prefix, timeout = f"blockstore/{uuid.uuid4().hex}/", round(min(2.0, max(0.1, interval / 4)), 3)
+        where = {"url": store_url, "prefix": prefix, "timeout": timeout}
+        store: CoordinationStore = EtcdStore(store_url, prefix, timeout=timeout)
     else:
         store = open_store(path)
     try:
