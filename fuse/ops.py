@@ -263,6 +263,13 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         with self._lock:
             return list(self.handles.values())
 
+    def _writing(self, lu: LU, op: Callable[[], None]) -> None:
+        """A write or fsync of ``lu``: a node's serving decides whether it waits for a lease."""
+        if self.serving is None:
+            op()
+        else:
+            self.serving.writing(lu, op)
+
     def _handle(self, fh: int) -> LU:
         lu = self.handles[fh]
         if lu.closed:
@@ -309,10 +316,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
         if len(data) > room:
             data = data[:room]
         started = time.monotonic_ns() if self.direct is None else 0  # else C counts it
-        if self.serving is not None:
-            self.serving.writing(lu, lambda: lu.write(offset, data))
-        else:
-            lu.write(offset, data)
+        self._writing(lu, lambda: lu.write(offset, data))
         self._counted(fh, True, started, len(data))
         return len(data)
 
@@ -359,10 +363,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     @errors
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         lu = self._handle(fh)
-        if self.serving is not None:
-            self.serving.writing(lu, lu.flush)
-        else:
-            lu.flush()
+        self._writing(lu, lu.flush)
 
     def flush(self, path: str, fh: int) -> None:
         return None  # close(2) does not promise durability; fsync does, and release flushes

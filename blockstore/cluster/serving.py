@@ -270,19 +270,22 @@ class NodeServing:
         return self.open(name, True)
 
     def writing(self, lu: "LU", op: Callable[[], T]) -> T:
-        """``op()``, a write or fsync of ``lu``, called holding no lock: held first if the LU (or
-        the mount) holds writes while the lease is in doubt (Gate.wait_writable), and held again
-        once if the lease lapsed between that wait and the write (the refusal, InDoubt, stored
-        and changed nothing: doing it again is doing it once)."""
-        for last in (False, True):
-            if lu.epoch is not None:
-                self.gate.wait_writable(lu.name, lu.epoch)
-            try:
-                return op()
-            except InDoubt:
-                if last or not self.gate.holds(lu.name):
-                    raise
-        raise AssertionError("unreachable")
+        """``op()``, a write or fsync of ``lu``, called holding no lock. It is asked first
+        (Gate.wait_writable): a write the node may not make is refused before it touches the LU
+        (no extent is taken for it), or, for an LU that holds writes while the lease is in doubt
+        (its own choice, else the mount's), waits; and waits once more if the lease lapsed
+        between that wait and the write (the refusal, InDoubt, stored and changed nothing: doing
+        it again is doing it once)."""
+        if lu.epoch is None:
+            return op()
+        self.gate.wait_writable(lu.name, lu.epoch)
+        try:
+            return op()
+        except InDoubt:
+            if not self.gate.holds(lu.name):
+                raise
+            self.gate.wait_writable(lu.name, lu.epoch)
+        return op()
 
     def check_change(self, name: str) -> None:
         """A change of ``name`` itself (its size, its removal) is its owner's alone."""
