@@ -3,20 +3,31 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
 from conftest import cli_json, fingerprint, run_cli
 
 
-@pytest.fixture
-def cli_pool(tmp_path):
-    d = str(tmp_path / "pool")
+@pytest.fixture(scope="module")
+def cli_pool_made(tmp_path_factory):
+    """LU a (11,000 bytes at 4K), its snapshot a@s1 and a clone c of it, made once by the CLI."""
+    d = str(tmp_path_factory.mktemp("cli") / "pool")
     run_cli("pool", "create", "--size", "64M", "--extent-size", "64K", pool=d)
     run_cli("lu", "create", "a", "--size", "4M", pool=d)
     run_cli("lu", "write", "a", "--offset", "4K", pool=d, stdin=b"hello world" * 1000)
     run_cli("lu", "snapshot", "a", "s1", pool=d)
     run_cli("lu", "clone", "a@s1", "c", pool=d)
+    return d
+
+
+@pytest.fixture
+def cli_pool(cli_pool_made, tmp_path):
+    """A copy of that pool for each test (a pool copied whole is a pool: its files are named
+    relative to its directory)."""
+    d = str(tmp_path / "pool")
+    subprocess.run(["cp", "-a", "--sparse=always", cli_pool_made, d], check=True)
     return d
 
 
@@ -131,7 +142,6 @@ def test_missing_and_damaged_pools(tmp_path):
 
 
 def test_writer_lock_names_holder(cli_pool):
-    import subprocess
     import sys
     code = (f"import sys; from blockstore.pool import Pool; p = Pool.open({cli_pool!r}); lu = p.open_lu('a'); "
             "print('ready', flush=True); sys.stdin.readline()")
@@ -235,7 +245,6 @@ def test_commands_that_look_change_nothing_on_disk(tmp_path):
     """status, list, show, check, failgrp list, read and export open the pool read-only: not a
     byte of metadata, data, lock directory or logs changes, even with a dead session's
     reservations and activity log waiting (the next writable open settles and reclaims them)."""
-    import subprocess
     import sys
     d, m = str(tmp_path / "pool"), str(tmp_path / "fg1")
     run_cli("pool", "create", "--size", "64M", "--extent-size", "64K", "--mirror-dir", m, pool=d)
@@ -244,6 +253,7 @@ def test_commands_that_look_change_nothing_on_disk(tmp_path):
     # a writer that dies without closing: its session file, reservation and activity log stay
     subprocess.run([sys.executable, "-c", f"""
 import os
+import subprocess
 from blockstore.pool import Pool
 p = Pool.open({d!r})
 lu = p.open_lu("a")

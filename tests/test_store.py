@@ -133,3 +133,70 @@ def test_one_winner_among_processes(where):
     s = _open(*where)
     assert s.get("primary").value == winners[0].encode()
     s.close()
+
+
+class _SlowAnswers:
+    """A TCP proxy on loopback in front of ``upstream`` (HOST, PORT) that passes every request
+    on at once and holds each answer ``delay`` seconds: the request is carried out, its answer
+    comes after the client gave up on it."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+        import socket
+        import threading
+        self.upstream, self.delay = upstream, delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, delay: float) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_transaction_whose_answer_was_lost_is_not_taken_for_a_lost_race(etcd):  # type: ignore[no-untyped-def]
+    """A compare-and-set that etcd carried out but whose answer came too late is asked again
+    of the next member, whose compare then fails (the first try moved the revision): the store
+    finds its own write there and reports it won; a real loser is still told it lost."""
+    host, port = etcd.endpoint(0).rsplit(":", 1)
+    slow = _SlowAnswers((host, int(port)), delay=1.5)
+    prefix = f"t/{uuid.uuid4().hex}/"
+    s = EtcdStore(f"etcd://127.0.0.1:{slow.port},{etcd.endpoint(0)}", prefix, timeout=0.2)
+    fast = EtcdStore(etcd.url, prefix)
+    try:
+        s._current = 0  # the slow member first
+        rev = s.compare_and_set("primary", 0, b"node1")
+        got = fast.get("primary")
+        assert rev is not None and got is not None and (got.value, got.revision) == (b"node1", rev)
+        s._current = 0
+        assert s.compare_and_set("primary", 0, b"node2") is None  # lost for real: node1 holds it
+        assert fast.get("primary").value == b"node1"
+        s._current = 0
+        assert s.commit({"primary": rev}, {"primary": b"node3", "other": None}) is not None
+        assert fast.get("primary").value == b"node3"
+    finally:
+        s.close()
+        fast.close()
+        slow.close()

@@ -79,7 +79,13 @@ def _next_key(raw: bytes) -> bytes:
 class EtcdStore:
     """The coordination store in etcd at ``endpoints`` (``etcd://HOST:PORT,...``), under
     ``prefix``. ``timeout``: seconds a request may wait for a member (to connect, and between
-    bytes of its answer) before the next member is asked."""
+    bytes of its answer) before the next member is asked. When every member let it wait that
+    long, each is asked once more, waiting ``PATIENCE`` times longer (1 s at least): a member
+    that does not answer soon is passed over while another answers (a paused member must not
+    hold a node's keep-alives up), but members that are all slow at once (their disks busy
+    with fsyncs) are not taken for a store without quorum."""
+
+    PATIENCE = 4
 
     def __init__(self, url: str, prefix: str, *, timeout: float = 2.0) -> None:
         import etcd3gw  # not needed by a pool whose store is the embedded one
@@ -87,8 +93,10 @@ class EtcdStore:
         self._errors = etcd_errors
         self.url, self.endpoints = url, parse_endpoints(url)
         self.prefix = prefix.encode()
-        self._clients = [etcd3gw.Etcd3Client(host=h, port=p, timeout=timeout, api_path="/v3/")
-                         for h, p in self.endpoints]
+        #: one client per member for each round of asking: quick, then patient
+        self._rounds = [[etcd3gw.Etcd3Client(host=h, port=p, timeout=t, api_path="/v3/") for h, p in self.endpoints]
+                        for t in (timeout, max(1.0, self.PATIENCE * timeout))]
+        self._clients = self._rounds[0]
         self._current = random.randrange(len(self._clients))  # spread the nodes over the members
         self._lock = threading.Lock()
         self.closed = False
@@ -101,29 +109,41 @@ class EtcdStore:
         h, p = self.endpoints[self._current]
         return f"{h}:{p}"
 
-    def _call(self, path: str, body: dict[str, Any]) -> Any:
+    def _call(self, path: str, body: dict[str, Any], lost: list[str] | None = None) -> Any:
+        """etcd's answer to ``body`` at ``path``; every member that let the request time out is
+        appended to ``lost`` (the request may have been carried out there, its answer lost)."""
         last: Exception | None = None
-        for k in range(len(self._clients)):
-            i = (self._current + k) % len(self._clients)
-            c = self._clients[i]
-            try:
-                out = c.post(c.get_url(path), json=body)
-                self._current = i
-                return out
-            except (self._errors.ConnectionFailedError, self._errors.ConnectionTimeoutError,
-                    self._errors.InternalServerError) as e:
-                last = e  # down, cut off, or without a quorum: the next member may have one
-            except self._errors.Etcd3Exception as e:
+        for clients in self._rounds:
+            for k in range(len(clients)):
+                i = (self._current + k) % len(clients)
+                c = clients[i]
                 try:
-                    why = json.loads(e.detail_text or "{}").get("message") or str(e)
-                except ValueError:
-                    why = str(e)
-                if "lease not found" in why:
-                    raise NotFound("the lease has expired or does not exist") from None
-                raise BlockstoreError(f"etcd at {c.host}:{c.port} refused a request: {why}") from None
+                    out = c.post(c.get_url(path), json=body)
+                    self._current = i
+                    return out
+                except (self._errors.ConnectionFailedError, self._errors.ConnectionTimeoutError,
+                        self._errors.InternalServerError) as e:
+                    last = e  # down, cut off, or without a quorum: the next member may have one
+                    if lost is not None and isinstance(e, self._errors.ConnectionTimeoutError):
+                        lost.append(f"{c.host}:{c.port}")
+                except self._errors.Etcd3Exception as e:
+                    raise self._refused(c, e) from None
+            if not isinstance(last, self._errors.ConnectionTimeoutError):
+                break  # refused or without quorum: asking again more patiently changes nothing
         why = {"ConnectionFailedError": "no connection", "ConnectionTimeoutError": "timed out",
                "InternalServerError": "no quorum"}.get(type(last).__name__, str(last))
         raise StoreUnavailable(f"etcd is unavailable at {self.url} (every endpoint: {why})")
+
+    @staticmethod
+    def _refused(c: Any, e: Exception) -> BlockstoreError:
+        """The error for a request a member answered with a refusal."""
+        try:
+            why = json.loads(getattr(e, "detail_text", None) or "{}").get("message") or str(e)
+        except ValueError:
+            why = str(e)
+        if "lease not found" in why:
+            return NotFound("the lease has expired or does not exist")
+        return BlockstoreError(f"etcd at {c.host}:{c.port} refused a request: {why}")
 
     def _key(self, key: str) -> bytes:
         return self.prefix + _check_key(key)
@@ -163,8 +183,30 @@ class EtcdStore:
     def _txn(self, compares: dict[str, int], ops: list[dict[str, Any]]) -> int | None:
         cmp = [{"key": _b64(self._key(k)), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}
                for k, rev in compares.items()]
-        out = self._call("kv/txn", {"compare": cmp, "success": ops})
-        return int(out["header"]["revision"]) if out.get("succeeded") else None
+        lost: list[str] = []
+        out = self._call("kv/txn", {"compare": cmp, "success": ops}, lost)
+        if out.get("succeeded"):
+            return int(out["header"]["revision"])
+        return self._carried_out(ops) if lost and compares else None
+
+    def _carried_out(self, ops: list[dict[str, Any]]) -> int | None:
+        """After a transaction whose compare failed on a second try: the revision of the first
+        try if that one was carried out (its answer lost to a timeout), so the store holds what
+        it wrote: each key put holds the value (and lease) put, each key deleted is absent. None
+        if not. A record equal to ours written by someone else counts as ours: the store then
+        holds what we asked for either way (records name their writer and epoch)."""
+        revs = []
+        for op in ops:
+            if "request_put" in op:
+                put = op["request_put"]
+                kvs = self._call("kv/range", {"key": put["key"]}).get("kvs") or []
+                if not kvs or kvs[0].get("value", "") != put["value"] or \
+                        int(kvs[0].get("lease", 0)) != int(put.get("lease", 0)):
+                    return None
+                revs.append(int(kvs[0]["mod_revision"]))
+            elif self._call("kv/range", {"key": op["request_delete_range"]["key"], "count_only": True}).get("count"):
+                return None
+        return max(revs) if revs else self.revision()
 
     def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
         rev = self._txn({}, [self._put_op(key, value, lease)])
@@ -250,6 +292,7 @@ class EtcdStore:
 
     def close(self) -> None:
         self.closed = True
-        for c in self._clients:
-            c.session.close()
+        for clients in self._rounds:
+            for c in clients:
+                c.session.close()
 
