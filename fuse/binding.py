@@ -21,7 +21,7 @@ else:
     NAME = "mfusepy"
     # mfusepy prefers libfuse 2 when both are installed; libfuse 3 is what makes it worth having.
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-    # before libfuse loads: the engine answers opens, so that one file takes parallel writes
+    # before libfuse loads: the engine answers opens (parallel writes to one file, no flush on close)
     from blockstore.native import offer_open_reply
     offer_open_reply()
     import mfusepy as _fusemod  # type: ignore[import-not-found, no-redef]

@@ -22,7 +22,7 @@ from blockstore.pooldir import open_file, opened_dir, read_file, subdir
 from blockstore.cluster.bridge import attach
 from blockstore.control import ControlServer
 from blockstore.daemon import daemonize
-from blockstore.native import fuse_parallel_writes
+from blockstore.native import fuse_open_flags
 
 from . import binding
 from .direct import DirectPath
@@ -158,7 +158,7 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
            on_ready: Callable[[], None] | None, verify_reads: bool, metrics: str | None,
            node: str | None, hold: bool, parallel_writes: bool) -> None:
     _io_flusher()
-    fuse_parallel_writes(parallel_writes)
+    fuse_open_flags(parallel_writes=parallel_writes, noflush=True)  # ops.flush does nothing
     _steady_malloc()
     gate = None
     if node is not None:

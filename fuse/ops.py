@@ -19,7 +19,7 @@ import numpy as np
 
 from blockstore import BlockstoreError, Busy
 from blockstore.lu import LU
-from blockstore.native import STAT_LUS, fuse_parallel_writes_sent, fuse_stat, fuse_stat_add
+from blockstore.native import STAT_LUS, fuse_open_flags_sent, fuse_stat, fuse_stat_add
 from blockstore.pool import Pool
 from blockstore.names import check_name
 
@@ -145,7 +145,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def destroy(self, path: str) -> None:
         if self.direct is not None:
             log.info("requests: %s", ", ".join(f"{n} {what}" for what, n in self.direct.counts().items()))
-        log.info("opens answered with parallel writes: %d", fuse_parallel_writes_sent())
+        log.info("opens answered with the engine's flags: %s", fuse_open_flags_sent())
         for fh in list(self.handles):
             self.handles.pop(fh).close()
         self.pool.close()

@@ -602,14 +602,14 @@ struct open_out { uint64_t fh; uint32_t open_flags, padding; }; /* the kernel's 
 enum { FOPEN_DIRECT_IO = 1 << 0, FOPEN_KEEP_CACHE = 1 << 1, FOPEN_NONSEEKABLE = 1 << 2, FOPEN_CACHE_DIR = 1 << 3,
        FOPEN_NOFLUSH = 1 << 5, FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6 };
 
-static int parallel_writes, parallel_sent;
+static int open_flags, open_flags_sent;
 static pthread_once_t reply_once = PTHREAD_ONCE_INIT;
 static int (*real_reply_open)(void *, const void *);
 static int (*reply_buf)(void *, const char *, size_t);
 static int libfuse_version;
 
-void bs_fuse_parallel_writes(int on) { __atomic_store_n(&parallel_writes, on, __ATOMIC_RELAXED); }
-int bs_fuse_parallel_writes_sent(void) { return __atomic_load_n(&parallel_sent, __ATOMIC_RELAXED); }
+void bs_fuse_open_flags(int flags) { __atomic_store_n(&open_flags, flags, __ATOMIC_RELAXED); }
+int bs_fuse_open_flags_sent(void) { return __atomic_load_n(&open_flags_sent, __ATOMIC_RELAXED); }
 
 static void find_libfuse(void)
 {
@@ -624,9 +624,14 @@ int fuse_reply_open(void *req, const void *fi)
 {
     pthread_once(&reply_once, find_libfuse);
     const struct fi_314 *f = fi;
-    if (reply_buf == NULL || libfuse_version < 300 || libfuse_version >= 315 || !parallel_writes || !f->direct_io)
+    int chosen = __atomic_load_n(&open_flags, __ATOMIC_RELAXED);
+    if (reply_buf == NULL || libfuse_version < 300 || libfuse_version >= 315 || !chosen || !f->direct_io)
         return real_reply_open(req, fi);
-    struct open_out arg = {.fh = f->fh, .open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES};
+    struct open_out arg = {.fh = f->fh, .open_flags = FOPEN_DIRECT_IO};
+    if (chosen & BS_OPEN_PARALLEL_WRITES)
+        arg.open_flags |= FOPEN_PARALLEL_DIRECT_WRITES;
+    if (chosen & BS_OPEN_NOFLUSH)
+        arg.open_flags |= FOPEN_NOFLUSH;
     if (f->keep_cache)
         arg.open_flags |= FOPEN_KEEP_CACHE;
     if (f->cache_readdir)
@@ -635,6 +640,6 @@ int fuse_reply_open(void *req, const void *fi)
         arg.open_flags |= FOPEN_NONSEEKABLE;
     if (f->noflush)
         arg.open_flags |= FOPEN_NOFLUSH;
-    __atomic_add_fetch(&parallel_sent, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&open_flags_sent, 1, __ATOMIC_RELAXED);
     return reply_buf(req, (const char *)&arg, sizeof arg);
 }

@@ -131,18 +131,25 @@ void bs_fuse_counts(uint64_t *out);
  * writes, the requests, bytes, nanoseconds and BS_STAT_BUCKETS buckets of their times (bucket i:
  * shorter than 2^i microseconds; the last: the rest). Kept from bs_fuse_setup on, also for the
  * requests the fallback serves; bs_fuse_stat_add counts one served without the C callbacks. */
-/* Parallel writes to one file. The kernel lets one write at a time into a direct-io FUSE file
- * (it takes the file's lock) unless the open was answered with FOPEN_PARALLEL_DIRECT_WRITES
- * (Linux 6.2), which libfuse before 3.15 cannot send: every write of an LU's file then waited
- * for the one before, however many threads the mount and the client had. This part defines
- * fuse_reply_open, the call with which libfuse answers an open: made visible to libfuse before
- * libfuse is loaded (this library reopened RTLD_GLOBAL), it answers as libfuse 3.14 does, plus
- * that flag on direct-io opens while bs_fuse_parallel_writes(1) holds; with libfuse 3.15 or later
- * it hands the call on (there the flag is the open's own). Concurrent writes to one LU are the
- * engine's to order (the direct path's table lock and stripe locks, the pool's lock), as they are
- * for two files of one LU or two processes. */
-void bs_fuse_parallel_writes(int on);
-int bs_fuse_parallel_writes_sent(void);
+/* The open reply. This part defines fuse_reply_open, the call with which libfuse answers an
+ * open: made visible to libfuse before libfuse is loaded (this library reopened RTLD_GLOBAL), it
+ * answers as libfuse 3.14 does, plus the flags bs_fuse_open_flags chose on direct-io opens; with
+ * libfuse 3.15 or later it hands the call on (there the flags are the open's own).
+ * - BS_OPEN_PARALLEL_WRITES: the kernel lets one write at a time into a direct-io FUSE file (it
+ *   takes the file's lock) unless the open was answered with FOPEN_PARALLEL_DIRECT_WRITES
+ *   (Linux 6.2), which libfuse before 3.15 cannot send: every write of an LU's file then waited
+ *   for the one before, however many threads the mount and the client had. Concurrent writes to
+ *   one LU are the engine's to order (the direct path's table lock and stripe locks, the pool's
+ *   lock), as they are for two files of one LU or two processes.
+ * - BS_OPEN_NOFLUSH: FOPEN_NOFLUSH (Linux 5.16): a close sends no FLUSH request, for a mount
+ *   whose flush does nothing (close does not promise durability; fsync does). Without it every
+ *   close of every descriptor is a round trip, and a process whose descriptors a fork copied
+ *   waits in the child's close for a mount that is stopped. */
+#define BS_OPEN_PARALLEL_WRITES 1
+#define BS_OPEN_NOFLUSH 2
+void bs_fuse_open_flags(int flags);
+/* Opens answered with the chosen flags, so far. */
+int bs_fuse_open_flags_sent(void);
 
 #define BS_STAT_LUS 1024
 #define BS_STAT_BUCKETS 24

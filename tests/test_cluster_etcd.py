@@ -13,6 +13,8 @@ from test_cluster import test_sigkill_primary_new_primary_within_three_intervals
 from test_cluster import test_sigstop_primary_is_deposed_and_fenced as sigstop_of_the_primary
 from test_cluster import test_ten_thousand_events_two_callers_primary_killed as events_across_a_failover
 from test_failover import test_sigkill_of_an_owner_moves_its_100_lus_to_another_cec_each_once as owner_killed
+from test_serving import make_nodes
+from test_serving import test_a_paused_owner_lands_nothing as paused_owner
 
 
 @pytest.fixture
@@ -43,6 +45,21 @@ def test_ownership_failover_after_sigkill_of_an_owner(cluster):  # type: ignore[
 
 def test_events_reach_callers_that_reconnect_across_a_failover(cluster):  # type: ignore[no-untyped-def]
     events_across_a_failover(cluster)
+
+
+@pytest.fixture
+def nodes(tmp_path):  # type: ignore[no-untyped-def]
+    """test_serving's nodes (node processes with mounts, each in its namespace) on a
+    three-member etcd, a member in each node's namespace, with a keep-alive of 0.5 s."""
+    yield from make_nodes(tmp_path, etcd_members=3, interval=0.5)
+
+
+@pytest.mark.parametrize("layers", ["agent", "data", "data,metadata"])
+def test_a_paused_owner_lands_nothing_each_fence_layer_alone(nodes, layers):  # type: ignore[no-untyped-def]
+    """The owner's node and mount stopped (SIGSTOP), its LU moved and written by the new owner,
+    then continued: none of its writes land, with the agent alone, the data path alone, and the
+    data path with the metadata fence (nodes on several machines: no agent)."""
+    paused_owner(nodes, layers)
 
 
 def _refused(pool: str, *args: str, says: str, rc: int = 1) -> None:

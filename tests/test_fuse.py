@@ -137,7 +137,26 @@ def test_writers_of_one_file_run_at_once_and_lose_nothing(mnt, pool_path):
            "--offset_increment=4M", "--direct=1", "--ioengine=psync", "--verify=crc32c", "--verify_fatal=1",
            "--do_verify=1", "--randrepeat=0", "--verify_state_save=0")
     run_cli("umount", mnt)
-    assert re.search(r"opens answered with parallel writes: [1-9]", mount_log(pool_path)), mount_log(pool_path)[-2000:]
+    assert re.search(r"opens answered with the engine's flags: [1-9]\d* \(parallel writes, no flush\)", mount_log(pool_path)), mount_log(pool_path)[-2000:]
+
+
+def test_a_close_does_not_wait_for_a_stopped_mount(mnt, pool_path):
+    """Opens are answered with no flush on close (native/fastpath.h): with the mount stopped
+    (SIGSTOP), a process holding one of its files forks a child, whose closes before exec would
+    otherwise wait for the mount's answer to FLUSH; and the holder's own close returns too."""
+    fd = os.open(f"{mnt}/disk", os.O_RDWR)
+    os.pwrite(fd, b"x" * 4096, 0)
+    pid = daemon_pid(pool_path)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        os.set_inheritable(fd, True)
+        subprocess.run(["true"], close_fds=False, timeout=10, check=True)  # the child closes fd at exit
+        subprocess.run(["true"], timeout=10, check=True)                   # and here before exec
+        os.close(fd)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with open(f"{mnt}/disk", "rb") as f:
+        assert f.read(4096) == b"x" * 4096
     with Pool.open(pool_path) as p:
         assert check(p)["clean"]
 

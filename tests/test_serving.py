@@ -127,17 +127,24 @@ class Nodes:
         self.net.close()
 
 
-@pytest.fixture
-def nodes(tmp_path):
+def make_nodes(tmp_path, **defaults):  # type: ignore[no-untyped-def]
+    """The ``nodes`` fixture's body: yields ``make(**kwargs)`` (Nodes' arguments, ``defaults``
+    where not given), and closes what it made."""
     made: list[Nodes] = []
 
-    def make(fences: str | None = None, mirror_dir: str | None = None, interval: float = INTERVAL,
-             etcd_members: int = 0) -> Nodes:
-        made.append(Nodes(tmp_path, fences, mirror_dir, interval, etcd_members))
+    def make(fences: str | None = None, mirror_dir: str | None = None, interval: float | None = None,
+             etcd_members: int | None = None) -> Nodes:
+        made.append(Nodes(tmp_path, fences, mirror_dir, interval or defaults.get("interval", INTERVAL),
+                          etcd_members if etcd_members is not None else defaults.get("etcd_members", 0)))
         return made[-1]
     yield make
     for n in made:
         n.close()
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    yield from make_nodes(tmp_path)
 
 
 def _client(lu: str, seconds: float, *mounts: str) -> subprocess.Popen:
