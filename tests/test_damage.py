@@ -174,7 +174,7 @@ def test_random_damage_to_data_mdb_gives_one_line_errors(damaged_pool, tmp_path,
     workdir.mkdir()
     seen: dict[tuple[int, str], int] = {}
     failures = []
-    for copy in range(int(os.environ.get('DAMAGE_COPIES', 80 if SLOW else 20))):
+    for copy in range(int(os.environ.get('DAMAGE_COPIES', 80 if SLOW else 12))):
         lock = os.path.join(pool, "meta", "lock.mdb")
         if os.path.exists(lock):
             os.unlink(lock)
