@@ -80,7 +80,7 @@ class Nodes:
         """A command run in the administrator's namespace (an NBD client, say)."""
         r = subprocess.run(self.net.cmd("admin", *argv), capture_output=True, timeout=120)
         if check and r.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.decode()}")
+            raise AssertionError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.decode()} {r.stdout.decode()}")
         return r
 
     def nbd(self, node: str, lu: str) -> str:
