@@ -8,18 +8,21 @@ DEBS := fuse3 libfuse2 fio e2fsprogs qemu-utils qemu-system-common xxhash libxxh
         etcd-server etcd-client \
         python3-venv python3-dev gcc
 
-.PHONY: all deps venv demo test bench bench-quick clean
-
-all: venv
-
-deps: .stamp-debs
-.stamp-debs:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-get install the packages of $(1) that are missing (with sudo unless root)
+install_debs = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  echo "installing Debian packages:$$missing"; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+.PHONY: all deps bench-deps venv demo test bench bench-quick clean
+
+all: venv
+
+deps: .stamp-debs
+.stamp-debs:
+	@$(call install_debs,$(DEBS))
 	@touch $@
 
 venv: $(VENV)/.stamp
@@ -35,11 +38,19 @@ test: deps venv
 demo: deps venv
 	bash bench/demo.sh
 
-bench: deps venv
+# the db group's PostgreSQL (pgbench), for the bench only
+BENCH_DEBS := postgresql postgresql-contrib
+
+bench-deps: .stamp-bench-debs
+.stamp-bench-debs: .stamp-debs
+	@$(call install_debs,$(BENCH_DEBS))
+	@touch $@
+
+bench: deps bench-deps venv
 	$(BS) bench --save bench/results/bench.json
 
 bench-quick: deps venv
 	$(BS) bench --quick --save bench/results/bench-quick.json
 
 clean:
-	rm -rf $(VENV) demo-pool demo-mnt .stamp-debs build *.egg-info
+	rm -rf $(VENV) demo-pool demo-mnt .stamp-debs .stamp-bench-debs build *.egg-info

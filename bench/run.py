@@ -44,7 +44,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "serving": ("serving",),
     "etcd": ("etcd",),
     "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
-    "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"),
+    "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"), "db": ("db_sync", "db_pgbench"),
 }
 
 
@@ -582,6 +582,46 @@ class Bench:
                           f"ours {min(o):,.0f}-{max(o):,.0f}, baseline {min(b):,.0f}-{max(b):,.0f}")
         self.first_write_samples = runs
 
+    def db_sync(self) -> None:
+        """What a database or a VM asks of an LU through the mount (synchronous writers, an fsync
+        after every write, QEMU's flushes) against a plain file, and mirrored against not."""
+        from . import db_bench
+        missing = db_bench.missing_tools()
+        if missing:
+            print(f"db runs skipped: {', '.join(missing)} not installed (make deps)")
+            return
+        runs = db_bench.sync_run(self.dir, self.quick)
+        targets = {"16 sync writers": 1.0, "write+fsync, 1 writer": 0.8, "write+fsync, 4 writers": 0.8,
+                   "qemu-img bench -t none, write+flush": 0.8, "1 sync writer": None}
+        for name, target in targets.items():
+            lu, plain, mirrored = (runs[t][name] for t in db_bench.TARGETS)
+            how = ("qemu-img bench -t none -w -s 4096 -d 1 --flush-interval=1" if name.startswith("qemu") else
+                   "fio 4K randwrite psync O_DIRECT over a filled 1 GiB file" + (", fsync=1" if "fsync" in name else ""))
+            self.add(f"db {name} vs plain", "db", "IOPS", statistics.median(lu), statistics.median(plain), target,
+                     note=f"{how}; rounds: LU {db_bench.spread(lu)}, plain {db_bench.spread(plain)}")
+            self.add(f"db {name}, mirrored vs unmirrored", "db", "IOPS", statistics.median(mirrored),
+                     statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}")
+        one, many = runs["LU"]["1 sync writer"], runs["LU"]["16 sync writers"]
+        self.add("db 16 sync writers vs 1, LU", "db", "IOPS", statistics.median(many), statistics.median(one), 1.0,
+                 note="the same LU through the mount: 16 threads at least as fast as one")
+        self.db_samples = runs
+
+    def db_pgbench(self) -> None:
+        """PostgreSQL's pgbench on ext4 in an LU (and a mirrored LU) against ext4 in a plain file."""
+        from . import db_bench
+        if db_bench.missing_tools() or db_bench.postgres_bin() is None:
+            print("pgbench runs skipped: PostgreSQL, fio or e2fsprogs not installed (make bench installs them)")
+            return
+        runs = db_bench.pgbench_run(self.dir, self.quick)
+        lu, plain, mirrored = (runs[t] for t in db_bench.TARGETS)
+        self.add("db pgbench tps vs plain", "db", "tps", statistics.median(lu), statistics.median(plain), 0.9,
+                 note=f"PostgreSQL {os.path.basename(os.path.dirname(db_bench.postgres_bin() or ''))}, pgbench scale 20, "
+                      f"4 clients, on ext4 on a loop device over the file; rounds: LU {db_bench.spread(lu)}, "
+                      f"plain {db_bench.spread(plain)}")
+        self.add("db pgbench tps, mirrored vs unmirrored", "db", "tps", statistics.median(mirrored),
+                 statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}")
+        self.pgbench_samples = runs
+
     def live_snapshots(self) -> None:
         """Snapshots of an LU in use, asked of the mount that holds it, while fio writes it."""
         from . import fuse_bench
@@ -837,7 +877,8 @@ def _run(quick: bool, json_path: str | None, png_path: str | None, workdir: str 
            "results": b.results, "fuse": getattr(b, "fuse_results", None),
            "fuse_samples": getattr(b, "fuse_samples", None),
            "fuse_mirror_samples": getattr(b, "fuse_mirror_samples", None),
-           "first_write_samples": getattr(b, "first_write_samples", None)}
+           "first_write_samples": getattr(b, "first_write_samples", None),
+           "db_samples": getattr(b, "db_samples", None), "pgbench_samples": getattr(b, "pgbench_samples", None)}
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, "w") as f:

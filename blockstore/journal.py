@@ -7,9 +7,18 @@ reference counts the allocator changed, and the checksums the mirror recorded. O
 again. So after a crash the metadata describes exactly the last commit, and every extent it
 maps holds what was written before that commit. A flush is a commit with no change of its own:
 what it makes durable is every write acknowledged before it.
+
+What a flush writes: nothing when nothing was written since the last one; one ``fdatasync`` of
+each data file written (both copies of a mirror, at once) when the writes changed no map, count
+or checksum (overwrites in place of an unmirrored LU's extents); otherwise one commit (the data
+synced, then one LMDB transaction). Flushes are grouped: a flush that arrives while another is
+under way waits for the next one, which covers it and every other flush that waited with it (a
+flush covers the writes acknowledged before it began, and these were), so N threads that each
+write and fsync share one sync, not N in a row.
 """
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +48,10 @@ class Journal:
         #: (LU name, epoch) -> None or Fenced: whether this process may still commit what it
         #: wrote to an LU under that epoch (a cluster node's gate, cluster/serving.py)
         self.gate: Callable[[str, int], None] | None = None
+        # group flushes: numbered as they begin; one under way while begun > ended
+        self._flushes = threading.Condition(threading.Lock())
+        self._begun = self._ended = 0
+        self._failed: dict[int, BaseException] = {}  # flush number -> why it failed (the last few)
 
     def pending(self) -> bool:
         """Whether memory holds changes no commit has stored yet."""
@@ -49,11 +62,71 @@ class Journal:
         if lu.extent_map.unsaved:
             lu.saved(self.catalog.save_map(txn, lu.name, lu.extent_map, lu.size))
 
+    def metadata_pending(self) -> bool:
+        """Whether a flush must commit metadata: maps or counts changed, or checksums the
+        mirror recorded (and the extents it touched) since the last commit."""
+        mirror = self.groups.mirror
+        return self.pending() or (mirror is not None and bool(mirror.pending or mirror.touched))
+
     def flush(self) -> None:
-        """Make every acknowledged write of every LU open in this pool durable."""
+        """Make every acknowledged write of every LU open in this pool durable: by the flush
+        that begins next (this thread's, when none is under way; else one that a waiting
+        thread begins as the one under way ends). Raises what that flush raised."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            # called under the pool's lock: the flush under way needs that lock to end, so this
+            # one cannot wait for it; it flushes at once (nothing else flushes meanwhile)
+            return self._flush_now()
+        with self._flushes:
+            mine = self._begun + 1  # the first flush to begin from now on covers my writes
+            while self._ended < mine and self._begun > self._ended:
+                self._flushes.wait()  # one under way began before my writes were all acknowledged
+            if self._ended >= mine:
+                if mine in self._failed:
+                    raise copy.copy(self._failed[mine])  # a copy: each thread's own traceback
+                return
+            self._begun = mine
+        failed: BaseException | None = None
+        try:
+            self._flush_now()
+        except BaseException as e:
+            failed = e
+            raise
+        finally:
+            with self._flushes:
+                self._ended = mine
+                if failed is not None:
+                    self._failed[mine] = failed
+                    self._failed.pop(mine - 8, None)
+                self._flushes.notify_all()
+
+    def _flush_now(self) -> None:
         with self.lock:
-            if not self.readonly and (self.groups.dirty or self.pending()):
+            if self.readonly:
+                return
+            for lu in self.writers.values():
+                lu.settle()  # a deferred copy changes the map: it completes before the choice
+            if self.metadata_pending():
                 self.commit(None)
+            elif self.groups.dirty:
+                self._check_fences()
+                self.groups.sync()  # overwrites in place: the data is all there is to make durable
+
+    def _check_fences(self) -> None:
+        """What a commit checks for each LU written under an ownership epoch (the node's gate,
+        the pool's record), for a flush that commits nothing: its answer is not a success for
+        a writer that lost its LU."""
+        if any(lu.epoch is not None for lu in self.writers.values()):
+            with self.meta.read() as txn:
+                for lu in self.writers.values():
+                    self._check_fence(txn, lu)
+
+    def _check_fence(self, txn: lmdb.Transaction, lu: "LU") -> None:
+        """Fenced if ``lu`` is written under an epoch this process may no longer commit under
+        (no record: ``change`` renames or removes it in this very commit)."""
+        if lu.epoch is not None and (rec := self.catalog.get(txn, lu.name, missing_ok=True)):
+            if self.gate is not None:
+                self.gate(lu.name, lu.epoch)  # the data path's layer: the node's own view
+            fence.check(rec, lu.epoch)      # the metadata layer: the pool's record
 
     def commit(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
         """Sync data, then commit ``change`` with every pending map, count and checksum change,
@@ -78,12 +151,7 @@ class Journal:
                 with self.meta.write() as txn:
                     result = change(txn) if change else None
                     for lu in self.writers.values():
-                        # a deposed owner stores nothing, also not the others' pending changes
-                        # (no record: ``change`` renames or removes it in this very commit)
-                        if lu.epoch is not None and (rec := self.catalog.get(txn, lu.name, missing_ok=True)):
-                            if self.gate is not None:
-                                self.gate(lu.name, lu.epoch)  # the data path's layer: the node's own view
-                            fence.check(rec, lu.epoch)      # the metadata layer: the pool's record
+                        self._check_fence(txn, lu)  # a deposed owner stores nothing, not even the others' changes
                         self.save(txn, lu)
                     punch = a.commit(txn)
                     # the copies as the pool records them: what this commit stores was written

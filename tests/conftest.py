@@ -132,15 +132,22 @@ def faulty(tmp_path):
     backing, mnt, ctl = tmp_path / "backing", tmp_path / "faulty", tmp_path / "fail-fsync"
     backing.mkdir()
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "faultfs.py"), str(backing), str(mnt), str(ctl)])
+    proc = start_faultfs(str(backing), str(mnt), str(ctl))
+    yield str(mnt), ctl
+    subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)  # lazily: a failed test may hold files open
+    proc.wait(timeout=10)
+
+
+def start_faultfs(backing: str, mnt: str, ctl: str, volatile: bool = False) -> subprocess.Popen:
+    """faultfs.py serving ``backing`` at ``mnt``, mounted when this returns."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "faultfs.py"), backing, mnt, ctl,
+                             *(["volatile"] if volatile else [])])
     for _ in range(100):
         if os.path.ismount(mnt):
             break
         time.sleep(0.05)
     assert os.path.ismount(mnt)
-    yield str(mnt), ctl
-    subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)  # lazily: a failed test may hold files open
-    proc.wait(timeout=10)
+    return proc
 
 
 def daemon_pid(pool_path: str) -> int:

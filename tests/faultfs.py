@@ -1,7 +1,11 @@
 """A FUSE passthrough whose fsync fails with EIO while a control file exists, and whose writes
 fail with EIO while that name with ".write" added exists: a fault injector for the tests (the
-engine runs unchanged on top of it). ``python faultfs.py BACKING MOUNT CTL`` serves BACKING at
-MOUNT in the foreground until unmounted."""
+engine runs unchanged on top of it). ``python faultfs.py BACKING MOUNT CTL [volatile]`` serves
+BACKING at MOUNT in the foreground until unmounted.
+
+``volatile``: a disk with a write cache and no battery. Writes are held in this process's memory
+(reads see them) and reach BACKING only when their file is fsynced; killing the process (SIGKILL)
+is a power cut: every write not fsynced since is gone, as from a disk that lost power."""
 from __future__ import annotations
 
 import errno
@@ -12,8 +16,10 @@ from blockstore_fuse.binding import FUSE, FuseOSError, Operations
 
 
 class Passthrough(Operations):
-    def __init__(self, root: str, ctl: str) -> None:
+    def __init__(self, root: str, ctl: str, volatile: bool = False) -> None:
         self.root, self.ctl = root, ctl
+        #: path -> the writes not yet fsynced, oldest first (volatile only)
+        self.cache: dict[str, list[tuple[int, bytes]]] | None = {} if volatile else None
 
     def _p(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -39,11 +45,24 @@ class Passthrough(Operations):
         return self._call(os.open, self._p(path), flags & ~(os.O_CREAT | os.O_EXCL))
 
     def read(self, path, size, offset, fh):  # type: ignore[no-untyped-def]
-        return self._call(os.pread, fh, size, offset)
+        data = self._call(os.pread, fh, size, offset)
+        if not self.cache or not self.cache.get(path):
+            return data
+        buf = bytearray(data.ljust(size, b"\0"))
+        end = len(data)
+        for at, piece in self.cache[path]:  # in order: a later write wins
+            lo, hi = max(at, offset), min(at + len(piece), offset + size)
+            if lo < hi:
+                buf[lo - offset:hi - offset] = piece[lo - at:hi - at]
+                end = max(end, hi - offset)
+        return bytes(buf[:end])
 
     def write(self, path, data, offset, fh):  # type: ignore[no-untyped-def]
         if os.path.exists(self.ctl + ".write"):
             raise FuseOSError(errno.EIO)
+        if self.cache is not None:
+            self.cache.setdefault(path, []).append((offset, bytes(data)))
+            return len(data)
         return self._call(os.pwrite, fh, data, offset)
 
     def truncate(self, path, length, fh=None):  # type: ignore[no-untyped-def]
@@ -52,6 +71,8 @@ class Passthrough(Operations):
     def fsync(self, path, datasync, fh):  # type: ignore[no-untyped-def]
         if os.path.exists(self.ctl):
             raise FuseOSError(errno.EIO)
+        for at, piece in (self.cache or {}).pop(path, []):
+            self._call(os.pwrite, fh, piece, at)
         self._call(os.fsync, fh)
         return 0
 
@@ -88,4 +109,5 @@ class Passthrough(Operations):
 
 if __name__ == "__main__":
     backing, mount, ctl = sys.argv[1:4]
-    FUSE(Passthrough(backing, ctl), mount, foreground=True, nothreads=True, use_ino=True)
+    FUSE(Passthrough(backing, ctl, volatile=sys.argv[4:5] == ["volatile"]), mount, foreground=True,
+         nothreads=True, use_ino=True)

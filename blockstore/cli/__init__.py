@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "where; default beside it), measuring nothing")
     b.add_argument("--only", metavar="GROUPS",
                    help="comma-separated groups to run: core, mirror, services, cluster, serving, etcd, fuse, "
-                        "fuse-mirror, first-writes, live (default: all)")
+                        "fuse-mirror, first-writes, live, db (default: all)")
     c = command(top, "completion", "print a shell completion script", "completion bash > "
                 "/etc/bash_completion.d/blockstore", "completion zsh > ~/.zfunc/_blockstore")
     c.add_argument("shell", choices=SHELLS, help="the shell")
