@@ -89,6 +89,39 @@ def fuse_rows(res: dict[str, dict[str, float]], samples: dict[str, dict[str, lis
     return out
 
 
+def db_rows(runs: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """The db group's rows from db_bench.sync_run's rounds: each workload on an LU against a plain
+    file, and on a mirrored LU against the unmirrored one."""
+    from . import db_bench
+    out = []
+    targets = {"16 sync writers": 1.0, "write+fsync, 1 writer": 0.8, "write+fsync, 4 writers": 0.8,
+               "qemu-img bench -t none, write+flush": 0.8, "1 sync writer": None}
+    for name, target in targets.items():
+        plain, lu, mirrored = (runs[t][name] for t in db_bench.TARGETS)
+        how = ("qemu-img bench -t none -w -s 4096 -d 1 --flush-interval=1" if name.startswith("qemu") else
+               "fio 4K randwrite psync O_DIRECT over a filled 1 GiB file" + (", fsync=1" if "fsync" in name else ""))
+        out.append(row(f"db {name} vs plain", "db", "IOPS", statistics.median(lu), statistics.median(plain), target,
+                       note=f"{how}; rounds: LU {db_bench.spread(lu)}, plain {db_bench.spread(plain)}"))
+        out.append(row(f"db {name}, mirrored vs unmirrored", "db", "IOPS", statistics.median(mirrored),
+                       statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}"))
+    one, many = runs["LU"]["1 sync writer"], runs["LU"]["16 sync writers"]
+    out.append(row("db 16 sync writers vs 1, LU", "db", "IOPS", statistics.median(many), statistics.median(one), 1.0,
+                   note="the same LU through the mount: 16 threads at least as fast as one"))
+    return out
+
+
+def pgbench_rows(runs: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The db group's pgbench rows from db_bench.pgbench_run's rounds."""
+    from . import db_bench
+    plain, lu, mirrored = (runs[t] for t in db_bench.TARGETS)
+    version = os.path.basename(os.path.dirname(db_bench.postgres_bin() or ""))
+    return [row("db pgbench tps vs plain", "db", "tps", statistics.median(lu), statistics.median(plain), 0.9,
+                note=f"PostgreSQL {version}, pgbench scale 20, 4 clients, on ext4 on a loop device over the file; "
+                     f"rounds: LU {db_bench.spread(lu)}, plain {db_bench.spread(plain)}"),
+            row("db pgbench tps, mirrored vs unmirrored", "db", "tps", statistics.median(mirrored),
+                statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}")]
+
+
 class Bench:
     def __init__(self, workdir: str, quick: bool) -> None:
         self.dir, self.quick = workdir, quick
@@ -590,21 +623,10 @@ class Bench:
         if missing:
             print(f"db runs skipped: {', '.join(missing)} not installed (make deps)")
             return
-        runs = db_bench.sync_run(self.dir, self.quick)
-        targets = {"16 sync writers": 1.0, "write+fsync, 1 writer": 0.8, "write+fsync, 4 writers": 0.8,
-                   "qemu-img bench -t none, write+flush": 0.8, "1 sync writer": None}
-        for name, target in targets.items():
-            lu, plain, mirrored = (runs[t][name] for t in db_bench.TARGETS)
-            how = ("qemu-img bench -t none -w -s 4096 -d 1 --flush-interval=1" if name.startswith("qemu") else
-                   "fio 4K randwrite psync O_DIRECT over a filled 1 GiB file" + (", fsync=1" if "fsync" in name else ""))
-            self.add(f"db {name} vs plain", "db", "IOPS", statistics.median(lu), statistics.median(plain), target,
-                     note=f"{how}; rounds: LU {db_bench.spread(lu)}, plain {db_bench.spread(plain)}")
-            self.add(f"db {name}, mirrored vs unmirrored", "db", "IOPS", statistics.median(mirrored),
-                     statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}")
-        one, many = runs["LU"]["1 sync writer"], runs["LU"]["16 sync writers"]
-        self.add("db 16 sync writers vs 1, LU", "db", "IOPS", statistics.median(many), statistics.median(one), 1.0,
-                 note="the same LU through the mount: 16 threads at least as fast as one")
-        self.db_samples = runs
+        self.db_samples = db_bench.sync_run(self.dir, self.quick)
+        for r in db_rows(self.db_samples):
+            self.results.append(r)
+            print(_row(r), flush=True)
 
     def db_pgbench(self) -> None:
         """PostgreSQL's pgbench on ext4 in an LU (and a mirrored LU) against ext4 in a plain file."""
@@ -612,15 +634,10 @@ class Bench:
         if db_bench.missing_tools() or db_bench.postgres_bin() is None:
             print("pgbench runs skipped: PostgreSQL, fio or e2fsprogs not installed (make bench installs them)")
             return
-        runs = db_bench.pgbench_run(self.dir, self.quick)
-        lu, plain, mirrored = (runs[t] for t in db_bench.TARGETS)
-        self.add("db pgbench tps vs plain", "db", "tps", statistics.median(lu), statistics.median(plain), 0.9,
-                 note=f"PostgreSQL {os.path.basename(os.path.dirname(db_bench.postgres_bin() or ''))}, pgbench scale 20, "
-                      f"4 clients, on ext4 on a loop device over the file; rounds: LU {db_bench.spread(lu)}, "
-                      f"plain {db_bench.spread(plain)}")
-        self.add("db pgbench tps, mirrored vs unmirrored", "db", "tps", statistics.median(mirrored),
-                 statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}")
-        self.pgbench_samples = runs
+        self.pgbench_samples = db_bench.pgbench_run(self.dir, self.quick)
+        for r in pgbench_rows(self.pgbench_samples):
+            self.results.append(r)
+            print(_row(r), flush=True)
 
     def live_snapshots(self) -> None:
         """Snapshots of an LU in use, asked of the mount that holds it, while fio writes it."""
