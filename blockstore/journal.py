@@ -95,8 +95,8 @@ class Journal:
             with self._flushes:
                 self._ended = mine
                 if failed is not None:
+                    self._failed = {n: e for n, e in self._failed.items() if n > mine - 8}  # waiters of older ones are gone
                     self._failed[mine] = failed
-                    self._failed.pop(mine - 8, None)
                 self._flushes.notify_all()
 
     def _flush_now(self) -> None:
