@@ -292,8 +292,9 @@ class Node:
         if self.stopping.is_set():
             return
         try:
+            asked = time.monotonic()  # the lease runs from the request, not from its answer
             self.store.keep_alive(self.lease)
-            self.lease_renewed = time.monotonic()
+            self.lease_renewed = asked
         except NotFound:
             # Our lease ran out (we were stopped or starved): register again, i.e. rejoin.
             log.warning("node %s: lease expired; rejoining", self.name)

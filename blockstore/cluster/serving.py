@@ -89,11 +89,15 @@ class Gate:
                 log.error("cannot read ownership: %s", e)
 
     def refresh(self) -> None:
-        """Read the ownership records and this node's lease once; tell the user what changed."""
+        """Read the ownership records and this node's lease once; tell the user what changed.
+        The deadline counts from before the reads: a process stopped after them (SIGSTOP, a
+        stall) and continued later must not date the lease it read from when it woke up; its
+        deadline has then passed and its stale view allows no write."""
+        asked = time.monotonic_ns()
         owners = ownership.every(self.store)
         alive = self.store.get(f"alive/{self.node}")
         ttl = self.store.time_to_live(alive.lease) if alive is not None and alive.lease else None
-        until = time.monotonic_ns() + int((ttl - self.margin) * 1e9) if ttl is not None and ttl > self.margin else 0
+        until = asked + int((ttl - self.margin) * 1e9) if ttl is not None and ttl > self.margin else 0
         with self._cond:
             before = self.mine()
             self._owners, self._until_ns = owners, until
