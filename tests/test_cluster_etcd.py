@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from test_cluster import test_sigstop_primary_is_deposed_and_fenced as sigstop_o
 from test_cluster import test_ten_thousand_events_two_callers_primary_killed as events_across_a_failover
 from test_failover import test_sigkill_of_an_owner_moves_its_100_lus_to_another_cec_each_once as owner_killed
 from test_serving import make_nodes
+from test_store import _SlowAnswers
 from test_serving import test_a_paused_owner_lands_nothing as paused_owner
 
 
@@ -62,6 +64,38 @@ def test_a_paused_owner_lands_nothing_each_fence_layer_alone(nodes, layers):  # 
     then continued: none of its writes land, with the agent alone, the data path alone, and the
     data path with the metadata fence (nodes on several machines: no agent)."""
     paused_owner(nodes, layers)
+
+
+def test_a_gate_dates_the_lease_it_read_from_before_it_asked(tmp_path, etcd, monkeypatch):  # type: ignore[no-untyped-def]
+    """A node's gate reads its lease's time to live and allows writes until a margin before it
+    runs out. The answers reach it late (a proxy holds each 1.5 s: what a process stopped
+    between the answer and its sum sees too): the deadline it sets must still fall a margin
+    before the lease's end in etcd, not a margin before the end counted from the late answer."""
+    from blockstore.cluster.config import STORE_ENV
+    from blockstore.cluster.etcd import EtcdStore
+    from blockstore.cluster.serving import Gate
+    pool = str(tmp_path / "pool")
+    run_cli("pool", "create", "--size", "64M", pool=pool)
+    run_cli("cluster", "create", "c", "--interval", "8", "--store", etcd.url, pool=pool)
+    with open(os.path.join(pool, "cluster.store")) as f:
+        prefix = json.load(f)["prefix"]
+    store = EtcdStore(etcd.url, prefix)
+    host, port = etcd.endpoint(0).rsplit(":", 1)
+    slow = _SlowAnswers((host, int(port)), delay=1.5)
+    try:
+        granted = time.monotonic_ns()
+        lease = store.grant_lease(20)
+        store.put("alive/n1", b"{}", lease=lease)
+        monkeypatch.setenv(STORE_ENV, f"etcd://127.0.0.1:{slow.port}")
+        gate = Gate(pool, "n1")
+        try:
+            ends = granted + 20 * 10**9  # the lease ends in etcd no sooner than this
+            assert 0 < gate._until_ns <= ends - int(gate.margin * 1e9), (gate._until_ns - ends) / 1e9
+        finally:
+            gate.close()
+    finally:
+        slow.close()
+        store.close()
 
 
 def _refused(pool: str, *args: str, says: str, rc: int = 1) -> None:
