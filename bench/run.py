@@ -44,7 +44,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mirror": ("mirror", "checksum_cost"), "services": ("services",), "cluster": ("cluster",), "serving": ("serving",),
     "etcd": ("etcd",),
     "fuse": ("fuse",), "fuse-mirror": ("fuse_mirror",),
-    "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"), "db": ("db_sync", "db_pgbench"),
+    "first-writes": ("first_writes",), "live": ("live_snapshots", "diffs"), "db": ("db",),
 }
 
 
@@ -615,27 +615,23 @@ class Bench:
                           f"ours {min(o):,.0f}-{max(o):,.0f}, baseline {min(b):,.0f}-{max(b):,.0f}")
         self.first_write_samples = runs
 
-    def db_sync(self) -> None:
+    def db(self) -> None:
         """What a database or a VM asks of an LU through the mount (synchronous writers, an fsync
-        after every write, QEMU's flushes) against a plain file, and mirrored against not."""
+        after every write, QEMU's flushes; PostgreSQL's pgbench on ext4 in it) against a plain
+        file, and mirrored against not."""
         from . import db_bench
         missing = db_bench.missing_tools()
         if missing:
             print(f"db runs skipped: {', '.join(missing)} not installed (make deps)")
             return
         self.db_samples = db_bench.sync_run(self.dir, self.quick)
-        for r in db_rows(self.db_samples):
-            self.results.append(r)
-            print(_row(r), flush=True)
-
-    def db_pgbench(self) -> None:
-        """PostgreSQL's pgbench on ext4 in an LU (and a mirrored LU) against ext4 in a plain file."""
-        from . import db_bench
-        if db_bench.missing_tools() or db_bench.postgres_bin() is None:
-            print("pgbench runs skipped: PostgreSQL, fio or e2fsprogs not installed (make bench installs them)")
-            return
-        self.pgbench_samples = db_bench.pgbench_run(self.dir, self.quick)
-        for r in pgbench_rows(self.pgbench_samples):
+        rows = db_rows(self.db_samples)
+        if db_bench.postgres_bin() is None:
+            print("pgbench runs skipped: PostgreSQL is not installed (make bench installs it)")
+        else:
+            self.pgbench_samples = db_bench.pgbench_run(self.dir, self.quick)
+            rows += pgbench_rows(self.pgbench_samples)
+        for r in rows:
             self.results.append(r)
             print(_row(r), flush=True)
 

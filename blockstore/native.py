@@ -338,20 +338,16 @@ def offer_open_reply() -> None:
     ctypes.CDLL(sys.modules[f"{__package__}._native"].__file__, mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
 
 
-_open_flags: list[str] = []  # what bs_fuse_open_flags was last told, in words
-
-
 def fuse_open_flags(*, parallel_writes: bool, noflush: bool) -> None:
     """Answer opens of direct-io files (``offer_open_reply``) allowing parallel writes, and
     asking for no FLUSH on close (native/fastpath.h)."""
     lib.bs_fuse_open_flags((lib.BS_OPEN_PARALLEL_WRITES if parallel_writes else 0) |
                            (lib.BS_OPEN_NOFLUSH if noflush else 0))
-    _open_flags[:] = [w for w, on in (("parallel writes", parallel_writes), ("no flush", noflush)) if on]
 
 
-def fuse_open_flags_sent() -> str:
-    """How many opens were answered with which of those flags, so far ("N (flags)")."""
-    return f"{int(lib.bs_fuse_open_flags_sent())} ({', '.join(_open_flags) or 'none'})"
+def fuse_open_flags_sent() -> int:
+    """Opens answered with those flags, so far."""
+    return int(lib.bs_fuse_open_flags_sent())
 
 
 def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[int, int]:

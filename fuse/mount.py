@@ -159,6 +159,7 @@ def _serve(stop: "_StopSignals", pool_path: str, mountpoint: str, *, read_only: 
            node: str | None, hold: bool, parallel_writes: bool) -> None:
     _io_flusher()
     fuse_open_flags(parallel_writes=parallel_writes, noflush=True)  # ops.flush does nothing
+    log.info("opens answered with: %sno flush on close", "parallel writes, " if parallel_writes else "")
     _steady_malloc()
     gate = None
     if node is not None:

@@ -145,7 +145,7 @@ class LUFilesystem(Operations):  # type: ignore[misc]
     def destroy(self, path: str) -> None:
         if self.direct is not None:
             log.info("requests: %s", ", ".join(f"{n} {what}" for what, n in self.direct.counts().items()))
-        log.info("opens answered with the engine's flags: %s", fuse_open_flags_sent())
+        log.info("opens answered with the engine's flags: %d", fuse_open_flags_sent())
         for fh in list(self.handles):
             self.handles.pop(fh).close()
         self.pool.close()

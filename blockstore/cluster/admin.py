@@ -224,7 +224,7 @@ def status(pool_path: str) -> dict[str, Any]:
     primary and epoch in its own view, and the LUs it owns (ownership.py)."""
     store = open_store(pool_path)
     try:
-        where = describe_store(pool_path, store)
+        where = describe_store(store)
         if where["health"] != "ok":  # no quorum, or no member answers: nothing more can be read
             return {"cluster": None, "state": "DOWN", "primary": None, "epoch": None, "primary_address": None,
                     "interval": None, "misses": None, "nodes": [], "store": where}

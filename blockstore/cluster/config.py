@@ -103,22 +103,16 @@ def open_store(pool_path: str) -> CoordinationStore:
     return EtcdStore(os.environ.get(STORE_ENV) or where["url"], where["prefix"], timeout=where.get("timeout", 2.0))
 
 
-def describe_store(pool_path: str, store: CoordinationStore) -> dict[str, Any]:
-    """The store as ``cluster status`` shows it: backend, endpoints, the member this process
-    talks to, and whether it answers."""
-    where = store_where(_check_pool(pool_path))
-    if where is None:
-        return {"backend": "embedded", "path": store_path(_check_pool(pool_path)), "health": "ok"}
+def describe_store(store: CoordinationStore) -> dict[str, Any]:
+    """The store as ``cluster status`` shows it: where it is (``CoordinationStore.where``) and
+    whether it answers."""
     from .etcd import StoreUnavailable
-    out: dict[str, Any] = {"backend": "etcd", "endpoints": getattr(store, "url", where["url"]),
-                           "prefix": where["prefix"]}
     try:
-        out["revision"] = store.revision()
-        out["health"] = "ok"
+        store.revision()  # one request: does it answer
+        health = "ok"
     except StoreUnavailable as e:
-        out["health"] = f"unavailable: {e}"
-    out["member"] = getattr(store, "member", None)
-    return out
+        health = f"unavailable: {e}"
+    return {**store.where(), "health": health}  # after asking: the member that answered
 
 
 def create(pool_path: str, name: str, *, interval: float = 1.0, misses: int = 3,
@@ -173,8 +167,9 @@ def load_config(store: CoordinationStore, pool_path: str = "") -> ClusterConfig:
     e = store.get(KEY)
     if e is None:
         where = f"the pool at {pool_path}" if pool_path else "the pool"
-        if getattr(store, "url", None):  # the pool names an etcd, which holds no such cluster
-            raise NotFound(f"etcd at {store.url} holds no cluster of {where} (under {store.prefix.decode()}): "  # type: ignore[attr-defined]
+        at = store.where()
+        if at["backend"] == "etcd":  # the pool names an etcd, which holds no such cluster
+            raise NotFound(f"etcd at {at['endpoints']} holds no cluster of {where} (under {at['prefix']}): "
                            "not this cluster's store")
         raise NotFound(f"{where} has no cluster: run `blockstore cluster create NAME` first")
     return ClusterConfig(**json.loads(e.value))

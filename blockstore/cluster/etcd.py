@@ -290,6 +290,11 @@ class EtcdStore:
             resp.close()
         return out
 
+    def where(self) -> dict[str, Any]:
+        """Where the store is: {"backend": "etcd", "endpoints", "prefix", "member" (the one this
+        process talks to now)}."""
+        return {"backend": "etcd", "endpoints": self.url, "prefix": self.prefix.decode(), "member": self.member}
+
     def close(self) -> None:
         self.closed = True
         for clients in self._rounds:

@@ -580,7 +580,7 @@ class Node:
                 "event_head": self.events.head() if me else None,
                 "door": None if self.doorman is None else {"waiting": len(self.doorman.waiting),
                                                            "dropped": self.doorman.dropped},
-                "store_member": getattr(self.store, "member", None)}
+                "store_member": self.store.where().get("member")}
 
     def _write_view(self) -> None:
         self.store.put(f"views/{self.name}", json.dumps(self.view()).encode())

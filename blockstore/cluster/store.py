@@ -66,6 +66,7 @@ class CoordinationStore(Protocol):
     def time_to_live(self, lease: int) -> float | None: ...
     def revoke(self, lease: int) -> None: ...
     def changes(self, since: int, prefix: str = "") -> list[Change]: ...
+    def where(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -305,6 +306,10 @@ class LmdbStore:
                     if key.startswith(prefix):
                         out.append(Change(int.from_bytes(k, "big"), key, None if val is None else bytes.fromhex(val)))
         return out
+
+    def where(self) -> dict[str, Any]:
+        """Where the store is: {"backend": "embedded", "path"}."""
+        return {"backend": "embedded", "path": self.path}
 
     def close(self) -> None:
         with self._open_lock:
