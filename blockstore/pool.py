@@ -67,6 +67,9 @@ def _check_extent_size(extent_size: int) -> int:
     return extent_size
 
 
+_GLANCES = threading.Lock()  # Pool.glance
+
+
 class Pool:
     """An open storage pool. Use ``Pool.create`` or ``Pool.open``, ideally as a context manager.
 
@@ -217,6 +220,17 @@ class Pool:
     @classmethod
     def open(cls, path: str, *, readonly: bool = False, recover: bool = True) -> "Pool":
         return cls(path, readonly=readonly, recover=recover)
+
+    @classmethod
+    @contextmanager
+    def glance(cls, path: str) -> Iterator["Pool"]:
+        """The pool at ``path`` opened read-only for a quick look, one look at a time in this
+        process: LMDB lets a process hold a pool's metadata open once, so threads that each look
+        (a node's request handlers, its metrics scrape, its failover) take turns instead of one
+        of them getting Busy. Not for a process that holds the pool open otherwise."""
+        with _GLANCES:
+            with cls(path, readonly=True) as pool:
+                yield pool
 
     def close(self) -> None:
         """Flush, release this session's reserved extents and every open LU."""

@@ -136,3 +136,27 @@ def test_bad_assignments_leave_ownership_as_it_was(cluster):
     moves = [e["data"] for e in EventLog(c.pool).events() if e["kind"] == "ownership_changed"]
     assert [(m["node"], m["epoch"]) for m in moves[-len(won):]] == sorted(((w["node"], w["epoch"]) for w in won),
                                                                           key=lambda m: m[1])
+
+
+def test_threads_of_a_node_that_look_at_the_pool_take_turns(tmp_path):
+    """A node looks at the pool from several threads at once (two ``lu assign`` requests, a
+    metrics scrape, a failover round); LMDB lets a process hold a pool's metadata open once, so an
+    open-per-look made one of two racing assignments fail with "already open in this process"."""
+    import threading
+    path = str(tmp_path / "pool")
+    Pool.create(path, "16M").close()
+    errors: list[Exception] = []
+
+    def look() -> None:
+        for _ in range(50):
+            try:
+                with Pool.glance(path) as pool:
+                    pool.list_lus()
+            except Exception as e:  # any, to be reported below
+                errors.append(e)
+    threads = [threading.Thread(target=look) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

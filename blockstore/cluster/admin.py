@@ -80,7 +80,7 @@ def _figures(pool_path: str, address: str | None) -> Iterator[None]:
     from ..pool import Pool
 
     def pool_families() -> Iterator[Any]:
-        with Pool.open(pool_path, readonly=True) as pool:
+        with Pool.glance(pool_path) as pool:
             yield from list(figures.pool_figures(pool)())
     server = figures.serve(address, [figures.cluster_figures(lambda: status(pool_path)), pool_families])
     try:

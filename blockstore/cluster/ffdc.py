@@ -71,7 +71,7 @@ def _pool_summary(pool_path: str) -> dict[str, Any]:
     """The metadata summary, read without taking any LU: a pool that is failing may not open."""
     from ..pool import Pool
     try:
-        with Pool.open(pool_path, readonly=True) as pool:
+        with Pool.glance(pool_path) as pool:
             return {"status": pool.status(), "failure_groups": pool.failure_groups(),
                     "lus": [{k: r[k] for k in ("name", "size", "allocated", "kind")} for r in pool.list_lus()]}
     except Exception as e:  # the summary is best effort; the bundle must still be written

@@ -68,7 +68,7 @@ class Moves:
         if states[node] != "up":
             raise InvalidArgument(f"node {node!r} is {states[node]}: an LU is owned by a node that is up")
         from ..pool import Pool
-        with Pool.open(self.pool_path, readonly=True) as pool:
+        with Pool.glance(self.pool_path) as pool:
             if pool.lu_info(lu)["kind"] == "snapshot":
                 raise InvalidArgument(f"{lu!r} is a snapshot: its LU's owner serves it")
         before = ownership.get(self.store, lu)
@@ -116,7 +116,7 @@ class Moves:
         if not lost:
             return lost
         from ..pool import Pool
-        with Pool.open(self.pool_path, readonly=True) as pool:
+        with Pool.glance(self.pool_path) as pool:
             names = {r["name"] for r in pool.list_lus()}
         for o in [o for o in lost if o.lu not in names]:
             try:
