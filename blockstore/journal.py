@@ -14,7 +14,10 @@ or checksum (overwrites in place of an unmirrored LU's extents); otherwise one c
 synced, then one LMDB transaction). Flushes are grouped: a flush that arrives while another is
 under way waits for the next one, which covers it and every other flush that waited with it (a
 flush covers the writes acknowledged before it began, and these were), so N threads that each
-write and fsync share one sync, not N in a row.
+write and fsync share one sync, not N in a row. Once a flush has left an LU nothing to commit,
+a mount's fsync of that LU's file is the data file's sync alone, done in C without this module
+(native/fastpath.h, bs_table_fsync), until a change that may need a commit (a write the C path
+could not take, a change of the map) sends fsyncs here again.
 """
 from __future__ import annotations
 
@@ -103,6 +106,9 @@ class Journal:
         with self.lock:
             if self.readonly:
                 return
+            # read before anything is settled or stored: a change counted later may be one
+            # this flush does not hold
+            marks = [(lu, lu.flush_begins()) for lu in self.writers.values()]
             for lu in self.writers.values():
                 lu.settle()  # a deferred copy changes the map: it completes before the choice
             if self.metadata_pending():
@@ -110,6 +116,8 @@ class Journal:
             elif self.groups.dirty:
                 self._check_fences()
                 self.groups.sync()  # overwrites in place: the data is all there is to make durable
+            for lu, mark in marks:
+                lu.flush_covered(mark)  # until it changes again, its fsync is the data file's sync
 
     def _check_fences(self) -> None:
         """What a commit checks for each LU written under an ownership epoch (the node's gate,

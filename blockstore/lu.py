@@ -461,6 +461,18 @@ class LU:
         """The pool stored this handle's map as generation ``gen``."""
         self._gen = gen
 
+    def flush_begins(self) -> int | None:
+        """Where the direct table's count of changes stood as a flush began (None: no table);
+        give it to ``flush_covered`` once the flush committed everything pending."""
+        return self._direct.changes if self._direct is not None else None
+
+    def flush_covered(self, mark: int | None) -> None:
+        """A flush that began at ``mark`` left nothing of this LU to commit: until anything
+        changes, an fsync of its file needs only the data file's sync, which C serves
+        (native/fastpath.h, bs_table_fsync)."""
+        if mark is not None and self._direct is not None:
+            self._direct.clean(mark)
+
     def reload(self, emap: ExtentMap, size: int, gen: int) -> None:
         """A read-only handle takes the map and size another writer committed."""
         self._map, self._size, self._gen = emap, size, gen

@@ -170,22 +170,25 @@ class DirectTable:
         lib.bs_table_unlock(self.ptr)
 
     def publish(self, fd: int, mapping: FileMap, unit: int, size: int, chunk: int, phys: list[Any], direct: list[Any] | None,
-                zero_slow: bool, dirty: np.ndarray) -> None:
+                zero_slow: bool, dirty: np.ndarray, sync_error: np.ndarray | None = None) -> None:
         """Point the table at ``phys`` (per chunk of ``chunk`` units: a uint32 buffer, or None
         for all holes) and ``direct`` (per chunk: a byte buffer, nonzero where a unit may be
         written in place, or None; ``direct`` None: nothing is) of ``fd``, mapped by ``mapping``
         (which must outlive its use here); ``fd`` -1 serves nothing. The lists are the owner's
-        and are followed by ``chunk_made``. Hold the table (``with``) unless no I/O can use it yet."""
+        and are followed by ``chunk_made``. ``dirty`` and ``sync_error`` (one int32 each) are the
+        file's dirty flag and sticky sync failure word; without ``sync_error`` the table serves no
+        fsync (``fsync``). Hold the table (``with``) unless no I/O can use it yet."""
         k = max(1, len(phys))
         self._lists: tuple[list[Any], list[Any] | None] = (phys, direct)
         self._dirs: tuple[Any, Any] = (ffi.new("uint32_t *[]", k), ffi.new("uint8_t *[]", k))
         self._bufs: dict[int, tuple[Any, ...]] = {}  # C holds pointers into these buffers
-        self._keep = dirty
+        self._keep = (dirty, sync_error)
         for c, tab in enumerate(phys):
             if tab is not None:
                 self.chunk_made(c)
         lib.bs_table_publish(self.ptr, fd, mapping.ptr, mapping.length, unit, size, self._dirs[0], self._dirs[1],
-                             chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty))
+                             chunk, len(phys), int(zero_slow), ffi.from_buffer("int[]", dirty),
+                             ffi.from_buffer("int[]", sync_error) if sync_error is not None else ffi.NULL)
 
     def mirror(self, fd2: int, mapping2: FileMap, dirty2: np.ndarray | None, armed: "UnitArrays",
                verify: "UnitArrays | None" = None) -> None:
@@ -238,6 +241,22 @@ class DirectTable:
         d = ffi.from_buffer("uint8_t[]", direct[c]) if direct is not None and direct[c] is not None else ffi.NULL
         self._bufs[c] = (p, d)
         self._dirs[0][c], self._dirs[1][c] = p, d
+
+    @property
+    def changes(self) -> int:
+        """The count of what may have left metadata to commit (bs_table_fsync): read it before a
+        flush begins, give it to ``clean`` once the flush committed everything pending."""
+        return int(lib.bs_table_changes(self.ptr))
+
+    def clean(self, seen: int) -> None:
+        """A flush that began at count ``seen`` left nothing to commit: until the count moves,
+        an fsync is the file's fdatasync, served in C."""
+        lib.bs_table_clean(self.ptr, seen)
+
+    def fsync(self) -> int:
+        """0 when synced in C, 1 when the owner's flush must do it (nothing done), or a negative
+        errno (bs_table_fsync)."""
+        return int(lib.bs_table_fsync(self.ptr))
 
     @property
     def written(self) -> int:
@@ -350,13 +369,14 @@ def fuse_open_flags_sent() -> int:
     return int(lib.bs_fuse_open_flags_sent())
 
 
-def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int) -> tuple[int, int]:
-    """Make the C read and write callbacks fall back to the callbacks at ``slow_read`` and
-    ``slow_write`` (addresses); returns the addresses of the C callbacks to register instead.
-    ``fh_offset``: where fuse_file_info keeps ``fh``."""
-    lib.bs_fuse_setup(fh_offset, ffi.cast("bs_fuse_read_fn", slow_read), ffi.cast("bs_fuse_write_fn", slow_write))
-    return (int(ffi.cast("uintptr_t", ffi.addressof(lib, "bs_fuse_read"))),
-            int(ffi.cast("uintptr_t", ffi.addressof(lib, "bs_fuse_write"))))
+def fuse_direct_setup(fh_offset: int, slow_read: int, slow_write: int, slow_fsync: int) -> tuple[int, int, int]:
+    """Make the C read, write and fsync callbacks fall back to the callbacks at ``slow_read``,
+    ``slow_write`` and ``slow_fsync`` (addresses); returns the addresses of the C callbacks to
+    register instead. ``fh_offset``: where fuse_file_info keeps ``fh``."""
+    lib.bs_fuse_setup(fh_offset, ffi.cast("bs_fuse_read_fn", slow_read), ffi.cast("bs_fuse_write_fn", slow_write),
+                      ffi.cast("bs_fuse_fsync_fn", slow_fsync))
+    return tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, f"bs_fuse_{op}")))  # type: ignore[return-value]
+                 for op in ("read", "write", "fsync"))
 
 
 def fuse_direct_attach(fh: int, table: DirectTable | None, stat: int = -1) -> bool:
@@ -396,6 +416,7 @@ def fuse_stat_add(index: int, write: bool, result: int, ns: int) -> None:
 
 def fuse_direct_counts() -> dict[str, int]:
     """Requests served by the C callbacks and passed to the fallbacks since setup."""
-    out = ffi.new("uint64_t[4]")
+    out = ffi.new("uint64_t[6]")
     lib.bs_fuse_counts(out)
-    return {"read direct": out[0], "read passed": out[1], "write direct": out[2], "write passed": out[3]}
+    return {f"{op} {how}": out[2 * i + j] for i, op in enumerate(("read", "write", "fsync"))
+            for j, how in enumerate(("direct", "passed"))}

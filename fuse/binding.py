@@ -40,7 +40,7 @@ def caller_uid() -> int:
 @contextmanager
 def callbacks_replaced(install: Callable[[dict[str, int]], dict[str, int]]) -> Iterator[None]:
     """While mounting, let ``install`` swap callbacks in the operations table the binding hands
-    to libfuse: it gets the addresses of the binding's own read and write callbacks and returns
+    to libfuse: it gets the addresses of the binding's own read, write and fsync callbacks and returns
     the addresses to register instead (mfusepy only; with fusepy nothing is swapped)."""
     if NAME != "mfusepy":
         yield
@@ -52,7 +52,7 @@ def callbacks_replaced(install: Callable[[dict[str, int]], dict[str, int]]) -> I
         ops = ops_p.contents
         types = dict(type(ops)._fields_)
         originals = {}
-        for name in ("read", "write"):
+        for name in ("read", "write", "fsync"):
             kept.append(getattr(ops, name))
             originals[name] = ctypes.cast(getattr(ops, name), ctypes.c_void_p).value or 0
         for name, address in install(originals).items():

@@ -1,8 +1,9 @@
 """The direct path of a mount: reads, and writes into extents an LU already owns, served by C
 callbacks (native/fastpath.h) through each open LU's translation table, without Python or the
 GIL; everything else (filling a hole, copy-on-write, a whole extent of zeros, past the end, a
-mirrored LU) falls back to the binding's Python callbacks. With libfuse's threads, direct
-requests then run in parallel on every core."""
+mirrored LU) falls back to the binding's Python callbacks. An fsync is the data file's sync,
+done in C too, while the last flush left the LU nothing to commit (journal.py). With libfuse's
+threads, direct requests then run in parallel on every core."""
 from __future__ import annotations
 
 from blockstore.lu import LU
@@ -17,9 +18,10 @@ class DirectPath:
         self.map_writes = map_writes
 
     def install(self, originals: dict[str, int]) -> dict[str, int]:
-        """For binding.callbacks_replaced: C read and write first, the binding's as fallback."""
-        read, write = fuse_direct_setup(binding.FH_OFFSET, originals["read"], originals["write"])
-        return {"read": read, "write": write}
+        """For binding.callbacks_replaced: C read, write and fsync first, the binding's as fallback."""
+        read, write, fsync = fuse_direct_setup(binding.FH_OFFSET, originals["read"], originals["write"],
+                                               originals["fsync"])
+        return {"read": read, "write": write, "fsync": fsync}
 
     def attach(self, fh: int, lu: LU, stat: int = -1) -> None:
         """Serve file handle ``fh`` of ``lu`` directly, if its LU can be served so; count its

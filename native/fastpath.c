@@ -40,6 +40,11 @@ struct bs_table {
     uint64_t write_until; /* the fence word (bs_table_fence) */
     const uint64_t *watch; /* the watch word (bs_table_watch), or NULL, and its value when published */
     uint64_t seen;
+    /* bs_table_fsync: changes counts whatever may have left metadata to commit (the owner's
+     * changes of the table, writes into HELD units, writes the fallback served); clean is the
+     * count the owner's last flush covered; sync_err the file's sticky sync failure word */
+    uint64_t changes, clean;
+    int *sync_err;
 };
 
 bs_table *bs_table_new(void)
@@ -55,6 +60,7 @@ bs_table *bs_table_new(void)
     pthread_rwlockattr_destroy(&attr);
     t->fd = -1;
     t->write_until = UINT64_MAX;
+    t->changes = 1; /* not clean until the owner says a flush covered it */
     return t;
 }
 
@@ -67,11 +73,20 @@ void bs_table_free(bs_table *t)
 }
 
 void bs_table_lock(bs_table *t) { pthread_rwlock_wrlock(&t->lock); }
-void bs_table_unlock(bs_table *t) { pthread_rwlock_unlock(&t->lock); }
+void bs_table_unlock(bs_table *t)
+{
+    /* whatever the owner changed holding the table may be metadata a flush must commit */
+    __atomic_add_fetch(&t->changes, 1, __ATOMIC_SEQ_CST);
+    pthread_rwlock_unlock(&t->lock);
+}
+
+uint64_t bs_table_changes(bs_table *t) { return __atomic_load_n(&t->changes, __ATOMIC_SEQ_CST); }
+
+void bs_table_clean(bs_table *t, uint64_t seen) { __atomic_store_n(&t->clean, seen, __ATOMIC_SEQ_CST); }
 
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
                       uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
-                      int zero_slow, int *dirty)
+                      int zero_slow, int *dirty, int *sync_err)
 {
     t->fd = fd;
     t->map = map;
@@ -84,6 +99,7 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->n = chunk * chunks;
     t->zero_slow = zero_slow;
     t->dirty = dirty;
+    t->sync_err = sync_err;
     t->mirror = 0;
     t->fd2 = -1;
     t->sums = NULL;
@@ -393,8 +409,10 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
         } else if (wbuf != NULL) {
             r = write_at(t->fd, t->map, t->map_len, wbuf + done, step, at);
             uint8_t *blocks = direct_of(t, i) == BS_DIRECT_HELD ? blocks_of(t, i) : NULL;
-            if (r == 0 && blocks != NULL) /* after the bytes: a block marked is a block written */
+            if (r == 0 && blocks != NULL) { /* after the bytes: a block marked is a block written */
                 memset(blocks + in / BS_SUM_BLOCK, 1, step / BS_SUM_BLOCK);
+                __atomic_add_fetch(&t->changes, 1, __ATOMIC_SEQ_CST); /* its copy completes at a flush */
+            }
         }
         else if (p == (uint32_t)BS_UNMAPPED)
             memset(rbuf + done, 0, step);
@@ -415,6 +433,27 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
     int changed = t->watch != NULL && !unwatched(t);
     pthread_rwlock_unlock(&t->lock);
     return (r < 0 && (t->mirror || t->watch != NULL)) || changed ? BS_SLOW : r;
+}
+
+int bs_table_fsync(bs_table *t)
+{
+    if (__atomic_load_n(&t->write_until, __ATOMIC_ACQUIRE) != UINT64_MAX)
+        return BS_SLOW; /* an owner under a fence: its flush answers only while it may write */
+    pthread_rwlock_rdlock(&t->lock);
+    int r = BS_SLOW;
+    if (t->fd >= 0 && !t->mirror && t->watch == NULL && t->sync_err != NULL &&
+        __atomic_load_n(t->sync_err, __ATOMIC_ACQUIRE) == 0 &&
+        __atomic_load_n(&t->changes, __ATOMIC_SEQ_CST) == __atomic_load_n(&t->clean, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(t->dirty, 0, __ATOMIC_SEQ_CST); /* before the sync: a write racing it sets it again */
+        r = fdatasync(t->fd) == 0 ? 0 : -errno;
+        if (r != 0) {
+            /* the kernel may have dropped the pages it could not write: every later sync fails */
+            __atomic_store_n(t->dirty, 1, __ATOMIC_SEQ_CST);
+            __atomic_store_n(t->sync_err, -r, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_rwlock_unlock(&t->lock);
+    return r;
 }
 
 uint64_t bs_table_written(bs_table *t)
@@ -445,7 +484,8 @@ static pthread_rwlock_t slots_lock = PTHREAD_RWLOCK_INITIALIZER;
 static size_t fh_offset;
 static bs_fuse_read_fn slow_read;
 static bs_fuse_write_fn slow_write;
-static uint64_t counts[4];
+static bs_fuse_fsync_fn slow_fsync;
+static uint64_t counts[6];
 /* per LU: [read, write] x [requests, bytes, ns, buckets...] (fastpath.h) */
 static uint64_t stats[BS_STAT_LUS][BS_STAT_WORDS];
 
@@ -478,11 +518,12 @@ void bs_fuse_stat(int stat, uint64_t *out)
         out[i] = stat >= 0 && stat < BS_STAT_LUS ? __atomic_load_n(&stats[stat][i], __ATOMIC_RELAXED) : 0;
 }
 
-void bs_fuse_setup(size_t offset, bs_fuse_read_fn read_fn, bs_fuse_write_fn write_fn)
+void bs_fuse_setup(size_t offset, bs_fuse_read_fn read_fn, bs_fuse_write_fn write_fn, bs_fuse_fsync_fn fsync_fn)
 {
     fh_offset = offset;
     slow_read = read_fn;
     slow_write = write_fn;
+    slow_fsync = fsync_fn;
     memset(counts, 0, sizeof counts);
     memset(stats, 0, sizeof stats);
 }
@@ -556,7 +597,10 @@ static int write_request(bs_table *t, const char *path, const char *buf, size_t 
         }
     }
     __atomic_add_fetch(&counts[3], 1, __ATOMIC_RELAXED);
-    return slow_write(path, buf, size, off, fi);
+    int r = slow_write(path, buf, size, off, fi);
+    if (t != NULL) /* after it: what it changed is in memory, for the flush that covers this count */
+        __atomic_add_fetch(&t->changes, 1, __ATOMIC_SEQ_CST);
+    return r;
 }
 
 /* One request, timed and counted under its handle's LU (bs_fuse_attach's `stat`). */
@@ -581,9 +625,24 @@ int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, v
     return counted(1, path, (char *)buf, size, off, fi);  /* written from, never to */
 }
 
+int bs_fuse_fsync(const char *path, int datasync, void *fi)
+{
+    int stat;
+    bs_table *t = table_of(fi, &stat);
+    if (t != NULL) {
+        int r = bs_table_fsync(t);
+        if (r != BS_SLOW) {
+            __atomic_add_fetch(&counts[4], 1, __ATOMIC_RELAXED);
+            return r;
+        }
+    }
+    __atomic_add_fetch(&counts[5], 1, __ATOMIC_RELAXED);
+    return slow_fsync(path, datasync, fi);
+}
+
 void bs_fuse_counts(uint64_t *out)
 {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)
         out[i] = __atomic_load_n(&counts[i], __ATOMIC_RELAXED);
 }
 

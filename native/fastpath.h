@@ -74,7 +74,7 @@ void bs_table_unlock(bs_table *t);
 /* Call while holding the table exclusively (or before any I/O uses it). */
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
                       uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
-                      int zero_slow, int *dirty);
+                      int zero_slow, int *dirty, int *sync_err);
 /* Make the published table mirrored (after bs_table_publish, which makes it single again): `fd2`
  * is the second copy (-1: none, a degraded mirror), `map2` its mapping (or NULL), `dirty2` its
  * flag; `sums` the directory of armed units described above, `sums_chunks` entries long. */
@@ -103,6 +103,20 @@ uint64_t bs_table_written(bs_table *t);
  * its right to write an LU refuses or holds it). The owner moves it forward while it may write. */
 void bs_table_fence(bs_table *t, uint64_t until_ns);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
+/* An fsync of what the table's writes put in the file, when nothing but their bytes is left to
+ * make durable: one fdatasync of the file, 0 or a negative errno; BS_SLOW (nothing done) when the
+ * owner has more to do or to decide. The table counts what may have left metadata to commit
+ * (bs_table_changes: every bs_table_unlock, every write into a HELD unit, every write the FUSE
+ * fallback served, counted after it returns); the owner's flush reads the count before it
+ * begins and, once it has committed everything pending, says so with bs_table_clean(count).
+ * The fsync is served only while the count is still that one, for a single table (not
+ * mirrored, no watch word, no fence word) published with a sync error word (`sync_err` of
+ * bs_table_publish, or NULL: never served) that is 0. It clears the file's dirty flag before it
+ * syncs; a failure sets the flag again and stores the errno in the sync error word, which stays:
+ * the owner's every later sync of the file fails (the kernel may have dropped the pages). */
+int bs_table_fsync(bs_table *t);
+uint64_t bs_table_changes(bs_table *t);
+void bs_table_clean(bs_table *t, uint64_t seen);
 /* The watch word of a reader's table of a map another process changes (read redirection): the
  * table serves a read only if `*word` is `seen` both before and after it reads, else BS_SLOW (buf
  * may then hold part of the request). Whoever changes the map bumps the word before and after
@@ -116,16 +130,20 @@ uint64_t bs_word_bump(uint64_t *word);
 
 typedef int (*bs_fuse_read_fn)(const char *path, char *buf, size_t size, int64_t off, void *fi);
 typedef int (*bs_fuse_write_fn)(const char *path, const char *buf, size_t size, int64_t off, void *fi);
+typedef int (*bs_fuse_fsync_fn)(const char *path, int datasync, void *fi);
 
-void bs_fuse_setup(size_t fh_offset, bs_fuse_read_fn slow_read, bs_fuse_write_fn slow_write);
+void bs_fuse_setup(size_t fh_offset, bs_fuse_read_fn slow_read, bs_fuse_write_fn slow_write,
+                   bs_fuse_fsync_fn slow_fsync);
 /* Serve handle `fh` through table `t` (NULL: always the fallback), counting its requests under
  * `stat` (0 .. BS_STAT_LUS - 1, one per LU of the mount; -1: not counted). */
 int bs_fuse_attach(uint64_t fh, bs_table *t, int stat);
 void bs_fuse_detach(uint64_t fh);
 int bs_fuse_read(const char *path, char *buf, size_t size, int64_t off, void *fi);
 int bs_fuse_write(const char *path, const char *buf, size_t size, int64_t off, void *fi);
+/* bs_table_fsync for the handle's table, else the fallback. */
+int bs_fuse_fsync(const char *path, int datasync, void *fi);
 /* Requests each callback served directly / passed on, since setup: [read direct, read passed,
- * write direct, write passed]. */
+ * write direct, write passed, fsync direct, fsync passed]. */
 void bs_fuse_counts(uint64_t *out);
 /* Request counters per LU of the mount (the index bs_fuse_attach was given): for reads, then
  * writes, the requests, bytes, nanoseconds and BS_STAT_BUCKETS buckets of their times (bucket i:

@@ -20,7 +20,7 @@ import pytest
 
 from blockstore.check import check
 from blockstore.pool import Pool
-from conftest import run_cli, start_faultfs
+from conftest import daemon_pid, direct_counts, run_cli, start_faultfs
 
 
 
@@ -61,14 +61,20 @@ def test_create_grow_and_failgrp_add_make_the_data_file_durable_before_the_commi
     check_order(traced(pool, "pool", "grow", "--size", "192M"), f"{mirror}/data", "")
 
 
+def pool_on(pool: str, disk: str, backing: str) -> None:
+    """A new pool at ``pool`` whose data file is ``disk``/data, put there by moving it into
+    ``backing`` (the directory a faultfs.py at ``disk`` serves)."""
+    with Pool.create(pool, "64M", extent_size="64K") as p:
+        with p.meta.read() as txn:
+            group = p.meta.config(txn)["groups"][0]
+        p.meta.set_config(groups=[{**group, "path": f"{disk}/data"}])
+    shutil.move(f"{pool}/fg0/data", f"{backing}/data")
+
+
 def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, faulty):
     mnt, ctl = faulty
     pool = str(tmp_path / "pool")
-    with Pool.create(pool, "64M", extent_size="64K") as p:  # its data file moves to the faulty fs
-        with p.meta.read() as txn:
-            group = p.meta.config(txn)["groups"][0]
-        p.meta.set_config(groups=[{**group, "path": f"{mnt}/data"}])
-    shutil.move(f"{pool}/fg0/data", f"{mnt}/data")
+    pool_on(pool, mnt, mnt)
     p = Pool.open(pool)
     lu = p.create_lu("d", "1M")
     lu.write(0, b"a" * 4096)
@@ -91,13 +97,58 @@ def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, fault
     assert b"clean" in r.stdout
 
 
+def test_a_failed_fsync_through_a_mount_fails_every_fsync_after_it(tmp_path, faulty):
+    """The same through a mount, where an fsync of overwrites in place is the data file's sync
+    done in C (native/fastpath.h): the failure it meets stands for the engine's own syncs too."""
+    disk, ctl = faulty
+    pool, lus = str(tmp_path / "pool"), str(tmp_path / "lus")
+    pool_on(pool, disk, disk)
+    with Pool.open(pool) as p:
+        p.create_lu("d", "1M").close()
+    os.mkdir(lus)
+    run_cli("mount", lus, pool=pool)
+    fd = os.open(f"{lus}/d", os.O_RDWR)
+    try:
+        for data in (b"a", b"b"):  # a hole filled (a commit), then overwritten (the data file's sync)
+            os.pwrite(fd, data * 4096, 0)
+            os.fsync(fd)
+        ctl.touch()
+        os.pwrite(fd, b"c" * 4096, 0)
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+        ctl.unlink()  # the device "works" again, but what it dropped is gone
+        for data in (b"d", b""):  # an overwrite (C would serve its fsync), nothing at all
+            os.pwrite(fd, data * 4096, 0)
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+        run_cli("umount", lus, pool=pool, check_rc=None)
+    counts = direct_counts(pool)
+    assert counts["fsync direct"] >= 2 and counts["fsync passed"] >= 3, counts  # "b" and "c"; "a" and the refused
+    assert b"clean" in run_cli("pool", "check", pool=pool).stdout
+
+
 BLOCK, BLOCKS, THREADS = 4096, 256, 4
 
 FLUSHER = textwrap.dedent("""
-    import sys, threading, random
-    from blockstore.pool import Pool
-    pool, threads, blocks, block = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    lu = Pool.open(pool).open_lu("d")
+    import os, sys, threading, random
+    target, threads, blocks, block, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    if how == "api":  # target: the pool; one handle, flushes grouped by the journal
+        from blockstore.pool import Pool
+        lu = Pool.open(target).open_lu("d")
+        def put(data, at):
+            lu.write(at, data)
+            lu.flush()
+    else:  # target: the LU's file in a mount; a descriptor per thread
+        local = threading.local()
+        def put(data, at):
+            if not hasattr(local, "fd"):
+                local.fd = os.open(target, os.O_RDWR)
+            os.pwrite(local.fd, data, at)
+            os.fsync(local.fd)
     said = threading.Lock()
     def say(*words):
         with said:
@@ -109,8 +160,7 @@ FLUSHER = textwrap.dedent("""
             seq += 1
             b = rng.choice(mine)
             say("I", b, seq)
-            lu.write(b * block, f"{b}/{seq}".encode().ljust(block, b"."))
-            lu.flush()
+            put(f"{b}/{seq}".encode().ljust(block, b"."), b * block)
             say("A", b, seq)
     for t in range(threads):
         threading.Thread(target=run, args=(t,), daemon=True).start()
@@ -122,22 +172,21 @@ def _version(b: int, seq: int) -> bytes:
     return f"{b}/{seq}".encode().ljust(BLOCK, b".")
 
 
-def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_path):
-    """Four threads of one process write blocks of one LU (each thread its own blocks) and
-    flush after every write, so their flushes are grouped (journal.py); half the LU was written
-    before (overwrites in place: a flush syncs the data file only), half is holes (a commit).
-    The data file lies on a disk that loses what was not fsynced when its power is cut
-    (faultfs.py volatile, killed). After each cut: every block holds the last version whose
-    flush returned, or one written after it, and the pool checks clean."""
-    backing, mnt, ctl = tmp_path / "backing", tmp_path / "disk", tmp_path / "ctl"
+@pytest.mark.parametrize("through", ["api", "mount"])
+def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_path, through):
+    """Four threads write blocks of one LU (each thread its own blocks) and flush after every
+    write: through the API in one process, so their flushes are grouped (journal.py), or each
+    with a write and an fsync of the LU's file through a mount (most fsyncs of overwrites then
+    served by the mount's C path, native/fastpath.h). Half the LU was written before
+    (overwrites in place: a flush syncs the data file only), half is holes (a commit). The data
+    file lies on a disk that loses what was not fsynced when its power is cut (faultfs.py
+    volatile, killed; the mount is killed with it). After each cut: every block holds the last
+    version whose flush returned, or one written after it, and the pool checks clean."""
+    backing, mnt, ctl, lus = tmp_path / "backing", tmp_path / "disk", tmp_path / "ctl", tmp_path / "lus"
     backing.mkdir()
     mnt.mkdir()
     pool = str(tmp_path / "pool")
-    with Pool.create(pool, "64M", extent_size="64K") as p:
-        with p.meta.read() as txn:
-            group = p.meta.config(txn)["groups"][0]
-        p.meta.set_config(groups=[{**group, "path": f"{mnt}/data"}])
-    shutil.move(f"{pool}/fg0/data", f"{backing}/data")  # on the disk, as if synced (the cache holds no size change)
+    pool_on(pool, str(mnt), str(backing))  # on the disk, as if synced (the cache holds no size change)
     held = [_version(b, 0) if b < BLOCKS // 2 else bytes(BLOCK) for b in range(BLOCKS)]
     rng, acked = random.Random(5), 0
     fs = start_faultfs(str(backing), str(mnt), str(ctl), volatile=True)
@@ -146,16 +195,24 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
             lu.write(0, b"".join(held[:BLOCKS // 2]))
             lu.flush()
         for k in range(4):
-            writer = subprocess.Popen([sys.executable, "-c", FLUSHER, pool, str(THREADS), str(BLOCKS), str(BLOCK)],
+            if through == "mount":
+                os.makedirs(lus, exist_ok=True)
+                run_cli("mount", str(lus), pool=pool)
+            writer = subprocess.Popen([sys.executable, "-c", FLUSHER, f"{lus}/d" if through == "mount" else pool,
+                                       str(THREADS), str(BLOCKS), str(BLOCK), through],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(rng.uniform(0.5, 1.5))
             fs.send_signal(signal.SIGKILL)  # the power cut: the disk's cache is gone
             fs.wait()
+            if through == "mount":
+                os.kill(daemon_pid(pool), signal.SIGKILL)  # the machine's power: the mount goes too
             writer.kill()
             # a line the kill cut short (the text after the last newline) is left out: an "I" line is
             # printed before its write begins, and an "A" line's version stays allowed by its "I" line
             lines = [line.split() for line in writer.communicate(timeout=30)[0].split("\n")[:-1]]
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=True)
+            if through == "mount":
+                subprocess.run(["fusermount3", "-uz", str(lus)], check=True)
             fs = start_faultfs(str(backing), str(mnt), str(ctl), volatile=True)
             allowed: list[list[bytes]] = [[h] for h in held]
             for kind, b, seq in lines:
@@ -172,6 +229,8 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
                 assert check(p)["clean"]
         assert acked > 40, acked  # flushes went through between the cuts
     finally:
+        if os.path.ismount(lus):
+            subprocess.run(["fusermount3", "-uz", str(lus)], check=False)
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
         fs.kill()
         fs.wait()

@@ -64,6 +64,8 @@ class DataFile:
             self.write_label(label or {})
             fsync_dir(os.path.dirname(os.path.abspath(path)))
         self.dirty_flag = np.zeros(1, np.int32)
+        #: the errno of a sync that failed in C (the direct path's fsync), which stands as ours does
+        self.sync_failed = np.zeros(1, np.int32)
         self._sync_error: str | None = None
         self._can_punch = True
         self._map: native.FileMap | None = None
@@ -99,7 +101,8 @@ class DataFile:
         ``serve`` False: nothing. A single file never changes under its tables, so ``republish``
         is not kept."""
         mapping = self.mapping() if serve and map_writes and direct is not None else native.NO_MAP
-        table.publish(self.fd if serve else -1, mapping, unit, size, chunk, phys, direct, zero_slow, self.dirty_flag)
+        table.publish(self.fd if serve else -1, mapping, unit, size, chunk, phys, direct, zero_slow, self.dirty_flag,
+                      self.sync_failed)
 
     def pread(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes; a read the file's end cuts short is EIO (a data file is
@@ -242,7 +245,10 @@ class DataFile:
     def sync(self) -> None:
         """Make every write so far durable. A failed sync stands: the kernel may have dropped the
         pages it could not write and call them clean, so a later sync that "succeeds" proves
-        nothing; every sync after a failure fails too, until the file is opened again."""
+        nothing; every sync after a failure fails too, until the file is opened again (one
+        the direct path's fsync made fails the same way: ``sync_failed``)."""
+        if self._sync_error is None and self.sync_failed[0]:
+            self._sync_error = os.strerror(int(self.sync_failed[0]))
         if self._sync_error is not None:
             raise OSError(errno.EIO, f"an earlier sync of {self.path} failed ({self._sync_error}); "
                                      "writes acknowledged since may be lost", self.path)
