@@ -444,13 +444,11 @@ int bs_table_fsync(bs_table *t)
     if (t->fd >= 0 && !t->mirror && t->watch == NULL && t->sync_err != NULL &&
         __atomic_load_n(t->sync_err, __ATOMIC_ACQUIRE) == 0 &&
         __atomic_load_n(&t->changes, __ATOMIC_SEQ_CST) == __atomic_load_n(&t->clean, __ATOMIC_SEQ_CST)) {
-        __atomic_store_n(t->dirty, 0, __ATOMIC_SEQ_CST); /* before the sync: a write racing it sets it again */
+        /* The file's dirty flag stays as it is: cleared here, a flush of the owner's meeting it
+         * while this sync is still under way would skip its own and answer too soon. */
         r = fdatasync(t->fd) == 0 ? 0 : -errno;
-        if (r != 0) {
-            /* the kernel may have dropped the pages it could not write: every later sync fails */
-            __atomic_store_n(t->dirty, 1, __ATOMIC_SEQ_CST);
+        if (r != 0) /* the kernel may have dropped the pages it could not write: every later sync fails */
             __atomic_store_n(t->sync_err, -r, __ATOMIC_RELEASE);
-        }
     }
     pthread_rwlock_unlock(&t->lock);
     return r;

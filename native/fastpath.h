@@ -111,9 +111,11 @@ int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
  * begins and, once it has committed everything pending, says so with bs_table_clean(count).
  * The fsync is served only while the count is still that one, for a single table (not
  * mirrored, no watch word, no fence word) published with a sync error word (`sync_err` of
- * bs_table_publish, or NULL: never served) that is 0. It clears the file's dirty flag before it
- * syncs; a failure sets the flag again and stores the errno in the sync error word, which stays:
- * the owner's every later sync of the file fails (the kernel may have dropped the pages). */
+ * bs_table_publish, or NULL: never served) that is 0. It always syncs (another table's fsync
+ * may be syncing the same file, not yet done) and leaves the file's dirty flag set (the owner's
+ * flush skips its sync when the flag is clear). A failure stores the errno in the sync error word,
+ * which stays: the owner's every later sync of the file fails (the kernel may have dropped the
+ * pages). */
 int bs_table_fsync(bs_table *t);
 uint64_t bs_table_changes(bs_table *t);
 void bs_table_clean(bs_table *t, uint64_t seen);
