@@ -353,7 +353,7 @@ class LU:
         table cannot serve: a read-only handle of an LU that another process writes (its map is
         re-read behind its back), unless it reads redirected on this machine: then the table
         serves reads only while no commit has landed since its map was read (``read_from``).
-        ``map_writes``: write whole 256 KiB pieces whose pages are in memory by copying into a
+        ``map_writes``: write whole 64 KiB pieces whose pages are in memory by copying into a
         mapping of the data file (the rest is pwritten either way; so is everything in extents
         smaller than a piece); given by the first call."""
         if not (self._fast or self._watch is not None) or self._closed:

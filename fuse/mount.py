@@ -133,7 +133,7 @@ def serve(pool_path: str, mountpoint: str, *, read_only: bool = False, allow_oth
     on one thread. ``direct`` serves reads and in-place writes in C (direct.py), without the
     GIL, so threads run them in parallel; without it every request is Python, where threads
     only help large requests (handing the GIL over costs more than a 4 KiB request).
-    ``map_writes``: the direct path copies whole 256 KiB pieces of writes whose pages are in
+    ``map_writes``: the direct path copies whole 64 KiB pieces of writes whose pages are in
     memory into a mapping of the data file (LU.direct_table). How the defaults were chosen:
     docs/fuse.md. ``access``: the files' owner, group and mode (default: the mounting user,
     0600), which the kernel enforces; ``allow_other`` lets other users reach them at all.

@@ -21,7 +21,10 @@
  * folios of at most that size: a later 4 KiB write into a large folio costs ext4 a walk over all of
  * its block buffers. Measured on ext4 (kernel 6.18), one thread, after the file was written in
  * pieces of 1 MiB / 256 KiB / 64 KiB: 4 KiB random pwrites ran at 32,500 / 83,000 / 164,000 a
- * second, and 1 MiB sequential pwrites at 5,770 / 5,214 / 4,783 MiB/s. */
+ * second, and 1 MiB sequential pwrites at 5,770 / 5,214 / 4,783 MiB/s. Through a mount (one run,
+ * pieces of 256 KiB / 64 KiB, alternating): 16 synchronous 4 KiB writers 50,100 / 72,000 IOPS
+ * (a plain file: 71,400), 4 KiB write + fsync 4,520 / 4,830, 1 MiB sequential overwrites 2,995 /
+ * 2,850 MiB/s: 64 KiB, for a database's or a VM's small writes. */
 
 int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off)
 {

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 /* bs_pwrite_all writes in pieces of at most this many bytes (why: blockstore_native.c). */
-#define BS_WRITE_PIECE (256 * 1024)
+#define BS_WRITE_PIECE (64 * 1024)
 int bs_pwrite_all(int fd, const char *buf, size_t len, int64_t off);
 /* A read that meets the file's end before `len` bytes is -EIO: data files are never shorter than
  * what is read from them, so a short one was truncated under us. */

@@ -300,7 +300,7 @@ static int resident(const char *p, size_t len)
 /* One write within one unit, at byte `at` of the file. Whole, aligned pieces of BS_WRITE_PIECE
  * whose pages are in memory are copied into the mapping; the runs between them are pwritten, each
  * in one call. Whole pieces only: a write fault dirties the page's whole folio, so a mapped 4 KiB
- * write into a 256 KiB folio would have writeback write all of it (64 times the bytes), where
+ * write into a 64 KiB folio would have writeback write all of it (16 times the bytes), where
  * pwrite dirties the bytes it wrote. Folios are at most a piece as long as writes go in pieces
  * (blockstore_native.c). */
 static int write_at(int fd, char *map, uint64_t map_len, const char *buf, size_t len, int64_t at)
