@@ -38,11 +38,11 @@ test: deps venv
 demo: deps venv
 	bash bench/demo.sh
 
-# the db group's PostgreSQL (pgbench), for the bench only
-BENCH_DEBS := postgresql postgresql-contrib
+# the db group's PostgreSQL (pgbench) and its FUSE floor's build (bench/floor), for the bench only
+BENCH_DEBS := postgresql postgresql-contrib libfuse3-dev pkg-config gcc
 
 bench-deps: .stamp-bench-debs
-.stamp-bench-debs: .stamp-debs
+.stamp-bench-debs: .stamp-debs Makefile
 	@$(call install_debs,$(BENCH_DEBS))
 	@touch $@
 

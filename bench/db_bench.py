@@ -1,8 +1,11 @@
 """The ``db`` group of ``blockstore bench``: an LU under what a database or a VM does to it (many
 synchronous writers, an fsync after every write, QEMU's flushes, PostgreSQL's pgbench on ext4),
 against the same work on a plain file on the same filesystem, and a mirrored LU against an
-unmirrored one. Each round sets every target up fresh and fills it; the order of the targets
-rotates by round; rows are medians of the rounds."""
+unmirrored one. Beside them, the bound FUSE itself sets: the plain file served by the least a
+FUSE file system can do (bench/floor/passthrough.c, C, an fsync that is one fdatasync), so a
+ratio below a target reads against what any FUSE file system reaches on the machine. Each round
+sets every target up fresh and fills it; the order of the targets rotates by round; rows are
+medians of the rounds."""
 from __future__ import annotations
 
 import json
@@ -12,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,10 +31,48 @@ FIO = {
     "write+fsync, 4 writers": (4, True),
 }
 TARGETS = ("plain file", "LU", "mirrored LU")
+#: the fio and qemu-img workloads run on these too
+SYNC_TARGETS = TARGETS + ("FUSE floor",)
+FLOOR_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor", "passthrough.c")
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("fio", "qemu-img", "mkfs.ext4", "losetup") if not shutil.which(t)]
+    return [t for t in ("fio", "qemu-img", "mkfs.ext4", "losetup", "cc", "pkg-config") if not shutil.which(t)]
+
+
+def floor_binary(workdir: str) -> str:
+    """bench/floor/passthrough.c built against libfuse 3 (Debian's libfuse3-dev) in ``workdir``."""
+    out = os.path.join(workdir, "floor-passthrough")
+    if not os.path.exists(out):
+        flags = _sh("pkg-config", "--cflags", "--libs", "fuse3").split()
+        _sh("cc", "-O2", "-Wall", "-o", out, FLOOR_SOURCE, *flags)
+    return out
+
+
+@contextmanager
+def floor_target(workdir: str, size: int) -> Iterator[str]:
+    """A plain file of ``size`` bytes served by the C passthrough, mounted in ``workdir``."""
+    binary = floor_binary(workdir)
+    with plain_target(workdir, size) as backing:
+        mp = os.path.join(workdir, "floor-mnt")
+        os.makedirs(mp, exist_ok=True)
+        proc = subprocess.Popen([binary, backing, mp, "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mp):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the FUSE floor did not mount: {proc.stderr.read().decode()[-500:]}"
+                                       if proc.poll() is not None else "the FUSE floor did not mount in 30 s")
+                time.sleep(0.05)
+            yield os.path.join(mp, "file")
+        finally:
+            subprocess.run(["fusermount3", "-u", mp], capture_output=True)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            os.rmdir(mp)
 
 
 def postgres_bin() -> str | None:
@@ -68,9 +110,10 @@ def qemu_img_bench(path: str, count: int) -> float:
 
 @contextmanager
 def target(kind: str, workdir: str, size: int) -> Iterator[str]:
-    """A plain file, or an LU (mirrored or not) in a fresh pool through the mount."""
-    if kind == "plain file":
-        with plain_target(workdir, size) as path:
+    """A plain file, the plain file through the FUSE floor, or an LU (mirrored or not) in a
+    fresh pool through the mount."""
+    if kind in ("plain file", "FUSE floor"):
+        with (plain_target if kind == "plain file" else floor_target)(workdir, size) as path:
             yield path
         return
     with mounted_pool(workdir, size, {"disk": kind == "mirrored LU"}) as files:
@@ -82,9 +125,10 @@ def sync_run(workdir: str, quick: bool) -> dict[str, dict[str, list[float]]]:
     size = (256 if quick else 1024) << 20
     runtime = 2 if quick else 5
     count = 2000 if quick else 10000
-    out: dict[str, dict[str, list[float]]] = {t: {} for t in TARGETS}
+    out: dict[str, dict[str, list[float]]] = {t: {} for t in SYNC_TARGETS}
+    n = len(SYNC_TARGETS)
     for r in range(2 if quick else 3):
-        for kind in TARGETS[r % 3:] + TARGETS[:r % 3]:
+        for kind in SYNC_TARGETS[r % n:] + SYNC_TARGETS[:r % n]:
             with target(kind, workdir, size) as path:
                 fill(path, size)
                 for name, (jobs, fsync) in FIO.items():

@@ -104,6 +104,11 @@ def db_rows(runs: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
                        note=f"{how}; rounds: LU {db_bench.spread(lu)}, plain {db_bench.spread(plain)}"))
         out.append(row(f"db {name}, mirrored vs unmirrored", "db", "IOPS", statistics.median(mirrored),
                        statistics.median(lu), None, note=f"rounds: mirrored {db_bench.spread(mirrored)}"))
+        floor = runs["FUSE floor"][name]
+        out.append(row(f"db {name}, FUSE floor vs plain", "db", "IOPS", statistics.median(floor),
+                       statistics.median(plain), None,
+                       note=f"the bound of any FUSE file system here: a C passthrough of the plain file "
+                            f"(bench/floor/passthrough.c); rounds: {db_bench.spread(floor)}"))
     one, many = runs["LU"]["1 sync writer"], runs["LU"]["16 sync writers"]
     out.append(row("db 16 sync writers vs 1, LU", "db", "IOPS", statistics.median(many), statistics.median(one), 1.0,
                    note="the same LU through the mount: 16 threads at least as fast as one"))
