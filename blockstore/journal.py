@@ -9,9 +9,10 @@ maps holds what was written before that commit. A flush is a commit with no chan
 what it makes durable is every write acknowledged before it.
 
 What a flush writes: nothing when nothing was written since the last one; one ``fdatasync`` of
-each data file written (both copies of a mirror, at once) when the writes changed no map, count
-or checksum (overwrites in place of an unmirrored LU's extents); otherwise one commit (the data
-synced, then one LMDB transaction). Flushes are grouped: a flush that arrives while another is
+each data file written (both copies of a mirror, at once) when the writes changed no map or
+count (overwrites in place of an LU's own extents: a mirror's new checksums wait in memory for
+the next commit, their regions in the activity log, unless the flush is a checkpoint); otherwise
+one commit (the data synced, then one LMDB transaction). Flushes are grouped: a flush that arrives while another is
 under way waits for the next one, which covers it and every other flush that waited with it (a
 flush covers the writes acknowledged before it began, and these were), so N threads that each
 write and fsync share one sync, not N in a row. Once a flush has left an LU nothing to commit,
@@ -54,6 +55,7 @@ class Journal:
         # group flushes: numbered as they begin; one under way while begun > ended
         self._flushes = threading.Condition(threading.Lock())
         self._begun = self._ended = 0
+        self._checkpoint_upto = 0  # the last flush number a checkpoint waits for (``flush``)
         self._failed: dict[int, BaseException] = {}  # flush number -> why it failed (the last few)
 
     def pending(self) -> bool:
@@ -71,16 +73,24 @@ class Journal:
         mirror = self.groups.mirror
         return self.pending() or (mirror is not None and bool(mirror.pending or mirror.touched))
 
-    def flush(self) -> None:
+    def flush(self, *, checkpoint: bool = True) -> None:
         """Make every acknowledged write of every LU open in this pool durable: by the flush
         that begins next (this thread's, when none is under way; else one that a waiting
-        thread begins as the one under way ends). Raises what that flush raised."""
+        thread begins as the one under way ends). Raises what that flush raised.
+
+        ``checkpoint`` False (an LU's own flush: an fsync) lets the checksums a mirror recorded
+        stay in memory while the regions they describe are in the activity log, which a
+        recovery settles (storage/activity.py): the copies' syncs are then all the flush
+        writes. True: they are committed too, so that another process, a scrub or the next open
+        finds them on record (a group holding a checkpoint flush is one)."""
         if self.lock._is_owned():  # type: ignore[attr-defined]
             # called under the pool's lock: the flush under way needs that lock to end, so this
             # one cannot wait for it; it flushes at once (nothing else flushes meanwhile)
-            return self._flush_now()
+            return self._flush_now(checkpoint)
         with self._flushes:
             mine = self._begun + 1  # the first flush to begin from now on covers my writes
+            if checkpoint:
+                self._checkpoint_upto = max(self._checkpoint_upto, mine)
             while self._ended < mine and self._begun > self._ended:
                 self._flushes.wait()  # one under way began before my writes were all acknowledged
             if self._ended >= mine:
@@ -88,9 +98,10 @@ class Journal:
                     raise copy.copy(self._failed[mine])  # a copy: each thread's own traceback
                 return
             self._begun = mine
+            checkpoint = self._checkpoint_upto >= mine  # every waiter of this group has said so by now
         failed: BaseException | None = None
         try:
-            self._flush_now()
+            self._flush_now(checkpoint)
         except BaseException as e:
             failed = e
             raise
@@ -102,7 +113,7 @@ class Journal:
                     self._failed[mine] = failed
                 self._flushes.notify_all()
 
-    def _flush_now(self) -> None:
+    def _flush_now(self, checkpoint: bool) -> None:
         with self.lock:
             if self.readonly:
                 return
@@ -111,11 +122,14 @@ class Journal:
             marks = [(lu, lu.flush_begins()) for lu in self.writers.values()]
             for lu in self.writers.values():
                 lu.settle()  # a deferred copy changes the map: it completes before the choice
-            if self.metadata_pending():
+            mirror = self.groups.mirror
+            if self.pending() or (self.metadata_pending() and (checkpoint or mirror is None or mirror.must_commit())):
                 self.commit(None)
             elif self.groups.dirty:
                 self._check_fences()
-                self.groups.sync()  # overwrites in place: the data is all there is to make durable
+                # overwrites in place (a mirror's checksums kept for the next commit, their
+                # regions logged): the data is all there is to make durable
+                self.groups.sync(keep_armed=True)
             for lu, mark in marks:
                 lu.flush_covered(mark)  # until it changes again, its fsync is the data file's sync
 

@@ -76,7 +76,7 @@ class Host(Protocol):
     @property
     def lock(self) -> threading.RLock: ...
 
-    def flush(self) -> None: ...
+    def flush(self, *, checkpoint: bool = True) -> None: ...
 
     def refresh_lu(self, lu: "LU") -> None: ...
 
@@ -420,8 +420,10 @@ class LU:
                     self._write_extent(ext, start, bytes(n), zero_ok=True)
 
     def flush(self) -> None:
-        """Make every write acknowledged so far durable (pool-wide commit)."""
-        self._host.flush()
+        """Make every write acknowledged so far durable (pool-wide: every LU this process
+        writes). Not a checkpoint (journal.py): a mirrored LU's new checksums may stay in memory,
+        their regions in the activity log, until the next commit or close."""
+        self._host.flush(checkpoint=False)
 
     def close(self) -> None:
         self._host.close_lu(self)

@@ -299,9 +299,10 @@ class Pool:
 
     # -- flush and the commit of every metadata change ----------------------------------------
 
-    def flush(self) -> None:
-        """Make every acknowledged write of every LU open in this pool durable."""
-        self.journal.flush()
+    def flush(self, *, checkpoint: bool = True) -> None:
+        """Make every acknowledged write of every LU open in this pool durable; a
+        ``checkpoint`` (the default) also commits the checksums a mirror recorded (journal.py)."""
+        self.journal.flush(checkpoint=checkpoint)
 
     def commit(self, change: Callable[[lmdb.Transaction], Any] | None) -> Any:
         """Sync data, then commit ``change`` with every pending change, atomically (journal.py)."""

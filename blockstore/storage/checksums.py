@@ -84,9 +84,13 @@ def settle(h0: np.ndarray | None, h1: np.ndarray | None, rec: np.ndarray) -> tup
     agree), 1 (copy 0 -> copy 1) or 2 (copy 1 -> copy 0).
 
     Data written since the last flush was never promised, so any one whole version of a block
-    will do, as long as both copies end up holding it and the record describes it: a copy that
-    matches the record is the last flushed version and wins; copies that agree with each other
-    but not the record both took a later write, which is kept; with neither, the primary's.
+    will do, as long as both copies end up holding it and the record describes it. Each copy
+    holds the last flushed version or a later one (a write reaches the primary first, then the
+    other, and a flush syncs both), so any choice keeps every promise; the record only breaks
+    ties: a copy that matches it wins (it may be older than the last flushed version, whose
+    checksums a flush of the LU's own may have left in memory: such a copy then holds a later
+    write of the same bytes); copies that agree with each other both took a later write, which
+    is kept; with neither, the primary's.
     """
     n = len(rec)
     direction = np.zeros(n, np.int8)

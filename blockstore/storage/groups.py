@@ -65,6 +65,8 @@ class FailureGroups:
             self._attach_mirror(cfg)
 
     def close(self) -> None:
+        if self.mirror:
+            self.mirror.close()
         for df in self.files.values():
             df.close()
 
@@ -215,9 +217,10 @@ class FailureGroups:
         """Whether anything was written since the last sync."""
         return self.mirror.dirty_data if self.mirror else self.files[0].dirty
 
-    def sync(self) -> None:
+    def sync(self, keep_armed: bool = False) -> None:
+        """Sync the data files (``keep_armed``: MirrorFile.sync)."""
         if self.mirror:
-            self.mirror.sync()
+            self.mirror.sync(keep_armed)
         else:
             self.files[0].sync()
 

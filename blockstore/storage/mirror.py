@@ -11,8 +11,11 @@ brought back is followed here at the next commit (``follow``). Reads come only f
 lacks nothing (``readable``); a copy being resynced is written but not read.
 
 The mirror owns three records of what it wrote (checksums.py, activity.py):
-- ``pending``: the checksums of the blocks written since the last flush, taken from the client's
-  buffers by the C write; the flush commits them with the maps (``commit_sums``);
+- ``pending``: the checksums of the blocks written since the last commit, taken from the client's
+  buffers by the C write; a commit stores them with the maps (``commit_sums``). An LU's own flush
+  (an fsync) that changed no map syncs the copies and leaves them pending: their regions are in
+  the activity log, so a crash loses nothing a recovery cannot rebuild from the copies, and every
+  commit (a checkpoint flush, a close, any change of the pool) stores them;
 - the activity log: regions with writes in flight, logged before the write, settled at the next
   open after a crash;
 - the dirty bitmap of a degraded copy: every extent it missed, made durable before the write it
@@ -34,8 +37,9 @@ or one of a snapshot or a sealed LU; a read-only handle of an LU another process
 The C direct path (native/fastpath.h) reads a mirrored LU from its first live copy and writes
 both copies in place, storing the checksums into ``pending`` itself, but only into extents that
 are *armed*: the first write into an extent after each flush comes here, does the write-ahead
-work (activity log, ``touched``) and arms it. A flush disarms every extent before it syncs (so a
-write it did not see is never dropped with the pending checksums), and so does a change of the
+work (activity log, ``touched``) and arms it. A commit disarms every extent before it syncs (so a
+write it did not see is never dropped with the pending checksums; a flush that commits nothing
+leaves them armed, and the direct path goes on writing them), and so does a change of the
 copies (a failure, a copy back in service): a degraded mirror arms nothing, its writes mark the
 dirty bitmap here.
 """
@@ -47,6 +51,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +59,7 @@ import numpy as np
 
 from .. import native
 from ..native import Buffer
-from .activity import AHEAD, REGION, ActivityLog
+from .activity import AHEAD, HOT_LIMIT, REGION, ActivityLog
 from .checksums import BLOCK, SumStore
 from .datafile import LABEL, DataFile
 from .health import FAILED, OK, CopyHealth
@@ -108,6 +113,7 @@ class MirrorFile:
         #: extent -> the checksums of its blocks as they are now (verified reads), and as C sees them
         self._truth: dict[int, np.ndarray] = {}
         self.known = native.UnitArrays(need // extent_size)
+        self._syncer: ThreadPoolExecutor | None = None  # syncs the second copy beside the first (sync)
         #: False only to measure what verified reads cost (the bench)
         self.verify_reads = True
         #: blocks repaired by reads since the pool opened
@@ -628,11 +634,27 @@ class MirrorFile:
                 except OSError as e:
                     self.fail(i, f"punch at offset {offset}: {e.strerror}")
 
-    def sync(self) -> None:
+    def must_commit(self) -> bool:
+        """Whether a flush must commit though it need not store the pending checksums yet
+        (``Journal.flush``'s checkpoint): the activity log holds more regions than a session
+        keeps hot, and only a commit lets it forget them (activity.py); or the pool's record of
+        the copies is not the one this process follows, which a commit takes (``follow``)."""
+        if len(self.activity.hot) > HOT_LIMIT:
+            return True
+        with self.health.meta.read() as txn:
+            rec = self.health.record(txn)
+        return rec.get("cleared", 0) != self._cleared or any(
+            (state == FAILED) != (self.copies[i] is None) or (state == OK) != self.readable[i]
+            for i, state in enumerate(rec["states"]))
+
+    def sync(self, keep_armed: bool = False) -> None:
         """Check that each copy's file is still the one at its path, whole, then sync both at
-        once: the second on a thread (fdatasync releases the GIL), so a flush waits for the
-        slower disk, not for the two in turn."""
-        self._disarm_all()  # from here to the commit's end, every write is one this flush sees
+        once: the second on the mirror's sync thread (fdatasync releases the GIL), so a flush
+        waits for the slower disk, not for the two in turn. ``keep_armed``: for a flush that
+        commits nothing; else every extent is disarmed first, so that from here to the commit's
+        end every write is one this flush sees (its checksums go to Python, after the commit)."""
+        if not keep_armed:
+            self._disarm_all()
         for i, c in enumerate(self.copies):
             if c is not None:
                 why = c.problem(self.need + LABEL)
@@ -646,15 +668,16 @@ class MirrorFile:
             except OSError as e:
                 errors[i] = e
         live = [(i, c) for i, c in enumerate(self.copies) if c is not None and c.dirty]
-        helper = None
+        second = None
         if len(live) == 2:
-            helper = threading.Thread(target=one, args=live[1])
-            helper.start()
+            if self._syncer is None:  # one thread for the mirror's life: a flush starts none
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="mirror-sync")
+            second = self._syncer.submit(one, *live[1])
             live = live[:1]
         for i, c in live:
             one(i, c)
-        if helper:
-            helper.join()
+        if second is not None:
+            second.result()
         for i, e in errors.items():
             self.fail(i, f"sync: {e.strerror}")
 
@@ -664,6 +687,12 @@ class MirrorFile:
 
     def size(self) -> int:
         return self._one()[1].size()
+
+    def close(self) -> None:
+        """End the sync thread (the copies are their group's to close)."""
+        if self._syncer is not None:
+            self._syncer.shutdown()
+            self._syncer = None
 
     def grow(self, need: int) -> None:
         """The files now hold ``need`` bytes of extents (the pool grew)."""
