@@ -118,8 +118,10 @@ class Journal:
             if self.readonly:
                 return
             # read before anything is settled or stored: a change counted later may be one
-            # this flush does not hold
+            # this flush does not hold, a commit counted later one whose record it did not follow
             marks = [(lu, lu.flush_begins()) for lu in self.writers.values()]
+            word = self.meta.commits
+            seen = word.value if word is not None else 0
             for lu in self.writers.values():
                 lu.settle()  # a deferred copy changes the map: it completes before the choice
             mirror = self.groups.mirror
@@ -131,7 +133,7 @@ class Journal:
                 # regions logged): the data is all there is to make durable
                 self.groups.sync(keep_armed=True)
             for lu, mark in marks:
-                lu.flush_covered(mark)  # until it changes again, its fsync is the data file's sync
+                lu.flush_covered(mark, word, seen)  # until either moves, its fsync is the data files' sync
 
     def _check_fences(self) -> None:
         """What a commit checks for each LU written under an ownership epoch (the node's gate,

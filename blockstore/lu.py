@@ -468,12 +468,12 @@ class LU:
         give it to ``flush_covered`` once the flush committed everything pending."""
         return self._direct.changes if self._direct is not None else None
 
-    def flush_covered(self, mark: int | None) -> None:
-        """A flush that began at ``mark`` left nothing of this LU to commit: until anything
-        changes, an fsync of its file needs only the data file's sync, which C serves
-        (native/fastpath.h, bs_table_fsync)."""
+    def flush_covered(self, mark: int | None, commits: "SharedWord | None" = None, seen: int = 0) -> None:
+        """A flush that began at ``mark`` (and at ``seen`` of the pool's commit word ``commits``)
+        left nothing of this LU it must commit: until either moves, an fsync of its file needs
+        only the data files' syncs, which C serves (native/fastpath.h, bs_table_fsync)."""
         if mark is not None and self._direct is not None:
-            self._direct.clean(mark)
+            self._direct.clean(mark, commits, seen)
 
     def reload(self, emap: ExtentMap, size: int, gen: int) -> None:
         """A read-only handle takes the map and size another writer committed."""

@@ -191,14 +191,15 @@ class DirectTable:
                              ffi.from_buffer("int[]", sync_error) if sync_error is not None else ffi.NULL)
 
     def mirror(self, fd2: int, mapping2: FileMap, dirty2: np.ndarray | None, armed: "UnitArrays",
-               verify: "UnitArrays | None" = None) -> None:
+               verify: "UnitArrays | None" = None, sync_error2: np.ndarray | None = None) -> None:
         """Make the table just published mirrored: ``fd2`` the second copy (-1: none) mapped by
         ``mapping2``, and only the units ``armed`` names are written; with ``verify``, reads are
-        checked against the checksums it names (native/fastpath.h). Hold the table, as for
-        publish."""
-        self._keep2 = (dirty2, armed, verify)
+        checked against the checksums it names (native/fastpath.h). ``dirty2`` and
+        ``sync_error2`` are the second copy's, as for publish. Hold the table, as for publish."""
+        self._keep2 = (dirty2, armed, verify, sync_error2)
         lib.bs_table_mirror(self.ptr, fd2, mapping2.ptr, mapping2.length,
                             ffi.from_buffer("int[]", dirty2) if dirty2 is not None else ffi.NULL,
+                            ffi.from_buffer("int[]", sync_error2) if sync_error2 is not None else ffi.NULL,
                             armed.directory, armed.chunk, len(armed.directory))
         if verify is not None:
             lib.bs_table_verify(self.ptr, verify.directory, verify.chunk, len(verify.directory))
@@ -248,10 +249,12 @@ class DirectTable:
         flush begins, give it to ``clean`` once the flush committed everything pending."""
         return int(lib.bs_table_changes(self.ptr))
 
-    def clean(self, seen: int) -> None:
-        """A flush that began at count ``seen`` left nothing to commit: until the count moves,
-        an fsync is the file's fdatasync, served in C."""
-        lib.bs_table_clean(self.ptr, seen)
+    def clean(self, seen: int, commits: "SharedWord | None" = None, commits_seen: int = 0) -> None:
+        """A flush that began at count ``seen`` (and at ``commits_seen`` of the commit word
+        ``commits``) left nothing it must commit: until either moves, an fsync is the files'
+        fdatasync, served in C."""
+        self._commits = commits  # C points into its mapping
+        lib.bs_table_clean(self.ptr, seen, commits.ptr if commits is not None else ffi.NULL, commits_seen)
 
     def fsync(self) -> int:
         """0 when synced in C, 1 when the owner's flush must do it (nothing done), or a negative

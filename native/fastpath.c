@@ -44,7 +44,10 @@ struct bs_table {
      * changes of the table, writes into HELD units, writes the fallback served); clean is the
      * count the owner's last flush covered; sync_err the file's sticky sync failure word */
     uint64_t changes, clean;
-    int *sync_err;
+    int *sync_err, *sync_err2;
+    /* and the commit word as the owner's last flush found it (bs_table_clean), or NULL */
+    const uint64_t *commits;
+    uint64_t commits_seen;
 };
 
 bs_table *bs_table_new(void)
@@ -82,7 +85,14 @@ void bs_table_unlock(bs_table *t)
 
 uint64_t bs_table_changes(bs_table *t) { return __atomic_load_n(&t->changes, __ATOMIC_SEQ_CST); }
 
-void bs_table_clean(bs_table *t, uint64_t seen) { __atomic_store_n(&t->clean, seen, __ATOMIC_SEQ_CST); }
+void bs_table_clean(bs_table *t, uint64_t seen, const uint64_t *commits, uint64_t commits_seen)
+{
+    pthread_rwlock_wrlock(&t->lock); /* not bs_table_unlock: that would count a change */
+    t->commits = commits;
+    t->commits_seen = commits_seen;
+    __atomic_store_n(&t->clean, seen, __ATOMIC_SEQ_CST);
+    pthread_rwlock_unlock(&t->lock);
+}
 
 void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t unit, uint64_t size,
                       uint32_t *const *phys, uint8_t *const *direct, uint64_t chunk, uint64_t chunks,
@@ -100,6 +110,7 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
     t->zero_slow = zero_slow;
     t->dirty = dirty;
     t->sync_err = sync_err;
+    t->sync_err2 = NULL;
     t->mirror = 0;
     t->fd2 = -1;
     t->sums = NULL;
@@ -131,11 +142,12 @@ void bs_table_held(bs_table *t, uint8_t **const *blocks, uint64_t chunks)
     t->blocks_chunks = chunks;
 }
 
-void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
-                     uint64_t sums_chunk, uint64_t sums_chunks)
+void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, int *sync_err2,
+                     uint64_t **const *sums, uint64_t sums_chunk, uint64_t sums_chunks)
 {
     t->mirror = 1;
     t->fd2 = fd2;
+    t->sync_err2 = sync_err2;
     t->map2 = map2;
     t->map2_len = map2 != NULL ? map2_len : 0;
     t->dirty2 = dirty2;
@@ -435,20 +447,34 @@ static int table_io(bs_table *t, char *rbuf, const char *wbuf, size_t len, uint6
     return (r < 0 && (t->mirror || t->watch != NULL)) || changed ? BS_SLOW : r;
 }
 
+/* Sync fd, recording a failure in its sticky word: 0 or a negative errno. */
+static int sync_file(int fd, int *err)
+{
+    if (fdatasync(fd) == 0)
+        return 0;
+    int r = -errno;
+    __atomic_store_n(err, -r, __ATOMIC_RELEASE);
+    return r;
+}
+
+static int unfailed(const int *err) { return err != NULL && __atomic_load_n(err, __ATOMIC_ACQUIRE) == 0; }
+
 int bs_table_fsync(bs_table *t)
 {
     if (__atomic_load_n(&t->write_until, __ATOMIC_ACQUIRE) != UINT64_MAX)
         return BS_SLOW; /* an owner under a fence: its flush answers only while it may write */
     pthread_rwlock_rdlock(&t->lock);
     int r = BS_SLOW;
-    if (t->fd >= 0 && !t->mirror && t->watch == NULL && t->sync_err != NULL &&
-        __atomic_load_n(t->sync_err, __ATOMIC_ACQUIRE) == 0 &&
+    if (t->fd >= 0 && t->watch == NULL && unfailed(t->sync_err) && (!t->mirror || t->fd2 < 0 || unfailed(t->sync_err2)) &&
+        (t->commits == NULL || bs_word_load(t->commits) == t->commits_seen) &&
         __atomic_load_n(&t->changes, __ATOMIC_SEQ_CST) == __atomic_load_n(&t->clean, __ATOMIC_SEQ_CST)) {
-        /* The file's dirty flag stays as it is: cleared here, a flush of the owner's meeting it
-         * while this sync is still under way would skip its own and answer too soon. */
-        r = fdatasync(t->fd) == 0 ? 0 : -errno;
-        if (r != 0) /* the kernel may have dropped the pages it could not write: every later sync fails */
-            __atomic_store_n(t->sync_err, -r, __ATOMIC_RELEASE);
+        /* The files' dirty flags stay as they are: cleared here, a flush of the owner's meeting
+         * one while this sync is still under way would skip its own and answer too soon. */
+        r = sync_file(t->fd, t->sync_err);
+        if (r == 0 && t->mirror && t->fd2 >= 0)
+            r = sync_file(t->fd2, t->sync_err2);
+        if (r != 0 && t->mirror)
+            r = BS_SLOW; /* the owner fails that copy and goes on with the other */
     }
     pthread_rwlock_unlock(&t->lock);
     return r;

@@ -77,9 +77,10 @@ void bs_table_publish(bs_table *t, int fd, char *map, uint64_t map_len, uint64_t
                       int zero_slow, int *dirty, int *sync_err);
 /* Make the published table mirrored (after bs_table_publish, which makes it single again): `fd2`
  * is the second copy (-1: none, a degraded mirror), `map2` its mapping (or NULL), `dirty2` its
- * flag; `sums` the directory of armed units described above, `sums_chunks` entries long. */
-void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, uint64_t **const *sums,
-                     uint64_t sums_chunk, uint64_t sums_chunks);
+ * flag, `sync_err2` its sync error word (bs_table_fsync); `sums` the directory of armed units
+ * described above, `sums_chunks` entries long. */
+void bs_table_mirror(bs_table *t, int fd2, char *map2, uint64_t map2_len, int *dirty2, int *sync_err2,
+                     uint64_t **const *sums, uint64_t sums_chunk, uint64_t sums_chunks);
 /* Verify the reads of the mirrored table just made so (after bs_table_mirror): `vsums` the
  * directory described above, `vsums_chunks` entries long; NULL (as bs_table_publish leaves it):
  * reads are not verified. */
@@ -103,22 +104,25 @@ uint64_t bs_table_written(bs_table *t);
  * its right to write an LU refuses or holds it). The owner moves it forward while it may write. */
 void bs_table_fence(bs_table *t, uint64_t until_ns);
 int bs_table_pwrite(bs_table *t, const char *buf, size_t len, uint64_t off);
-/* An fsync of what the table's writes put in the file, when nothing but their bytes is left to
- * make durable: one fdatasync of the file, 0 or a negative errno; BS_SLOW (nothing done) when the
+/* An fsync of what the table's writes put in its files, when nothing but their bytes is left to
+ * make durable: one fdatasync of the file (of each copy, in turn, for a mirrored table), 0 or a
+ * negative errno; BS_SLOW (nothing done, or for a mirrored table a copy's sync failed) when the
  * owner has more to do or to decide. The table counts what may have left metadata to commit
  * (bs_table_changes: every bs_table_unlock, every write into a HELD unit, every write the FUSE
- * fallback served, counted after it returns); the owner's flush reads the count before it
- * begins and, once it has committed everything pending, says so with bs_table_clean(count).
- * The fsync is served only while the count is still that one, for a single table (not
- * mirrored, no watch word, no fence word) published with a sync error word (`sync_err` of
- * bs_table_publish, or NULL: never served) that is 0. It always syncs (another table's fsync
- * may be syncing the same file, not yet done) and leaves the file's dirty flag set (the owner's
- * flush skips its sync when the flag is clear). A failure stores the errno in the sync error word,
- * which stays: the owner's every later sync of the file fails (the kernel may have dropped the
- * pages). */
+ * fallback served, counted after it returns); the owner's flush reads the count (and the commit
+ * word `commits`, if given) before it begins and, once it has left nothing pending that it must
+ * commit, says so with bs_table_clean. The fsync is served only while the count, and the commit
+ * word (a commit of any process since may have changed what the owner must follow), are still
+ * those; for a table with no watch word and no fence word, published with sync error words
+ * (`sync_err` of bs_table_publish, `sync_err2` of bs_table_mirror; NULL: never served) that are
+ * 0. It always syncs (another table's fsync may be syncing the same file, not yet done) and
+ * leaves the files' dirty flags set (the owner's flush skips its sync when a flag is clear). A
+ * failure stores the errno in the file's sync error word, which stays: the owner's every later
+ * sync of the file fails (the kernel may have dropped the pages); a single table answers it,
+ * a mirrored one is BS_SLOW, for the owner to fail that copy. */
 int bs_table_fsync(bs_table *t);
 uint64_t bs_table_changes(bs_table *t);
-void bs_table_clean(bs_table *t, uint64_t seen);
+void bs_table_clean(bs_table *t, uint64_t seen, const uint64_t *commits, uint64_t commits_seen);
 /* The watch word of a reader's table of a map another process changes (read redirection): the
  * table serves a read only if `*word` is `seen` both before and after it reads, else BS_SLOW (buf
  * may then hold part of the request). Whoever changes the map bumps the word before and after

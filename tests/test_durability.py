@@ -19,7 +19,9 @@ import time
 import pytest
 
 from blockstore.check import check
+from blockstore.extents import UNMAPPED
 from blockstore.pool import Pool
+from blockstore.scrub import scrub
 from conftest import daemon_pid, direct_counts, run_cli, start_faultfs
 
 
@@ -61,14 +63,32 @@ def test_create_grow_and_failgrp_add_make_the_data_file_durable_before_the_commi
     check_order(traced(pool, "pool", "grow", "--size", "192M"), f"{mirror}/data", "")
 
 
-def pool_on(pool: str, disk: str, backing: str) -> None:
-    """A new pool at ``pool`` whose data file is ``disk``/data, put there by moving it into
-    ``backing`` (the directory a faultfs.py at ``disk`` serves)."""
-    with Pool.create(pool, "64M", extent_size="64K") as p:
+def pool_on(pool: str, disk: str, backing: str, mirrored: bool = False, first_too: bool = True) -> None:
+    """A new pool at ``pool`` whose data file is ``disk``/data (and with ``mirrored`` a second
+    failure group's, ``disk``/data1; ``first_too`` False: only that one), put there by moving it
+    into ``backing`` (the directory a faultfs.py at ``disk`` serves)."""
+    with Pool.create(pool, "64M", extent_size="64K", mirror_dir=f"{pool}-fg1" if mirrored else None) as p:
         with p.meta.read() as txn:
-            group = p.meta.config(txn)["groups"][0]
-        p.meta.set_config(groups=[{**group, "path": f"{disk}/data"}])
-    shutil.move(f"{pool}/fg0/data", f"{backing}/data")
+            cfg = p.meta.config(txn)
+        names = ["data", "data1"][:len(cfg["groups"])]
+        moved = {i: (p.groups.path(cfg, i), n) for i, n in enumerate(names) if i or first_too}
+        p.meta.set_config(groups=[{**g, "path": f"{disk}/{moved[i][1]}"} if i in moved else g
+                                  for i, g in enumerate(cfg["groups"])])
+    for old, n in moved.values():
+        shutil.move(old, f"{backing}/{n}")
+
+
+def copies_of(pool: str, backing: str, name: str, size: int) -> list[bytes]:
+    """The bytes of LU ``name`` as each copy of a mirror holds them in the files in ``backing``
+    (what the disk kept), by the pool's committed map, read before any recovery settles them."""
+    with Pool.open(pool, readonly=True) as p, p.lu(name, writable=False) as lu:
+        E, m = p.extent_size, lu.extent_map
+        out = []
+        for n in ("data", "data1"):
+            with open(f"{backing}/{n}", "rb") as f:
+                out.append(b"".join(bytes(E) if m.get(e) == UNMAPPED else os.pread(f.fileno(), E, m.get(e) * E)
+                                    for e in range(size // E)))
+        return out
 
 
 def test_a_failed_fsync_fails_the_flush_and_every_flush_after_it(tmp_path, faulty):
@@ -109,16 +129,18 @@ def test_a_failed_fsync_through_a_mount_fails_every_fsync_after_it(tmp_path, fau
     run_cli("mount", lus, pool=pool)
     fd = os.open(f"{lus}/d", os.O_RDWR)
     try:
-        for data in (b"a", b"b"):  # a hole filled (a commit), then overwritten (the data file's sync)
+        # a hole filled (a commit), overwritten (the engine's data sync: the commit word moved), and
+        # again (the data file's sync, in C)
+        for data in (b"a", b"b", b"c"):
             os.pwrite(fd, data * 4096, 0)
             os.fsync(fd)
         ctl.touch()
-        os.pwrite(fd, b"c" * 4096, 0)
+        os.pwrite(fd, b"d" * 4096, 0)
         with pytest.raises(OSError) as e:
             os.fsync(fd)
         assert e.value.errno == errno.EIO
         ctl.unlink()  # the device "works" again, but what it dropped is gone
-        for data in (b"d", b""):  # an overwrite (C would serve its fsync), nothing at all
+        for data in (b"e", b""):  # an overwrite (C would serve its fsync), nothing at all
             os.pwrite(fd, data * 4096, 0)
             with pytest.raises(OSError) as e:
                 os.fsync(fd)
@@ -127,8 +149,43 @@ def test_a_failed_fsync_through_a_mount_fails_every_fsync_after_it(tmp_path, fau
         os.close(fd)
         run_cli("umount", lus, pool=pool, check_rc=None)
     counts = direct_counts(pool)
-    assert counts["fsync direct"] >= 2 and counts["fsync passed"] >= 3, counts  # "b" and "c"; "a" and the refused
+    assert counts["fsync direct"] >= 2 and counts["fsync passed"] >= 4, counts  # "c", "d"; "a", "b", the refused
     assert b"clean" in run_cli("pool", "check", pool=pool).stdout
+
+
+def test_a_mirror_copy_whose_sync_fails_through_a_mount_leaves_service(tmp_path, faulty):
+    """A mirrored LU through a mount, its second copy on a disk whose fsync fails: the fsync C
+    serves (both copies' syncs) hands the failure to the engine, which takes that copy out of
+    service and answers from the other: the client's fsync succeeds, its data reads back."""
+    disk, ctl = faulty
+    pool, lus = str(tmp_path / "pool"), str(tmp_path / "lus")
+    pool_on(pool, disk, disk, mirrored=True, first_too=False)
+    with Pool.open(pool) as p:
+        p.create_lu("d", "1M", mirrored=True).close()
+    os.mkdir(lus)
+    run_cli("mount", lus, pool=pool)
+    fd = os.open(f"{lus}/d", os.O_RDWR)
+    try:
+        for data in (b"a", b"b", b"c"):  # a commit, then the copies' syncs (in C from the second on)
+            os.pwrite(fd, data * 4096, 0)
+            os.fsync(fd)
+        ctl.touch()
+        for data in (b"d", b"e"):  # the failure, then a degraded mirror's flush
+            os.pwrite(fd, data * 4096, 0)
+            os.fsync(fd)
+        ctl.unlink()
+        assert os.pread(fd, 4096, 0) == b"e" * 4096
+    finally:
+        os.close(fd)
+        run_cli("umount", lus, pool=pool, check_rc=None)
+    counts = direct_counts(pool)
+    assert counts["fsync direct"] >= 1, counts
+    with Pool.open(pool) as p:
+        assert [g["state"] for g in p.failure_groups()] == ["ok", "failed"]
+        with p.lu("d", writable=False) as lu:
+            assert lu.read(0, 4096) == b"e" * 4096
+        found = check(p)
+        assert not found["errors"] and not found["leaks"], found
 
 
 BLOCK, BLOCKS, THREADS = 4096, 256, 4
@@ -172,8 +229,9 @@ def _version(b: int, seq: int) -> bytes:
     return f"{b}/{seq}".encode().ljust(BLOCK, b".")
 
 
-@pytest.mark.parametrize("through", ["api", "mount"])
-def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_path, through):
+@pytest.mark.parametrize("through, mirrored", [("api", False), ("mount", False), ("mount", True)],
+                         ids=["api", "mount", "mount-mirrored"])
+def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_path, through, mirrored):
     """Four threads write blocks of one LU (each thread its own blocks) and flush after every
     write: through the API in one process, so their flushes are grouped (journal.py), or each
     with a write and an fsync of the LU's file through a mount (most fsyncs of overwrites then
@@ -181,17 +239,19 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
     (overwrites in place: a flush syncs the data file only), half is holes (a commit). The data
     file lies on a disk that loses what was not fsynced when its power is cut (faultfs.py
     volatile, killed; the mount is killed with it). After each cut: every block holds the last
-    version whose flush returned, or one written after it, and the pool checks clean."""
+    version whose flush returned, or one written after it, and the pool checks clean. A mirrored
+    LU has both copies on the disk, and each of them must hold such a version before the next
+    open settles them (a flush syncs both); after it, a scrub finds every checksum true."""
     backing, mnt, ctl, lus = tmp_path / "backing", tmp_path / "disk", tmp_path / "ctl", tmp_path / "lus"
     backing.mkdir()
     mnt.mkdir()
     pool = str(tmp_path / "pool")
-    pool_on(pool, str(mnt), str(backing))  # on the disk, as if synced (the cache holds no size change)
+    pool_on(pool, str(mnt), str(backing), mirrored)  # on the disk, as if synced (the cache holds no size change)
     held = [_version(b, 0) if b < BLOCKS // 2 else bytes(BLOCK) for b in range(BLOCKS)]
     rng, acked = random.Random(5), 0
     fs = start_faultfs(str(backing), str(mnt), str(ctl), volatile=True)
     try:
-        with Pool.open(pool) as p, p.create_lu("d", BLOCKS * BLOCK) as lu:
+        with Pool.open(pool) as p, p.create_lu("d", BLOCKS * BLOCK, mirrored=mirrored) as lu:
             lu.write(0, b"".join(held[:BLOCKS // 2]))
             lu.flush()
         for k in range(4):
@@ -202,10 +262,13 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
                                        str(THREADS), str(BLOCKS), str(BLOCK), through],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(rng.uniform(0.5, 1.5))
-            fs.send_signal(signal.SIGKILL)  # the power cut: the disk's cache is gone
+            # the power cut, everything at once: the engine stopped first, so that it does not see
+            # its disk go (it would record a copy failed), then the disk's cache gone, then the engine
+            engine = daemon_pid(pool) if through == "mount" else writer.pid
+            os.kill(engine, signal.SIGSTOP)
+            fs.send_signal(signal.SIGKILL)
             fs.wait()
-            if through == "mount":
-                os.kill(daemon_pid(pool), signal.SIGKILL)  # the machine's power: the mount goes too
+            os.kill(engine, signal.SIGKILL)
             writer.kill()
             # a line the kill cut short (the text after the last newline) is left out: an "I" line is
             # printed before its write begins, and an "A" line's version stays allowed by its "I" line
@@ -219,6 +282,10 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
                 v = _version(int(b), int(seq))
                 allowed[int(b)] = [v] if kind == "A" else allowed[int(b)] + [v]
             acked += sum(1 for line in lines if line[0] == "A")
+            for i, copy in enumerate(copies_of(pool, str(backing), "d", BLOCKS * BLOCK) if mirrored else []):
+                for b in range(BLOCKS):
+                    got = copy[b * BLOCK:(b + 1) * BLOCK]
+                    assert got in allowed[b], (k, i, b, got[:16], [a[:16] for a in allowed[b]])
             with Pool.open(pool) as p:
                 with p.lu("d", writable=False) as lu:
                     now = lu.read(0, BLOCKS * BLOCK)
@@ -227,6 +294,9 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
                     assert got in allowed[b], (k, b, got[:16], [a[:16] for a in allowed[b]])
                     held[b] = got
                 assert check(p)["clean"]
+                if mirrored:
+                    rep = scrub(p)
+                    assert rep["clean"] and rep["bad"] == [], rep
         assert acked > 40, acked  # flushes went through between the cuts
     finally:
         if os.path.ismount(lus):

@@ -218,10 +218,12 @@ class MirrorFile:
         mapped = serve and map_writes and writes is not None
         table.publish(first.fd if first is not None else -1, first.mapping() if mapped and first is not None else native.NO_MAP,
                       unit, size, chunk, phys, writes, zero_slow,
-                      first.dirty_flag if first is not None else np.zeros(1, np.int32))
+                      first.dirty_flag if first is not None else np.zeros(1, np.int32),
+                      first.sync_failed if first is not None else None)
         table.mirror(other.fd if other is not None else -1, other.mapping() if mapped and other is not None else native.NO_MAP,
                      other.dirty_flag if other is not None else None, self.armed,
-                     self.known if verify and self.verifies else None)
+                     self.known if verify and self.verifies else None,
+                     other.sync_failed if other is not None else None)
         self._tables[table] = weakref.WeakMethod(republish)
 
     @contextmanager
