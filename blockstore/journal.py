@@ -67,12 +67,6 @@ class Journal:
         if lu.extent_map.unsaved:
             lu.saved(self.catalog.save_map(txn, lu.name, lu.extent_map, lu.size))
 
-    def metadata_pending(self) -> bool:
-        """Whether a flush must commit metadata: maps or counts changed, or checksums the
-        mirror recorded (and the extents it touched) since the last commit."""
-        mirror = self.groups.mirror
-        return self.pending() or (mirror is not None and bool(mirror.pending or mirror.touched))
-
     def flush(self, *, checkpoint: bool = True) -> None:
         """Make every acknowledged write of every LU open in this pool durable: by the flush
         that begins next (this thread's, when none is under way; else one that a waiting
@@ -125,7 +119,9 @@ class Journal:
             for lu in self.writers.values():
                 lu.settle()  # a deferred copy changes the map: it completes before the choice
             mirror = self.groups.mirror
-            if self.pending() or (self.metadata_pending() and (checkpoint or mirror is None or mirror.must_commit())):
+            # checksums the mirror recorded (and the extents it touched) since the last commit
+            sums = mirror is not None and bool(mirror.pending or mirror.touched)
+            if self.pending() or (sums and (checkpoint or (mirror is not None and mirror.must_commit()))):
                 self.commit(None)
             elif self.groups.dirty:
                 self._check_fences()

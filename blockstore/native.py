@@ -256,11 +256,6 @@ class DirectTable:
         self._commits = commits  # C points into its mapping
         lib.bs_table_clean(self.ptr, seen, commits.ptr if commits is not None else ffi.NULL, commits_seen)
 
-    def fsync(self) -> int:
-        """0 when synced in C, 1 when the owner's flush must do it (nothing done), or a negative
-        errno (bs_table_fsync)."""
-        return int(lib.bs_table_fsync(self.ptr))
-
     @property
     def written(self) -> int:
         """Bytes written through this table so far."""

@@ -36,7 +36,7 @@ or one of a snapshot or a sealed LU; a read-only handle of an LU another process
 
 The C direct path (native/fastpath.h) reads a mirrored LU from its first live copy and writes
 both copies in place, storing the checksums into ``pending`` itself, but only into extents that
-are *armed*: the first write into an extent after each flush comes here, does the write-ahead
+are *armed*: the first write into an extent after each commit comes here, does the write-ahead
 work (activity log, ``touched``) and arms it. A commit disarms every extent before it syncs (so a
 write it did not see is never dropped with the pending checksums; a flush that commits nothing
 leaves them armed, and the direct path goes on writing them), and so does a change of the
@@ -48,7 +48,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
