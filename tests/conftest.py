@@ -187,6 +187,31 @@ def race(target: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
 INTERVAL = 0.3
 
 
+_HOLD_WRITER = """
+import select, sys, lmdb
+env = lmdb.open(sys.argv[1], map_size=1 << 34, max_dbs=8, subdir=True)
+with env.begin(write=True):
+    print("holding", flush=True)
+    select.select([sys.stdin], [], [], float(sys.argv[2]))
+"""
+
+
+@contextmanager
+def store_writer_held(store_dir: str, at_most: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Another process holds the LMDB writer lock of the embedded store at ``store_dir`` (as a
+    commit stalled in its fsync by a busy disk would) until the block ends, ``at_most`` seconds
+    at the longest, so a test that waits on it fails rather than hangs."""
+    p = subprocess.Popen([sys.executable, "-c", _HOLD_WRITER, store_dir, str(at_most)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"holding\n"
+        yield p
+    finally:
+        assert p.stdin is not None
+        p.stdin.close()
+        p.wait(timeout=at_most + 5)
+
+
 def wait_for(what, timeout: float = 10.0, step: float = 0.02):  # type: ignore[no-untyped-def]
     """``what()``'s first true value, asked every ``step`` seconds for up to ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from blockstore.cluster import admin
 from blockstore.cluster.events import EventLog
 from blockstore.pool import Pool
 
-from conftest import INTERVAL, pause, run_cli
+from conftest import INTERVAL, pause, run_cli, store_writer_held
 
 N_LUS = 100
 
@@ -102,6 +102,27 @@ def test_sigstop_of_the_primary_owner_spreads_its_lus_over_the_live_nodes(cluste
     time.sleep(4 * INTERVAL)
     assert len(_moves(c, head)) == N_LUS
     assert {n["name"]: n["lus"] for n in c.status()["nodes"]}[victim] == []
+
+
+def test_a_store_whose_commits_stall_fails_no_node(cluster):
+    """A commit of the embedded store stalled for over three timeouts (its fsync held by a busy
+    disk; here another process holds LMDB's writer lock) while an owner serves LUs: the
+    keep-alive lines and the lease renewals go on without it, so no node is taken for down,
+    fenced or robbed of its LUs, and each process lives on."""
+    c = cluster
+    _start(c, {"n1": None, "n2": None, "n3": None})
+    owner = next(n for n in sorted(c.pids) if n != c.primary())
+    before = _owned_by(c, owner, 5)
+    head = EventLog(c.pool).head()
+    with store_writer_held(os.path.join(c.pool, "cluster")):
+        time.sleep(10 * INTERVAL)
+    time.sleep(4 * INTERVAL)  # the primary's duties and failover rounds run again
+    c.wait(lambda: c.status()["state"] == "OK")
+    kinds = [e["kind"] for e in EventLog(c.pool).events(head)]
+    assert "node_fenced" not in kinds and "ownership_changed" not in kinds, kinds
+    assert {lu: o["node"] for lu, o in admin.owners(c.pool).items() if lu in before} == {lu: owner for lu in before}
+    assert all(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in c.pids.values())
+    assert {n["name"]: n["state"] for n in c.status()["nodes"]} == {n: "up" for n in c.pids}
 
 
 def _zombie(pid: int) -> bool:

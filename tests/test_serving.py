@@ -27,7 +27,7 @@ from blockstore.pool import Pool
 from blockstore_fuse.mount import umount
 
 from block_client import B, block, check
-from conftest import INTERVAL, pause, run_cli, wait_for
+from conftest import INTERVAL, pause, run_cli, store_writer_held, wait_for
 from blockstore_bench.etcd_server import Etcd
 from netns import Net
 
@@ -222,6 +222,29 @@ def test_a_graceful_move_under_a_writing_client(nodes):
     assert errors <= {errno.ESTALE, errno.EROFS}, errors   # what the move tells a client, nothing else
     last = history[-1]["done"]
     assert last > 2 * BLOCKS
+    _verify(c.pool, "a", last)
+
+
+def test_an_owner_writes_on_while_the_store_cannot_commit(nodes):
+    """The store's commits stall for over three timeouts (another process holds LMDB's writer
+    lock, as a commit waiting on a busy disk's fsync would): the owner's lease is renewed
+    without a commit, so its mount takes every write and fsync meanwhile, and nothing moves."""
+    c = nodes()
+    for n in ("n1", "n2"):
+        c.start(n)
+    c.up(["n1", "n2"])
+    c.cli("lu", "create", "a", "--size", "4M", "--mirror")
+    assert c.owner("a")["node"] == "n1"
+    epoch = c.owner("a")["epoch"]
+    client = _client("a", 5.0, c.mounts["n1"])
+    time.sleep(0.5)
+    with store_writer_held(os.path.join(c.pool, "cluster")):
+        time.sleep(10 * INTERVAL)
+    history = _history(client)
+    assert [h for h in history if "error" in h] == [], history[-5:]
+    assert [h["opened"] for h in history if "opened" in h] == [c.mounts["n1"]]
+    last = history[-1]["done"]
+    assert (c.owner("a")["node"], c.owner("a")["epoch"]) == ("n1", epoch)
     _verify(c.pool, "a", last)
 
 

@@ -12,7 +12,7 @@ import pytest
 from blockstore import InvalidArgument, NotFound
 from blockstore.cluster.etcd import EtcdStore
 from blockstore.cluster.store import LmdbStore
-from conftest import race
+from conftest import race, store_writer_held
 
 
 def _open(kind: str, where: str):  # type: ignore[no-untyped-def]
@@ -123,6 +123,37 @@ def _race(kind: str, where: str, name: str, q) -> None:
     s = _open(kind, where)
     q.put((name, s.compare_and_set("primary", 0, name.encode()) is not None))
     s.close()
+
+
+def test_an_embedded_lease_is_renewed_without_a_commit(tmp_path):
+    """Renewing a lease of the embedded store commits nothing, so it goes on while another
+    process holds LMDB's writer lock (a commit stalled in its fsync by a busy disk), for longer
+    than the lease lasts; a lease left to run out meanwhile is dead at once, though no write
+    could remove it, and stays dead."""
+    where = str(tmp_path / "cluster")
+    s = LmdbStore(where)
+    kept, dropped = s.grant_lease(0.5), s.grant_lease(0.5)
+    s.put("alive/kept", b"1", lease=kept)
+    s.put("alive/dropped", b"1", lease=dropped)
+    rev = s.revision()
+    try:
+        with store_writer_held(where) as holder:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.5:      # three times the lease's ttl
+                s.keep_alive(kept)
+                time.sleep(0.1)
+            assert holder.poll() is None            # every renewal was made with the lock held
+            assert s.time_to_live(kept) is not None and s.get("alive/kept") is not None
+            assert s.time_to_live(dropped) is None and s.get("alive/dropped") is None
+            with pytest.raises(NotFound):
+                s.keep_alive(dropped)
+        assert s.revision() == rev                  # no renewal wrote a transaction
+        s.put("other", b"x")                        # the first write drops the dead one's keys
+        assert [k for k, _ in s.range("alive/")] == ["alive/kept"]
+        with pytest.raises(NotFound):
+            s.keep_alive(dropped)
+    finally:
+        s.close()
 
 
 def test_one_winner_among_processes(where):

@@ -5,7 +5,8 @@ What a node does, each on its own thread:
   callers, status and FFDC requests, stop;
 - keep-alive: every ``interval`` it sends a line to every other registered node over a TCP link
   it keeps open, renews its lease in the coordination store (``alive/NAME``), and writes its view
-  of the cluster (``views/NAME``). A peer is down when no line came from it for ``misses``
+  of the cluster (``views/NAME``), each on a thread of its own so that a slow commit delays
+  neither the lines nor the lease. A peer is down when no line came from it for ``misses``
   intervals (monotonic clock), or at once when its link breaks and its port refuses a new
   connection: on one machine that means the process is gone, which is how a SIGKILLed primary is
   replaced in well under an interval while a stopped (SIGSTOP) one still takes the full timeout;
@@ -69,6 +70,7 @@ class Peer:
     heard: float | None = None        # monotonic time of its last keep-alive line
     refused: bool = False             # its port refused us after its link broke: the process is gone
     link: socket.socket | None = None
+    sending: threading.Lock = field(default_factory=threading.Lock)  # one line at a time on the link
     state: str = "joining"            # joining (not heard yet), up, down
     stopped: bool = False             # it left cleanly
     meta: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +118,7 @@ class Node:
         self.wake = threading.Event()
         self.lease = 0
         self.lease_renewed = 0.0
+        self.store_reached = True               # the last lease renewal did not fail
         self.incarnation = time.time_ns()
         self.need_since: float | None = None
         self.ffdc_seen: list[dict[str, Any]] = []
@@ -146,9 +149,12 @@ class Node:
             raise
         threading.excepthook = self._thread_crashed
         self.doorman = Doorman(self.server, self._authorize, self._serve)
-        for target, tname in ((self.doorman.serve, "doorman"), (self._keepalive_loop, "keepalive"),
-                              (self._monitor_loop, "monitor"), (self._ffdc_loop, "ffdc")):
+        for target, tname in ((self.doorman.serve, "doorman"), (self._monitor_loop, "monitor"),
+                              (self._ffdc_loop, "ffdc")):
             threading.Thread(target=target, name=tname, daemon=True).start()
+        for tname, step in (("heartbeat", self._heartbeat_round), ("lease", self._lease_round),
+                            ("view", self._write_view)):
+            threading.Thread(target=self._every_interval, args=(tname, step), name=tname, daemon=True).start()
         for child in self._children():
             child.on_started = self._record_processes
             try:
@@ -270,15 +276,26 @@ class Node:
                 self._ffdc_queue.put(("exception", f"{type(e).__name__} in thread {thread}", e))
             self.stopping.wait(min(1.0, self.cfg.interval))  # not a hot loop if it fails again
 
-    def _keepalive_loop(self) -> None:
+    def _every_interval(self, thread: str, step: Callable[[], Any]) -> None:
         while not self.stopping.is_set():
             t0 = time.monotonic()
-            self._duty("keepalive", self._keepalive_round)
+            self._duty(thread, step)
             self.stopping.wait(max(0.0, self.cfg.interval - (time.monotonic() - t0)))
 
-    def _keepalive_round(self) -> None:
-        self._renew()
-        self._refresh_peers()
+    # The keep-alive lines, the lease and the view are each on a thread of their own: a store
+    # write waits for its commit's fsync, which a disk busy with other writers can hold for
+    # seconds. Sent after one, the lines stopped too, peers took the slow disk for a dead node,
+    # and fenced it; renewed after one, the lease ran out and the node's own writes stopped. (The
+    # embedded store renews a lease without a commit: deadlines.py.) A node whose lease runs out
+    # all the same loses the primary role (the store is the arbiter) and rejoins, but stays up in
+    # its peers' view, so nothing it owns moves. A renewal that fails (the store cannot be
+    # reached: no quorum, cut off) is another matter: the node cannot show it owns anything, so
+    # it falls silent until a renewal succeeds, and its LUs move.
+
+    def _heartbeat_round(self) -> None:
+        self._refresh_peers()  # read-only transactions: they never wait for a commit
+        if not self.store_reached:
+            return
         with self.lock:
             line = encode({"op": "hb", "node": self.name, "incarnation": self.incarnation,
                            "primary": self.primary.node, "epoch": self.primary.epoch})
@@ -286,7 +303,14 @@ class Node:
         for p in peers:
             if not p.stopped:
                 self._send(p, line)
-        self._write_view()
+
+    def _lease_round(self) -> None:
+        try:
+            self._renew()
+        except BaseException:
+            self.store_reached = False
+            raise
+        self.store_reached = True
 
     def _renew(self) -> None:
         if self.stopping.is_set():
@@ -335,6 +359,10 @@ class Node:
         return None
 
     def _send(self, p: Peer, line: bytes) -> None:
+        with p.sending:  # the heartbeat and the monitor (``_tell_peers``) share the link
+            self._send_locked(p, line)
+
+    def _send_locked(self, p: Peer, line: bytes) -> None:
         for _ in range(2):  # a broken link is reconnected once at once, to tell "gone" from "slow"
             if p.link is None:
                 p.link = self._connect(p)

@@ -8,7 +8,9 @@ LMDB directly.
 
 ``LmdbStore`` is the embedded default: an LMDB environment of its own under ``POOL/cluster`` (so
 cluster traffic never waits on the data path's metadata writer), shared by every node process on
-the machine. Lease deadlines use CLOCK_MONOTONIC, which all processes of one machine share.
+the machine. Lease deadlines use CLOCK_MONOTONIC, which all processes of one machine share; a
+renewal writes the deadline into a mapped file beside the environment, never a commit
+(deadlines.py says why).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import lmdb
 
 from ..errors import InvalidArgument, NotFound
 from ..pooldir import for_library, subdir
+from .deadlines import Deadlines
 
 MAX_KEY = 256
 MAX_VALUE = 1 << 20
@@ -84,7 +87,7 @@ class LmdbStore:
     LOG_KEEP = 100_000  # changes kept for watchers; older ones are pruned
     # LMDB allows one environment handle per file per process: opens of one path share it (and
     # its database handles), and the last close closes it.
-    _open: dict[str, tuple[lmdb.Environment, tuple[Any, ...], int]] = {}
+    _open: dict[str, tuple[lmdb.Environment, tuple[Any, ...], Deadlines, int]] = {}
     _open_lock = threading.Lock()
     DBS = (b"kv", b"leases", b"log", b"meta")
 
@@ -92,8 +95,10 @@ class LmdbStore:
         subdir(*os.path.split(os.path.abspath(path)))
         self.path = os.path.realpath(path)
         with self._open_lock:
-            env, dbs, users = self._open.get(self.path, (None, (), 0))
-            if env is None:
+            if self.path in self._open:
+                env, dbs, deadlines, users = self._open[self.path]
+            else:
+                users = 0
                 # LMDB opens its files by name: refuse links there, open with the owner's rights
                 with for_library(os.path.dirname(self.path), self.path, ("data.mdb", "lock.mdb")) as where:
                     env = lmdb.open(where, map_size=1 << 34, max_dbs=len(self.DBS), subdir=True, mode=0o600)
@@ -101,8 +106,14 @@ class LmdbStore:
                 # the GIL, which deadlocks against a writer thread of this process.
                 with env.begin(write=True) as txn:
                     dbs = tuple(env.open_db(name, txn=txn) for name in self.DBS)
-            self._open[self.path] = (env, dbs, users + 1)
+                try:
+                    deadlines = Deadlines(os.path.dirname(self.path), os.path.join(self.path, "leases.mem"))
+                except BaseException:
+                    env.close()
+                    raise
+            self._open[self.path] = (env, dbs, deadlines, users + 1)
         self.env = env
+        self.deadlines = deadlines
         self.closed = False
         self.kv, self.leases, self.log, self.meta = dbs
 
@@ -129,23 +140,25 @@ class LmdbStore:
                 cur.delete()
         return rev
 
-    def _dead(self, rec: dict) -> bool:  # type: ignore[type-arg]
-        """A lease is dead past its deadline, or when it was granted before this machine's last
-        boot (its deadline is on a monotonic clock that restarted)."""
-        return rec["deadline"] < time.monotonic() or rec.get("boot") != _BOOT_ID
+    def _left(self, lease: int, rec: dict) -> float | None:  # type: ignore[type-arg]
+        """Seconds before a lease (its id, its record) expires; None when it is dead: past its
+        deadline (the later of its grant's, in ``rec``, and its last renewal's), or granted
+        before this machine's last boot (its deadline is on a monotonic clock that restarted)."""
+        return None if rec.get("boot") != _BOOT_ID else self.deadlines.left(lease, rec["deadline"])
 
     def _live(self, txn: lmdb.Transaction, raw: bytes) -> Entry | None:
         """The entry, or None when its lease is dead (not yet removed: reads do not write)."""
         e = self._decode(raw)
         if e.lease is not None:
             rec = txn.get(e.lease.to_bytes(8, "big"), db=self.leases)
-            if rec is None or self._dead(json.loads(bytes(rec))):
+            if rec is None or self._left(e.lease, json.loads(bytes(rec))) is None:
                 return None
         return e
 
     def _expire(self, txn: lmdb.Transaction) -> None:
         """Drop dead leases, and every key put under them (writes do this; reads only skip them)."""
-        dead = [bytes(k) for k, v in txn.cursor(db=self.leases) if self._dead(json.loads(bytes(v)))]
+        dead = [bytes(k) for k, v in txn.cursor(db=self.leases)
+                if self._left(int.from_bytes(k, "big"), json.loads(bytes(v))) is None]
         for k in dead:
             lease = int.from_bytes(k, "big")
             keys = json.loads(bytes(txn.get(k, db=self.leases) or b"{}"))["keys"]
@@ -257,20 +270,20 @@ class LmdbStore:
             raw = txn.get(b"next_lease", db=self.meta)
             lease = int(raw) if raw else 1
             txn.put(b"next_lease", str(lease + 1).encode(), db=self.meta)
+            deadline = time.monotonic() + ttl
             txn.put(lease.to_bytes(8, "big"), json.dumps(
-                {"ttl": ttl, "deadline": time.monotonic() + ttl, "boot": _BOOT_ID, "keys": []}).encode(),
-                db=self.leases)
+                {"ttl": ttl, "deadline": deadline, "boot": _BOOT_ID, "keys": []}).encode(), db=self.leases)
+            self.deadlines.set(lease, deadline)  # a grant that does not commit leaves its id to the next
         return lease
 
     def keep_alive(self, lease: int) -> None:
-        with self.env.begin(write=True) as txn:
-            self._expire(txn)
+        """Renew ``lease`` for its ttl from now: a read and a write into the deadlines file, no
+        commit. NotFound when it has expired (it stays expired)."""
+        with self.env.begin() as txn:
             raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
-            if raw is None:
-                raise NotFound(f"lease {lease} has expired")
-            rec = json.loads(raw)
-            rec["deadline"] = time.monotonic() + rec["ttl"]
-            txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+            rec = None if raw is None else json.loads(bytes(raw))
+        if rec is None or rec.get("boot") != _BOOT_ID or not self.deadlines.extend(lease, rec["deadline"], rec["ttl"]):
+            raise NotFound(f"lease {lease} has expired")
 
     def time_to_live(self, lease: int) -> float | None:
         """Seconds left before ``lease`` expires unless kept alive (etcd's LeaseTimeToLive); None
@@ -279,8 +292,7 @@ class LmdbStore:
             raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
             if raw is None:
                 return None
-            rec = json.loads(bytes(raw))
-            return None if self._dead(rec) else rec["deadline"] - time.monotonic()
+            return self._left(lease, json.loads(bytes(raw)))
 
     def revoke(self, lease: int) -> None:
         with self.env.begin(write=True) as txn:
@@ -290,6 +302,7 @@ class LmdbStore:
             rec = json.loads(raw)
             rec["deadline"] = -1.0
             txn.put(lease.to_bytes(8, "big"), json.dumps(rec).encode(), db=self.leases)
+            self.deadlines.set(lease, -1.0)
             self._expire(txn)
 
     def changes(self, since: int, prefix: str = "") -> list[Change]:
@@ -316,9 +329,10 @@ class LmdbStore:
             if self.closed:
                 return
             self.closed = True
-            env, dbs, users = self._open[self.path]
+            env, dbs, deadlines, users = self._open[self.path]
             if users == 1:
                 del self._open[self.path]
                 env.close()
+                deadlines.close()
             else:
-                self._open[self.path] = (env, dbs, users - 1)
+                self._open[self.path] = (env, dbs, deadlines, users - 1)
