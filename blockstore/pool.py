@@ -367,8 +367,11 @@ class Pool:
                 raise
             # A read-only handle of a live LU that no process writes knows its checksums as they
             # are (mirror.py: its reads verify); one that a writer may change under it does not.
+            # A writer here holds the LU's holder lock; an owner under an epoch may not (with the
+            # agent's fence layer off; on another machine, where no flock reaches), so an LU
+            # an owner has written (its record names an epoch) may be written unseen.
             settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
-                or not self.liveness.lu_held(rec["id"])
+                or not (self.liveness.lu_held(rec["id"]) or "fence" in rec)
             lu = LU(self, rec, emap, self._store(name, rec.get("mirrored", False), epoch if writable else None),
                     self._allocators[0], writable=writable, holder=holder, settled=settled)
             if writable and epoch is not None:

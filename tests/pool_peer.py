@@ -3,7 +3,8 @@ other process): ``{"op": "open", "path": P}``, ``{"op": "resync"}``, ``{"op": "r
 (the LU's bytes, hex), ``{"op": "states"}`` (each failure group's state), ``{"op": "close"}``;
 and as a writer that owns an LU (the fence tests, under an ownership epoch; the redirection
 tests): ``{"op": "own", "name": N, "epoch": E or absent}``, ``{"op": "write", "name": N,
-"offset": O, "hex": H}``, ``{"op": "flush"}``. Each reply is ``{"ok": ...}`` or ``{"error":
+"offset": O, "hex": H}``, ``{"op": "flush"}`` (the pool's: a checkpoint), ``{"op": "fsync",
+"name": N}`` (the LU's own). Each reply is ``{"ok": ...}`` or ``{"error":
 "Kind: message"}``. ``Peer`` starts and drives one."""
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def main() -> None:
                 out = True
             elif req["op"] == "flush":
                 pool.flush()
+                out = True
+            elif req["op"] == "fsync":  # the LU's own flush (an fsync): no checkpoint
+                held[req["name"]].flush()
                 out = True
             else:
                 with pool.lu(req["name"], writable=False) as lu:

@@ -55,6 +55,27 @@ def _paused_owner_then_new_owner(path: str, fences: str) -> tuple[dict, bytes]:
     return got, _bytes(path)
 
 
+@pytest.mark.parametrize("fences", [None, "data,metadata"])
+def test_a_reader_beside_an_owner_reads_what_it_fsynced(tmp_path, fences):
+    """A mirrored LU's owner overwrites an extent in place and fsyncs it: the checksums stay in
+    its memory until a checkpoint (mirror.py), so another process reading the LU meanwhile must
+    not check the bytes against the stored ones, whether the owner holds the LU's holder lock
+    (every layer on) or writes without it (the agent's layer off): it reads what was written,
+    where it once read EIO ("does not match its checksum in any copy")."""
+    path = str(tmp_path / "pool")
+    with Pool.create(path, "64M", extent_size="64K", mirror_dir=str(tmp_path / "fg1")) as pool:
+        with pool.create_lu("a", "1M", mirrored=True) as lu:
+            lu.write(0, b"old!" * (E // 4))
+    owner = Peer(path, fences)
+    try:
+        assert owner.ask(op="own", name="a", epoch=5) == {"ok": True}
+        assert owner.ask(op="write", name="a", offset=0, hex=(b"new!" * (E // 4)).hex()) == {"ok": True}
+        assert owner.ask(op="fsync", name="a") == {"ok": True}
+        assert _bytes(path)[:E] == b"new!" * (E // 4)
+    finally:
+        owner.end()
+
+
 def test_metadata_fence_alone_stops_a_paused_owners_commit(lu_pool):
     got, data = _paused_owner_then_new_owner(lu_pool, "metadata")
     assert got["error"].startswith("Fenced: LU 'a' is owned under epoch 6 now"), got

@@ -106,8 +106,8 @@ class Gate:
             self._cond.notify_all()
         lost = sorted(lu for lu, epoch in before.items() if now.get(lu) != epoch)
         if lost:
+            self.on_lost(lost)  # first: its handles' writes are fenced there before anything else
             log.warning("node %s no longer owns %s", self.node, ", ".join(lost))
-            self.on_lost(lost)
         gained = sorted(lu for lu, epoch in now.items() if before.get(lu) != epoch)
         if gained:
             self.on_gained(gained)
@@ -301,6 +301,7 @@ class NodeServing:
         writing ``name``, flush what was written, release it. Its files' next I/O is ESTALE;
         reopened, they read redirected."""
         self.gate.leave(name)
+        self._fence_now([name])
         self.pool.let_go(name)
 
     def _lost(self, names: list[str]) -> None:
@@ -309,6 +310,7 @@ class NodeServing:
         it), and a serving process left holding such writes restarts (SIGTERM: an unmount; the
         node starts it again), so that nothing of them is ever stored and its session's space is
         reclaimed."""
+        self._fence_now(names)
         for name in names:
             try:
                 self.pool.let_go(name)
@@ -317,6 +319,16 @@ class NodeServing:
                 os.kill(os.getpid(), signal.SIGTERM)
             except BlockstoreError as e:
                 log.error("letting go of LU %s: %s", name, e)
+
+    def _fence_now(self, names: list[str]) -> None:
+        """Close the C direct path of ``names``' handles before letting go of them: it checks no
+        ownership, only its fence word, and until ``let_go`` has flushed the pool and retired the
+        handle (an fsync or more away) it would go on writing in place, into extents the new
+        owner writes too."""
+        if fence.enabled("data"):
+            for lu in self.writers():
+                if lu.name in names and lu.epoch is not None:
+                    lu.fence_writes(0)
 
     def _do_duties(self) -> None:
         while True:
@@ -365,4 +377,5 @@ class NodeServing:
         if not fence.enabled("data"):
             return
         for lu in {id(h): h for h in self.writers() if h.epoch is not None and not h.closed}.values():
-            lu.fence_writes(until_ns)
+            # a handle of an LU lost meanwhile keeps the fence ``_lost`` gave it
+            lu.fence_writes(until_ns if self.gate.writable(lu.name) == lu.epoch else 0)
