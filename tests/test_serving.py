@@ -204,13 +204,19 @@ def test_a_node_writes_what_it_owns_and_reads_the_rest_redirected(nodes):
     assert events[-1]["lu"] == "made-here" and events[-1]["mount"] == m2
 
 
-def test_a_graceful_move_under_a_writing_client(nodes):
+def _two_nodes_and_a_mirrored_lu_on_n1(nodes):  # type: ignore[no-untyped-def]
+    """Nodes n1 and n2 up, and the mirrored LU a (4 MiB), which n1 owns."""
     c = nodes()
     for n in ("n1", "n2"):
         c.start(n)
     c.up(["n1", "n2"])
     c.cli("lu", "create", "a", "--size", "4M", "--mirror")
     assert c.owner("a")["node"] == "n1"
+    return c
+
+
+def test_a_graceful_move_under_a_writing_client(nodes):
+    c = _two_nodes_and_a_mirrored_lu_on_n1(nodes)
     client = _client("a", 3.0, c.mounts["n1"], c.mounts["n2"])
     time.sleep(1.0)
     moved = json.loads(c.cli("lu", "assign", "a", "--node", "n2", "--json").stdout)
@@ -229,12 +235,7 @@ def test_an_owner_writes_on_while_the_store_cannot_commit(nodes):
     """The store's commits stall for over three timeouts (another process holds LMDB's writer
     lock, as a commit waiting on a busy disk's fsync would): the owner's lease is renewed
     without a commit, so its mount takes every write and fsync meanwhile, and nothing moves."""
-    c = nodes()
-    for n in ("n1", "n2"):
-        c.start(n)
-    c.up(["n1", "n2"])
-    c.cli("lu", "create", "a", "--size", "4M", "--mirror")
-    assert c.owner("a")["node"] == "n1"
+    c = _two_nodes_and_a_mirrored_lu_on_n1(nodes)
     epoch = c.owner("a")["epoch"]
     client = _client("a", 5.0, c.mounts["n1"])
     time.sleep(0.5)
