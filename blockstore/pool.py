@@ -371,7 +371,7 @@ class Pool:
             # agent's fence layer off; on another machine, where no flock reaches), so an LU
             # an owner has written (its record names an epoch) may be written unseen.
             settled = writable or rec["kind"] == "snapshot" or bool(rec.get("readonly")) \
-                or not (self.liveness.lu_held(rec["id"]) or "fence" in rec)
+                or not ("fence" in rec or self.liveness.lu_held(rec["id"]))  # the record first: no flock probe
             lu = LU(self, rec, emap, self._store(name, rec.get("mirrored", False), epoch if writable else None),
                     self._allocators[0], writable=writable, holder=holder, settled=settled)
             if writable and epoch is not None:

@@ -42,6 +42,12 @@ def _boot_id() -> str:
 _BOOT_ID = _boot_id()
 
 
+def _this_boot(lease_rec: dict) -> bool:  # type: ignore[type-arg]
+    """Whether a lease was granted since this machine's last boot (its deadline is on a
+    monotonic clock that restarts with it: an older lease is dead whatever it says)."""
+    return bool(lease_rec.get("boot") == _BOOT_ID)
+
+
 @dataclass(frozen=True)
 class Entry:
     value: bytes
@@ -143,8 +149,8 @@ class LmdbStore:
     def _left(self, lease: int, rec: dict) -> float | None:  # type: ignore[type-arg]
         """Seconds before a lease (its id, its record) expires; None when it is dead: past its
         deadline (the later of its grant's, in ``rec``, and its last renewal's), or granted
-        before this machine's last boot (its deadline is on a monotonic clock that restarted)."""
-        return None if rec.get("boot") != _BOOT_ID else self.deadlines.left(lease, rec["deadline"])
+        before this machine's last boot."""
+        return self.deadlines.left(lease, rec["deadline"]) if _this_boot(rec) else None
 
     def _live(self, txn: lmdb.Transaction, raw: bytes) -> Entry | None:
         """The entry, or None when its lease is dead (not yet removed: reads do not write)."""
@@ -282,7 +288,7 @@ class LmdbStore:
         with self.env.begin() as txn:
             raw = txn.get(lease.to_bytes(8, "big"), db=self.leases)
             rec = None if raw is None else json.loads(bytes(raw))
-        if rec is None or rec.get("boot") != _BOOT_ID or not self.deadlines.extend(lease, rec["deadline"], rec["ttl"]):
+        if rec is None or not _this_boot(rec) or not self.deadlines.extend(lease, rec["deadline"], rec["ttl"]):
             raise NotFound(f"lease {lease} has expired")
 
     def time_to_live(self, lease: int) -> float | None:
