@@ -75,6 +75,10 @@ def test_sigstop_primary_is_deposed_and_fenced(cluster):
     old, epoch = cluster.wait(lambda: cluster.views_agree(names, settled=True))
     store = open_store(cluster.pool)
     try:
+        # the primary's membership records lag the views: one written as the pause lands would
+        # be the old epoch's, yet look newer than the pause
+        cluster.wait(lambda: {k: json.loads(e.value)["state"] for k, e in store.range("members/")}
+                     == {f"members/{n}": "up" for n in names})
         old_record = election.current(store)
         pause([cluster.pids[old]], cluster.pool)
         t0 = time.monotonic()
