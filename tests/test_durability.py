@@ -293,7 +293,8 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
                     got = now[b * BLOCK:(b + 1) * BLOCK]
                     assert got in allowed[b], (k, b, got[:16], [a[:16] for a in allowed[b]])
                     held[b] = got
-                assert check(p)["clean"]
+                report = check(p)
+                assert report["clean"], report
                 if mirrored:
                     rep = scrub(p)
                     assert rep["clean"] and rep["bad"] == [], rep
