@@ -22,7 +22,7 @@ from blockstore.check import check
 from blockstore.extents import UNMAPPED
 from blockstore.pool import Pool
 from blockstore.scrub import scrub
-from conftest import daemon_pid, direct_counts, run_cli, start_faultfs
+from conftest import daemon_pid, direct_counts, run_cli, start_faultfs, wait_for
 
 
 
@@ -229,6 +229,20 @@ def _version(b: int, seq: int) -> bytes:
     return f"{b}/{seq}".encode().ljust(BLOCK, b".")
 
 
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has stopped: kill(SIGSTOP) returns once the signal is
+    queued, and a thread that has not taken it yet could still see its disk go."""
+    tasks = os.listdir(f"/proc/{pid}/task")
+    states = []
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+    return all(s in "Tt" for s in states)
+
+
 @pytest.mark.parametrize("through, mirrored", [("api", False), ("mount", False), ("mount", True)],
                          ids=["api", "mount", "mount-mirrored"])
 def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_path, through, mirrored):
@@ -266,6 +280,7 @@ def test_a_power_cut_during_concurrent_flushes_loses_no_acknowledged_write(tmp_p
             # its disk go (it would record a copy failed), then the disk's cache gone, then the engine
             engine = daemon_pid(pool) if through == "mount" else writer.pid
             os.kill(engine, signal.SIGSTOP)
+            wait_for(lambda: _stopped(engine), timeout=5.0, step=0.001)  # the signal is only queued
             fs.send_signal(signal.SIGKILL)
             fs.wait()
             os.kill(engine, signal.SIGKILL)
